@@ -1,0 +1,24 @@
+# pgrepl tasks. `just` lists them.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes
+default:
+    @just --list
+
+# Two throwaway local servers, sample data, a live sync under a workload
+demo:
+    cargo build --bins --examples
+    target/debug/examples/demo
+
+# The full test suite (same major on both sides, then 13 -> 17)
+test:
+    scripts/test
+
+# Formatting and lints, warnings as errors
+lint:
+    cargo fmt --check
+    cargo clippy --all-targets -- -D warnings
+
+# Print the bin dir of PostgreSQL MAJOR (12..18, or `tools` for pg_dump 18), installing it if needed
+pg major:
+    @scripts/pg-install {{major}}

@@ -1,0 +1,100 @@
+//! Preflight: everything that would make a sync fail or hurt the source,
+//! found before anything is created. `pgrepl check` prints the report;
+//! `pgrepl sync` runs the same checks and refuses to start on any error.
+
+pub mod report;
+mod source;
+mod target;
+
+pub use report::{Finding, Level, Report};
+
+use tokio_postgres::Client;
+
+use crate::conn::error::describe;
+use crate::conn::{Endpoint, Side};
+use crate::progress::state::SyncRecord;
+use crate::source::catalog::{SelectedTables, ServerFacts};
+use crate::source::selection::Selection;
+use crate::sql::{SyncName, TableName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("{side}: {what} failed: {message}")]
+    Query {
+        side: Side,
+        what: &'static str,
+        message: String,
+    },
+}
+
+pub(crate) fn query_error(
+    side: Side,
+    what: &'static str,
+) -> impl Fn(tokio_postgres::Error) -> CheckError {
+    move |e| CheckError::Query {
+        side,
+        what,
+        message: describe(&e),
+    }
+}
+
+/// What the sync will be asked to do, as far as the checks care.
+#[derive(Clone, Debug, Default)]
+pub struct CheckOptions {
+    pub name: SyncName,
+    pub selection: Selection,
+    pub existing_schema: bool,
+    /// DDL capture is wanted (event triggers need a superuser).
+    pub ddl: bool,
+}
+
+/// The report and what the checks learnt on the way, for `sync` to reuse.
+pub struct Preflight {
+    pub report: Report,
+    pub source: ServerFacts,
+    pub target: ServerFacts,
+    /// `None` when a pattern matched nothing (already in the report).
+    pub selected: Option<SelectedTables>,
+    /// A sync of this name already recorded on the target.
+    pub existing: Option<SyncRecord>,
+}
+
+/// Runs every check against open sessions to both sides.
+pub async fn run(
+    source: &Endpoint,
+    target: &Endpoint,
+    src: &Client,
+    tgt: &Client,
+    opts: &CheckOptions,
+) -> Result<Preflight, CheckError> {
+    let mut report = Report {
+        source: source.config.to_string(),
+        target: target.config.to_string(),
+        findings: Vec::new(),
+    };
+    let (source_facts, selected) = source::check(source, src, opts, &mut report).await?;
+    let (target_facts, existing) =
+        target::check(tgt, opts, &source_facts, selected.as_ref(), &mut report).await?;
+    Ok(Preflight {
+        report,
+        source: source_facts,
+        target: target_facts,
+        selected,
+        existing,
+    })
+}
+
+/// `a, b, c and 7 more`: a readable list of table names.
+pub(crate) fn name_list<'a>(names: impl IntoIterator<Item = &'a TableName>) -> String {
+    const SHOWN: usize = 6;
+    let names: Vec<String> = names.into_iter().map(ToString::to_string).collect();
+    if names.len() <= SHOWN {
+        names.join(", ")
+    } else {
+        format!(
+            "{} and {} more",
+            names[..SHOWN].join(", "),
+            names.len() - SHOWN
+        )
+    }
+}

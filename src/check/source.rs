@@ -1,0 +1,339 @@
+//! Checks on the source: can it feed a logical replication slot, can this
+//! role read and publish the tables, and will publishing them break
+//! anything for the applications writing to it.
+
+use tokio_postgres::Client;
+
+use super::{name_list, query_error, CheckError, CheckOptions, Finding, Report};
+use crate::conn::walsender::WalSender;
+use crate::conn::{Endpoint, Side};
+use crate::source::catalog::{list_tables, SelectedTables, ServerFacts, TableKind};
+
+const SIDE: Side = Side::Source;
+
+/// The oldest source major pgrepl supports.
+pub const OLDEST_SOURCE_MAJOR: i32 = 12;
+
+pub(super) async fn check(
+    ep: &Endpoint,
+    client: &Client,
+    opts: &CheckOptions,
+    report: &mut Report,
+) -> Result<(ServerFacts, Option<SelectedTables>), CheckError> {
+    let facts = ServerFacts::read(client)
+        .await
+        .map_err(query_error(SIDE, "reading server facts"))?;
+    if facts.major() < OLDEST_SOURCE_MAJOR {
+        report.push(Finding::error(
+            SIDE,
+            "version",
+            format!("PostgreSQL {} is older than {OLDEST_SOURCE_MAJOR}, the oldest source pgrepl supports", facts.version),
+            "upgrade the source first, or move it with pg_dump",
+        ));
+    } else {
+        report.push(Finding::ok(
+            SIDE,
+            "version",
+            format!("PostgreSQL {}", facts.version),
+        ));
+    }
+
+    let settings = client
+        .query_one(
+            "SELECT current_setting('wal_level'),
+                    current_setting('max_replication_slots')::int4,
+                    (SELECT count(*)::int4 FROM pg_replication_slots),
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+                    current_setting('max_wal_senders')::int4,
+                    (SELECT count(*)::int4 FROM pg_stat_activity WHERE backend_type = 'walsender'),
+                    EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $2)",
+            &[
+                &opts.name.slot().as_str(),
+                &opts.name.publication().as_str(),
+            ],
+        )
+        .await
+        .map_err(query_error(SIDE, "reading replication settings"))?;
+    let wal_level: String = settings.get(0);
+    if wal_level == "logical" {
+        report.push(Finding::ok(SIDE, "wal_level", "wal_level = logical"));
+    } else {
+        report.push(Finding::error(
+            SIDE,
+            "wal_level",
+            format!("wal_level is '{wal_level}'; logical replication needs 'logical'"),
+            "run ALTER SYSTEM SET wal_level = logical; on the source, then restart it",
+        ));
+    }
+    let (max_slots, used_slots, slot_exists): (i32, i32, bool) =
+        (settings.get(1), settings.get(2), settings.get(3));
+    let slot = opts.name.slot();
+    if slot_exists {
+        report.push(Finding::ok(
+            SIDE,
+            "replication_slots",
+            format!("slot {slot} exists from an earlier run"),
+        ));
+    } else if used_slots >= max_slots {
+        report.push(Finding::error(
+            SIDE,
+            "replication_slots",
+            format!("all {max_slots} replication slots are in use (max_replication_slots = {max_slots})"),
+            "drop unused slots (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active) or raise max_replication_slots and restart",
+        ));
+    } else {
+        report.push(Finding::ok(
+            SIDE,
+            "replication_slots",
+            format!(
+                "{} of {max_slots} replication slots free",
+                max_slots - used_slots
+            ),
+        ));
+    }
+    let (max_senders, used_senders): (i32, i32) = (settings.get(4), settings.get(5));
+    if used_senders >= max_senders {
+        report.push(Finding::error(
+            SIDE,
+            "wal_senders",
+            format!("all {max_senders} WAL senders are busy (max_wal_senders = {max_senders})"),
+            "stop an idle replication client or raise max_wal_senders and restart",
+        ));
+    } else {
+        report.push(Finding::ok(
+            SIDE,
+            "wal_senders",
+            format!(
+                "{} of {max_senders} WAL senders free",
+                max_senders - used_senders
+            ),
+        ));
+    }
+
+    if facts.can_replicate {
+        let how = if facts.is_superuser {
+            "superuser"
+        } else {
+            "REPLICATION"
+        };
+        report.push(Finding::ok(
+            SIDE,
+            "replication_role",
+            format!("role {:?} has {how}", facts.user),
+        ));
+    } else {
+        report.push(Finding::error(
+            SIDE,
+            "replication_role",
+            format!(
+                "role {:?} has neither REPLICATION nor superuser",
+                facts.user
+            ),
+            format!(
+                "run ALTER ROLE {} REPLICATION; on the source",
+                crate::sql::quote_ident(&facts.user)
+            ),
+        ));
+    }
+    match WalSender::connect(SIDE, &ep.config).await {
+        Ok(mut ws) => match ws.identify_system().await {
+            Ok(sys) => report.push(Finding::ok(
+                SIDE,
+                "replication_connection",
+                format!("replication connection works (system {}, WAL at {})", sys.system_id, sys.xlogpos),
+            )),
+            Err(e) => report.push(Finding::error(SIDE, "replication_connection", e.to_string(), "see the message above")),
+        },
+        Err(e) => report.push(Finding::error(
+            SIDE,
+            "replication_connection",
+            e.to_string(),
+            "a logical replication connection needs REPLICATION and a pg_hba.conf line for this database",
+        )),
+    }
+
+    let all = list_tables(client)
+        .await
+        .map_err(query_error(SIDE, "listing tables"))?;
+    let selected = match SelectedTables::choose(all, &opts.selection) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in errors {
+                report.push(Finding::error(
+                    SIDE,
+                    "selection",
+                    e.to_string(),
+                    "fix or drop the pattern",
+                ));
+            }
+            return Ok((facts, None));
+        }
+    };
+    let tops = selected.tops().count();
+    let partitions = selected.tables.len() - tops;
+    let bytes: i64 = selected.tables.iter().map(|t| t.bytes).sum();
+    if selected.tables.is_empty() {
+        report.push(Finding::warn(
+            SIDE,
+            "selection",
+            "no table to replicate",
+            "create tables on the source, or widen --include",
+        ));
+    } else {
+        report.push(Finding::ok(
+            SIDE,
+            "selection",
+            format!(
+                "{tops} table(s){} selected, {}",
+                if partitions > 0 {
+                    format!(" and {partitions} partition(s)")
+                } else {
+                    String::new()
+                },
+                crate::progress::human_bytes(bytes.max(0) as u64)
+            ),
+        ));
+    }
+
+    let unreadable: Vec<_> = selected
+        .tables
+        .iter()
+        .filter(|t| !t.can_select)
+        .map(|t| &t.name)
+        .collect();
+    if unreadable.is_empty() {
+        report.push(Finding::ok(
+            SIDE,
+            "select_privilege",
+            "every selected table is readable",
+        ));
+    } else {
+        report.push(Finding::error(
+            SIDE,
+            "select_privilege",
+            format!(
+                "role {:?} cannot read {} table(s): {}",
+                facts.user,
+                unreadable.len(),
+                name_list(unreadable.iter().copied())
+            ),
+            "GRANT SELECT on them to this role (or exclude them)",
+        ));
+    }
+
+    let no_identity: Vec<_> = selected
+        .tables
+        .iter()
+        .filter(|t| t.has_storage() && !t.identity.is_usable())
+        .map(|t| &t.name)
+        .collect();
+    if no_identity.is_empty() {
+        report.push(Finding::ok(
+            SIDE,
+            "replica_identity",
+            "every table has a primary key or a replica identity",
+        ));
+    } else {
+        report.push(Finding::error(
+            SIDE,
+            "replica_identity",
+            format!(
+                "{} table(s) have no primary key and no replica identity: {}. Once published, UPDATE and DELETE on them FAIL on the source",
+                no_identity.len(),
+                name_list(no_identity.iter().copied())
+            ),
+            "add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL, or leave them out with --exclude",
+        ));
+    }
+
+    let unlogged: Vec<_> = selected
+        .tables
+        .iter()
+        .filter(|t| t.unlogged)
+        .map(|t| &t.name)
+        .collect();
+    if !unlogged.is_empty() {
+        report.push(Finding::warn(
+            SIDE,
+            "unlogged_tables",
+            format!(
+                "{} unlogged table(s): {}. Their rows are copied once; later changes never reach the WAL, so they are not streamed",
+                unlogged.len(),
+                name_list(unlogged.iter().copied())
+            ),
+            "ALTER TABLE ... SET LOGGED to replicate them, or --exclude them",
+        ));
+    }
+
+    let publication_exists: bool = settings.get(6);
+    let publication = opts.name.publication();
+    if publication_exists {
+        report.push(Finding::ok(
+            SIDE,
+            "publication",
+            format!("publication {publication} exists from an earlier run"),
+        ));
+    } else if facts.is_superuser {
+        report.push(Finding::ok(
+            SIDE,
+            "publication",
+            format!("can create publication {publication}"),
+        ));
+    } else if opts.selection.is_everything() {
+        report.push(Finding::error(
+            SIDE,
+            "publication",
+            format!(
+                "a publication FOR ALL TABLES needs a superuser; {:?} is not one",
+                facts.user
+            ),
+            "connect as a superuser, or name the tables with --include (you must own them)",
+        ));
+    } else {
+        let foreign: Vec<_> = selected
+            .tables
+            .iter()
+            .filter(|t| !t.owned && !matches!(t.kind, TableKind::Partition { .. }))
+            .map(|t| &t.name)
+            .collect();
+        if foreign.is_empty() {
+            report.push(Finding::ok(
+                SIDE,
+                "publication",
+                format!("can create publication {publication}"),
+            ));
+        } else {
+            report.push(Finding::error(
+                SIDE,
+                "publication",
+                format!(
+                    "publishing a table needs its owner; {:?} does not own {}",
+                    facts.user,
+                    name_list(foreign.iter().copied())
+                ),
+                "connect as the tables' owner or a superuser",
+            ));
+        }
+    }
+
+    if opts.ddl {
+        if facts.is_superuser {
+            report.push(Finding::ok(
+                SIDE,
+                "ddl_capture",
+                "can install the DDL-capturing event triggers",
+            ));
+        } else {
+            report.push(Finding::error(
+                SIDE,
+                "ddl_capture",
+                format!(
+                    "event triggers that capture DDL need a superuser; {:?} is not one",
+                    facts.user
+                ),
+                "connect as a superuser, or pass --no-ddl (then DDL on the source stops the sync)",
+            ));
+        }
+    }
+    Ok((facts, Some(selected)))
+}

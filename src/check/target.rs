@@ -1,0 +1,255 @@
+//! Checks on the target: can it take the schema and the rows, and would the
+//! copy land on top of anything that is already there.
+
+use tokio_postgres::Client;
+
+use super::{name_list, query_error, CheckError, CheckOptions, Finding, Report};
+use crate::conn::Side;
+use crate::progress::state::{self, SyncRecord};
+use crate::source::catalog::{SelectedTables, ServerFacts};
+use crate::sql::TableName;
+
+const SIDE: Side = Side::Target;
+
+pub(super) async fn check(
+    client: &Client,
+    opts: &CheckOptions,
+    source: &ServerFacts,
+    selected: Option<&SelectedTables>,
+    report: &mut Report,
+) -> Result<(ServerFacts, Option<SyncRecord>), CheckError> {
+    let facts = ServerFacts::read(client)
+        .await
+        .map_err(query_error(SIDE, "reading server facts"))?;
+    if facts.major() < source.major() {
+        report.push(Finding::warn(
+            SIDE,
+            "version",
+            format!(
+                "target PostgreSQL {} is older than the source ({}): the source's schema may not load",
+                facts.version, source.version
+            ),
+            "use a target at least as new as the source",
+        ));
+    } else if facts.major() > source.major() {
+        report.push(Finding::ok(
+            SIDE,
+            "version",
+            format!(
+                "PostgreSQL {} (an upgrade from {})",
+                facts.version,
+                source.major()
+            ),
+        ));
+    } else {
+        report.push(Finding::ok(
+            SIDE,
+            "version",
+            format!("PostgreSQL {}", facts.version),
+        ));
+    }
+
+    if facts.encoding == source.encoding {
+        report.push(Finding::ok(
+            SIDE,
+            "encoding",
+            format!("{} on both sides", facts.encoding),
+        ));
+    } else if facts.encoding == "UTF8" {
+        report.push(Finding::warn(
+            SIDE,
+            "encoding",
+            format!(
+                "source is {}, target is UTF8: text is converted on the way",
+                source.encoding
+            ),
+            "nothing to do unless you expected the same encoding",
+        ));
+    } else {
+        report.push(Finding::error(
+            SIDE,
+            "encoding",
+            format!(
+                "source database is {}, target is {}: characters may not convert",
+                source.encoding, facts.encoding
+            ),
+            format!(
+                "create the target database with ENCODING '{}' (or UTF8)",
+                source.encoding
+            ),
+        ));
+    }
+
+    privileges(client, &facts, report).await?;
+
+    let existing = state::load_sync(client, &opts.name)
+        .await
+        .map_err(query_error(SIDE, "reading pgrepl state"))?;
+    if let Some(rec) = &existing {
+        report.push(Finding::ok(
+            SIDE,
+            "state",
+            format!(
+                "sync {:?} exists here ({}): pgrepl sync picks it up from there",
+                opts.name.as_str(),
+                rec.phase
+            ),
+        ));
+        return Ok((facts, existing));
+    }
+    if let Some(selected) = selected {
+        tables(client, opts, selected, report).await?;
+    }
+    Ok((facts, None))
+}
+
+async fn privileges(
+    client: &Client,
+    facts: &ServerFacts,
+    report: &mut Report,
+) -> Result<(), CheckError> {
+    if facts.is_superuser {
+        report.push(Finding::ok(
+            SIDE,
+            "privileges",
+            format!("role {:?} is a superuser", facts.user),
+        ));
+        return Ok(());
+    }
+    let row = client
+        .query_one(
+            "SELECT has_function_privilege('pg_replication_origin_session_setup(text)', 'EXECUTE'),
+                    has_database_privilege(current_database(), 'CREATE'),
+                    CASE WHEN current_setting('server_version_num')::int >= 150000
+                         THEN has_parameter_privilege('session_replication_role', 'SET') ELSE false END",
+            &[],
+        )
+        .await
+        .map_err(query_error(SIDE, "reading privileges"))?;
+    let (origins, create, replica_role): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    let mut missing = Vec::new();
+    if !origins {
+        missing.push("EXECUTE on the pg_replication_origin_* functions");
+    }
+    if !create {
+        missing.push("CREATE on the database");
+    }
+    if !replica_role {
+        missing.push("SET on session_replication_role (PG 15+: GRANT SET ON PARAMETER)");
+    }
+    if missing.is_empty() {
+        report.push(Finding::ok(
+            SIDE,
+            "privileges",
+            "role has the grants apply needs",
+        ));
+    } else {
+        report.push(Finding::error(
+            SIDE,
+            "privileges",
+            format!(
+                "role {:?} is not a superuser and lacks {}",
+                facts.user,
+                missing.join(", ")
+            ),
+            "connect as a superuser on the target, or grant what is listed",
+        ));
+    }
+    Ok(())
+}
+
+/// Tables the copy would write: they must not exist (or, with
+/// `--existing-schema`, must exist), and must hold no rows.
+async fn tables(
+    client: &Client,
+    opts: &CheckOptions,
+    selected: &SelectedTables,
+    report: &mut Report,
+) -> Result<(), CheckError> {
+    let wanted: Vec<&TableName> = selected.with_storage().map(|t| &t.name).collect();
+    let schemas: Vec<&str> = wanted.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = wanted.iter().map(|t| t.name.as_str()).collect();
+    let rows = client
+        .query(
+            "SELECT w.s, w.n, c.oid IS NOT NULL
+             FROM unnest($1::text[], $2::text[]) AS w(s, n)
+             LEFT JOIN pg_namespace ns ON ns.nspname = w.s
+             LEFT JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = w.n AND c.relkind IN ('r', 'p')",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(query_error(SIDE, "looking up tables"))?;
+    let mut present = Vec::new();
+    let mut absent = Vec::new();
+    for row in rows {
+        let name = TableName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        if row.get(2) {
+            present.push(name);
+        } else {
+            absent.push(name);
+        }
+    }
+    let mut holding_rows = Vec::new();
+    for chunk in present.chunks(200) {
+        let sql = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("SELECT {i} WHERE EXISTS (SELECT 1 FROM {})", t.quoted()))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        for row in client
+            .query(&sql, &[])
+            .await
+            .map_err(query_error(SIDE, "looking for rows"))?
+        {
+            let i: i32 = row.get(0);
+            holding_rows.push(chunk[i as usize].clone());
+        }
+    }
+    if !holding_rows.is_empty() {
+        report.push(Finding::error(
+            SIDE,
+            "target_rows",
+            format!(
+                "{} table(s) already hold rows on the target: {}",
+                holding_rows.len(),
+                name_list(holding_rows.iter())
+            ),
+            "pgrepl copies into empty tables only: TRUNCATE or drop them on the target",
+        ));
+    }
+    if opts.existing_schema {
+        if absent.is_empty() {
+            report.push(Finding::ok(
+                SIDE,
+                "target_tables",
+                "every selected table exists on the target (--existing-schema)",
+            ));
+        } else {
+            report.push(Finding::error(
+                SIDE,
+                "target_tables",
+                format!("{} table(s) are missing on the target: {}", absent.len(), name_list(absent.iter())),
+                "create them on the target, or drop --existing-schema to let pgrepl create the schema",
+            ));
+        }
+    } else if present.is_empty() {
+        report.push(Finding::ok(
+            SIDE,
+            "target_tables",
+            "none of the selected tables exists yet: pgrepl creates the schema",
+        ));
+    } else {
+        report.push(Finding::error(
+            SIDE,
+            "target_tables",
+            format!(
+                "{} table(s) already exist on the target: {}",
+                present.len(),
+                name_list(present.iter())
+            ),
+            "drop them, or pass --existing-schema to copy into the tables as they are",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! `pgrepl check`: the preflight report, nothing changed.
+
+use std::process::ExitCode;
+
+use crate::check::{self, CheckOptions};
+use crate::cli::CheckArgs;
+
+pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let (source, target) = super::endpoints(&args.endpoints)?;
+    let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
+    let opts = CheckOptions {
+        name: args.endpoints.name.clone(),
+        selection: args.tables.selection(),
+        existing_schema: args.existing_schema,
+        ddl: !args.no_ddl,
+    };
+    let preflight = check::run(&source, &target, &src, &tgt, &opts).await?;
+    if args.json {
+        println!("{}", preflight.report.to_json());
+    } else {
+        print!(
+            "{}",
+            preflight.report.render(crate::logging::terminal_width())
+        );
+    }
+    Ok(if preflight.report.has_errors() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,116 @@
+//! Connections as libpq users expect them: conninfo or URI, environment
+//! fallbacks, `~/.pgpass`, `sslmode`, Unix sockets, `application_name=pgrepl`,
+//! and failures explained in one line. Normal sessions are tokio-postgres;
+//! the walsender session is [`walsender`].
+
+pub mod config;
+pub mod conninfo;
+pub mod error;
+pub mod pgpass;
+pub mod tls;
+pub mod walsender;
+
+pub use config::{ConnConfig, Host, Password, SslMode};
+pub use error::{ConnectError, ConnectFailure, ServerError, Side};
+
+use tokio_postgres::Client;
+
+/// One side's connection settings, labelled for messages.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub side: Side,
+    pub config: ConnConfig,
+}
+
+impl Endpoint {
+    pub fn new(side: Side, config: ConnConfig) -> Self {
+        Self { side, config }
+    }
+
+    /// Opens a normal session; its connection task runs in the background
+    /// and ends when the client is dropped.
+    pub async fn connect(&self) -> Result<Client, ConnectError> {
+        let tls = tls::client_config(&self.config).map_err(|e| {
+            ConnectError::new(
+                self.side,
+                &self.config,
+                ConnectFailure::Config(e.to_string()),
+            )
+        })?;
+        let pg = self.config.to_tokio();
+        let result = match tls {
+            Some(tls) => {
+                let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+                pg.connect(connector).await.map(|(client, conn)| {
+                    spawn_connection(self.side, conn);
+                    client
+                })
+            }
+            None => pg
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map(|(client, conn)| {
+                    spawn_connection(self.side, conn);
+                    client
+                }),
+        };
+        result
+            .map_err(|e| ConnectError::new(self.side, &self.config, ConnectFailure::from_tokio(&e)))
+    }
+
+    /// A connection pool with the same settings (for parallel work).
+    pub fn pool(&self, size: usize) -> Result<deadpool_postgres::Pool, ConnectError> {
+        let tls = tls::client_config(&self.config).map_err(|e| {
+            ConnectError::new(
+                self.side,
+                &self.config,
+                ConnectFailure::Config(e.to_string()),
+            )
+        })?;
+        let manager_config = deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        };
+        let pg = self.config.to_tokio();
+        let manager = match tls {
+            Some(tls) => deadpool_postgres::Manager::from_config(
+                pg,
+                tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone()),
+                manager_config,
+            ),
+            None => {
+                deadpool_postgres::Manager::from_config(pg, tokio_postgres::NoTls, manager_config)
+            }
+        };
+        deadpool_postgres::Pool::builder(manager)
+            .max_size(size.max(1))
+            .build()
+            .map_err(|e| {
+                ConnectError::new(
+                    self.side,
+                    &self.config,
+                    ConnectFailure::Other(e.to_string()),
+                )
+            })
+    }
+
+    /// Maps a pool checkout failure to the same words as a direct connect.
+    pub fn pool_error(&self, e: deadpool_postgres::PoolError) -> ConnectError {
+        let failure = match &e {
+            deadpool_postgres::PoolError::Backend(pe) => ConnectFailure::from_tokio(pe),
+            other => ConnectFailure::Other(other.to_string()),
+        };
+        ConnectError::new(self.side, &self.config, failure)
+    }
+}
+
+fn spawn_connection<S, T>(side: Side, conn: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%side, error = %e, "connection closed");
+        }
+    });
+}

@@ -1,0 +1,48 @@
+//! Logs go to stderr through `tracing`: human lines by default, JSON with
+//! `--log-format json`. What a person watches (progress bars, the status
+//! line, reports) goes to stdout and is not logging.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::LogFormat;
+
+/// Installs the global subscriber. `verbosity`: -1 quiet, 0 normal, 1+ more.
+pub fn init(format: LogFormat, verbosity: i8) {
+    let default = match verbosity {
+        i8::MIN..=-1 => "warn",
+        0 => "pgrepl=info,warn",
+        1 => "pgrepl=debug,info",
+        _ => "pgrepl=trace,debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // A second init (tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+}
+
+/// The width of the terminal on stdout; unlimited when it is not one, so
+/// piped output is never wrapped mid-sentence.
+pub fn terminal_width() -> usize {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return usize::MAX / 2;
+    }
+    // SAFETY: TIOCGWINSZ fills a winsize struct we own; failure leaves it zeroed.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0 {
+            return ws.ws_col as usize;
+        }
+    }
+    100
+}

@@ -1,0 +1,328 @@
+//! pgrepl's memory, kept on the target in schema `pgrepl` so it commits
+//! with the data it describes: which sync exists, what phase it reached,
+//! where its snapshot was, and each table's state.
+//!
+//! A table moves Pending → Copying → Copied → Streaming; a sync moves
+//! Copying → Copied → Streaming. A sync found in Copying on start-up is an
+//! interrupted copy whose snapshot is gone: it is cleaned and started over.
+
+use std::fmt;
+
+use tokio_postgres::{Client, GenericClient};
+
+use crate::lsn::Lsn;
+use crate::sql::{SyncName, TableName};
+
+/// How a sync got its schema on the target; decides what cleaning removes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SchemaOrigin {
+    /// pgrepl ran the source's pre-data; `cleanup` drops what it created.
+    Created { cleanup: String },
+    /// `--existing-schema`: the tables were there (and empty) before.
+    Existing,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncPhase {
+    /// The snapshot copy is running (or was, and died).
+    Copying,
+    /// Every table is copied as of `consistent_lsn`; streaming starts there.
+    Copied,
+    /// Streaming; the replication origin holds the position.
+    Streaming,
+}
+
+impl SyncPhase {
+    fn as_str(&self) -> &'static str {
+        match self {
+            SyncPhase::Copying => "copying",
+            SyncPhase::Copied => "copied",
+            SyncPhase::Streaming => "streaming",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "copying" => SyncPhase::Copying,
+            "copied" => SyncPhase::Copied,
+            "streaming" => SyncPhase::Streaming,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for SyncPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of `pgrepl.sync`.
+#[derive(Clone, Debug)]
+pub struct SyncRecord {
+    pub name: SyncName,
+    pub phase: SyncPhase,
+    pub consistent_lsn: Lsn,
+    pub schema: SchemaOrigin,
+    pub source_system_id: String,
+    pub started_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TableState {
+    Pending,
+    Copying,
+    Copied { rows: i64, bytes: i64 },
+    Streaming,
+}
+
+impl TableState {
+    pub fn label(&self) -> &'static str {
+        match self {
+            TableState::Pending => "pending",
+            TableState::Copying => "copying",
+            TableState::Copied { .. } => "copied",
+            TableState::Streaming => "streaming",
+        }
+    }
+}
+
+/// One row of `pgrepl.tables`.
+#[derive(Clone, Debug)]
+pub struct TableRecord {
+    pub table: TableName,
+    pub state: TableState,
+    pub rows: Option<i64>,
+}
+
+const SCHEMA_SQL: &str = "
+CREATE SCHEMA IF NOT EXISTS pgrepl;
+COMMENT ON SCHEMA pgrepl IS 'pgrepl state: remove with pgrepl teardown';
+CREATE TABLE IF NOT EXISTS pgrepl.sync (
+    name text PRIMARY KEY,
+    phase text NOT NULL CHECK (phase IN ('copying', 'copied', 'streaming')),
+    consistent_lsn pg_lsn,
+    schema_created boolean NOT NULL,
+    cleanup_sql text,
+    source_system_id text NOT NULL DEFAULT '',
+    started_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS pgrepl.tables (
+    sync_name text NOT NULL REFERENCES pgrepl.sync (name) ON DELETE CASCADE,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    state text NOT NULL CHECK (state IN ('pending', 'copying', 'copied', 'streaming')),
+    rows bigint,
+    bytes bigint,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (sync_name, schema_name, table_name)
+);";
+
+/// Creates the state schema if needed.
+pub async fn ensure_schema(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(SCHEMA_SQL).await
+}
+
+async fn state_exists(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT to_regclass('pgrepl.sync') IS NOT NULL", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The recorded sync of this name, if any.
+pub async fn load_sync(
+    client: &impl GenericClient,
+    name: &SyncName,
+) -> Result<Option<SyncRecord>, tokio_postgres::Error> {
+    if !state_exists(client).await? {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            "SELECT phase, consistent_lsn, schema_created, cleanup_sql, source_system_id, started_at::text
+             FROM pgrepl.sync WHERE name = $1",
+            &[&name.as_str()],
+        )
+        .await?;
+    Ok(row.and_then(|row| {
+        let phase = SyncPhase::parse(row.get::<_, &str>(0))?;
+        let schema = if row.get::<_, bool>(2) {
+            SchemaOrigin::Created {
+                cleanup: row.get::<_, Option<String>>(3).unwrap_or_default(),
+            }
+        } else {
+            SchemaOrigin::Existing
+        };
+        Some(SyncRecord {
+            name: name.clone(),
+            phase,
+            consistent_lsn: row.get::<_, Option<Lsn>>(1).unwrap_or(Lsn::ZERO),
+            schema,
+            source_system_id: row.get(4),
+            started_at: row.get(5),
+        })
+    }))
+}
+
+/// Records a new sync in phase Copying with its tables Pending.
+pub async fn begin_copy(
+    client: &impl GenericClient,
+    name: &SyncName,
+    consistent_lsn: Lsn,
+    source_system_id: &str,
+    schema: &SchemaOrigin,
+    tables: &[TableName],
+) -> Result<(), tokio_postgres::Error> {
+    let (created, cleanup) = match schema {
+        SchemaOrigin::Created { cleanup } => (true, Some(cleanup.as_str())),
+        SchemaOrigin::Existing => (false, None),
+    };
+    client
+        .execute(
+            "INSERT INTO pgrepl.sync (name, phase, consistent_lsn, schema_created, cleanup_sql, source_system_id)
+             VALUES ($1, 'copying', $2, $3, $4, $5)",
+            &[&name.as_str(), &consistent_lsn, &created, &cleanup, &source_system_id],
+        )
+        .await?;
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    client
+        .execute(
+            "INSERT INTO pgrepl.tables (sync_name, schema_name, table_name, state)
+             SELECT $1, s, n, 'pending' FROM unnest($2::text[], $3::text[]) AS u(s, n)",
+            &[&name.as_str(), &schemas, &names],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Moves one table to `state`.
+pub async fn set_table_state(
+    client: &impl GenericClient,
+    name: &SyncName,
+    table: &TableName,
+    state: &TableState,
+) -> Result<(), tokio_postgres::Error> {
+    let (rows, bytes) = match state {
+        TableState::Copied { rows, bytes } => (Some(*rows), Some(*bytes)),
+        _ => (None, None),
+    };
+    client
+        .execute(
+            "UPDATE pgrepl.tables SET state = $4, rows = coalesce($5, rows), bytes = coalesce($6, bytes), updated_at = now()
+             WHERE sync_name = $1 AND schema_name = $2 AND table_name = $3",
+            &[&name.as_str(), &table.schema, &table.name, &state.label(), &rows, &bytes],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Adds a table that appeared while streaming (DDL), already Streaming.
+pub async fn add_streaming_table(
+    client: &impl GenericClient,
+    name: &SyncName,
+    table: &TableName,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO pgrepl.tables (sync_name, schema_name, table_name, state)
+             VALUES ($1, $2, $3, 'streaming') ON CONFLICT (sync_name, schema_name, table_name)
+             DO UPDATE SET state = 'streaming', updated_at = now()",
+            &[&name.as_str(), &table.schema, &table.name],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Moves the sync to `phase` (and every table along when entering Streaming).
+pub async fn set_phase(
+    client: &impl GenericClient,
+    name: &SyncName,
+    phase: SyncPhase,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE pgrepl.sync SET phase = $2, updated_at = now() WHERE name = $1",
+            &[&name.as_str(), &phase.as_str()],
+        )
+        .await?;
+    if phase == SyncPhase::Streaming {
+        client
+            .execute(
+                "UPDATE pgrepl.tables SET state = 'streaming', updated_at = now() WHERE sync_name = $1",
+                &[&name.as_str()],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Every table of the sync and its state.
+pub async fn load_tables(
+    client: &impl GenericClient,
+    name: &SyncName,
+) -> Result<Vec<TableRecord>, tokio_postgres::Error> {
+    if !state_exists(client).await? {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT schema_name, table_name, state, rows, bytes FROM pgrepl.tables
+             WHERE sync_name = $1 ORDER BY schema_name, table_name",
+            &[&name.as_str()],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let rows: Option<i64> = r.get(3);
+            let state = match r.get::<_, &str>(2) {
+                "copying" => TableState::Copying,
+                "copied" => TableState::Copied {
+                    rows: rows.unwrap_or(0),
+                    bytes: r.get::<_, Option<i64>>(4).unwrap_or(0),
+                },
+                "streaming" => TableState::Streaming,
+                _ => TableState::Pending,
+            };
+            TableRecord {
+                table: TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                state,
+                rows,
+            }
+        })
+        .collect())
+}
+
+/// Forgets the sync; drops the state schema when no other sync remains.
+/// Returns whether there was anything to forget.
+pub async fn forget(client: &Client, name: &SyncName) -> Result<bool, tokio_postgres::Error> {
+    if !state_exists(client).await? {
+        let schema: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgrepl')",
+                &[],
+            )
+            .await?
+            .get(0);
+        if schema {
+            client.batch_execute("DROP SCHEMA pgrepl CASCADE").await?;
+        }
+        return Ok(schema);
+    }
+    let removed = client
+        .execute("DELETE FROM pgrepl.sync WHERE name = $1", &[&name.as_str()])
+        .await?
+        > 0;
+    let others: i64 = client
+        .query_one("SELECT count(*) FROM pgrepl.sync", &[])
+        .await?
+        .get(0);
+    if others == 0 {
+        client.batch_execute("DROP SCHEMA pgrepl CASCADE").await?;
+        return Ok(true);
+    }
+    Ok(removed)
+}

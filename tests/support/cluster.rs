@@ -1,0 +1,471 @@
+//! Throwaway PostgreSQL clusters for tests: initdb + pg_ctl from installed
+//! binaries, run as an unprivileged user when the tests run as root, each on
+//! its own socket directory and port so tests run in parallel. A cluster
+//! stops when dropped; when the test failed, its log's path and last lines
+//! are printed and its directory is kept.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+use super::pg::PgInstall;
+
+/// The superuser's password, for tests that connect over TCP.
+pub const SUPERUSER_PASSWORD: &str = "pgrepl-test-pw";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub wal_level: &'static str,
+    /// Extra `postgresql.conf` lines.
+    pub settings: Vec<String>,
+    /// Listen on TLS with a test certificate: (cert PEM, key PEM).
+    pub tls: Option<(String, String)>,
+    /// pg_hba.conf lines put before initdb's (the first match wins).
+    pub hba: Vec<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            wal_level: "logical",
+            settings: Vec::new(),
+            tls: None,
+            hba: Vec::new(),
+        }
+    }
+}
+
+pub struct Cluster {
+    pub name: String,
+    pub install: PgInstall,
+    pub root: PathBuf,
+    pub data: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+    run_as: Option<String>,
+    stopped: bool,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn test_user() -> String {
+    std::env::var("PGREPL_TEST_USER").unwrap_or_else(|_| "postgres".to_string())
+}
+
+fn chown_to(path: &Path, user: &str) {
+    let cuser = CString::new(user).expect("user name has no NUL");
+    // SAFETY: getpwnam returns NULL or a pointer to a static passwd entry.
+    let (uid, gid) = unsafe {
+        let pw = libc::getpwnam(cuser.as_ptr());
+        assert!(
+            !pw.is_null(),
+            "user {user} does not exist (set PGREPL_TEST_USER)"
+        );
+        ((*pw).pw_uid, (*pw).pw_gid)
+    };
+    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).expect("path has no NUL");
+    // SAFETY: chown on a path we created.
+    let rc = unsafe { libc::chown(cpath.as_ptr(), uid, gid) };
+    assert_eq!(rc, 0, "chown {} to {user}", path.display());
+}
+
+/// Stops clusters left behind by test processes that died without dropping
+/// them (killed by a timeout), so they do not pile up.
+fn reap_orphans() {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("pgt-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks the process exists.
+        let alive = unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM };
+        if alive {
+            continue;
+        }
+        for data in [e.path().join("data")] {
+            if let Ok(pidfile) = std::fs::read_to_string(data.join("postmaster.pid")) {
+                if let Some(pm) = pidfile
+                    .lines()
+                    .next()
+                    .and_then(|l| l.trim().parse::<i32>().ok())
+                {
+                    // SAFETY: signalling a postmaster we started in an earlier run.
+                    unsafe { libc::kill(pm, libc::SIGQUIT) };
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(e.path());
+    }
+}
+
+impl Cluster {
+    pub fn start(name: &str, install: PgInstall) -> Cluster {
+        Self::start_with(name, install, ClusterOptions::default())
+    }
+
+    pub fn start_with(name: &str, install: PgInstall, opts: ClusterOptions) -> Cluster {
+        if COUNTER.load(Ordering::SeqCst) == 0 {
+            reap_orphans();
+        }
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let root = PathBuf::from(format!("/tmp/pgt-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("create cluster dir");
+        let run_as = is_root().then(test_user);
+        if let Some(user) = &run_as {
+            chown_to(&root, user);
+        }
+        let data = root.join("data");
+        let log = root.join("server.log");
+        let mut cluster = Cluster {
+            name: name.to_string(),
+            install,
+            root,
+            data,
+            port: 0,
+            log,
+            run_as,
+            stopped: true,
+        };
+        let pwfile = cluster.root.join("pw");
+        std::fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write pwfile");
+        if let Some(user) = &cluster.run_as {
+            chown_to(&pwfile, user);
+        }
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &cluster.data.display().to_string(),
+                "-U",
+                "postgres",
+                "--pwfile",
+                &pwfile.display().to_string(),
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-N",
+            ],
+        );
+        if let Some((cert, key)) = &opts.tls {
+            for (file, text) in [("server.crt", cert), ("server.key", key)] {
+                let p = cluster.data.join(file);
+                std::fs::write(&p, text).expect("write tls file");
+                if let Some(user) = &cluster.run_as {
+                    chown_to(&p, user);
+                }
+                std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .expect("chmod");
+            }
+        }
+        if !opts.hba.is_empty() {
+            let path = cluster.data.join("pg_hba.conf");
+            let old = std::fs::read_to_string(&path).expect("read pg_hba.conf");
+            std::fs::write(&path, format!("{}\n{old}", opts.hba.join("\n")))
+                .expect("write pg_hba.conf");
+        }
+        for attempt in 0..8 {
+            cluster.port = free_port();
+            cluster.write_config(&opts);
+            if cluster.try_start() {
+                return cluster;
+            }
+            let tail = cluster.log_tail(5);
+            assert!(
+                tail.contains("could not bind")
+                    || tail.contains("could not create")
+                    || attempt == 7,
+                "{name}: server failed to start:\n{tail}"
+            );
+        }
+        panic!(
+            "{name}: server failed to start after 8 ports:\n{}",
+            cluster.log_tail(20)
+        );
+    }
+
+    fn write_config(&self, opts: &ClusterOptions) {
+        let mut conf = format!(
+            "listen_addresses = '127.0.0.1'\n\
+             port = {}\n\
+             unix_socket_directories = '{}'\n\
+             wal_level = {}\n\
+             max_replication_slots = 16\n\
+             max_wal_senders = 16\n\
+             max_connections = 60\n\
+             shared_buffers = 32MB\n\
+             fsync = off\n\
+             full_page_writes = off\n\
+             log_line_prefix = '%m [%p] %q%a '\n\
+             log_min_messages = warning\n\
+             lc_messages = 'C'\n",
+            self.port,
+            self.root.display(),
+            opts.wal_level
+        );
+        if opts.tls.is_some() {
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
+        for s in &opts.settings {
+            conf.push_str(s);
+            conf.push('\n');
+        }
+        let path = self.data.join("postgresql.auto.conf");
+        std::fs::write(&path, conf).expect("write config");
+        if let Some(user) = &self.run_as {
+            chown_to(&path, user);
+        }
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let binary = self.install.tool(tool);
+        match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.arg("-u").arg(user).arg("--").arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .command(tool)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pg tool");
+        assert!(
+            out.status.success(),
+            "{}: {tool} {args:?} failed:\n{}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn try_start(&mut self) -> bool {
+        let ok = self
+            .command("pg_ctl")
+            .args([
+                "-D",
+                &self.data.display().to_string(),
+                "-l",
+                &self.log.display().to_string(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        self.stopped = !ok;
+        ok
+    }
+
+    /// Stops the server (`fast` shutdown, or `immediate` to simulate a crash).
+    pub fn stop_mode(&mut self, mode: &str) {
+        if self.stopped {
+            return;
+        }
+        let _ = self
+            .command("pg_ctl")
+            .args([
+                "-D",
+                &self.data.display().to_string(),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        self.stopped = true;
+    }
+
+    pub fn stop(&mut self) {
+        self.stop_mode("fast");
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&mut self) {
+        assert!(
+            self.try_start(),
+            "{}: restart failed:\n{}",
+            self.name,
+            self.log_tail(20)
+        );
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Changes one setting and restarts (for settings that need it).
+    pub fn set_and_restart(&mut self, line: &str) {
+        let path = self.data.join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&path).expect("read config");
+        conf.push_str(line);
+        conf.push('\n');
+        std::fs::write(&path, conf).expect("write config");
+        self.restart();
+    }
+
+    pub fn socket_dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// Conninfo over the Unix socket as the superuser (trust).
+    pub fn conninfo(&self) -> String {
+        self.conninfo_db("postgres")
+    }
+
+    pub fn conninfo_db(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.root.display(),
+            self.port
+        )
+    }
+
+    /// Conninfo over TCP (password authentication).
+    pub fn tcp_conninfo(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db} sslmode=disable",
+            self.port
+        )
+    }
+
+    pub async fn client(&self) -> Client {
+        self.client_db("postgres").await
+    }
+
+    pub async fn client_db(&self, db: &str) -> Client {
+        let (client, conn) = tokio_postgres::connect(&self.conninfo_db(db), NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("{}: connect: {e}", self.name));
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    /// Runs SQL (several statements allowed), panicking with the server's
+    /// message on error.
+    pub async fn exec(&self, sql: &str) {
+        let c = self.client().await;
+        if let Err(e) = c.batch_execute(sql).await {
+            panic!(
+                "{}: {}\nSQL: {}",
+                self.name,
+                super::db_error(&e),
+                truncate(sql, 400)
+            );
+        }
+    }
+
+    /// The single value of a query, as text.
+    pub async fn value(&self, sql: &str) -> Option<String> {
+        let c = self.client().await;
+        let rows = c
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {}\nSQL: {sql}", self.name, super::db_error(&e)));
+        rows.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+            _ => None,
+        })?
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub fn major(&self) -> u32 {
+        self.install.major
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_mode("immediate");
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} server log: {} (kept)\n{}\n---",
+                self.name,
+                self.log.display(),
+                self.log_tail(30)
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let port: u16 = rng.random_range(20000..60000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}

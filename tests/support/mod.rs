@@ -1,0 +1,62 @@
+//! Test harness: real PostgreSQL clusters, an independent data checksum,
+//! and the pgrepl binary run as a user runs it.
+#![allow(dead_code, unused_imports)]
+
+pub mod checksum;
+pub mod cluster;
+pub mod pg;
+pub mod pgrepl;
+
+pub use checksum::{assert_same_data, table_checksum, user_tables, Checksum};
+pub use cluster::{wait_for, Cluster, ClusterOptions, SUPERUSER_PASSWORD};
+pub use pg::PgInstall;
+
+/// A source/target pair, started in parallel.
+pub struct Pair {
+    pub source: Cluster,
+    pub target: Cluster,
+}
+
+impl Pair {
+    pub fn start() -> Pair {
+        Self::start_with(ClusterOptions::default(), ClusterOptions::default())
+    }
+
+    pub fn start_with(source: ClusterOptions, target: ClusterOptions) -> Pair {
+        let s = std::thread::spawn(move || {
+            Cluster::start_with("source", PgInstall::for_source(), source)
+        });
+        let target = Cluster::start_with("target", PgInstall::for_target(), target);
+        let source = s.join().expect("source cluster thread");
+        Pair { source, target }
+    }
+
+    /// `--source ... --target ...` arguments.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--source".into(),
+            self.source.conninfo(),
+            "--target".into(),
+            self.target.conninfo(),
+        ]
+    }
+}
+
+/// The server's message for a query error.
+pub fn db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Installs a test subscriber once, so pgrepl library logs show in failures.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "pgrepl=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
