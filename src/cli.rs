@@ -53,6 +53,21 @@ pub enum Command {
     /// identities, versions, encodings, tables already on the target) with
     /// what to do about each. Exits 1 if any is an error.
     Check(CheckArgs),
+
+    /// Copy the source to the target under one snapshot, then stream changes.
+    ///
+    /// Runs the checks first and changes nothing if any fails. Creates the
+    /// publication and slot pgrepl_NAME on the source, the schema and rows
+    /// on the target (indexes after the rows), then streams every change
+    /// until stopped (Ctrl-C). Run it again to resume where it stopped.
+    Sync(SyncArgs),
+
+    /// Remove everything pgrepl created for a sync; leave user data alone.
+    ///
+    /// Drops the slot and publication (and DDL capture) on the source, the
+    /// replication origin and pgrepl's state on the target. A forgotten slot
+    /// keeps WAL on the source forever: run this when you are done.
+    Teardown(TeardownArgs),
 }
 
 /// Where to connect, and which sync.
@@ -127,6 +142,64 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+
+    #[command(flatten)]
+    pub tables: TableArgs,
+
+    /// Parallel sessions for the copy and the index builds (default: CPUs).
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: Option<u16>,
+
+    /// Split tables larger than this into chunks copied in parallel
+    /// (e.g. 64MB, 1GiB; 0 never splits).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub chunk_size: u64,
+
+    /// Stop after the copy; the slot keeps the changes since for a later `sync`.
+    #[arg(long)]
+    pub copy_only: bool,
+
+    /// Copy into tables that already exist (empty) on the target instead of
+    /// creating the schema; their columns are checked.
+    #[arg(long)]
+    pub existing_schema: bool,
+
+    /// The pg_dump to read the source's schema with (default: the newest
+    /// found, which must be at least the source's major version).
+    #[arg(long, env = "PGREPL_PG_DUMP", value_name = "PATH", value_parser = existing_file)]
+    pub pg_dump: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TeardownArgs {
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+}
+
+/// Parses `64MB`, `1GiB`, `512k`, `1048576` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 64MB, 1GiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit (use kB, MB, GB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 /// Parses `5m`, `90s`, `1h` for duration flags.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 5m, 1h)"))
@@ -171,5 +244,15 @@ mod tests {
         walk(&Cli::command(), "pgrepl", &mut missing);
         assert!(missing.is_empty(), "undocumented: {missing:?}");
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("64MB"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("5 parsecs").is_err());
     }
 }

@@ -21,6 +21,7 @@ pub mod conn;
 pub mod logging;
 pub mod lsn;
 pub mod progress;
+pub mod snapshot;
 pub mod source;
 pub mod sql;
 

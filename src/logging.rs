@@ -1,10 +1,52 @@
 //! Logs go to stderr through `tracing`: human lines by default, JSON with
 //! `--log-format json`. What a person watches (progress bars, the status
-//! line, reports) goes to stdout and is not logging.
+//! line, reports) is deliberate output, not logging; while bars are drawn,
+//! log lines are printed above them instead of through them.
 
+use std::io::Write;
+use std::sync::Mutex;
+
+use indicatif::MultiProgress;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
+
+static BARS: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// While `Some`, log lines are printed above these progress bars.
+pub fn route_through(bars: Option<MultiProgress>) {
+    if let Ok(mut slot) = BARS.lock() {
+        *slot = bars;
+    }
+}
+
+struct StderrAroundBars;
+
+impl Write for StderrAroundBars {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bars = BARS.lock().ok().and_then(|b| b.clone());
+        match bars {
+            Some(bars) => bars
+                .suspend(|| std::io::stderr().write_all(buf))
+                .map(|_| buf.len()),
+            None => std::io::stderr().write_all(buf).map(|_| buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+struct MakeStderr;
+
+impl<'a> MakeWriter<'a> for MakeStderr {
+    type Writer = StderrAroundBars;
+    fn make_writer(&'a self) -> Self::Writer {
+        StderrAroundBars
+    }
+}
 
 /// Installs the global subscriber. `verbosity`: -1 quiet, 0 normal, 1+ more.
 pub fn init(format: LogFormat, verbosity: i8) {
@@ -17,7 +59,7 @@ pub fn init(format: LogFormat, verbosity: i8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(MakeStderr)
         .with_target(false);
     // A second init (tests) keeps the first subscriber.
     let _ = match format {

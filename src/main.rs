@@ -24,7 +24,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(pgrepl::commands::run(cli.command)) {
+    let json_logs = cli.log_format == pgrepl::cli::LogFormat::Json;
+    match runtime.block_on(pgrepl::commands::run(cli.command, json_logs)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));

@@ -2,6 +2,8 @@
 //! errors (anyhow) and decides the exit code.
 
 mod check;
+mod sync;
+mod teardown;
 
 use std::process::ExitCode;
 
@@ -10,9 +12,12 @@ use anyhow::Context;
 use crate::cli::{Command, Endpoints};
 use crate::conn::{ConnConfig, Endpoint, Side};
 
-pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+/// Runs one command. `json_logs` tells whether logs are JSON (then no bars).
+pub async fn run(command: Command, json_logs: bool) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check(args) => check::run(args).await,
+        Command::Sync(args) => sync::run(args, json_logs).await,
+        Command::Teardown(args) => teardown::run(args).await,
     }
 }
 
@@ -25,4 +30,15 @@ pub(crate) fn endpoints(e: &Endpoints) -> anyhow::Result<(Endpoint, Endpoint)> {
         Endpoint::new(Side::Source, source),
         Endpoint::new(Side::Target, target),
     ))
+}
+
+/// Resolves on SIGINT or SIGTERM with the signal's name.
+pub(crate) async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(tokio::select! {
+        _ = int.recv() => "interrupted",
+        _ = term.recv() => "terminated",
+    })
 }

@@ -117,6 +117,14 @@ CREATE TABLE IF NOT EXISTS pgrepl.tables (
     bytes bigint,
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (sync_name, schema_name, table_name)
+);
+CREATE TABLE IF NOT EXISTS pgrepl.copied_chunks (
+    sync_name text NOT NULL REFERENCES pgrepl.sync (name) ON DELETE CASCADE,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    chunk int NOT NULL,
+    rows bigint NOT NULL,
+    PRIMARY KEY (sync_name, schema_name, table_name, chunk)
 );";
 
 /// Creates the state schema if needed.
@@ -196,6 +204,40 @@ pub async fn begin_copy(
         )
         .await?;
     Ok(())
+}
+
+/// Records that a chunk's rows are in, in the transaction that wrote them.
+pub async fn record_chunk(
+    client: &impl GenericClient,
+    name: &SyncName,
+    table: &TableName,
+    chunk: usize,
+    rows: u64,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO pgrepl.copied_chunks (sync_name, schema_name, table_name, chunk, rows) VALUES ($1, $2, $3, $4, $5)",
+            &[&name.as_str(), &table.schema, &table.name, &(chunk as i32), &(rows as i64)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The rows of a chunk already copied, if it was (for retries after a
+/// connection broke around the commit).
+pub async fn chunk_rows(
+    client: &impl GenericClient,
+    name: &SyncName,
+    table: &TableName,
+    chunk: usize,
+) -> Result<Option<u64>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT rows FROM pgrepl.copied_chunks WHERE sync_name = $1 AND schema_name = $2 AND table_name = $3 AND chunk = $4",
+            &[&name.as_str(), &table.schema, &table.name, &(chunk as i32)],
+        )
+        .await?;
+    Ok(row.map(|r| r.get::<_, i64>(0) as u64))
 }
 
 /// Moves one table to `state`.

@@ -159,6 +159,8 @@ pub async fn list_tables(client: &Client) -> Result<Vec<SourceTable>, tokio_post
 #[derive(Clone, Debug, Default)]
 pub struct SelectedTables {
     pub tables: Vec<SourceTable>,
+    /// The source's other tables (pg_dump leaves them out).
+    pub excluded: Vec<SourceTable>,
 }
 
 impl SelectedTables {
@@ -173,11 +175,8 @@ impl SelectedTables {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let tables = all
-            .into_iter()
-            .filter(|t| selection.selects(t.top()))
-            .collect();
-        Ok(SelectedTables { tables })
+        let (tables, excluded) = all.into_iter().partition(|t| selection.selects(t.top()));
+        Ok(SelectedTables { tables, excluded })
     }
 
     /// Tables whose rows are copied (plain tables and leaf partitions).

@@ -1,5 +1,6 @@
 //! Stage 1, the source: what it holds ([`catalog`]), which of it a sync
-//! covers ([`selection`]).
+//! covers ([`selection`]), and what pgrepl creates there ([`setup`]).
 
 pub mod catalog;
 pub mod selection;
+pub mod setup;

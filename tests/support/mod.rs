@@ -6,6 +6,7 @@ pub mod checksum;
 pub mod cluster;
 pub mod pg;
 pub mod pgrepl;
+pub mod workload;
 
 pub use checksum::{assert_same_data, table_checksum, user_tables, Checksum};
 pub use cluster::{wait_for, Cluster, ClusterOptions, SUPERUSER_PASSWORD};

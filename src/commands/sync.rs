@@ -1,0 +1,179 @@
+//! `pgrepl sync`: preflight, source setup, snapshot copy, then streaming.
+//! A run that finds an interrupted copy cleans it and starts over; one that
+//! finds a finished copy goes straight to streaming.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+
+use crate::check::{self, CheckOptions, Preflight};
+use crate::cli::SyncArgs;
+use crate::conn::Endpoint;
+use crate::progress::state::SyncPhase;
+use crate::progress::ui::ProgressMode;
+use crate::snapshot::{self, pgdump, CopyRequest};
+use crate::source::setup;
+
+pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
+    let (source, target) = super::endpoints(&args.endpoints)?;
+    let name = args.endpoints.name.clone();
+    let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
+    let opts = CheckOptions {
+        name: name.clone(),
+        selection: args.tables.selection(),
+        existing_schema: args.existing_schema,
+        ddl: false,
+    };
+    let mut preflight = check::run(&source, &target, &src, &tgt, &opts).await?;
+
+    match preflight
+        .existing
+        .as_ref()
+        .map(|r| (r.phase.clone(), r.started_at.clone()))
+    {
+        Some((SyncPhase::Copying, started)) => {
+            println!(
+                "A copy started at {started} was interrupted; its snapshot is gone. Removing what it wrote and starting the copy over."
+            );
+            let gone = snapshot::discard(&src, &tgt, &name)
+                .await
+                .context("cleaning the interrupted copy")?;
+            tracing::info!(
+                slot_dropped = gone.slot,
+                target_cleaned = gone.target_objects,
+                "interrupted copy removed"
+            );
+            preflight = check::run(&source, &target, &src, &tgt, &opts).await?;
+        }
+        Some((phase, _)) => {
+            let rec = preflight.existing.as_ref().expect("matched Some above");
+            if args.copy_only {
+                println!(
+                    "The copy of sync {name} is already done (phase {phase}, consistent LSN {}); nothing to copy.",
+                    rec.consistent_lsn
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            bail!("sync {name} is copied; streaming is not available in this build yet");
+        }
+        None => {}
+    }
+    refuse_on_errors(&preflight)?;
+
+    let selected = preflight.selected.clone().context("no table selection")?;
+    let pg_dump = if args.existing_schema {
+        None
+    } else {
+        Some(pgdump::find(
+            args.pg_dump.as_deref(),
+            preflight.source.major() as u32,
+        )?)
+    };
+    if let Some(d) = &pg_dump {
+        tracing::info!(pg_dump = %d.path.display(), major = d.major, "schema from pg_dump");
+    }
+    // A slot without state on the target is left by a run that died before
+    // recording anything: nothing depends on it.
+    if setup::drop_slot(&src, &name.slot(), name.as_str()).await? {
+        tracing::warn!(slot = %name.slot(), "dropped a slot left by an interrupted run");
+    }
+    setup::drop_publication(&src, &name.publication()).await?;
+    setup::ensure_publication(
+        &src,
+        &name.publication(),
+        &preflight.source,
+        &selected,
+        opts.selection.is_everything(),
+        &[],
+    )
+    .await?;
+
+    let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let request = CopyRequest {
+        name: &name,
+        source: &source,
+        target: &target,
+        source_facts: &preflight.source,
+        target_facts: &preflight.target,
+        selected: &selected,
+        excluded: selected.excluded.clone(),
+        existing_schema: args.existing_schema,
+        pg_dump,
+        jobs,
+        chunk_bytes: args.chunk_size.min(i64::MAX as u64) as i64,
+        progress: ProgressMode::detect(json_logs),
+    };
+    let copied = tokio::select! {
+        result = snapshot::run(request) => result,
+        signal = super::shutdown_signal() => {
+            let signal = signal?;
+            eprintln!("{signal}: stopping the copy and removing what it wrote");
+            abandon(&source, &target, &name).await;
+            return Ok(ExitCode::from(130));
+        }
+    };
+    let copied = match copied {
+        Ok(c) => c,
+        Err(e) => {
+            abandon(&source, &target, &name).await;
+            return Err(
+                anyhow::Error::new(e).context("the copy failed; what it had created was removed")
+            );
+        }
+    };
+    println!("{}", copied.summary);
+    if args.copy_only {
+        println!(
+            "Copy done as of source LSN {}. Slot {} now keeps the source's WAL from there: run `pgrepl sync` to stream, or `pgrepl teardown` to remove it.",
+            copied.consistent_lsn,
+            name.slot()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    bail!("streaming is not available in this build yet")
+}
+
+fn refuse_on_errors(preflight: &Preflight) -> anyhow::Result<()> {
+    if preflight.report.has_errors() {
+        eprint!(
+            "{}",
+            preflight.report.render(crate::logging::terminal_width())
+        );
+        bail!(
+            "preflight found {} error(s); nothing was changed",
+            preflight.report.errors()
+        );
+    }
+    Ok(())
+}
+
+/// Best-effort removal of a copy that will not finish, on fresh sessions
+/// (the ones the copy used may be broken).
+async fn abandon(source: &Endpoint, target: &Endpoint, name: &crate::sql::SyncName) {
+    let result = async {
+        let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
+        let mut tries = 0;
+        loop {
+            match snapshot::discard(&src, &tgt, name).await {
+                // Our own walsender may take a moment to notice it is gone.
+                Err(snapshot::SnapshotError::Setup(setup::SetupError::SlotActive { .. }))
+                    if tries < 50 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => break other.map(|_| ()),
+            }
+        }?;
+        setup::drop_publication(&src, &name.publication()).await?;
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        eprintln!("error: could not remove the partial copy ({e:#}): run `pgrepl teardown --name {name}` and drop the copied tables on the target");
+    }
+}

@@ -1,0 +1,254 @@
+//! The copy workers: each holds one source session inside the exported
+//! snapshot and one target session, and pipes `COPY ... TO STDOUT` into
+//! `COPY ... FROM STDIN` unit after unit. A unit's rows and its marker in
+//! `pgrepl.copied_chunks` commit together, so a retry after a broken
+//! connection never copies a chunk twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_postgres::Client;
+use tracing::Instrument;
+
+use super::plan::Unit;
+use super::SnapshotError;
+use crate::conn::error::{describe, is_transient};
+use crate::conn::{Endpoint, Side};
+use crate::progress::state::{self, TableState};
+use crate::progress::ui::{CopyDisplay, TableStats};
+use crate::sql::{quote_literal, SyncName, TableName};
+
+/// Source session settings for work inside the snapshot: no timeout may
+/// end a long copy or the idle lock-holding transaction.
+pub const SOURCE_SESSION: &str =
+    "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET lock_timeout = 0";
+
+/// Opens the snapshot on `client`: from here it sees the source exactly as
+/// of the slot's consistent point.
+pub async fn import_snapshot(client: &Client, snapshot: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "{SOURCE_SESSION}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(snapshot)
+        ))
+        .await
+}
+
+/// Everything the workers share.
+pub struct CopyJob {
+    pub name: SyncName,
+    pub source: Endpoint,
+    pub target: Endpoint,
+    pub snapshot: String,
+    pub queue: Mutex<VecDeque<Unit>>,
+    pub stats: HashMap<TableName, Arc<TableStats>>,
+    pub display: CopyDisplay,
+    /// The main target session, for state updates.
+    pub state: Arc<Client>,
+}
+
+impl CopyJob {
+    fn next(&self) -> Option<Unit> {
+        self.queue.lock().ok()?.pop_front()
+    }
+}
+
+const RETRIES: usize = 3;
+
+async fn open_source(job: &CopyJob) -> Result<Client, SnapshotError> {
+    let src = job.source.connect().await?;
+    import_snapshot(&src, &job.snapshot).await.map_err(|e| {
+        if describe(&e).contains("snapshot") {
+            SnapshotError::SnapshotGone
+        } else {
+            SnapshotError::source("importing the snapshot", &e)
+        }
+    })?;
+    Ok(src)
+}
+
+async fn open_target(job: &CopyJob) -> Result<Client, SnapshotError> {
+    let tgt = job.target.connect().await?;
+    tgt.batch_execute("SET synchronous_commit = off; SET statement_timeout = 0")
+        .await
+        .map_err(|e| SnapshotError::target("setting up a copy session", &e))?;
+    Ok(tgt)
+}
+
+/// One worker: copies units until the queue is empty.
+pub async fn worker(job: Arc<CopyJob>, id: usize) -> Result<(), SnapshotError> {
+    let mut src = open_source(&job).await?;
+    let mut tgt = open_target(&job).await?;
+    while let Some(unit) = job.next() {
+        let stats = job
+            .stats
+            .get(&unit.table.name)
+            .cloned()
+            .expect("every unit's table has stats: both are built from the same plan");
+        if job.display.table_started(&stats) {
+            state::set_table_state(
+                &*job.state,
+                &job.name,
+                &unit.table.name,
+                &TableState::Copying,
+            )
+            .await
+            .map_err(|e| SnapshotError::target("recording table state", &e))?;
+        }
+        let span =
+            tracing::info_span!("copy", table = %unit.table.name, chunk = unit.chunk, worker = id);
+        let mut attempt = 0;
+        loop {
+            let result = copy_unit(&job, &src, &mut tgt, &unit, &stats)
+                .instrument(span.clone())
+                .await;
+            match result {
+                Ok(()) => break,
+                Err(UnitError::Transient(e)) if attempt < RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(parent: &span, error = %e, attempt, "copy interrupted; reconnecting and retrying the chunk");
+                    tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
+                    src = open_source(&job).await?;
+                    tgt = open_target(&job).await?;
+                }
+                Err(UnitError::Transient(e)) | Err(UnitError::Fatal(e)) => return Err(e),
+            }
+        }
+        if stats.units_left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let rows = stats.rows.load(Ordering::SeqCst) as i64;
+            let bytes = stats.bytes.load(Ordering::SeqCst) as i64;
+            state::set_table_state(
+                &*job.state,
+                &job.name,
+                &unit.table.name,
+                &TableState::Copied { rows, bytes },
+            )
+            .await
+            .map_err(|e| SnapshotError::target("recording table state", &e))?;
+            job.display.table_done(&stats);
+        }
+    }
+    Ok(())
+}
+
+enum UnitError {
+    Transient(SnapshotError),
+    Fatal(SnapshotError),
+}
+
+fn unit_error(unit: &Unit, side: Side, e: tokio_postgres::Error) -> UnitError {
+    let err = SnapshotError::Copy {
+        table: unit.label(),
+        side,
+        message: describe(&e),
+    };
+    if is_transient(&e) {
+        UnitError::Transient(err)
+    } else {
+        UnitError::Fatal(err)
+    }
+}
+
+async fn copy_unit(
+    job: &CopyJob,
+    src: &Client,
+    tgt: &mut Client,
+    unit: &Unit,
+    stats: &TableStats,
+) -> Result<(), UnitError> {
+    let table = &unit.table.name;
+    let tx = tgt
+        .transaction()
+        .await
+        .map_err(|e| unit_error(unit, Side::Target, e))?;
+    if let Some(rows) = state::chunk_rows(&tx, &job.name, table, unit.chunk)
+        .await
+        .map_err(|e| unit_error(unit, Side::Target, e))?
+    {
+        tracing::info!(rows, "chunk was already copied before the connection broke");
+        stats.rows.fetch_add(rows, Ordering::Relaxed);
+        return Ok(());
+    }
+    let out = src
+        .copy_out(&unit.copy_out_sql())
+        .await
+        .map_err(|e| unit_error(unit, Side::Source, e))?;
+    let sink = tx
+        .copy_in(&unit.copy_in_sql())
+        .await
+        .map_err(|e| unit_error(unit, Side::Target, e))?;
+    futures_util::pin_mut!(out);
+    futures_util::pin_mut!(sink);
+    let mut tally = Tally {
+        stats,
+        rows: 0,
+        bytes: 0,
+        kept: false,
+    };
+    while let Some(chunk) = out.next().await {
+        let chunk = chunk.map_err(|e| unit_error(unit, Side::Source, e))?;
+        tally.add(1, chunk.len() as u64);
+        sink.send(chunk)
+            .await
+            .map_err(|e| unit_error(unit, Side::Target, e))?;
+    }
+    let rows = sink
+        .as_mut()
+        .finish()
+        .await
+        .map_err(|e| unit_error(unit, Side::Target, e))?;
+    state::record_chunk(&tx, &job.name, table, unit.chunk, rows)
+        .await
+        .map_err(|e| unit_error(unit, Side::Target, e))?;
+    tx.commit()
+        .await
+        .map_err(|e| unit_error(unit, Side::Target, e))?;
+    // Live counting saw one message per row (plus a binary trailer): settle
+    // on the server's exact count.
+    tally.settle(rows);
+    tracing::debug!(
+        rows,
+        bytes = tally.bytes,
+        chunk = unit.chunk,
+        chunks = unit.chunks,
+        "unit copied"
+    );
+    Ok(())
+}
+
+/// What one attempt added to the table's counters; taken back unless the
+/// attempt committed.
+struct Tally<'a> {
+    stats: &'a TableStats,
+    rows: u64,
+    bytes: u64,
+    kept: bool,
+}
+
+impl Tally<'_> {
+    fn add(&mut self, rows: u64, bytes: u64) {
+        self.rows += rows;
+        self.bytes += bytes;
+        self.stats.rows.fetch_add(rows, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn settle(&mut self, exact_rows: u64) {
+        self.stats.rows.fetch_add(exact_rows, Ordering::Relaxed);
+        self.stats.rows.fetch_sub(self.rows, Ordering::Relaxed);
+        self.rows = exact_rows;
+        self.kept = true;
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.stats.rows.fetch_sub(self.rows, Ordering::Relaxed);
+            self.stats.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+    }
+}
