@@ -68,6 +68,9 @@ pub enum Command {
     /// replication origin and pgrepl's state on the target. A forgotten slot
     /// keeps WAL on the source forever: run this when you are done.
     Teardown(TeardownArgs),
+
+    /// Show where a sync stands: slot, lag, applied position, table states.
+    Status(StatusArgs),
 }
 
 /// Where to connect, and which sync.
@@ -172,6 +175,26 @@ pub struct SyncArgs {
     /// found, which must be at least the source's major version).
     #[arg(long, env = "PGREPL_PG_DUMP", value_name = "PATH", value_parser = existing_file)]
     pub pg_dump: Option<PathBuf>,
+
+    /// Once streaming starts, note the source's WAL position and exit 0 when
+    /// the target has applied everything up to it.
+    #[arg(long, conflicts_with = "copy_only")]
+    pub until_caught_up: bool,
+
+    /// Keep retrying lost connections for this long before giving up
+    /// (e.g. 30s, 5m, 1h).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub retry_for: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

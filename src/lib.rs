@@ -14,6 +14,7 @@
 //! (quoting and typed names), [`check`] (preflight), [`commands`] (the CLI
 //! edge).
 
+pub mod apply;
 pub mod check;
 pub mod cli;
 pub mod commands;
@@ -24,5 +25,6 @@ pub mod progress;
 pub mod snapshot;
 pub mod source;
 pub mod sql;
+pub mod stream;
 
 pub use lsn::Lsn;

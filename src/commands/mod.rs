@@ -2,6 +2,7 @@
 //! errors (anyhow) and decides the exit code.
 
 mod check;
+mod status;
 mod sync;
 mod teardown;
 
@@ -18,6 +19,7 @@ pub async fn run(command: Command, json_logs: bool) -> anyhow::Result<ExitCode> 
         Command::Check(args) => check::run(args).await,
         Command::Sync(args) => sync::run(args, json_logs).await,
         Command::Teardown(args) => teardown::run(args).await,
+        Command::Status(args) => status::run(args).await,
     }
 }
 

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 
+use crate::apply::applier::GroupLimits;
+use crate::apply::session::{self, Outcome, StreamRequest};
 use crate::check::{self, CheckOptions, Preflight};
 use crate::cli::SyncArgs;
 use crate::conn::Endpoint;
@@ -46,7 +48,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
             preflight = check::run(&source, &target, &src, &tgt, &opts).await?;
         }
         Some((phase, _)) => {
-            let rec = preflight.existing.as_ref().expect("matched Some above");
+            let rec = preflight.existing.clone().expect("matched Some above");
             if args.copy_only {
                 println!(
                     "The copy of sync {name} is already done (phase {phase}, consistent LSN {}); nothing to copy.",
@@ -54,7 +56,17 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            bail!("sync {name} is copied; streaming is not available in this build yet");
+            refuse_on_errors(&preflight)?;
+            return stream(
+                &args,
+                &source,
+                &target,
+                &src,
+                &tgt,
+                &rec.source_system_id,
+                json_logs,
+            )
+            .await;
         }
         None => {}
     }
@@ -134,7 +146,116 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    bail!("streaming is not available in this build yet")
+    let system_id = crate::progress::state::load_sync(&tgt, &name)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "target: reading pgrepl state: {}",
+                crate::conn::error::describe(&e)
+            )
+        })?
+        .map(|r| r.source_system_id)
+        .unwrap_or_default();
+    stream(&args, &source, &target, &src, &tgt, &system_id, json_logs).await
+}
+
+/// Streams from the slot until stopped, caught up, or a fatal error.
+async fn stream(
+    args: &SyncArgs,
+    source: &Endpoint,
+    target: &Endpoint,
+    src: &tokio_postgres::Client,
+    tgt: &tokio_postgres::Client,
+    system_id: &str,
+    json_logs: bool,
+) -> anyhow::Result<ExitCode> {
+    let name = &args.endpoints.name;
+    match setup::slot_info(src, &name.slot()).await? {
+        None => bail!(
+            "source: slot {} is gone, so the changes since the copy are lost: run `pgrepl teardown --name {name}`, empty the target, and sync again",
+            name.slot()
+        ),
+        Some(s) if s.lost => bail!(
+            "source: slot {} lost WAL it needed (max_slot_wal_keep_size?): the target cannot catch up; run `pgrepl teardown --name {name}` and sync again",
+            name.slot()
+        ),
+        Some(s) => {
+            if let Some(pid) = s.active_pid {
+                bail!(
+                    "source: slot {} is in use by process {pid}: is another `pgrepl sync --name {name}` running? Stop it first",
+                    name.slot()
+                );
+            }
+        }
+    }
+    let mut ws =
+        crate::conn::walsender::WalSender::connect(crate::conn::Side::Source, &source.config)
+            .await?;
+    let sys = ws.identify_system().await?;
+    drop(ws);
+    if !system_id.is_empty() && sys.system_id != system_id {
+        bail!(
+            "source: this server (system {}) is not the one the target was copied from (system {system_id}): check --source",
+            sys.system_id
+        );
+    }
+    let exists: bool = src
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&name.publication().as_str()],
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "source: reading publications: {}",
+                crate::conn::error::describe(&e)
+            )
+        })?
+        .get(0);
+    if !exists {
+        bail!(
+            "source: publication {} is gone: run `pgrepl teardown --name {name}` and sync again",
+            name.publication()
+        );
+    }
+    crate::progress::state::set_phase(tgt, name, SyncPhase::Streaming)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "target: recording the phase: {}",
+                crate::conn::error::describe(&e)
+            )
+        })?;
+
+    println!("Streaming changes (Ctrl-C to stop; `pgrepl sync` resumes where it stopped).");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signals = tokio::spawn(async move {
+        if let Ok(signal) = super::shutdown_signal().await {
+            eprintln!("{signal}: finishing the current transaction and stopping");
+            let _ = stop_tx.send(true);
+        }
+    });
+    let request = StreamRequest {
+        name,
+        source,
+        target,
+        until_caught_up: args.until_caught_up,
+        retry_for: args.retry_for,
+        progress: ProgressMode::detect(json_logs),
+        limits: GroupLimits::default(),
+        ddl_replicated: false,
+    };
+    let outcome = session::run(&request, stop_rx).await;
+    signals.abort();
+    match outcome? {
+        Outcome::Stopped { flushed } => {
+            println!("Stopped. The target holds the source's changes through LSN {flushed} (durable); `pgrepl sync` resumes from there.");
+        }
+        Outcome::CaughtUp { target, flushed } => {
+            println!("Caught up: everything the source had written at {target} is applied (durable through {flushed}).");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn refuse_on_errors(preflight: &Preflight) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //! person watching sees ([`ui`]).
 
 pub mod state;
+pub mod status;
 pub mod ui;
 
 /// `1.5 GiB`, `312 KiB`, `17 B`.

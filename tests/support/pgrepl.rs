@@ -140,6 +140,14 @@ pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     }
 }
 
+impl Drop for Running {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- pgrepl output so far\n{}\n---", self.output_so_far());
+        }
+    }
+}
+
 impl Running {
     pub fn pid(&self) -> i32 {
         self.child.id().expect("running child has a pid") as i32
@@ -160,6 +168,7 @@ impl Running {
 
     /// Waits for exit (panics after `limit`) and returns everything printed.
     pub async fn wait(mut self, limit: Duration) -> Output {
+        let readers = std::mem::take(&mut self.readers);
         let status = match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(s) => s.expect("wait for pgrepl"),
             Err(_) => {
@@ -170,7 +179,7 @@ impl Running {
                 );
             }
         };
-        for r in self.readers.drain(..) {
+        for r in readers {
             let _ = r.await;
         }
         Output {
@@ -183,7 +192,7 @@ impl Running {
     /// SIGKILL, no chance to clean up.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
-        for r in self.readers.drain(..) {
+        for r in std::mem::take(&mut self.readers) {
             let _ = r.await;
         }
     }

@@ -33,12 +33,17 @@ pub struct Workload {
 impl Workload {
     /// Starts committing batches, one transaction each, as fast as it can.
     pub async fn start(source: &Cluster) -> Workload {
+        Self::start_from(source, 0).await
+    }
+
+    /// Goes on after batch `last` (after a restart of the source).
+    pub async fn start_from(source: &Cluster, last: i64) -> Workload {
         let client = source.client().await;
         let stop = Arc::new(AtomicBool::new(false));
-        let batches = Arc::new(AtomicI64::new(0));
+        let batches = Arc::new(AtomicI64::new(last));
         let (s, b) = (stop.clone(), batches.clone());
         let handle = tokio::spawn(async move {
-            let mut k: i64 = 0;
+            let mut k: i64 = last;
             while !s.load(Ordering::SeqCst) && k < DOOMED_ROWS / 2 {
                 k += 1;
                 let sql = format!(

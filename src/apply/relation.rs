@@ -1,0 +1,462 @@
+//! A source relation (as pgoutput describes it) mapped onto its target
+//! table, and the statements that apply its rows there. Statements are
+//! prepared once per shape and reused; the shapes are:
+//!
+//! - INSERT of every column sent;
+//! - UPDATE setting the columns sent (unchanged TOAST values are not sent
+//!   and not set), matching the old key when the key changed, else the key;
+//! - DELETE matching the key;
+//! - with REPLICA IDENTITY FULL, UPDATE/DELETE match every old column,
+//!   NULL-aware like IS NOT DISTINCT FROM (one shape per NULL pattern so
+//!   `=` can use an index), through `ctid ... LIMIT 1` so exactly one of
+//!   several identical rows changes. Columns whose type has no equality
+//!   (json, point, xml) compare by their text form.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use tokio_postgres::{Client, Statement};
+
+use crate::sql::quote::push_ident;
+use crate::sql::TableName;
+use crate::stream::pgoutput::{Datum, OldRow, Relation, Tuple};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelationError {
+    #[error("source table {source_table} has no counterpart {target} on the target")]
+    NoTable {
+        source_table: TableName,
+        target: TableName,
+    },
+    #[error("source table {table} has column(s) {columns} that the target table lacks{hint}")]
+    MissingColumns {
+        table: TableName,
+        columns: String,
+        hint: &'static str,
+    },
+    #[error("target: reading table {table}: {message}")]
+    Catalog { table: TableName, message: String },
+    #[error("{table}: an UPDATE left a key column unset (unchanged TOAST in the key)")]
+    KeyUnchanged { table: TableName },
+    #[error("{table}: an UPDATE sets no column the target may write")]
+    NothingToSet { table: TableName },
+    #[error("{table}: changes arrive without a replica identity: set one on the source (ALTER TABLE ... REPLICA IDENTITY FULL)")]
+    NoIdentity { table: TableName },
+}
+
+/// How rows are found for UPDATE and DELETE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// Key columns (primary key or replica identity index).
+    Key,
+    /// Every column (REPLICA IDENTITY FULL).
+    Full,
+}
+
+/// A prepared statement and where its parameters come from.
+#[derive(Clone)]
+pub struct Prepared {
+    pub statement: Statement,
+    /// Column indices (into the tuple) of the SET / VALUES parameters.
+    pub set: Vec<usize>,
+    /// Column indices of the WHERE parameters, taken from the old row when
+    /// there is one, else from the new row.
+    pub filter: Vec<usize>,
+}
+
+pub struct TargetRelation {
+    pub source: Relation,
+    pub table: TableName,
+    pub identity: Identity,
+    /// Indices of the replica identity columns.
+    pub key: Vec<usize>,
+    /// Per column: compare as text (its type has no equality operator).
+    text_compare: Vec<bool>,
+    /// Per column: GENERATED ALWAYS AS IDENTITY, which UPDATE may not set
+    /// (and the source cannot change).
+    always_identity: Vec<bool>,
+    partitioned: bool,
+    statements: HashMap<String, Prepared>,
+    /// The common shapes, kept apart so the hot path builds no SQL.
+    fast_insert: Option<Prepared>,
+    fast_update: Option<Prepared>,
+    fast_delete: Option<Prepared>,
+}
+
+/// What an UPDATE or DELETE needs to find its row.
+pub enum RowFilter<'a> {
+    Key(&'a Tuple),
+    Full(&'a Tuple),
+}
+
+impl TargetRelation {
+    /// Maps `source` onto the same-named table on the target.
+    pub async fn load(
+        client: &Client,
+        source: Relation,
+        ddl_replicated: bool,
+    ) -> Result<Self, RelationError> {
+        let table = TableName::new(source.namespace.clone(), source.name.clone());
+        let rows = client
+            .query(
+                "SELECT c.relkind::text, a.attname::text, a.attgenerated <> '', a.attidentity = 'a',
+                   (WITH RECURSIVE ty(oid, typtype, base, elem, cat) AS (
+                        SELECT t.oid, t.typtype, t.typbasetype, t.typelem, t.typcategory FROM pg_type t WHERE t.oid = a.atttypid
+                        UNION ALL
+                        SELECT t.oid, t.typtype, t.typbasetype, t.typelem, t.typcategory FROM ty JOIN pg_type t
+                          ON t.oid = CASE WHEN ty.typtype = 'd' THEN ty.base WHEN ty.cat = 'A' THEN ty.elem END
+                        WHERE ty.typtype = 'd' OR ty.cat = 'A')
+                    SELECT bool_and(CASE WHEN typtype = 'd' OR cat = 'A' OR typtype IN ('e', 'r', 'm') THEN true
+                                         WHEN typtype = 'c' THEN false
+                                         ELSE EXISTS (SELECT 1 FROM pg_opclass o JOIN pg_am m ON m.oid = o.opcmethod
+                                                      WHERE m.amname = 'btree' AND o.opcdefault AND o.opcintype = ty.oid) END)
+                    FROM ty)
+                 FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+                 WHERE c.oid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&table.quoted()],
+            )
+            .await
+            .map_err(|e| RelationError::Catalog { table: table.clone(), message: crate::conn::error::describe(&e) })?;
+        if rows.is_empty() {
+            return Err(RelationError::NoTable {
+                source_table: table.clone(),
+                target: table,
+            });
+        }
+        let partitioned = rows[0].get::<_, String>(0) == "p";
+        // name -> (generated, has equality, identity ALWAYS)
+        let target_cols: HashMap<String, (bool, bool, bool)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(1),
+                    (
+                        r.get::<_, bool>(2),
+                        r.get::<_, Option<bool>>(4).unwrap_or(false),
+                        r.get::<_, bool>(3),
+                    ),
+                )
+            })
+            .collect();
+        let missing: Vec<&str> = source
+            .columns
+            .iter()
+            .filter(|c| !matches!(target_cols.get(&c.name), Some((false, _, _))))
+            .map(|c| c.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(RelationError::MissingColumns {
+                table,
+                columns: missing.join(", "),
+                hint: if ddl_replicated {
+                    ""
+                } else {
+                    " (DDL replication is off: add them on the target, then rerun pgrepl sync)"
+                },
+            });
+        }
+        let text_compare = source
+            .columns
+            .iter()
+            .map(|c| {
+                !target_cols
+                    .get(&c.name)
+                    .map(|(_, eq, _)| *eq)
+                    .unwrap_or(false)
+            })
+            .collect();
+        let always_identity = source
+            .columns
+            .iter()
+            .map(|c| {
+                target_cols
+                    .get(&c.name)
+                    .map(|(_, _, a)| *a)
+                    .unwrap_or(false)
+            })
+            .collect();
+        let identity = if source.replica_identity == b'f' {
+            Identity::Full
+        } else {
+            Identity::Key
+        };
+        let key = source
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key)
+            .map(|(i, _)| i)
+            .collect();
+        Ok(TargetRelation {
+            source,
+            table,
+            identity,
+            key,
+            text_compare,
+            always_identity,
+            partitioned,
+            statements: HashMap::new(),
+            fast_insert: None,
+            fast_update: None,
+            fast_delete: None,
+        })
+    }
+
+    fn col(&self, i: usize) -> &str {
+        &self.source.columns[i].name
+    }
+
+    /// The statement for an INSERT of every column.
+    pub async fn insert(&mut self, client: &Client) -> Result<Prepared, tokio_postgres::Error> {
+        if let Some(p) = &self.fast_insert {
+            return Ok(p.clone());
+        }
+        let cols: Vec<usize> = (0..self.source.columns.len()).collect();
+        let mut sql = String::from("INSERT INTO ");
+        sql.push_str(&self.table.quoted());
+        sql.push_str(" (");
+        for (n, &i) in cols.iter().enumerate() {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            push_ident(&mut sql, self.col(i));
+        }
+        sql.push_str(") OVERRIDING SYSTEM VALUE VALUES (");
+        sql.push_str(&crate::sql::quote::placeholders(1, cols.len()));
+        sql.push(')');
+        let p = self.prepare(client, sql, cols, Vec::new()).await?;
+        self.fast_insert = Some(p.clone());
+        Ok(p)
+    }
+
+    /// A key filter over a full set of non-NULL key values.
+    fn plain_key(&self, filter: &RowFilter<'_>) -> bool {
+        match filter {
+            RowFilter::Key(t) => {
+                !self.key.is_empty()
+                    && self
+                        .key
+                        .iter()
+                        .all(|&i| matches!(t.get(i), Some(Datum::Text(_) | Datum::Binary(_))))
+            }
+            RowFilter::Full(_) => false,
+        }
+    }
+
+    /// The statement for an UPDATE of `new` (unchanged TOAST columns left
+    /// out) finding its row by `filter`.
+    pub async fn update(
+        &mut self,
+        client: &Client,
+        new: &Tuple,
+        filter: &RowFilter<'_>,
+    ) -> Result<Prepared, StatementError> {
+        let fast = self.plain_key(filter) && !new.iter().any(|d| matches!(d, Datum::Unchanged));
+        if fast {
+            if let Some(p) = &self.fast_update {
+                return Ok(p.clone());
+            }
+        }
+        let set: Vec<usize> = new
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| {
+                !matches!(d, Datum::Unchanged)
+                    && !self.always_identity.get(*i).copied().unwrap_or(false)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if set.is_empty() {
+            return Err(StatementError::Relation(RelationError::NothingToSet {
+                table: self.table.clone(),
+            }));
+        }
+        let mut sql = String::from("UPDATE ");
+        sql.push_str(&self.table.quoted());
+        sql.push_str(" SET ");
+        for (n, &i) in set.iter().enumerate() {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            push_ident(&mut sql, self.col(i));
+            let _ = write!(sql, " = ${}", n + 1);
+        }
+        let (where_sql, filter_cols) = self.filter_sql(filter, set.len() + 1)?;
+        sql.push_str(&where_sql);
+        let p = self.prepare(client, sql, set, filter_cols).await?;
+        if fast {
+            self.fast_update = Some(p.clone());
+        }
+        Ok(p)
+    }
+
+    /// The statement for a DELETE finding its row by `filter`.
+    pub async fn delete(
+        &mut self,
+        client: &Client,
+        filter: &RowFilter<'_>,
+    ) -> Result<Prepared, StatementError> {
+        let fast = self.plain_key(filter);
+        if fast {
+            if let Some(p) = &self.fast_delete {
+                return Ok(p.clone());
+            }
+        }
+        let mut sql = String::from("DELETE FROM ");
+        sql.push_str(&self.table.quoted());
+        let (where_sql, filter_cols) = self.filter_sql(filter, 1)?;
+        sql.push_str(&where_sql);
+        let p = self.prepare(client, sql, Vec::new(), filter_cols).await?;
+        if fast {
+            self.fast_delete = Some(p.clone());
+        }
+        Ok(p)
+    }
+
+    /// ` WHERE ...` with parameters numbered from `first`.
+    fn filter_sql(
+        &self,
+        filter: &RowFilter<'_>,
+        first: usize,
+    ) -> Result<(String, Vec<usize>), RelationError> {
+        let mut sql = String::new();
+        let mut cols = Vec::new();
+        match filter {
+            RowFilter::Key(tuple) => {
+                if self.key.is_empty() {
+                    return Err(RelationError::NoIdentity {
+                        table: self.table.clone(),
+                    });
+                }
+                sql.push_str(" WHERE ");
+                for (n, &i) in self.key.iter().enumerate() {
+                    if n > 0 {
+                        sql.push_str(" AND ");
+                    }
+                    push_ident(&mut sql, self.col(i));
+                    match tuple.get(i) {
+                        Some(Datum::Null) => sql.push_str(" IS NULL"),
+                        Some(Datum::Unchanged) | None => {
+                            return Err(RelationError::KeyUnchanged {
+                                table: self.table.clone(),
+                            })
+                        }
+                        Some(_) => {
+                            let _ = write!(sql, " = ${}", first + cols.len());
+                            cols.push(i);
+                        }
+                    }
+                }
+            }
+            RowFilter::Full(tuple) => {
+                let only = if self.partitioned { "" } else { "ONLY " };
+                let (pick, matcher) = if self.partitioned {
+                    ("tableoid, ctid", "(tableoid, ctid)")
+                } else {
+                    ("ctid", "ctid")
+                };
+                let _ = write!(
+                    sql,
+                    " WHERE {matcher} = (SELECT {pick} FROM {only}{} WHERE ",
+                    self.table.quoted()
+                );
+                let mut first_cond = true;
+                for (i, d) in tuple.iter().enumerate() {
+                    if matches!(d, Datum::Unchanged) {
+                        continue;
+                    }
+                    if !first_cond {
+                        sql.push_str(" AND ");
+                    }
+                    first_cond = false;
+                    let text = self.text_compare.get(i).copied().unwrap_or(true);
+                    if text {
+                        sql.push('(');
+                        push_ident(&mut sql, self.col(i));
+                        sql.push_str(")::text");
+                    } else {
+                        push_ident(&mut sql, self.col(i));
+                    }
+                    if matches!(d, Datum::Null) {
+                        sql.push_str(" IS NULL");
+                    } else {
+                        let _ = write!(
+                            sql,
+                            " = ${}{}",
+                            first + cols.len(),
+                            if text { "::text" } else { "" }
+                        );
+                        cols.push(i);
+                    }
+                }
+                if first_cond {
+                    sql.push_str("true");
+                }
+                sql.push_str(" LIMIT 1)");
+            }
+        }
+        Ok((sql, cols))
+    }
+
+    async fn prepare(
+        &mut self,
+        client: &Client,
+        sql: String,
+        set: Vec<usize>,
+        filter: Vec<usize>,
+    ) -> Result<Prepared, tokio_postgres::Error> {
+        if let Some(p) = self.statements.get(&sql) {
+            return Ok(p.clone());
+        }
+        let statement = client.prepare(&sql).await?;
+        tracing::debug!(table = %self.table, %sql, "prepared");
+        let p = Prepared {
+            statement,
+            set,
+            filter,
+        };
+        self.statements.insert(sql, p.clone());
+        Ok(p)
+    }
+
+    /// `(id)=(42)`: the key of a row, for conflict messages.
+    pub fn describe_key(&self, row: &Tuple) -> String {
+        let idx: Vec<usize> = if self.identity == Identity::Full || self.key.is_empty() {
+            (0..row.len()).collect()
+        } else {
+            self.key.clone()
+        };
+        let names: Vec<&str> = idx.iter().map(|&i| self.col(i)).collect();
+        let values: Vec<String> = idx
+            .iter()
+            .map(|&i| row.get(i).map(Datum::display).unwrap_or_default())
+            .collect();
+        let mut v = values.join(", ");
+        if v.chars().count() > 200 {
+            v = format!("{}...", v.chars().take(200).collect::<String>());
+        }
+        format!("({})=({v})", names.join(", "))
+    }
+
+    /// Which row an UPDATE/DELETE must find.
+    pub fn filter_for<'a>(
+        &self,
+        old: Option<&'a OldRow>,
+        new: Option<&'a Tuple>,
+    ) -> Option<RowFilter<'a>> {
+        match (old, new) {
+            (Some(OldRow::Full(t)), _) => Some(RowFilter::Full(t)),
+            (Some(OldRow::Key(t)), _) => Some(RowFilter::Key(t)),
+            (None, Some(t)) => Some(RowFilter::Key(t)),
+            (None, None) => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatementError {
+    #[error(transparent)]
+    Relation(#[from] RelationError),
+    #[error(transparent)]
+    Prepare(#[from] tokio_postgres::Error),
+}

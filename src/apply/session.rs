@@ -1,0 +1,398 @@
+//! Streaming sessions: an apply connection holding the replication origin,
+//! a walsender stream starting at the origin's position, the applier
+//! between them, and a flush watcher that tells the source what the target
+//! made durable. A session that breaks for a transient reason (a server
+//! restarting, a dropped connection) is replaced, with backoff, until
+//! `--retry-for` has passed without success; each new session resumes
+//! from the origin, so nothing is applied twice or skipped.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_postgres::Client;
+use tracing::Instrument;
+
+use super::applier::{Applier, ApplyError, GroupLimits, Shared};
+use crate::conn::error::{describe, is_transient};
+use crate::conn::walsender::{WalSender, WalSenderError};
+use crate::conn::{ConnectError, ConnectFailure, Endpoint, Side};
+use crate::lsn::Lsn;
+use crate::progress::status::{LiveStatus, StatusSource};
+use crate::progress::ui::ProgressMode;
+use crate::sql::{OriginName, SyncName};
+use crate::stream::receiver::{Event, Feedback, Receiver};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Connect(Box<ConnectError>),
+    #[error(transparent)]
+    WalSender(Box<WalSenderError>),
+    #[error("target: {what}: {message}")]
+    Target {
+        what: &'static str,
+        message: String,
+        transient: bool,
+    },
+    #[error("gave up after retrying for {after}: {last}")]
+    GaveUp {
+        after: String,
+        last: Box<SessionError>,
+    },
+}
+
+impl From<ConnectError> for SessionError {
+    fn from(e: ConnectError) -> Self {
+        SessionError::Connect(Box::new(e))
+    }
+}
+
+impl From<WalSenderError> for SessionError {
+    fn from(e: WalSenderError) -> Self {
+        SessionError::WalSender(Box::new(e))
+    }
+}
+
+impl SessionError {
+    fn target(what: &'static str, e: &tokio_postgres::Error) -> Self {
+        let code = crate::conn::error::sqlstate(e).unwrap_or("");
+        // 55006: the origin is still held by the session of a pgrepl that
+        // died a moment ago; it goes away when the server notices.
+        SessionError::Target {
+            what,
+            message: describe(e),
+            transient: is_transient(e) || code == "55006",
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SessionError::Apply(e) => e.is_transient(),
+            SessionError::Connect(c) => matches!(
+                c.failure,
+                ConnectFailure::Refused
+                    | ConnectFailure::NoSocket
+                    | ConnectFailure::TimedOut
+                    | ConnectFailure::NotReady(_)
+                    | ConnectFailure::TooMany
+                    | ConnectFailure::Other(_)
+            ),
+            SessionError::WalSender(w) => w.is_transient(),
+            SessionError::Target { transient, .. } => *transient,
+            SessionError::GaveUp { .. } => false,
+        }
+    }
+}
+
+/// What to stream and how.
+pub struct StreamRequest<'a> {
+    pub name: &'a SyncName,
+    pub source: &'a Endpoint,
+    pub target: &'a Endpoint,
+    /// Stop once everything the source had written at the start is applied.
+    pub until_caught_up: bool,
+    pub retry_for: Duration,
+    pub progress: ProgressMode,
+    pub limits: GroupLimits,
+    pub ddl_replicated: bool,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    /// Stopped on request; `flushed` is durable on the target.
+    Stopped { flushed: Lsn },
+    /// Applied through the source position noted at the start.
+    CaughtUp { target: Lsn, flushed: Lsn },
+}
+
+/// Streams until stopped (`stop` turns true), caught up, or a fatal error.
+pub async fn run(
+    req: &StreamRequest<'_>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Outcome, SessionError> {
+    let until = if req.until_caught_up {
+        let src = req.source.connect().await?;
+        let lsn: Lsn = src
+            .query_one("SELECT pg_current_wal_lsn()", &[])
+            .await
+            .map_err(|e| SessionError::Target {
+                what: "reading the source position",
+                message: describe(&e),
+                transient: true,
+            })?
+            .get(0);
+        tracing::info!(%lsn, "will stop once the target has applied everything up to here");
+        Some(lsn)
+    } else {
+        None
+    };
+    let status = LiveStatus::start(req.progress, req.source.clone(), until);
+    let mut failing_since: Option<Instant> = None;
+    let mut attempt: u32 = 0;
+    let mut ungroup = Lsn::ZERO;
+    loop {
+        let started = Instant::now();
+        let result = session(req, &mut stop, until, &status, ungroup).await;
+        match result {
+            Ok(outcome) => {
+                status.finish();
+                return Ok(outcome);
+            }
+            // A conflict rolled back whole transactions that came before it
+            // in the same target transaction: replay up to it one source
+            // transaction at a time, so the sync stops exactly before it.
+            Err(SessionError::Apply(ApplyError::Conflict {
+                lsn,
+                took_earlier: true,
+                ..
+            })) if lsn > ungroup => {
+                tracing::info!(%lsn, "conflict inside a group of transactions; replaying them one by one up to it");
+                ungroup = lsn;
+            }
+            Err(e) if e.is_transient() => {
+                // A session that ran a while was a success: start counting again.
+                if started.elapsed() > Duration::from_secs(30) {
+                    failing_since = None;
+                    attempt = 0;
+                }
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= req.retry_for {
+                    status.finish();
+                    return Err(SessionError::GaveUp {
+                        after: crate::progress::human_duration(since.elapsed()),
+                        last: Box::new(e),
+                    });
+                }
+                attempt += 1;
+                let backoff = Duration::from_millis(250 * 2u64.pow(attempt.min(7)))
+                    .min(Duration::from_secs(30));
+                tracing::warn!(error = %e, retry_in = ?backoff, "streaming interrupted; resuming from the target's position");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {
+                        status.finish();
+                        return Ok(Outcome::Stopped { flushed: status.flushed() });
+                    }
+                }
+            }
+            Err(e) => {
+                status.finish();
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// The apply session: replica role (no user triggers, no FK checks, as
+/// native apply), asynchronous commit (the flush watcher reports only
+/// what is durable), and the replication origin.
+async fn apply_client(target: &Endpoint, origin: &OriginName) -> Result<Client, SessionError> {
+    let client = target.connect().await?;
+    client
+        .batch_execute(
+            "SET session_replication_role = replica; SET synchronous_commit = off; SET statement_timeout = 0;
+             SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0",
+        )
+        .await
+        .map_err(|e| SessionError::target("setting up the apply session", &e))?;
+    client
+        .execute(
+            "SELECT pg_replication_origin_session_setup($1)",
+            &[&origin.as_str()],
+        )
+        .await
+        .map_err(|e| SessionError::target("taking the replication origin", &e))?;
+    Ok(client)
+}
+
+async fn origin_progress(
+    client: &Client,
+    origin: &OriginName,
+    flushed: bool,
+) -> Result<Lsn, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_replication_origin_progress($1, $2)",
+            &[&origin.as_str(), &flushed],
+        )
+        .await?;
+    Ok(row.get::<_, Option<Lsn>>(0).unwrap_or(Lsn::ZERO))
+}
+
+async fn session(
+    req: &StreamRequest<'_>,
+    stop: &mut watch::Receiver<bool>,
+    until: Option<Lsn>,
+    status: &LiveStatus,
+    ungroup: Lsn,
+) -> Result<Outcome, SessionError> {
+    let origin = req.name.origin();
+    let client = Arc::new(apply_client(req.target, &origin).await?);
+    let start = origin_progress(&client, &origin, false)
+        .await
+        .map_err(|e| SessionError::target("reading the replication origin", &e))?;
+    let walsender = WalSender::connect(Side::Source, &req.source.config).await?;
+    let feedback = Feedback::new(start);
+    let mut receiver = Receiver::start(
+        walsender,
+        &req.name.slot(),
+        &req.name.publication(),
+        start,
+        feedback.clone(),
+    )
+    .await?;
+    tracing::info!(%start, "streaming");
+    let shared = Shared::new(start);
+    status.attach(StatusSource {
+        shared: shared.clone(),
+        feedback: feedback.clone(),
+    });
+    let watcher = tokio::spawn(flush_watcher(
+        req.target.clone(),
+        origin.clone(),
+        shared.clone(),
+        feedback.clone(),
+    ));
+    let mut applier = Applier::new(
+        client.clone(),
+        shared.clone(),
+        start,
+        req.limits.clone(),
+        req.ddl_replicated,
+    )
+    .await?;
+    applier.ungroup_through(ungroup);
+
+    let span = tracing::info_span!("apply", slot = %req.name.slot());
+    let result: Result<Option<Outcome>, ApplyError> = async {
+        loop {
+            if let Some(target) = until {
+                if !applier.in_transaction() && shared.idle_through() >= target {
+                    applier.finish().await?;
+                    return Ok(Some(Outcome::CaughtUp {
+                        target,
+                        flushed: Lsn::ZERO,
+                    }));
+                }
+            }
+            let event = tokio::select! {
+                biased;
+                _ = stop.changed() => {
+                    applier.finish().await?;
+                    return Ok(None);
+                }
+                event = receiver.events.recv() => event,
+            };
+            match event {
+                None => {
+                    return Err(ApplyError::Stream(
+                        crate::stream::receiver::StreamError::Ended,
+                    ))
+                }
+                Some(Err(e)) => return Err(ApplyError::Stream(e)),
+                Some(Ok(Event::Keepalive { end })) => applier.idle(end).await?,
+                Some(Ok(Event::Data { payload, .. })) => {
+                    let more = !receiver.events.is_empty();
+                    applier.handle(payload, more).await?;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            applier.abort().await;
+            watcher.abort();
+            receiver.shutdown().await;
+            return Err(SessionError::Apply(e));
+        }
+    };
+    // Wait (briefly) until what was committed is durable, report it, and
+    // close the stream with that as the final flushed position.
+    let written = Lsn(shared.written_end.load(Ordering::SeqCst));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut durable = origin_progress(&client, &origin, true)
+        .await
+        .unwrap_or(Lsn::ZERO);
+    while durable < written && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        durable = origin_progress(&client, &origin, true)
+            .await
+            .unwrap_or(durable);
+    }
+    watcher.abort();
+    let flushed = flush_position(durable, written, shared.idle_through());
+    feedback.set_flushed(flushed);
+    feedback.set_applied(shared.idle_through());
+    receiver.shutdown().await;
+    status.set_flushed(flushed);
+    Ok(match outcome {
+        Some(Outcome::CaughtUp { target, .. }) => Outcome::CaughtUp { target, flushed },
+        _ => Outcome::Stopped { flushed },
+    })
+}
+
+/// What may be reported as flushed: the origin's durable position, or —
+/// once everything written is durable — everything handled, including
+/// stretches of the source's WAL that had nothing to replicate.
+fn flush_position(durable: Lsn, written: Lsn, idle_through: Lsn) -> Lsn {
+    if durable >= written {
+        durable.max(idle_through)
+    } else {
+        durable
+    }
+}
+
+/// Every half second: reads what the target made durable and lets the
+/// writer report it.
+async fn flush_watcher(
+    target: Endpoint,
+    origin: OriginName,
+    shared: Arc<Shared>,
+    feedback: Arc<Feedback>,
+) {
+    let mut client: Option<Client> = None;
+    let mut interval = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        interval.tick().await;
+        if client.is_none() {
+            client = target.connect().await.ok();
+        }
+        let Some(c) = &client else { continue };
+        // idle_through first, written_end second: the applier stores them
+        // in the other order, so a new idle_through comes with its write.
+        let idle = shared.idle_through();
+        let written = Lsn(shared.written_end.load(Ordering::SeqCst));
+        match origin_progress(c, &origin, true).await {
+            Ok(durable) => {
+                feedback.set_flushed(flush_position(durable, written, idle));
+                feedback.set_applied(written);
+            }
+            Err(e) => {
+                tracing::debug!(error = %describe(&e), "flush watcher lost its connection");
+                client = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_never_passes_what_is_durable() {
+        // Written but not durable: only the durable part.
+        assert_eq!(flush_position(Lsn(10), Lsn(20), Lsn(30)), Lsn(10));
+        // All written is durable: idle stretches may be confirmed too.
+        assert_eq!(flush_position(Lsn(20), Lsn(20), Lsn(30)), Lsn(30));
+        assert_eq!(flush_position(Lsn(25), Lsn(20), Lsn(22)), Lsn(25));
+    }
+}

@@ -1,0 +1,394 @@
+//! Where a running sync stands. While streaming: one live line in a
+//! terminal (or a log line every ten seconds) with the phase, lag in bytes
+//! and seconds, txn/s, rows/s and the applied position. From another
+//! shell: `pgrepl status`, which reads the slot on the source and the
+//! origin and state on the target.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+use super::state;
+use super::ui::ProgressMode;
+use super::{human_bytes, human_duration};
+use crate::apply::applier::Shared;
+use crate::conn::Endpoint;
+use crate::lsn::Lsn;
+use crate::source::setup;
+use crate::sql::SyncName;
+use crate::stream::receiver::Feedback;
+
+/// The counters of the current streaming session.
+pub struct StatusSource {
+    pub shared: Arc<Shared>,
+    pub feedback: Arc<Feedback>,
+}
+
+struct Totals {
+    source: Option<StatusSource>,
+    /// Counts of earlier sessions (each session starts from zero).
+    txns_before: u64,
+    rows_before: u64,
+}
+
+/// The live status line, across the sessions of one `sync` run.
+pub struct LiveStatus {
+    totals: Arc<Mutex<Totals>>,
+    flushed: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+    bar: Option<ProgressBar>,
+}
+
+impl LiveStatus {
+    pub fn start(mode: ProgressMode, source: Endpoint, until: Option<Lsn>) -> Self {
+        let totals = Arc::new(Mutex::new(Totals {
+            source: None,
+            txns_before: 0,
+            rows_before: 0,
+        }));
+        let flushed = Arc::new(AtomicU64::new(0));
+        let bar = (mode == ProgressMode::Bars).then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(4));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg}").expect("constant template"),
+            );
+            let multi = indicatif::MultiProgress::new();
+            let bar = multi.add(bar);
+            crate::logging::route_through(Some(multi));
+            bar
+        });
+        let task = tokio::spawn(status_loop(
+            mode,
+            source,
+            until,
+            totals.clone(),
+            flushed.clone(),
+            bar.clone(),
+        ));
+        LiveStatus {
+            totals,
+            flushed,
+            task,
+            bar,
+        }
+    }
+
+    /// A new session's counters.
+    pub fn attach(&self, source: StatusSource) {
+        if let Ok(mut t) = self.totals.lock() {
+            if let Some(old) = t.source.take() {
+                t.txns_before += old.shared.txns.load(Ordering::Relaxed);
+                t.rows_before += old.shared.rows.load(Ordering::Relaxed);
+                self.flushed
+                    .fetch_max(old.feedback.flushed().0, Ordering::SeqCst);
+            }
+            t.source = Some(source);
+        }
+    }
+
+    pub fn set_flushed(&self, lsn: Lsn) {
+        self.flushed.fetch_max(lsn.0, Ordering::SeqCst);
+    }
+
+    /// The highest position reported durable so far.
+    pub fn flushed(&self) -> Lsn {
+        let current = self
+            .totals
+            .lock()
+            .ok()
+            .and_then(|t| t.source.as_ref().map(|s| s.feedback.flushed().0))
+            .unwrap_or(0);
+        Lsn(self.flushed.load(Ordering::SeqCst).max(current))
+    }
+
+    pub fn finish(&self) {
+        self.task.abort();
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+            crate::logging::route_through(None);
+        }
+    }
+}
+
+impl Drop for LiveStatus {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+async fn status_loop(
+    mode: ProgressMode,
+    source: Endpoint,
+    until: Option<Lsn>,
+    totals: Arc<Mutex<Totals>>,
+    flushed: Arc<AtomicU64>,
+    bar: Option<ProgressBar>,
+) {
+    let mut src: Option<Client> = None;
+    let mut source_lsn = Lsn::ZERO;
+    let mut last = (Instant::now(), 0u64, 0u64);
+    let mut last_line = Instant::now();
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        if src.is_none() {
+            src = source.connect().await.ok();
+        }
+        if let Some(c) = &src {
+            match c.query_one("SELECT pg_current_wal_lsn()", &[]).await {
+                Ok(row) => source_lsn = row.get(0),
+                Err(_) => src = None,
+            }
+        }
+        let (applied, flushed_now, txns, rows, commit_ts) = {
+            let Ok(t) = totals.lock() else { continue };
+            let Some(s) = &t.source else { continue };
+            (
+                s.shared.idle_through(),
+                s.feedback
+                    .flushed()
+                    .max(Lsn(flushed.load(Ordering::SeqCst))),
+                t.txns_before + s.shared.txns.load(Ordering::Relaxed),
+                t.rows_before + s.shared.rows.load(Ordering::Relaxed),
+                s.shared.last_commit_ts.load(Ordering::Relaxed),
+            )
+        };
+        let elapsed = last.0.elapsed().as_secs_f64().max(0.001);
+        let (tps, rps) = (
+            (txns - last.1.min(txns)) as f64 / elapsed,
+            (rows - last.2.min(rows)) as f64 / elapsed,
+        );
+        last = (Instant::now(), txns, rows);
+        let lag_bytes = source_lsn.bytes_since(applied);
+        let lag_secs = if lag_bytes == 0 || commit_ts == 0 {
+            0.0
+        } else {
+            seconds_since_pg_micros(commit_ts)
+        };
+        let goal = until.map(|u| format!("  until {u}")).unwrap_or_default();
+        let line = format!(
+            "streaming  lag {} / {:.1}s  {tps:.0} txn/s  {rps:.0} rows/s  applied {applied}  flushed {flushed_now}{goal}",
+            human_bytes(lag_bytes),
+            lag_secs
+        );
+        match (&bar, mode) {
+            (Some(b), _) => b.set_message(line),
+            (None, _) if last_line.elapsed() >= Duration::from_secs(10) => {
+                last_line = Instant::now();
+                tracing::info!(
+                    lag_bytes,
+                    lag_seconds = lag_secs,
+                    txn_per_s = tps,
+                    rows_per_s = rps,
+                    applied = %applied,
+                    flushed = %flushed_now,
+                    "{line}"
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Seconds from a Postgres timestamp (µs since 2000-01-01) to now.
+fn seconds_since_pg_micros(micros: u64) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+        - 946_684_800_000_000;
+    ((now - micros as i64).max(0) as f64) / 1e6
+}
+
+#[derive(Debug, Serialize)]
+pub struct SlotStatus {
+    pub name: String,
+    pub active_pid: Option<i32>,
+    pub confirmed_flush: String,
+    pub restart_lsn: String,
+    pub retained_bytes: i64,
+    pub lost: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TableStatus {
+    pub table: String,
+    pub state: String,
+    pub rows: Option<i64>,
+}
+
+/// `pgrepl status` as data.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub sync: String,
+    pub phase: Option<String>,
+    pub consistent_lsn: Option<String>,
+    pub source_lsn: String,
+    pub slot: Option<SlotStatus>,
+    pub origin_lsn: Option<String>,
+    pub origin_flushed_lsn: Option<String>,
+    pub lag_bytes: Option<u64>,
+    pub lag_seconds: Option<f64>,
+    pub tables: Vec<TableStatus>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{side}: {what}: {message}")]
+pub struct StatusError {
+    side: &'static str,
+    what: &'static str,
+    message: String,
+}
+
+fn serr(side: &'static str, what: &'static str) -> impl Fn(tokio_postgres::Error) -> StatusError {
+    move |e| StatusError {
+        side,
+        what,
+        message: crate::conn::error::describe(&e),
+    }
+}
+
+pub async fn report(
+    src: &Client,
+    tgt: &Client,
+    name: &SyncName,
+) -> Result<StatusReport, StatusError> {
+    let source_lsn: Lsn = src
+        .query_one("SELECT pg_current_wal_lsn()", &[])
+        .await
+        .map_err(serr("source", "reading the WAL position"))?
+        .get(0);
+    let slot = setup::slot_info(src, &name.slot())
+        .await
+        .map_err(|e| StatusError {
+            side: "source",
+            what: "reading the slot",
+            message: e.to_string(),
+        })?;
+    let lag_seconds: Option<f64> = match slot.as_ref().and_then(|s| s.active_pid) {
+        Some(pid) => src
+            .query_opt("SELECT extract(epoch FROM flush_lag)::float8 FROM pg_stat_replication WHERE pid = $1", &[&pid])
+            .await
+            .map_err(serr("source", "reading pg_stat_replication"))?
+            .and_then(|r| r.get::<_, Option<f64>>(0))
+            .or(Some(0.0)),
+        None => None,
+    };
+    let record = state::load_sync(tgt, name)
+        .await
+        .map_err(serr("target", "reading pgrepl state"))?;
+    let origin = tgt
+        .query_opt(
+            "SELECT pg_replication_origin_progress(roname, false), pg_replication_origin_progress(roname, true)
+             FROM pg_replication_origin WHERE roname = $1",
+            &[&name.origin().as_str()],
+        )
+        .await
+        .map_err(serr("target", "reading the replication origin"))?
+        .map(|r| (r.get::<_, Option<Lsn>>(0), r.get::<_, Option<Lsn>>(1)));
+    let tables = state::load_tables(tgt, name)
+        .await
+        .map_err(serr("target", "reading table states"))?
+        .into_iter()
+        .map(|t| TableStatus {
+            table: t.table.to_string(),
+            state: t.state.label().to_string(),
+            rows: t.rows,
+        })
+        .collect();
+    let flushed = origin.and_then(|(_, f)| f);
+    Ok(StatusReport {
+        sync: name.to_string(),
+        phase: record.as_ref().map(|r| r.phase.to_string()),
+        consistent_lsn: record.as_ref().map(|r| r.consistent_lsn.to_string()),
+        source_lsn: source_lsn.to_string(),
+        lag_bytes: flushed.map(|f| source_lsn.bytes_since(f)),
+        lag_seconds,
+        slot: slot.map(|s| SlotStatus {
+            name: name.slot().to_string(),
+            active_pid: s.active_pid,
+            confirmed_flush: s.confirmed_flush.to_string(),
+            restart_lsn: s.restart_lsn.to_string(),
+            retained_bytes: s.retained_bytes,
+            lost: s.lost,
+        }),
+        origin_lsn: origin.and_then(|(l, _)| l).map(|l| l.to_string()),
+        origin_flushed_lsn: flushed.map(|l| l.to_string()),
+        tables,
+    })
+}
+
+impl StatusReport {
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "sync {}: {}",
+            self.sync,
+            self.phase.as_deref().unwrap_or("not found on the target")
+        );
+        match &self.slot {
+            Some(s) => {
+                let _ = writeln!(
+                    out,
+                    "  source slot {}: {}, confirmed {}, holding {} of WAL{}",
+                    s.name,
+                    match s.active_pid {
+                        Some(pid) => format!("streaming (pid {pid})"),
+                        None => "idle".to_string(),
+                    },
+                    s.confirmed_flush,
+                    human_bytes(s.retained_bytes.max(0) as u64),
+                    if s.lost {
+                        " -- LOST: WAL it needed was removed; run teardown and sync again"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  source slot: none");
+            }
+        }
+        let _ = writeln!(out, "  source WAL at {}", self.source_lsn);
+        if let Some(o) = &self.origin_lsn {
+            let _ = writeln!(
+                out,
+                "  target applied through {o} (durable: {})",
+                self.origin_flushed_lsn.as_deref().unwrap_or("-")
+            );
+        }
+        if let Some(b) = self.lag_bytes {
+            let secs = self
+                .lag_seconds
+                .map(|s| human_duration(Duration::from_secs_f64(s.max(0.0))))
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(out, "  lag: {} / {secs}", human_bytes(b));
+        }
+        if !self.tables.is_empty() {
+            let mut counts: Vec<(String, usize)> = Vec::new();
+            for t in &self.tables {
+                match counts.iter_mut().find(|(s, _)| *s == t.state) {
+                    Some(c) => c.1 += 1,
+                    None => counts.push((t.state.clone(), 1)),
+                }
+            }
+            let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+            let _ = writeln!(out, "  tables: {}", summary.join(", "));
+            for t in &self.tables {
+                let rows = t
+                    .rows
+                    .map(|r| format!("{r} rows copied"))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "    {:<40} {:<10} {rows}", t.table, t.state);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,5 @@
+//! Stage 3: the slot's changes, received ([`receiver`]) and decoded
+//! ([`pgoutput`]).
+
+pub mod pgoutput;
+pub mod receiver;

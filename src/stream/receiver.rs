@@ -1,0 +1,312 @@
+//! The CopyBoth conversation with the walsender, once START_REPLICATION
+//! was accepted. Two tasks share the socket:
+//!
+//! - the reader turns CopyData into events on a channel bounded in bytes
+//!   (the applier's pace is the backpressure: when it falls behind, the
+//!   reader stops reading and TCP slows the walsender down);
+//! - the writer sends standby status updates every second, at once when
+//!   the server asks, and a last one on shutdown, whatever the reader or
+//!   the applier are doing, so wal_sender_timeout never fires.
+//!
+//! The flush position reported is only what the applier says is durable
+//! on the target; nothing here decides it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::conn::walsender::{parse_error, read_frame, Io, WalSender, WalSenderError};
+use crate::conn::{ServerError, Side};
+use crate::lsn::Lsn;
+use crate::sql::{PublicationName, SlotName};
+
+/// Bytes of undecoded changes the reader may hold ahead of the applier.
+const BUDGET_BYTES: usize = 64 << 20;
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// Microseconds from the Unix epoch to 2000-01-01, Postgres' epoch.
+const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("source: replication stream lost: {0}")]
+    Io(String),
+    #[error("source: the walsender reported: {0}")]
+    Server(ServerError),
+    #[error("source: the walsender ended the stream")]
+    Ended,
+    #[error("source: unexpected replication message: {0}")]
+    Protocol(String),
+}
+
+impl StreamError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StreamError::Io(_) | StreamError::Ended => true,
+            StreamError::Server(e) => e.code.starts_with("08") || e.code.starts_with("57P"),
+            StreamError::Protocol(_) => false,
+        }
+    }
+}
+
+/// Positions shared by the reader, the writer and the applier.
+#[derive(Debug, Default)]
+pub struct Feedback {
+    /// Highest position the source told us about (commits, keepalives).
+    pub received: AtomicU64,
+    /// Durable on the target: the only position the slot may advance to.
+    pub flushed: AtomicU64,
+    /// Committed on the target (maybe not yet durable).
+    pub applied: AtomicU64,
+    /// Set when the server asked for an immediate reply.
+    wake: Notify,
+}
+
+impl Feedback {
+    pub fn new(start: Lsn) -> Arc<Self> {
+        let f = Feedback::default();
+        f.received.store(start.0, Ordering::SeqCst);
+        f.flushed.store(start.0, Ordering::SeqCst);
+        f.applied.store(start.0, Ordering::SeqCst);
+        Arc::new(f)
+    }
+
+    pub fn set_flushed(&self, lsn: Lsn) {
+        self.flushed.fetch_max(lsn.0, Ordering::SeqCst);
+    }
+
+    pub fn set_applied(&self, lsn: Lsn) {
+        self.applied.fetch_max(lsn.0, Ordering::SeqCst);
+    }
+
+    pub fn flushed(&self) -> Lsn {
+        Lsn(self.flushed.load(Ordering::SeqCst))
+    }
+
+    /// Sends a status update now rather than at the next tick.
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// What the reader hands the applier.
+#[derive(Debug)]
+pub enum Event {
+    /// One pgoutput message; `permit` holds its share of the byte budget.
+    Data {
+        payload: Bytes,
+        _permit: OwnedSemaphorePermit,
+    },
+    /// The server's position while it had nothing to send.
+    Keepalive { end: Lsn },
+}
+
+/// A running replication stream.
+pub struct Receiver {
+    pub events: mpsc::Receiver<Result<Event, StreamError>>,
+    pub feedback: Arc<Feedback>,
+    stop: watch::Sender<bool>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Starts streaming `slot` from `start` with pgoutput proto v1.
+    pub async fn start(
+        walsender: WalSender,
+        slot: &SlotName,
+        publication: &PublicationName,
+        start: Lsn,
+        feedback: Arc<Feedback>,
+    ) -> Result<Self, WalSenderError> {
+        // publication_names is a list of identifiers inside a literal.
+        let command = format!(
+            "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names '\"{}\"')",
+            slot.as_str(),
+            publication.as_str()
+        );
+        let (io, leftover) = walsender.start_replication(&command).await?;
+        let (rd, wr) = tokio::io::split(io);
+        let (tx, events) = mpsc::channel(16 * 1024);
+        let (stop, stop_rx) = watch::channel(false);
+        let budget = Arc::new(Semaphore::new(BUDGET_BYTES));
+        let reader = tokio::spawn(read_loop(rd, leftover, tx, budget, feedback.clone()));
+        let writer = tokio::spawn(write_loop(wr, feedback.clone(), stop_rx));
+        Ok(Receiver {
+            events,
+            feedback,
+            stop,
+            reader,
+            writer,
+        })
+    }
+
+    /// Sends a last status update (with the final flushed position) and
+    /// ends the stream.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), &mut self.writer).await;
+        self.reader.abort();
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+async fn read_loop(
+    mut rd: ReadHalf<Io>,
+    mut buf: BytesMut,
+    tx: mpsc::Sender<Result<Event, StreamError>>,
+    budget: Arc<Semaphore>,
+    feedback: Arc<Feedback>,
+) {
+    let result: Result<(), StreamError> = async {
+        loop {
+            let frame = read_frame(&mut rd, &mut buf)
+                .await
+                .map_err(|e| StreamError::Io(e.to_string()))?;
+            match frame.tag {
+                b'd' => {
+                    let mut body = frame.body;
+                    if body.is_empty() {
+                        return Err(StreamError::Protocol("empty CopyData".into()));
+                    }
+                    match body.get_u8() {
+                        b'w' => {
+                            if body.len() < 24 {
+                                return Err(StreamError::Protocol("short XLogData".into()));
+                            }
+                            let _start = body.get_u64();
+                            let end = body.get_u64();
+                            let _time = body.get_i64();
+                            if end != 0 {
+                                feedback.received.fetch_max(end, Ordering::SeqCst);
+                            }
+                            // A Commit carries its end LSN at bytes 10..18.
+                            if body.first() == Some(&b'C') && body.len() >= 18 {
+                                let commit_end = u64::from_be_bytes(
+                                    body[10..18].try_into().expect("8 bytes checked above"),
+                                );
+                                feedback.received.fetch_max(commit_end, Ordering::SeqCst);
+                            }
+                            let cost = body.len().clamp(1, BUDGET_BYTES) as u32;
+                            let permit = budget
+                                .clone()
+                                .acquire_many_owned(cost)
+                                .await
+                                .map_err(|_| StreamError::Protocol("budget closed".into()))?;
+                            if tx
+                                .send(Ok(Event::Data {
+                                    payload: body,
+                                    _permit: permit,
+                                }))
+                                .await
+                                .is_err()
+                            {
+                                return Ok(());
+                            }
+                        }
+                        b'k' => {
+                            if body.len() < 17 {
+                                return Err(StreamError::Protocol("short keepalive".into()));
+                            }
+                            let end = body.get_u64();
+                            let _time = body.get_i64();
+                            let reply = body.get_u8() == 1;
+                            feedback.received.fetch_max(end, Ordering::SeqCst);
+                            if reply {
+                                feedback.poke();
+                            }
+                            if tx
+                                .send(Ok(Event::Keepalive { end: Lsn(end) }))
+                                .await
+                                .is_err()
+                            {
+                                return Ok(());
+                            }
+                        }
+                        other => {
+                            return Err(StreamError::Protocol(format!(
+                                "CopyData kind {:?}",
+                                other as char
+                            )))
+                        }
+                    }
+                }
+                b'E' => return Err(StreamError::Server(parse_error(frame.body))),
+                b'c' | b'C' | b'Z' => return Err(StreamError::Ended),
+                b'N' | b'S' => {}
+                other => {
+                    return Err(StreamError::Protocol(format!(
+                        "message {:?}",
+                        other as char
+                    )))
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = tx.send(Err(e)).await;
+    }
+}
+
+fn status_message(feedback: &Feedback) -> BytesMut {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+        - PG_EPOCH_OFFSET_MICROS;
+    let flushed = feedback.flushed.load(Ordering::SeqCst);
+    let written = feedback.received.load(Ordering::SeqCst).max(flushed);
+    let applied = feedback.applied.load(Ordering::SeqCst).max(flushed);
+    let mut body = BytesMut::with_capacity(34);
+    body.put_u8(b'r');
+    body.put_u64(written);
+    body.put_u64(flushed);
+    body.put_u64(applied);
+    body.put_i64(now);
+    body.put_u8(0);
+    let mut msg = BytesMut::with_capacity(40);
+    msg.put_u8(b'd');
+    msg.put_u32(4 + body.len() as u32);
+    msg.put_slice(&body);
+    msg
+}
+
+async fn write_loop(
+    mut wr: WriteHalf<Io>,
+    feedback: Arc<Feedback>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut interval = tokio::time::interval(STATUS_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = interval.tick() => false,
+            _ = feedback.wake.notified() => false,
+            changed = stop.changed() => changed.is_err() || *stop.borrow(),
+        };
+        let mut msg = status_message(&feedback);
+        if stopping {
+            // CopyDone, then Terminate: the session ends cleanly.
+            msg.put_slice(&[b'c', 0, 0, 0, 4, b'X', 0, 0, 0, 4]);
+        }
+        if wr.write_all(&msg).await.is_err() || wr.flush().await.is_err() {
+            tracing::debug!(side = %Side::Source, "could not send standby status; the reader will report the broken stream");
+            return;
+        }
+        if stopping {
+            tracing::debug!(flushed = %feedback.flushed(), "final standby status sent");
+            return;
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! Streaming apply against real clusters: every change type, exactly once,
+//! conflicts that stop cleanly, and stopping/restarting at any moment.
+
+mod support;
+
+use std::time::Duration;
+
+use support::workload::{self, Workload};
+use support::{assert_same_data, pgrepl, wait_for, Pair};
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+fn sync_args(pair: &Pair, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec!["sync".into()];
+    a.extend(pair.args());
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+async fn sync(pair: &Pair, extra: &[&str]) -> pgrepl::Output {
+    let a = sync_args(pair, extra);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    pgrepl::run(&a, LIMIT).await
+}
+
+fn spawn_sync(pair: &Pair, extra: &[&str]) -> pgrepl::Running {
+    let a = sync_args(pair, extra);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    pgrepl::spawn(&a)
+}
+
+async fn equal(pair: &Pair) -> i64 {
+    assert_same_data(&pair.source.client().await, &pair.target.client().await).await
+}
+
+/// Every fixture type, hostile names, TOAST, partitions, generated columns
+/// and RI FULL tables changing in the stream. Runs cross-version too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fidelity_changes_stream_exactly() {
+    let pair = Pair::start();
+    pair.source
+        .exec(include_str!("../fixtures/fidelity.sql"))
+        .await;
+    let out = sync(&pair, &["--copy-only"]).await;
+    assert!(out.success(), "{out}");
+    pair.source
+        .exec(
+            r#"
+            -- New rows copying every value of every type.
+            CREATE TEMP TABLE tmp AS SELECT * FROM fidelity.types;
+            UPDATE tmp SET id = id + 100;
+            INSERT INTO fidelity.types SELECT * FROM tmp;
+            -- Every column of rows 1..3 takes another row's values.
+            DO $$ DECLARE cols text; BEGIN
+              SELECT string_agg(format('%I', attname), ', ' ORDER BY attnum) INTO cols FROM pg_attribute
+               WHERE attrelid = 'fidelity.types'::regclass AND attnum > 1 AND NOT attisdropped;
+              EXECUTE format('UPDATE fidelity.types t SET (%s) = (SELECT %s FROM fidelity.types s
+                              WHERE s.id = CASE t.id WHEN 1 THEN 2 WHEN 2 THEN 3 ELSE 1 END) WHERE t.id IN (1, 2, 3)', cols, cols);
+            END $$;
+            DELETE FROM fidelity.types WHERE id = 4;
+            UPDATE fidelity.types SET id = 1000 WHERE id = 5;
+            -- Unchanged TOAST: only the small column changes.
+            UPDATE fidelity.big SET small = 'changed ' || id;
+            UPDATE fidelity.big SET doc = doc || ' more' WHERE id = 2;
+            -- Hostile identifiers, key change included.
+            UPDATE fidelity."we""ird tbl" SET "Mixed Case" = 'changed', "ünï" = NULL WHERE "select" <= 10;
+            UPDATE fidelity."we""ird tbl" SET "select" = "select" + 1000 WHERE "select" BETWEEN 11 AND 20;
+            DELETE FROM fidelity."we""ird tbl" WHERE "select" BETWEEN 21 AND 30;
+            INSERT INTO fidelity."we""ird tbl" ("select", "Mixed Case") VALUES (5000, 'new');
+            -- RI FULL with duplicates, json and point columns: exactly one of two equal rows changes.
+            UPDATE fidelity.nopk SET b = 'one of the dups' WHERE ctid = (SELECT ctid FROM fidelity.nopk WHERE a = 1 LIMIT 1);
+            DELETE FROM fidelity.nopk WHERE a = 2;
+            INSERT INTO fidelity.nopk VALUES (3, 'x', '[]', '(0,0)');
+            DELETE FROM fidelity.nopk WHERE ctid = (SELECT ctid FROM fidelity.nopk WHERE a = 3 LIMIT 1);
+            -- Partitions: rows move across partitions.
+            UPDATE fidelity.events SET happened = happened + 365 WHERE id % 10 = 0 AND happened < '2024-01-01';
+            DELETE FROM fidelity.events WHERE id % 13 = 0;
+            INSERT INTO fidelity.events SELECT g, date '2024-06-01', 'new' FROM generate_series(3000, 3100) g;
+            -- Generated columns recomputed on the target.
+            UPDATE fidelity.gen SET qty = qty + 1 WHERE id % 2 = 0;
+            INSERT INTO fidelity.gen (price, qty) VALUES (9.99, 3);
+            -- A second schema with a self-referencing foreign key.
+            INSERT INTO "Other Schema".things VALUES (4, 'leaf', 3);
+            UPDATE "Other Schema".things SET name = 'ROOT' WHERE id = 1;
+            "#,
+        )
+        .await;
+    let out = sync(&pair, &["--until-caught-up"]).await;
+    assert!(out.success(), "{out}");
+    let rows = equal(&pair).await;
+    assert!(rows > 2000, "{rows}");
+    assert_eq!(
+        pair.target
+            .value("SELECT count(*) FROM fidelity.nopk WHERE b = 'one of the dups'")
+            .await,
+        Some("1".into())
+    );
+    assert_eq!(
+        pair.target
+            .value("SELECT count(*) FROM fidelity.events_2024 WHERE id % 10 = 0")
+            .await,
+        pair.source
+            .value("SELECT count(*) FROM fidelity.events_2024 WHERE id % 10 = 0")
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_of_several_tables_with_cascade_and_restart_identity() {
+    let pair = Pair::start();
+    pair.source
+        .exec(
+            "CREATE TABLE parent (id serial PRIMARY KEY, v text);
+             CREATE TABLE child (id serial PRIMARY KEY, parent int REFERENCES parent (id));
+             CREATE TABLE other (id int PRIMARY KEY);
+             INSERT INTO parent (v) SELECT 'p' FROM generate_series(1, 50);
+             INSERT INTO child (parent) SELECT g FROM generate_series(1, 50) g;
+             INSERT INTO other SELECT generate_series(1, 10);",
+        )
+        .await;
+    assert!(sync(&pair, &["--copy-only"]).await.success());
+    pair.source
+        .exec(
+            "TRUNCATE parent RESTART IDENTITY CASCADE;
+             INSERT INTO parent (v) VALUES ('after');
+             BEGIN; TRUNCATE other; INSERT INTO other VALUES (42); COMMIT;",
+        )
+        .await;
+    let out = sync(&pair, &["--until-caught-up"]).await;
+    assert!(out.success(), "{out}");
+    equal(&pair).await;
+    assert_eq!(
+        pair.target.value("SELECT count(*) FROM child").await,
+        Some("0".into())
+    );
+    assert_eq!(
+        pair.target.value("SELECT id::text FROM parent").await,
+        Some("1".into()),
+        "identity restarted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_row_stops_the_sync_and_a_rerun_retries_it() {
+    let pair = Pair::start();
+    pair.source.exec("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 10) g;").await;
+    assert!(sync(&pair, &["--copy-only"]).await.success());
+    pair.target.exec("DELETE FROM t WHERE id = 5").await;
+    let before = pair
+        .target
+        .value("SELECT pg_replication_origin_progress('pgrepl_pgrepl', false)::text")
+        .await;
+    pair.source
+        .exec("INSERT INTO t VALUES (100, 'first')")
+        .await;
+    let bad_lsn = pair
+        .source
+        .value("SELECT pg_current_wal_insert_lsn()::text")
+        .await
+        .expect("lsn");
+    pair.source
+        .exec("UPDATE t SET v = 'changed' WHERE id = 5")
+        .await;
+    pair.source
+        .exec("INSERT INTO t VALUES (101, 'after')")
+        .await;
+
+    let out = sync(&pair, &["--until-caught-up"]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    let err = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .expect("an error line");
+    assert!(err.contains("conflict on public.t"), "{err}");
+    assert!(err.contains("(id)=(5)"), "{err}");
+    assert!(err.contains("UPDATE found no matching row"), "{err}");
+    assert!(err.contains("at LSN"), "{err}");
+    // The transaction before the conflict is in, the one after is not, and
+    // the origin stopped exactly before the conflicting transaction.
+    assert_eq!(
+        pair.target.value("SELECT v FROM t WHERE id = 100").await,
+        Some("first".into())
+    );
+    assert_eq!(
+        pair.target
+            .value("SELECT count(*) FROM t WHERE id = 101")
+            .await,
+        Some("0".into())
+    );
+    let origin = pair
+        .target
+        .value("SELECT pg_replication_origin_progress('pgrepl_pgrepl', false)::text")
+        .await;
+    assert_ne!(origin, before);
+    let origin_lsn: ::pgrepl::Lsn = origin.expect("origin").parse().expect("lsn");
+    let bad: ::pgrepl::Lsn = bad_lsn.parse().expect("lsn");
+    assert!(
+        origin_lsn <= bad,
+        "origin {origin_lsn} passed the conflicting transaction at {bad}"
+    );
+    let confirmed: ::pgrepl::Lsn = pair
+        .source
+        .value("SELECT confirmed_flush_lsn::text FROM pg_replication_slots")
+        .await
+        .expect("slot")
+        .parse()
+        .expect("lsn");
+    assert!(
+        confirmed <= bad,
+        "slot acknowledged {confirmed} past the conflict at {bad}"
+    );
+
+    // A rerun retries the same transaction and stops the same way.
+    let again = sync(&pair, &["--until-caught-up"]).await;
+    assert_eq!(again.code, Some(1), "{again}");
+    assert!(again.stderr.contains("(id)=(5)"), "{again}");
+    // Once the target is fixed, the rerun goes through.
+    pair.target.exec("INSERT INTO t VALUES (5, 'v')").await;
+    let fixed = sync(&pair, &["--until-caught-up"]).await;
+    assert!(fixed.success(), "{fixed}");
+    equal(&pair).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_key_stops_the_sync_with_the_targets_message() {
+    let pair = Pair::start();
+    pair.source
+        .exec("CREATE TABLE \"Odd\" (\"Key\" text PRIMARY KEY, v int)")
+        .await;
+    assert!(sync(&pair, &["--copy-only"]).await.success());
+    pair.target
+        .exec("INSERT INTO \"Odd\" VALUES ('k1', 0)")
+        .await;
+    pair.source
+        .exec("INSERT INTO \"Odd\" VALUES ('k1', 1)")
+        .await;
+    let out = sync(&pair, &["--until-caught-up"]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    let err = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .expect("an error line");
+    assert!(err.contains("conflict on public.\"Odd\""), "{err}");
+    assert!(err.contains("(Key)=(k1)"), "{err}");
+    assert!(
+        err.contains("duplicate key value violates unique constraint"),
+        "{err}"
+    );
+    assert_eq!(
+        pair.target.value("SELECT v::text FROM \"Odd\"").await,
+        Some("0".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_within_five_seconds_and_a_rerun_resumes() {
+    let pair = Pair::start();
+    pair.source.exec(workload::SCHEMA).await;
+    let load = Workload::start(&pair.source).await;
+    let running = spawn_sync(&pair, &[]);
+    let target = pair.target.client().await;
+    let copied: i32 = wait_for("streaming to start", Duration::from_secs(120), || {
+        let t = &target;
+        async move {
+            let phase: String = t
+                .query_one("SELECT phase FROM pgrepl.sync", &[])
+                .await
+                .ok()?
+                .get(0);
+            let n: i32 = t
+                .query_one("SELECT count(*)::int FROM wl.batches", &[])
+                .await
+                .ok()?
+                .get(0);
+            (phase == "streaming").then_some(n)
+        }
+    })
+    .await;
+    wait_for(
+        "streaming to apply workload batches",
+        Duration::from_secs(120),
+        || {
+            let t = &target;
+            async move {
+                let n: i32 = t
+                    .query_one("SELECT count(*)::int FROM wl.batches", &[])
+                    .await
+                    .ok()?
+                    .get(0);
+                (n > copied + 50).then_some(())
+            }
+        },
+    )
+    .await;
+    running.signal(libc::SIGINT);
+    let started = std::time::Instant::now();
+    let out = running.wait(Duration::from_secs(10)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop",
+        started.elapsed()
+    );
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout
+            .contains("Stopped. The target holds the source's changes through LSN"),
+        "{out}"
+    );
+    // What the target holds is one consistent point of the workload.
+    workload::assert_consistent_snapshot(&pair.target).await;
+    load.stop().await;
+    let out = sync(&pair, &["--until-caught-up"]).await;
+    assert!(out.success(), "{out}");
+    assert!(
+        !out.stdout.contains("Copied"),
+        "a rerun must not copy again:\n{out}"
+    );
+    equal(&pair).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_advances_when_only_unpublished_wal_flows_and_status_reports() {
+    let pair = Pair::start_with(
+        support::ClusterOptions {
+            settings: vec!["wal_sender_timeout = '4s'".into()],
+            ..Default::default()
+        },
+        Default::default(),
+    );
+    pair.source.exec("CREATE TABLE pub (id int PRIMARY KEY); CREATE TABLE unpub (id int PRIMARY KEY, pad text);").await;
+    let running = spawn_sync(&pair, &["--include", "public.pub"]);
+    let source = pair.source.client().await;
+    let pid_before: i32 = wait_for("streaming", Duration::from_secs(60), || {
+        let s = &source;
+        async move {
+            s.query_opt(
+                "SELECT pid FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .await
+            .ok()?
+            .map(|r| r.get(0))
+        }
+    })
+    .await;
+    // Lots of WAL that the publication does not cover.
+    pair.source
+        .exec("INSERT INTO unpub SELECT g, repeat('x', 500) FROM generate_series(1, 50000) g; CHECKPOINT;")
+        .await;
+    let goal: ::pgrepl::Lsn = pair
+        .source
+        .value("SELECT pg_current_wal_lsn()::text")
+        .await
+        .expect("lsn")
+        .parse()
+        .expect("lsn");
+    wait_for(
+        "the slot to confirm past the unpublished WAL",
+        Duration::from_secs(60),
+        || {
+            let s = &source;
+            async move {
+                let c: String = s
+                    .query_one(
+                        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots",
+                        &[],
+                    )
+                    .await
+                    .ok()?
+                    .get(0);
+                let c: ::pgrepl::Lsn = c.parse().ok()?;
+                (c >= goal).then_some(())
+            }
+        },
+    )
+    .await;
+    // A slow apply (the target table locked for longer than
+    // wal_sender_timeout) does not get the walsender to hang up.
+    let blocker = pair.target.client().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE pub IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    pair.source.exec("INSERT INTO pub VALUES (1)").await;
+    let waiting_since = std::time::Instant::now();
+    let target = pair.target.client().await;
+    wait_for("the apply to block on the lock", Duration::from_secs(30), || {
+        let t = &target;
+        async move {
+            let n: i64 = t
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'pgrepl'", &[])
+                .await
+                .ok()?
+                .get(0);
+            (n > 0).then_some(())
+        }
+    })
+    .await;
+    // Longer than wal_sender_timeout, measured by the server's own clock.
+    wait_for(
+        "two wal_sender_timeouts to pass",
+        Duration::from_secs(30),
+        || async { (waiting_since.elapsed() > Duration::from_secs(9)).then_some(()) },
+    )
+    .await;
+    blocker.batch_execute("COMMIT").await.expect("unlock");
+    wait_for("the row to arrive", Duration::from_secs(30), || {
+        let t = &target;
+        async move {
+            let n: i64 = t
+                .query_one("SELECT count(*) FROM pub", &[])
+                .await
+                .ok()?
+                .get(0);
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    let pid_after: i32 = source
+        .query_one(
+            "SELECT pid FROM pg_stat_replication WHERE state = 'streaming'",
+            &[],
+        )
+        .await
+        .expect("walsender")
+        .get(0);
+    assert_eq!(
+        pid_before, pid_after,
+        "the walsender was replaced: it timed out"
+    );
+
+    let mut a: Vec<String> = vec!["status".into()];
+    a.extend(pair.args());
+    a.push("--json".into());
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let status = pgrepl::run(&a, LIMIT).await;
+    assert!(status.success(), "{status}");
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).expect("status --json");
+    assert_eq!(v["phase"], "streaming");
+    assert!(v["slot"]["active_pid"].is_number(), "{v}");
+    assert_eq!(v["tables"][0]["table"], "public.pub");
+    assert_eq!(v["tables"][0]["state"], "streaming");
+    let human = pgrepl::run(&a[..a.len() - 1], LIMIT).await;
+    assert!(human.stdout.contains("sync pgrepl: streaming"), "{human}");
+    assert!(human.stdout.contains("lag:"), "{human}");
+
+    running.signal(libc::SIGTERM);
+    let out = running.wait(Duration::from_secs(10)).await;
+    assert!(out.success(), "{out}");
+}
+
+/// The servers restart under a running sync; it reconnects and resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_servers_restart_during_streaming_and_pgrepl_recovers() {
+    let mut pair = Pair::start();
+    pair.source.exec(workload::SCHEMA).await;
+    let running = spawn_sync(&pair, &["--retry-for", "2m"]);
+    let target = pair.target.client().await;
+    wait_for("streaming to start", Duration::from_secs(120), || {
+        let t = &target;
+        async move {
+            let phase: String = t
+                .query_one("SELECT phase FROM pgrepl.sync", &[])
+                .await
+                .ok()?
+                .get(0);
+            (phase == "streaming").then_some(())
+        }
+    })
+    .await;
+    drop(target);
+    let load = Workload::start(&pair.source).await;
+    let target_conninfo = pair.target.conninfo();
+    let batches_on_target = |n: i32| {
+        let conninfo = target_conninfo.clone();
+        async move {
+            wait_for("batches on the target", Duration::from_secs(120), || {
+                let conninfo = conninfo.clone();
+                async move {
+                    let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                        .await
+                        .ok()?;
+                    tokio::spawn(conn);
+                    let have: i32 = c
+                        .query_one("SELECT count(*)::int FROM wl.batches", &[])
+                        .await
+                        .ok()?
+                        .get(0);
+                    (have >= n).then_some(())
+                }
+            })
+            .await
+        }
+    };
+    batches_on_target(20).await;
+    pair.target.restart();
+    let done = load.batches.load(std::sync::atomic::Ordering::SeqCst) as i32;
+    batches_on_target(done + 20).await;
+    load.stop().await;
+    pair.source.restart();
+    let last: i64 = pair
+        .source
+        .value("SELECT max(id)::text FROM wl.batches")
+        .await
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let load = Workload::start_from(&pair.source, last).await;
+    let done = load.batches.load(std::sync::atomic::Ordering::SeqCst) as i32;
+    batches_on_target(done + 20).await;
+    let total = load.stop().await as i32;
+    batches_on_target(total).await;
+    running.signal(libc::SIGINT);
+    let out = running.wait(Duration::from_secs(10)).await;
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stderr.contains("streaming interrupted"),
+        "no reconnect was logged:\n{out}"
+    );
+    let out = sync(&pair, &["--until-caught-up"]).await;
+    assert!(out.success(), "{out}");
+    equal(&pair).await;
+}
