@@ -185,6 +185,21 @@ pub struct SyncArgs {
     /// (e.g. 30s, 5m, 1h).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub retry_for: Duration,
+
+    /// Do not capture or replicate DDL: no event triggers on the source. A
+    /// column added on the source then stops the sync at its first row.
+    #[arg(long)]
+    pub no_ddl: bool,
+
+    /// Skip the captured DDL command with this id (from the error that
+    /// stopped the sync) and go on; repeatable.
+    #[arg(long = "skip-ddl", value_name = "ID")]
+    pub skip_ddl: Vec<i64>,
+
+    /// Also replicate GRANT, REVOKE and ownership changes (the roles must
+    /// exist on the target).
+    #[arg(long)]
+    pub ddl_privileges: bool,
 }
 
 #[derive(Debug, Args)]

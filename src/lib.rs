@@ -19,6 +19,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod conn;
+pub mod ddl;
 pub mod logging;
 pub mod lsn;
 pub mod progress;

@@ -292,7 +292,7 @@ async fn include_and_exclude_select_exactly_the_named_tables() {
         .source
         .value("SELECT string_agg(schemaname || '.' || tablename, ',' ORDER BY 1) FROM pg_publication_tables WHERE pubname = 'pgrepl_pgrepl'")
         .await;
-    assert_eq!(published, Some("a.t1,b.order_x".into()));
+    assert_eq!(published, Some("a.t1,b.order_x,pgrepl.schema_log".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,9 +25,10 @@ use tokio_postgres::{Client, Statement};
 use super::params::Param;
 use super::relation::{Prepared, RelationError, RowFilter, StatementError, TargetRelation};
 use crate::conn::error::{describe, is_transient};
+use crate::ddl::replay::{short, Action, LogRow, ReplayError, ReplayOptions, Replayer};
 use crate::lsn::Lsn;
-use crate::sql::TableName;
-use crate::stream::pgoutput::{self, DecodeError, Message, OldRow, Tuple};
+use crate::sql::{quote_literal, SyncName, TableName};
+use crate::stream::pgoutput::{self, Datum, DecodeError, Message, OldRow, Tuple};
 use crate::stream::receiver::StreamError;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,16 @@ pub enum ApplyError {
         /// transaction and were rolled back with it.
         took_earlier: bool,
     },
+    #[error("target rejected DDL #{id} ({statement}): {message}. Nothing from its source transaction (LSN {lsn}) on was applied or acknowledged: fix the target, or skip exactly this command with `pgrepl sync --skip-ddl {id}`")]
+    DdlRejected {
+        id: i64,
+        statement: String,
+        message: String,
+        lsn: Lsn,
+        took_earlier: bool,
+    },
+    #[error("{0}")]
+    Ddl(#[from] ReplayError),
     #[error("target: {what} failed at source LSN {lsn}: {message}")]
     Target {
         what: String,
@@ -66,6 +77,24 @@ impl ApplyError {
             ApplyError::Stream(e) => e.is_transient(),
             ApplyError::Target { transient, .. } => *transient,
             _ => false,
+        }
+    }
+
+    /// The source transaction to replay on its own when the error rolled
+    /// back whole transactions grouped before it.
+    pub fn grouped_stop(&self) -> Option<Lsn> {
+        match self {
+            ApplyError::Conflict {
+                lsn,
+                took_earlier: true,
+                ..
+            }
+            | ApplyError::DdlRejected {
+                lsn,
+                took_earlier: true,
+                ..
+            } => Some(*lsn),
+            _ => None,
         }
     }
 
@@ -165,6 +194,10 @@ enum Meta {
         key: String,
     },
     Statement(String),
+    Ddl {
+        id: i64,
+        statement: String,
+    },
 }
 
 struct Done {
@@ -210,7 +243,14 @@ pub struct Applier {
     /// Source transactions ending at or before this commit on their own
     /// (set after a conflict inside a group, to stop exactly before it).
     ungrouped_through: Lsn,
-    ddl_replicated: bool,
+    /// DDL replay; `None` with --no-ddl.
+    ddl: Option<Replayer>,
+    /// `pgrepl.schema_log` on the source: its relation id and columns.
+    schema_log: Option<(u32, Vec<String>)>,
+    /// A DDL was replayed: commit at the end of this source transaction
+    /// (new enum values, for one, must be committed before use).
+    commit_after_txn: bool,
+    sync_name: SyncName,
 }
 
 impl Applier {
@@ -220,7 +260,8 @@ impl Applier {
         shared: Arc<Shared>,
         start: Lsn,
         limits: GroupLimits,
-        ddl_replicated: bool,
+        ddl: Option<ReplayOptions>,
+        sync_name: SyncName,
     ) -> Result<Self, ApplyError> {
         let xact_setup = client
             .prepare(
@@ -240,7 +281,10 @@ impl Applier {
             xact_setup,
             start,
             ungrouped_through: Lsn::ZERO,
-            ddl_replicated,
+            ddl: ddl.map(Replayer::new),
+            schema_log: None,
+            commit_after_txn: false,
+            sync_name,
         })
     }
 
@@ -300,7 +344,8 @@ impl Applier {
                     let full = g.txns >= self.limits.txns
                         || g.rows >= self.limits.rows
                         || g.started.elapsed() >= self.limits.age;
-                    if !more_waiting || full || alone {
+                    let ddl_done = std::mem::take(&mut self.commit_after_txn);
+                    if !more_waiting || full || alone || ddl_done {
                         self.commit_group().await?;
                     }
                 } else {
@@ -310,12 +355,23 @@ impl Applier {
                         .fetch_max(end_lsn.0, Ordering::SeqCst);
                 }
             }
+            Message::Relation(rel) if rel.namespace == "pgrepl" && rel.name == "schema_log" => {
+                self.schema_log = Some((
+                    rel.oid,
+                    rel.columns.iter().map(|c| c.name.clone()).collect(),
+                ));
+            }
             Message::Relation(rel) => {
                 self.drain().await?;
                 let oid = rel.oid;
-                let mapped = TargetRelation::load(&self.client, rel, self.ddl_replicated).await?;
+                let mapped = TargetRelation::load(&self.client, rel, self.ddl.is_some()).await?;
                 self.relations.insert(oid, mapped);
             }
+            Message::Insert { relation, new } if self.is_schema_log(relation) => {
+                self.ddl_row(new).await?
+            }
+            Message::Update { relation, .. } | Message::Delete { relation, .. }
+                if self.is_schema_log(relation) => {}
             Message::Insert { relation, new } => self.row(Op::Insert, relation, None, new).await?,
             Message::Update { relation, old, new } => {
                 self.row(Op::Update, relation, old, new).await?
@@ -332,9 +388,12 @@ impl Applier {
                 restart_identity,
             } => {
                 let mut names = Vec::new();
-                for r in &relations {
+                for r in relations.iter().filter(|r| !self.is_schema_log(**r)) {
                     let rel = self.relation(*r)?;
                     names.push(rel.table.quoted());
+                }
+                if names.is_empty() {
+                    return Ok(());
                 }
                 let sql = format!(
                     "TRUNCATE {}{}{}",
@@ -350,6 +409,70 @@ impl Applier {
             }
             Message::Origin { .. } | Message::Type { .. } | Message::Logical { .. } => {}
         }
+        Ok(())
+    }
+
+    fn is_schema_log(&self, relation: u32) -> bool {
+        self.schema_log
+            .as_ref()
+            .is_some_and(|(oid, _)| *oid == relation)
+    }
+
+    /// A row of `pgrepl.schema_log`: a DDL command to replay (or skip).
+    async fn ddl_row(&mut self, new: Tuple) -> Result<(), ApplyError> {
+        let (Some(replayer), Some((_, columns))) = (self.ddl.as_mut(), self.schema_log.as_ref())
+        else {
+            tracing::debug!("DDL log row ignored: DDL replication is off");
+            return Ok(());
+        };
+        let row = LogRow::from_columns(|name| {
+            let i = columns.iter().position(|c| c == name)?;
+            match new.get(i)? {
+                Datum::Text(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            }
+        })?;
+        let action = replayer.decide(&row)?;
+        let (sql, search_path, creates) = match action {
+            Action::Skip { reason } => {
+                tracing::info!(id = row.id, tag = %row.tag, %reason, ddl = %short(&row.ddl), "DDL not replicated");
+                return Ok(());
+            }
+            Action::Replay {
+                sql,
+                search_path,
+                creates,
+            } => (sql, search_path, creates),
+        };
+        if !self.begin_change().await? {
+            return Ok(());
+        }
+        tracing::info!(id = row.id, tag = %row.tag, ddl = %short(&sql), "replaying DDL");
+        // The source's search_path while the statement runs, then back.
+        let batch = format!(
+            "SELECT pg_catalog.set_config('search_path', {}, true); {sql}; RESET search_path",
+            quote_literal(&search_path)
+        );
+        let client = self.client.clone();
+        self.push(
+            async move { client.batch_execute(&batch).await.map(|_| 0) }.boxed(),
+            Meta::Ddl {
+                id: row.id,
+                statement: short(&sql),
+            },
+        )
+        .await?;
+        for table in creates {
+            let sql = format!(
+                "INSERT INTO pgrepl.tables (sync_name, schema_name, table_name, state) VALUES ({}, {}, {}, 'streaming')
+                 ON CONFLICT (sync_name, schema_name, table_name) DO UPDATE SET state = 'streaming', updated_at = now()",
+                quote_literal(self.sync_name.as_str()),
+                quote_literal(&table.schema),
+                quote_literal(&table.name)
+            );
+            self.statement(sql).await?;
+        }
+        self.commit_after_txn = true;
         Ok(())
     }
 
@@ -519,6 +642,18 @@ impl Applier {
             (Err(e), Meta::Row { op, .. }) => Err(ApplyError::target(op.verb(), done.lsn, &e)),
             (Err(e), Meta::Control(what)) => Err(ApplyError::target(what, done.lsn, &e)),
             (Err(e), Meta::Statement(sql)) => Err(ApplyError::target(sql, done.lsn, &e)),
+            (Err(e), Meta::Ddl { id, statement }) if !is_transient(&e) => {
+                Err(ApplyError::DdlRejected {
+                    id,
+                    statement,
+                    message: describe(&e),
+                    lsn: done.lsn,
+                    took_earlier,
+                })
+            }
+            (Err(e), Meta::Ddl { statement, .. }) => {
+                Err(ApplyError::target(statement, done.lsn, &e))
+            }
         }
     }
 

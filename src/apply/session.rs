@@ -98,7 +98,8 @@ pub struct StreamRequest<'a> {
     pub retry_for: Duration,
     pub progress: ProgressMode,
     pub limits: GroupLimits,
-    pub ddl_replicated: bool,
+    /// DDL replay options; `None` when DDL is not captured.
+    pub ddl: Option<crate::ddl::replay::ReplayOptions>,
 }
 
 #[derive(Debug)]
@@ -145,12 +146,9 @@ pub async fn run(
             // A conflict rolled back whole transactions that came before it
             // in the same target transaction: replay up to it one source
             // transaction at a time, so the sync stops exactly before it.
-            Err(SessionError::Apply(ApplyError::Conflict {
-                lsn,
-                took_earlier: true,
-                ..
-            })) if lsn > ungroup => {
-                tracing::info!(%lsn, "conflict inside a group of transactions; replaying them one by one up to it");
+            Err(SessionError::Apply(e)) if e.grouped_stop().is_some_and(|lsn| lsn > ungroup) => {
+                let lsn = e.grouped_stop().expect("checked in the guard");
+                tracing::info!(%lsn, error = %e, "error inside a group of transactions; replaying them one by one up to it");
                 ungroup = lsn;
             }
             Err(e) if e.is_transient() => {
@@ -262,7 +260,8 @@ async fn session(
         shared.clone(),
         start,
         req.limits.clone(),
-        req.ddl_replicated,
+        req.ddl.clone(),
+        req.name.clone(),
     )
     .await?;
     applier.ungroup_through(ungroup);

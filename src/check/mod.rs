@@ -44,8 +44,21 @@ pub struct CheckOptions {
     pub name: SyncName,
     pub selection: Selection,
     pub existing_schema: bool,
+    /// The sync exists and streams; checks warn about what they would refuse.
+    pub resuming: bool,
     /// DDL capture is wanted (event triggers need a superuser).
     pub ddl: bool,
+}
+
+impl CheckOptions {
+    /// The same checks for a sync that already streams: what would stop a
+    /// new sync (a table without identity, created since) is a warning.
+    pub fn resuming(&self) -> Self {
+        CheckOptions {
+            resuming: true,
+            ..self.clone()
+        }
+    }
 }
 
 /// The report and what the checks learnt on the way, for `sync` to reuse.
@@ -71,6 +84,19 @@ pub async fn run(
         source: source.config.to_string(),
         target: target.config.to_string(),
         findings: Vec::new(),
+    };
+    let recorded = crate::progress::state::load_sync(tgt, &opts.name)
+        .await
+        .map_err(query_error(Side::Target, "reading pgrepl state"))?;
+    let streaming = recorded
+        .as_ref()
+        .is_some_and(|r| r.phase != crate::progress::state::SyncPhase::Copying);
+    let resumed;
+    let opts = if streaming {
+        resumed = opts.resuming();
+        &resumed
+    } else {
+        opts
     };
     let (source_facts, selected) = source::check(source, src, opts, &mut report).await?;
     let (target_facts, existing) =

@@ -234,7 +234,14 @@ pub(super) async fn check(
             "every table has a primary key or a replica identity",
         ));
     } else {
-        report.push(Finding::error(
+        // A sync that already streams is not stopped for tables created
+        // since: it is warned, and the table is published either way.
+        let make = if opts.resuming {
+            Finding::warn
+        } else {
+            Finding::error
+        };
+        report.push(make(
             SIDE,
             "replica_identity",
             format!(

@@ -13,6 +13,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         selection: args.tables.selection(),
         existing_schema: args.existing_schema,
         ddl: !args.no_ddl,
+        resuming: false,
     };
     let preflight = check::run(&source, &target, &src, &tgt, &opts).await?;
     if args.json {

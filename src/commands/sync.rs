@@ -11,6 +11,8 @@ use crate::apply::session::{self, Outcome, StreamRequest};
 use crate::check::{self, CheckOptions, Preflight};
 use crate::cli::SyncArgs;
 use crate::conn::Endpoint;
+use crate::ddl::capture;
+use crate::ddl::replay::ReplayOptions;
 use crate::progress::state::SyncPhase;
 use crate::progress::ui::ProgressMode;
 use crate::snapshot::{self, pgdump, CopyRequest};
@@ -24,7 +26,8 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         name: name.clone(),
         selection: args.tables.selection(),
         existing_schema: args.existing_schema,
-        ddl: false,
+        ddl: !args.no_ddl,
+        resuming: false,
     };
     let mut preflight = check::run(&source, &target, &src, &tgt, &opts).await?;
 
@@ -90,13 +93,32 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         tracing::warn!(slot = %name.slot(), "dropped a slot left by an interrupted run");
     }
     setup::drop_publication(&src, &name.publication()).await?;
+    let mut extra = Vec::new();
+    if !args.no_ddl {
+        capture::install(&src, &name, &name.publication(), &opts.selection)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "source: installing DDL capture: {}",
+                    crate::conn::error::describe(&e)
+                )
+            })?;
+        extra.push(crate::sql::TableName::new("pgrepl", "schema_log"));
+    } else {
+        capture::remove(&src, &name).await.map_err(|e| {
+            anyhow::anyhow!(
+                "source: removing DDL capture: {}",
+                crate::conn::error::describe(&e)
+            )
+        })?;
+    }
     setup::ensure_publication(
         &src,
         &name.publication(),
         &preflight.source,
         &selected,
         opts.selection.is_everything(),
-        &[],
+        &extra,
     )
     .await?;
 
@@ -218,6 +240,22 @@ async fn stream(
             name.publication()
         );
     }
+    let ddl = capture::stored_selection(src, name)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "source: reading the DDL capture: {}",
+                crate::conn::error::describe(&e)
+            )
+        })?
+        .map(|selection| ReplayOptions {
+            selection,
+            privileges: args.ddl_privileges,
+            skip: args.skip_ddl.iter().copied().collect(),
+        });
+    if ddl.is_none() && !args.skip_ddl.is_empty() {
+        bail!("--skip-ddl needs DDL capture, and sync {name} was set up with --no-ddl");
+    }
     crate::progress::state::set_phase(tgt, name, SyncPhase::Streaming)
         .await
         .map_err(|e| {
@@ -243,7 +281,7 @@ async fn stream(
         retry_for: args.retry_for,
         progress: ProgressMode::detect(json_logs),
         limits: GroupLimits::default(),
-        ddl_replicated: false,
+        ddl,
     };
     let outcome = session::run(&request, stop_rx).await;
     signals.abort();
@@ -291,6 +329,7 @@ async fn abandon(source: &Endpoint, target: &Endpoint, name: &crate::sql::SyncNa
             }
         }?;
         setup::drop_publication(&src, &name.publication()).await?;
+        capture::remove(&src, name).await?;
         Ok::<(), anyhow::Error>(())
     }
     .await;

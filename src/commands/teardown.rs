@@ -21,6 +21,14 @@ pub async fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     if setup::drop_publication(&src, &name.publication()).await? {
         removed.push(format!("source: publication {}", name.publication()));
     }
+    for what in crate::ddl::capture::remove(&src, name).await.map_err(|e| {
+        anyhow::anyhow!(
+            "source: removing DDL capture: {}",
+            crate::conn::error::describe(&e)
+        )
+    })? {
+        removed.push(format!("source: {what}"));
+    }
 
     let origin = name.origin();
     let dropped_origin = tgt

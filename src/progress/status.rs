@@ -302,12 +302,19 @@ pub async fn report(
         })
         .collect();
     let flushed = origin.and_then(|(_, f)| f);
+    let lag_bytes = flushed.map(|f| source_lsn.bytes_since(f));
+    // flush_lag keeps its last value while idle: no byte lag, no time lag.
+    let lag_seconds = if lag_bytes == Some(0) {
+        lag_seconds.map(|_| 0.0)
+    } else {
+        lag_seconds
+    };
     Ok(StatusReport {
         sync: name.to_string(),
         phase: record.as_ref().map(|r| r.phase.to_string()),
         consistent_lsn: record.as_ref().map(|r| r.consistent_lsn.to_string()),
         source_lsn: source_lsn.to_string(),
-        lag_bytes: flushed.map(|f| source_lsn.bytes_since(f)),
+        lag_bytes,
         lag_seconds,
         slot: slot.map(|s| SlotStatus {
             name: name.slot().to_string(),

@@ -87,7 +87,7 @@ impl CopyDisplay {
                 crate::logging::route_through(Some(multi.clone()));
                 let overall = multi.add(ProgressBar::new(total_bytes.max(1)));
                 overall.set_style(bar_style(
-                    "copy  [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+                    "copy  [{elapsed_precise}] [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
                 ));
                 (Some(multi), Some(overall))
             }

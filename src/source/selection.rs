@@ -94,7 +94,31 @@ fn glob_match(tokens: &[GlobToken], text: &[char]) -> bool {
     }
 }
 
+fn regex(tokens: &[GlobToken]) -> String {
+    let mut out = String::from("^");
+    for t in tokens {
+        match t {
+            GlobToken::Any => out.push_str(".*"),
+            GlobToken::One => out.push('.'),
+            GlobToken::Literal(c) if c.is_alphanumeric() || *c == '_' || *c == ' ' => out.push(*c),
+            GlobToken::Literal(c) => {
+                out.push('\\');
+                out.push(*c);
+            }
+        }
+    }
+    out.push('$');
+    out
+}
+
 impl Pattern {
+    /// The pattern as anchored POSIX regexes (schema part, table part), for
+    /// matching inside the source's DDL trigger.
+    pub fn regex_parts(&self) -> (Option<String>, String) {
+        let Part::Glob(t) = &self.table;
+        (self.schema.as_ref().map(|Part::Glob(s)| regex(s)), regex(t))
+    }
+
     pub fn matches(&self, table: &TableName) -> bool {
         let Part::Glob(t) = &self.table;
         let name: Vec<char> = table.name.chars().collect();
@@ -176,6 +200,20 @@ mod tests {
         assert!(p(r#""My.Schema"."we""ird tbl""#).matches(&t("My.Schema", "we\"ird tbl")));
         assert!(p(r#""a*".x"#).matches(&t("a*", "x")));
         assert!(!p(r#""a*".x"#).matches(&t("ab", "x")));
+    }
+
+    #[test]
+    fn patterns_become_anchored_regexes() {
+        assert_eq!(
+            p("sales.order_*").regex_parts(),
+            (Some("^sales$".into()), "^order_.*$".into())
+        );
+        assert_eq!(p("a?.x").regex_parts().0, Some("^a.$".into()));
+        assert_eq!(p("orders").regex_parts(), (None, "^orders$".into()));
+        assert_eq!(
+            p(r#""a.b".t"#).regex_parts(),
+            (Some(r"^a\.b$".into()), "^t$".into())
+        );
     }
 
     #[test]

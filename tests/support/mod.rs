@@ -6,6 +6,7 @@ pub mod checksum;
 pub mod cluster;
 pub mod pg;
 pub mod pgrepl;
+pub mod schema;
 pub mod workload;
 
 pub use checksum::{assert_same_data, table_checksum, user_tables, Checksum};
