@@ -22,3 +22,8 @@ lint:
 # Print the bin dir of PostgreSQL MAJOR (12..18, or `tools` for pg_dump 18), installing it if needed
 pg major:
     @scripts/pg-install {{major}}
+
+# pgrepl side by side with pg_dump|pg_restore, native replication and pgcopydb (`--quick` for ~2 minutes)
+bench *ARGS:
+    cargo build --release --bins --examples
+    target/release/examples/bench {{ARGS}}

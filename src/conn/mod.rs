@@ -7,6 +7,7 @@ pub mod config;
 pub mod conninfo;
 pub mod error;
 pub mod pgpass;
+pub mod raw;
 pub mod tls;
 pub mod walsender;
 

@@ -9,13 +9,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use bytes::BytesMut;
 use tokio_postgres::Client;
 use tracing::Instrument;
 
 use super::plan::Unit;
 use super::SnapshotError;
-use crate::conn::error::{describe, is_transient};
+use crate::conn::raw::{CopyOut, RawError, RawSession};
 use crate::conn::{Endpoint, Side};
 use crate::progress::state::{self, TableState};
 use crate::progress::ui::{CopyDisplay, TableStats};
@@ -58,23 +58,44 @@ impl CopyJob {
 
 const RETRIES: usize = 3;
 
-async fn open_source(job: &CopyJob) -> Result<Client, SnapshotError> {
-    let src = job.source.connect().await?;
-    import_snapshot(&src, &job.snapshot).await.map_err(|e| {
-        if describe(&e).contains("snapshot") {
-            SnapshotError::SnapshotGone
-        } else {
-            SnapshotError::source("importing the snapshot", &e)
-        }
-    })?;
+/// The snapshot, imported on a raw session (for the copy pipe).
+async fn import_snapshot_raw(session: &mut RawSession, snapshot: &str) -> Result<(), RawError> {
+    session
+        .simple_query(&format!(
+            "{SOURCE_SESSION}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(snapshot)
+        ))
+        .await
+        .map(|_| ())
+}
+
+async fn open_source(job: &CopyJob) -> Result<RawSession, SnapshotError> {
+    let mut src = RawSession::connect(Side::Source, &job.source.config, false).await?;
+    import_snapshot_raw(&mut src, &job.snapshot)
+        .await
+        .map_err(|e| {
+            if e.to_string().contains("snapshot") {
+                SnapshotError::SnapshotGone
+            } else {
+                SnapshotError::Query {
+                    side: Side::Source,
+                    what: "importing the snapshot",
+                    message: e.to_string(),
+                }
+            }
+        })?;
     Ok(src)
 }
 
-async fn open_target(job: &CopyJob) -> Result<Client, SnapshotError> {
-    let tgt = job.target.connect().await?;
-    tgt.batch_execute("SET synchronous_commit = off; SET statement_timeout = 0")
+async fn open_target(job: &CopyJob) -> Result<RawSession, SnapshotError> {
+    let mut tgt = RawSession::connect(Side::Target, &job.target.config, false).await?;
+    tgt.simple_query("SET synchronous_commit = off; SET statement_timeout = 0")
         .await
-        .map_err(|e| SnapshotError::target("setting up a copy session", &e))?;
+        .map_err(|e| SnapshotError::Query {
+            side: Side::Target,
+            what: "setting up a copy session",
+            message: e.to_string(),
+        })?;
     Ok(tgt)
 }
 
@@ -102,7 +123,7 @@ pub async fn worker(job: Arc<CopyJob>, id: usize) -> Result<(), SnapshotError> {
             tracing::info_span!("copy", table = %unit.table.name, chunk = unit.chunk, worker = id);
         let mut attempt = 0;
         loop {
-            let result = copy_unit(&job, &src, &mut tgt, &unit, &stats)
+            let result = copy_unit(&job, &mut src, &mut tgt, &unit, &stats)
                 .instrument(span.clone())
                 .await;
             match result {
@@ -139,73 +160,104 @@ enum UnitError {
     Fatal(SnapshotError),
 }
 
-fn unit_error(unit: &Unit, side: Side, e: tokio_postgres::Error) -> UnitError {
+fn unit_error(unit: &Unit, e: RawError) -> UnitError {
+    let (side, message) = match &e {
+        RawError::Server { side, error } => (*side, error.to_string()),
+        RawError::Io { side, error } => (*side, format!("connection lost: {error}")),
+        RawError::Protocol { side, what } => (*side, what.clone()),
+        RawError::Connect(c) => (c.side, c.to_string()),
+    };
     let err = SnapshotError::Copy {
         table: unit.label(),
         side,
-        message: describe(&e),
+        message,
     };
-    if is_transient(&e) {
+    if e.is_transient() {
         UnitError::Transient(err)
     } else {
         UnitError::Fatal(err)
     }
 }
 
+/// COPY data is passed on in chunks of this size, whatever the rows.
+const CHUNK: usize = 256 * 1024;
+
 async fn copy_unit(
     job: &CopyJob,
-    src: &Client,
-    tgt: &mut Client,
+    src: &mut RawSession,
+    tgt: &mut RawSession,
     unit: &Unit,
     stats: &TableStats,
 ) -> Result<(), UnitError> {
     let table = &unit.table.name;
-    let tx = tgt
-        .transaction()
+    let marker = format!(
+        "pgrepl.copied_chunks WHERE sync_name = {} AND schema_name = {} AND table_name = {} AND chunk = {}",
+        quote_literal(job.name.as_str()),
+        quote_literal(&table.schema),
+        quote_literal(&table.name),
+        unit.chunk
+    );
+    tgt.simple_query("BEGIN")
         .await
-        .map_err(|e| unit_error(unit, Side::Target, e))?;
-    if let Some(rows) = state::chunk_rows(&tx, &job.name, table, unit.chunk)
+        .map_err(|e| unit_error(unit, e))?;
+    let done = tgt
+        .simple_query(&format!("SELECT rows FROM {marker}"))
         .await
-        .map_err(|e| unit_error(unit, Side::Target, e))?
+        .map_err(|e| unit_error(unit, e))?;
+    if let Some(rows) = done
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|r| r.parse::<u64>().ok())
     {
         tracing::info!(rows, "chunk was already copied before the connection broke");
         stats.rows.fetch_add(rows, Ordering::Relaxed);
+        tgt.simple_query("COMMIT")
+            .await
+            .map_err(|e| unit_error(unit, e))?;
         return Ok(());
     }
-    let out = src
-        .copy_out(&unit.copy_out_sql())
+    src.copy_out(&unit.copy_out_sql())
         .await
-        .map_err(|e| unit_error(unit, Side::Source, e))?;
-    let sink = tx
-        .copy_in(&unit.copy_in_sql())
+        .map_err(|e| unit_error(unit, e))?;
+    tgt.copy_in(&unit.copy_in_sql())
         .await
-        .map_err(|e| unit_error(unit, Side::Target, e))?;
-    futures_util::pin_mut!(out);
-    futures_util::pin_mut!(sink);
+        .map_err(|e| unit_error(unit, e))?;
     let mut tally = Tally {
         stats,
         rows: 0,
         bytes: 0,
         kept: false,
     };
-    while let Some(chunk) = out.next().await {
-        let chunk = chunk.map_err(|e| unit_error(unit, Side::Source, e))?;
-        tally.add(1, chunk.len() as u64);
-        sink.send(chunk)
+    let mut buf = BytesMut::with_capacity(2 * CHUNK);
+    loop {
+        let chunk = src
+            .copy_out_chunk(&mut buf, CHUNK)
             .await
-            .map_err(|e| unit_error(unit, Side::Target, e))?;
+            .map_err(|e| unit_error(unit, e))?;
+        let (messages, last) = match chunk {
+            CopyOut::Data { messages } => (messages, false),
+            CopyOut::Done { messages, .. } => (messages, true),
+        };
+        if !buf.is_empty() {
+            tally.add(messages, buf.len() as u64);
+            tgt.copy_data(&buf);
+            buf.clear();
+            tgt.flush().await.map_err(|e| unit_error(unit, e))?;
+        }
+        if last {
+            break;
+        }
     }
-    let rows = sink
-        .as_mut()
-        .finish()
-        .await
-        .map_err(|e| unit_error(unit, Side::Target, e))?;
-    state::record_chunk(&tx, &job.name, table, unit.chunk, rows)
-        .await
-        .map_err(|e| unit_error(unit, Side::Target, e))?;
-    tx.commit()
-        .await
-        .map_err(|e| unit_error(unit, Side::Target, e))?;
+    let rows = tgt.copy_done().await.map_err(|e| unit_error(unit, e))?;
+    tgt.simple_query(&format!(
+        "INSERT INTO pgrepl.copied_chunks (sync_name, schema_name, table_name, chunk, rows) VALUES ({}, {}, {}, {}, {rows}); COMMIT",
+        quote_literal(job.name.as_str()),
+        quote_literal(&table.schema),
+        quote_literal(&table.name),
+        unit.chunk
+    ))
+    .await
+    .map_err(|e| unit_error(unit, e))?;
     // Live counting saw one message per row (plus a binary trailer): settle
     // on the server's exact count.
     tally.settle(rows);

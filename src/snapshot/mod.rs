@@ -83,8 +83,8 @@ impl From<ConnectError> for SnapshotError {
     }
 }
 
-impl From<WalSenderError> for SnapshotError {
-    fn from(e: WalSenderError) -> Self {
+impl From<crate::conn::raw::RawError> for SnapshotError {
+    fn from(e: crate::conn::raw::RawError) -> Self {
         SnapshotError::WalSender(Box::new(e))
     }
 }

