@@ -96,6 +96,9 @@ impl Env {
                     "max_worker_processes = 16".into(),
                     "max_logical_replication_workers = 8".into(),
                     "max_sync_workers_per_subscription = 2".into(),
+                    // Restart a re-enabled subscription worker at once: its
+                    // start-up counts in its catch-up time, like pgrepl's.
+                    "wal_retrieve_retry_interval = 100ms".into(),
                     "log_min_messages = warning".into(),
                 ],
                 ..Default::default()

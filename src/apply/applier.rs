@@ -6,118 +6,28 @@
 //! Nothing is acknowledged to the source that the target has not made
 //! durable (that is the flush watcher's job, see `session`).
 //!
-//! Statements are pipelined: each is sent without waiting for the one
-//! before; results are checked in order. Small source transactions that
-//! arrive back to back share one target transaction (never splitting one).
-//! Any error rolls the target transaction back, so a conflict leaves the
-//! target exactly at the last committed group.
+//! Statements go through the [`Pipeline`]: sent back to back, their
+//! results checked in order, every one of them before COMMIT is sent (an
+//! UPDATE that found no row is no error to the server, only to us). Small
+//! source transactions that arrive back to back share one target
+//! transaction (never splitting one). Any error rolls the target
+//! transaction back, so a conflict leaves the target at the last committed
+//! group.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesOrdered;
-use futures_util::{FutureExt, StreamExt};
-use tokio_postgres::{Client, Statement};
-
+use super::error::ApplyError;
 use super::params::Param;
-use super::relation::{Prepared, RelationError, RowFilter, StatementError, TargetRelation};
-use crate::conn::error::{describe, is_transient};
-use crate::ddl::replay::{short, Action, LogRow, ReplayError, ReplayOptions, Replayer};
+use super::pipeline::{Outcome, Pipeline};
+use super::relation::TargetRelation;
+use crate::conn::raw::RawSession;
+use crate::ddl::replay::{ReplayOptions, Replayer};
 use crate::lsn::Lsn;
-use crate::sql::{quote_literal, SyncName, TableName};
-use crate::stream::pgoutput::{self, Datum, DecodeError, Message, OldRow, Tuple};
-use crate::stream::receiver::StreamError;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error(transparent)]
-    Stream(#[from] StreamError),
-    #[error("source: {0}")]
-    Decode(#[from] DecodeError),
-    #[error("{0}")]
-    Relation(#[from] RelationError),
-    #[error("conflict on {table} applying the source transaction that commits at LSN {lsn}: {message} (row {key}). Nothing from this transaction on was applied or acknowledged: fix the target row, then rerun pgrepl sync to retry it")]
-    Conflict {
-        table: TableName,
-        key: String,
-        lsn: Lsn,
-        message: String,
-        /// Whole source transactions before it shared its target
-        /// transaction and were rolled back with it.
-        took_earlier: bool,
-    },
-    #[error("target rejected DDL #{id} ({statement}): {message}. Nothing from its source transaction (LSN {lsn}) on was applied or acknowledged: fix the target, or skip exactly this command with `pgrepl sync --skip-ddl {id}`")]
-    DdlRejected {
-        id: i64,
-        statement: String,
-        message: String,
-        lsn: Lsn,
-        took_earlier: bool,
-    },
-    #[error("{0}")]
-    Ddl(#[from] ReplayError),
-    #[error("target: {what} failed at source LSN {lsn}: {message}")]
-    Target {
-        what: String,
-        lsn: Lsn,
-        message: String,
-        transient: bool,
-    },
-    #[error("source: the stream broke the protocol: {0}")]
-    Protocol(String),
-}
-
-impl ApplyError {
-    /// Worth reconnecting and resuming from the origin.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ApplyError::Stream(e) => e.is_transient(),
-            ApplyError::Target { transient, .. } => *transient,
-            _ => false,
-        }
-    }
-
-    /// The source transaction to replay on its own when the error rolled
-    /// back whole transactions grouped before it.
-    pub fn grouped_stop(&self) -> Option<Lsn> {
-        match self {
-            ApplyError::Conflict {
-                lsn,
-                took_earlier: true,
-                ..
-            }
-            | ApplyError::DdlRejected {
-                lsn,
-                took_earlier: true,
-                ..
-            } => Some(*lsn),
-            _ => None,
-        }
-    }
-
-    fn target(what: impl Into<String>, lsn: Lsn, e: &tokio_postgres::Error) -> Self {
-        ApplyError::Target {
-            what: what.into(),
-            lsn,
-            message: describe(e),
-            transient: is_transient(e),
-        }
-    }
-}
-
-impl From<StatementError> for ApplyError {
-    fn from(e: StatementError) -> Self {
-        match e {
-            StatementError::Relation(r) => ApplyError::Relation(r),
-            StatementError::Prepare(p) => {
-                ApplyError::target("preparing a statement", Lsn::ZERO, &p)
-            }
-        }
-    }
-}
+use crate::sql::SyncName;
+use crate::stream::pgoutput::{self, Message, OldRow, Tuple};
 
 /// Limits on grouping source transactions into one target transaction.
 #[derive(Clone, Debug)]
@@ -131,12 +41,7 @@ pub struct GroupLimits {
 
 impl Default for GroupLimits {
     fn default() -> Self {
-        GroupLimits {
-            txns: 2000,
-            rows: 50_000,
-            age: Duration::from_millis(200),
-            inflight: 2000,
-        }
+        GroupLimits { txns: 5000, rows: 100_000, age: Duration::from_millis(200), inflight: 20_000 }
     }
 }
 
@@ -169,7 +74,7 @@ impl Shared {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
+pub(super) enum Op {
     Insert,
     Update,
     Delete,
@@ -185,26 +90,20 @@ impl Op {
     }
 }
 
-/// What an in-flight statement was, for its result check.
-enum Meta {
+/// What a statement in flight was, for its result check.
+pub(super) enum Meta {
     Control(&'static str),
-    Row {
-        op: Op,
-        table: TableName,
-        key: String,
-    },
+    /// A row change; `row` holds its key (for the message on conflict).
+    Row { op: Op, relation: u32, row: Tuple },
     Statement(String),
-    Ddl {
-        id: i64,
-        statement: String,
-    },
+    Ddl { id: i64, statement: String },
 }
 
-struct Done {
-    result: Result<u64, tokio_postgres::Error>,
+/// A statement in flight: what it was, and which source transaction.
+pub(super) struct Sent {
     meta: Meta,
     lsn: Lsn,
-    /// Position of its source transaction within the group.
+    /// Whole source transactions before it in the same group.
     txn_in_group: usize,
 }
 
@@ -223,69 +122,69 @@ struct SourceTxn {
     skip: bool,
 }
 
-/// Why the applier stopped without an error.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Stopped {
-    Requested,
-    CaughtUp,
+/// Names of the statements prepared once per session.
+struct Fixed {
+    begin: String,
+    commit: String,
+    xact_setup: String,
 }
 
 pub struct Applier {
-    client: Arc<Client>,
+    pub(super) pipe: Pipeline<Sent>,
     relations: HashMap<u32, TargetRelation>,
-    inflight: FuturesOrdered<BoxFuture<'static, Done>>,
     group: Option<Group>,
     txn: Option<SourceTxn>,
     shared: Arc<Shared>,
     limits: GroupLimits,
-    xact_setup: Statement,
+    fixed: Fixed,
     start: Lsn,
     /// Source transactions ending at or before this commit on their own
-    /// (set after a conflict inside a group, to stop exactly before it).
+    /// (set after an error inside a group, to stop exactly before it).
     ungrouped_through: Lsn,
     /// DDL replay; `None` with --no-ddl.
-    ddl: Option<Replayer>,
+    pub(super) ddl: Option<Replayer>,
     /// `pgrepl.schema_log` on the source: its relation id and columns.
-    schema_log: Option<(u32, Vec<String>)>,
+    pub(super) schema_log: Option<(u32, Vec<String>)>,
     /// A DDL was replayed: commit at the end of this source transaction
     /// (new enum values, for one, must be committed before use).
-    commit_after_txn: bool,
-    sync_name: SyncName,
+    pub(super) commit_after_txn: bool,
+    pub(super) sync_name: SyncName,
 }
 
 impl Applier {
-    /// `client` must be the session holding the replication origin.
-    pub async fn new(
-        client: Arc<Client>,
+    /// `session` must hold the replication origin and be idle.
+    pub fn new(
+        session: RawSession,
         shared: Arc<Shared>,
         start: Lsn,
         limits: GroupLimits,
         ddl: Option<ReplayOptions>,
         sync_name: SyncName,
-    ) -> Result<Self, ApplyError> {
-        let xact_setup = client
-            .prepare(
+    ) -> Self {
+        let mut pipe = Pipeline::new(session);
+        let fixed = Fixed {
+            begin: pipe.prepare("BEGIN"),
+            commit: pipe.prepare("COMMIT"),
+            xact_setup: pipe.prepare(
                 "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn,
                         '2000-01-01 00:00:00+00'::timestamptz + $2::int8 * interval '1 microsecond')",
-            )
-            .await
-            .map_err(|e| ApplyError::target("preparing the origin statement", start, &e))?;
-        Ok(Applier {
-            client,
+            ),
+        };
+        Applier {
+            pipe,
             relations: HashMap::new(),
-            inflight: FuturesOrdered::new(),
             group: None,
             txn: None,
             shared,
             limits,
-            xact_setup,
+            fixed,
             start,
             ungrouped_through: Lsn::ZERO,
             ddl: ddl.map(Replayer::new),
             schema_log: None,
             commit_after_txn: false,
             sync_name,
-        })
+        }
     }
 
     /// Commit source transactions up to `lsn` one by one.
@@ -298,17 +197,9 @@ impl Applier {
         self.txn.is_some()
     }
 
-    fn lsn(&self) -> Lsn {
-        self.txn.as_ref().map(|t| t.final_lsn).unwrap_or(Lsn::ZERO)
-    }
-
     /// Handles one pgoutput message. `more_waiting`: more messages are
     /// already queued (then a commit may be grouped with what follows).
-    pub async fn handle(
-        &mut self,
-        payload: bytes::Bytes,
-        more_waiting: bool,
-    ) -> Result<(), ApplyError> {
+    pub async fn handle(&mut self, payload: bytes::Bytes, more_waiting: bool) -> Result<(), ApplyError> {
         match pgoutput::decode(payload)? {
             Message::Begin { final_lsn, .. } => {
                 if self.txn.is_some() {
@@ -319,19 +210,10 @@ impl Applier {
                         self.commit_group().await?;
                     }
                 }
-                self.txn = Some(SourceTxn {
-                    final_lsn,
-                    changes: 0,
-                    skip: final_lsn < self.start,
-                });
+                self.txn = Some(SourceTxn { final_lsn, changes: 0, skip: final_lsn < self.start });
             }
-            Message::Commit {
-                end_lsn, commit_ts, ..
-            } => {
-                let txn = self
-                    .txn
-                    .take()
-                    .ok_or_else(|| ApplyError::Protocol("COMMIT without BEGIN".into()))?;
+            Message::Commit { end_lsn, commit_ts, .. } => {
+                let txn = self.txn.take().ok_or_else(|| ApplyError::Protocol("COMMIT without BEGIN".into()))?;
                 let alone = txn.final_lsn <= self.ungrouped_through;
                 if txn.skip {
                     tracing::debug!(lsn = %txn.final_lsn, "skipped a transaction applied before");
@@ -341,56 +223,34 @@ impl Applier {
                     }
                     g.last_end = end_lsn;
                     g.last_commit_ts = commit_ts;
-                    let full = g.txns >= self.limits.txns
-                        || g.rows >= self.limits.rows
-                        || g.started.elapsed() >= self.limits.age;
+                    let full = g.txns >= self.limits.txns || g.rows >= self.limits.rows || g.started.elapsed() >= self.limits.age;
                     let ddl_done = std::mem::take(&mut self.commit_after_txn);
                     if !more_waiting || full || alone || ddl_done {
                         self.commit_group().await?;
                     }
                 } else {
                     // Nothing to apply (only unpublished changes).
-                    self.shared
-                        .idle_through
-                        .fetch_max(end_lsn.0, Ordering::SeqCst);
+                    self.shared.idle_through.fetch_max(end_lsn.0, Ordering::SeqCst);
                 }
             }
             Message::Relation(rel) if rel.namespace == "pgrepl" && rel.name == "schema_log" => {
-                self.schema_log = Some((
-                    rel.oid,
-                    rel.columns.iter().map(|c| c.name.clone()).collect(),
-                ));
+                self.schema_log = Some((rel.oid, rel.columns.iter().map(|c| c.name.clone()).collect()));
             }
             Message::Relation(rel) => {
                 self.drain().await?;
                 let oid = rel.oid;
-                let mapped = TargetRelation::load(&self.client, rel, self.ddl.is_some()).await?;
+                let mapped = TargetRelation::load(&mut self.pipe, rel, self.ddl.is_some()).await?;
                 self.relations.insert(oid, mapped);
             }
-            Message::Insert { relation, new } if self.is_schema_log(relation) => {
-                self.ddl_row(new).await?
-            }
-            Message::Update { relation, .. } | Message::Delete { relation, .. }
-                if self.is_schema_log(relation) => {}
+            Message::Insert { relation, new } if self.is_schema_log(relation) => self.ddl_row(new).await?,
+            Message::Update { relation, .. } | Message::Delete { relation, .. } if self.is_schema_log(relation) => {}
             Message::Insert { relation, new } => self.row(Op::Insert, relation, None, new).await?,
-            Message::Update { relation, old, new } => {
-                self.row(Op::Update, relation, old, new).await?
-            }
-            Message::Delete { relation, old } => {
-                let key = match &old {
-                    OldRow::Key(t) | OldRow::Full(t) => t.clone(),
-                };
-                self.row(Op::Delete, relation, Some(old), key).await?
-            }
-            Message::Truncate {
-                relations,
-                cascade,
-                restart_identity,
-            } => {
+            Message::Update { relation, old, new } => self.row(Op::Update, relation, old, new).await?,
+            Message::Delete { relation, old } => self.row(Op::Delete, relation, Some(old), Vec::new()).await?,
+            Message::Truncate { relations, cascade, restart_identity } => {
                 let mut names = Vec::new();
                 for r in relations.iter().filter(|r| !self.is_schema_log(**r)) {
-                    let rel = self.relation(*r)?;
-                    names.push(rel.table.quoted());
+                    names.push(self.relation(*r)?.table.quoted());
                 }
                 if names.is_empty() {
                     return Ok(());
@@ -398,11 +258,7 @@ impl Applier {
                 let sql = format!(
                     "TRUNCATE {}{}{}",
                     names.join(", "),
-                    if restart_identity {
-                        " RESTART IDENTITY"
-                    } else {
-                        ""
-                    },
+                    if restart_identity { " RESTART IDENTITY" } else { "" },
                     if cascade { " CASCADE" } else { "" }
                 );
                 self.statement(sql).await?;
@@ -413,102 +269,28 @@ impl Applier {
     }
 
     fn is_schema_log(&self, relation: u32) -> bool {
-        self.schema_log
-            .as_ref()
-            .is_some_and(|(oid, _)| *oid == relation)
-    }
-
-    /// A row of `pgrepl.schema_log`: a DDL command to replay (or skip).
-    async fn ddl_row(&mut self, new: Tuple) -> Result<(), ApplyError> {
-        let (Some(replayer), Some((_, columns))) = (self.ddl.as_mut(), self.schema_log.as_ref())
-        else {
-            tracing::debug!("DDL log row ignored: DDL replication is off");
-            return Ok(());
-        };
-        let row = LogRow::from_columns(|name| {
-            let i = columns.iter().position(|c| c == name)?;
-            match new.get(i)? {
-                Datum::Text(b) => Some(String::from_utf8_lossy(b).into_owned()),
-                _ => None,
-            }
-        })?;
-        let action = replayer.decide(&row)?;
-        let (sql, search_path, creates) = match action {
-            Action::Skip { reason } => {
-                tracing::info!(id = row.id, tag = %row.tag, %reason, ddl = %short(&row.ddl), "DDL not replicated");
-                return Ok(());
-            }
-            Action::Replay {
-                sql,
-                search_path,
-                creates,
-            } => (sql, search_path, creates),
-        };
-        if !self.begin_change().await? {
-            return Ok(());
-        }
-        tracing::info!(id = row.id, tag = %row.tag, ddl = %short(&sql), "replaying DDL");
-        // The source's search_path while the statement runs, then back.
-        let batch = format!(
-            "SELECT pg_catalog.set_config('search_path', {}, true); {sql}; RESET search_path",
-            quote_literal(&search_path)
-        );
-        let client = self.client.clone();
-        self.push(
-            async move { client.batch_execute(&batch).await.map(|_| 0) }.boxed(),
-            Meta::Ddl {
-                id: row.id,
-                statement: short(&sql),
-            },
-        )
-        .await?;
-        for table in creates {
-            let sql = format!(
-                "INSERT INTO pgrepl.tables (sync_name, schema_name, table_name, state) VALUES ({}, {}, {}, 'streaming')
-                 ON CONFLICT (sync_name, schema_name, table_name) DO UPDATE SET state = 'streaming', updated_at = now()",
-                quote_literal(self.sync_name.as_str()),
-                quote_literal(&table.schema),
-                quote_literal(&table.name)
-            );
-            self.statement(sql).await?;
-        }
-        self.commit_after_txn = true;
-        Ok(())
+        self.schema_log.as_ref().is_some_and(|(oid, _)| *oid == relation)
     }
 
     fn relation(&self, oid: u32) -> Result<&TargetRelation, ApplyError> {
-        self.relations.get(&oid).ok_or_else(|| {
-            ApplyError::Protocol(format!(
-                "a change for relation {oid} came before its description"
-            ))
-        })
+        self.relations
+            .get(&oid)
+            .ok_or_else(|| ApplyError::Protocol(format!("a change for relation {oid} came before its description")))
     }
 
     /// Opens the target transaction if needed and counts a change.
-    async fn begin_change(&mut self) -> Result<bool, ApplyError> {
+    pub(super) async fn begin_change(&mut self) -> Result<bool, ApplyError> {
         let Some(txn) = &mut self.txn else {
-            return Err(ApplyError::Protocol(
-                "a change outside a transaction".into(),
-            ));
+            return Err(ApplyError::Protocol("a change outside a transaction".into()));
         };
         if txn.skip {
             return Ok(false);
         }
         txn.changes += 1;
         if self.group.is_none() {
-            self.group = Some(Group {
-                started: Instant::now(),
-                txns: 0,
-                rows: 0,
-                last_end: Lsn::ZERO,
-                last_commit_ts: 0,
-            });
-            let client = self.client.clone();
-            self.push(
-                async move { client.batch_execute("BEGIN").await.map(|_| 0) }.boxed(),
-                Meta::Control("BEGIN"),
-            )
-            .await?;
+            self.group = Some(Group { started: Instant::now(), txns: 0, rows: 0, last_end: Lsn::ZERO, last_commit_ts: 0 });
+            let begin = self.fixed.begin.clone();
+            self.send(&begin, &[], Meta::Control("BEGIN")).await?;
         }
         if let Some(g) = &mut self.group {
             g.rows += 1;
@@ -516,150 +298,148 @@ impl Applier {
         Ok(true)
     }
 
-    async fn row(
-        &mut self,
-        op: Op,
-        relation: u32,
-        old: Option<OldRow>,
-        new: Tuple,
-    ) -> Result<(), ApplyError> {
+    async fn row(&mut self, op: Op, relation: u32, old: Option<OldRow>, new: Tuple) -> Result<(), ApplyError> {
         if !self.begin_change().await? {
             return Ok(());
         }
-        let client = self.client.clone();
-        let rel = self.relations.get_mut(&relation).ok_or_else(|| {
-            ApplyError::Protocol(format!(
-                "a change for relation {relation} came before its description"
-            ))
-        })?;
-        let prepared: Prepared = match op {
-            Op::Insert => rel.insert(&client).await.map_err(StatementError::from)?,
+        let rel = self
+            .relations
+            .get_mut(&relation)
+            .ok_or_else(|| ApplyError::Protocol(format!("a change for relation {relation} came before its description")))?;
+        let prepared = match op {
+            Op::Insert => rel.insert(&mut self.pipe),
             Op::Update => {
-                let filter = rel
-                    .filter_for(old.as_ref(), Some(&new))
-                    .expect("an update always has a row to match");
-                rel.update(&client, &new, &filter).await?
+                let filter = rel.filter_for(old.as_ref(), Some(&new)).expect("an update always has a row to match");
+                rel.update(&mut self.pipe, &new, &filter)?
             }
             Op::Delete => {
                 let filter = rel
                     .filter_for(old.as_ref(), None)
-                    .unwrap_or(RowFilter::Key(&new));
-                rel.delete(&client, &filter).await?
+                    .ok_or_else(|| ApplyError::Protocol("a DELETE without its old row".into()))?;
+                rel.delete(&mut self.pipe, &filter)?
             }
         };
-        let filter_row: &Tuple = match &old {
+        let params: Vec<Param> = {
+            let key_row = match &old {
+                Some(OldRow::Key(t)) | Some(OldRow::Full(t)) => t,
+                None => &new,
+            };
+            prepared
+                .set
+                .iter()
+                .map(|&i| Param::from_datum(&new[i]))
+                .chain(prepared.filter.iter().map(|&i| Param::from_datum(&key_row[i])))
+                .collect()
+        };
+        let key_row = match old {
             Some(OldRow::Key(t)) | Some(OldRow::Full(t)) => t,
-            None => &new,
+            None => new,
         };
-        let params: Vec<Param> = prepared
-            .set
-            .iter()
-            .map(|&i| Param::from_datum(&new[i]))
-            .chain(
-                prepared
-                    .filter
-                    .iter()
-                    .map(|&i| Param::from_datum(&filter_row[i])),
-            )
-            .collect();
-        let key = if op == Op::Insert {
-            rel.describe_key(&new)
-        } else {
-            rel.describe_key(filter_row)
-        };
-        let table = rel.table.clone();
-        let statement = prepared.statement;
-        self.push(
-            async move { client.execute_raw(&statement, params.iter()).await }.boxed(),
-            Meta::Row { op, table, key },
-        )
-        .await
+        self.send(&prepared.name, &params, Meta::Row { op, relation, row: key_row }).await
     }
 
-    async fn statement(&mut self, sql: String) -> Result<(), ApplyError> {
+    /// A statement without parameters, in the open target transaction.
+    pub(super) async fn statement(&mut self, sql: String) -> Result<(), ApplyError> {
         if !self.begin_change().await? {
             return Ok(());
         }
-        let client = self.client.clone();
-        let text = sql.clone();
-        self.push(
-            async move { client.batch_execute(&text).await.map(|_| 0) }.boxed(),
-            Meta::Statement(sql),
-        )
-        .await
+        self.send_sql(&sql.clone(), Meta::Statement(sql)).await
     }
 
-    async fn push(
-        &mut self,
-        fut: BoxFuture<'static, Result<u64, tokio_postgres::Error>>,
-        meta: Meta,
-    ) -> Result<(), ApplyError> {
-        if self.inflight.len() >= self.limits.inflight {
-            self.pop().await?;
+    fn sent(&self, meta: Meta) -> Sent {
+        Sent {
+            meta,
+            lsn: self.txn.as_ref().map(|t| t.final_lsn).unwrap_or(Lsn::ZERO),
+            txn_in_group: self.group.as_ref().map(|g| g.txns).unwrap_or(0),
         }
-        let lsn = self.lsn();
-        let txn_in_group = self.group.as_ref().map(|g| g.txns).unwrap_or(0);
-        self.inflight.push_back(
-            async move {
-                Done {
-                    result: fut.await,
-                    meta,
-                    lsn,
-                    txn_in_group,
-                }
-            }
-            .boxed(),
-        );
-        Ok(())
     }
 
-    /// Waits for the oldest in-flight statement and checks its result.
+    async fn send(&mut self, statement: &str, params: &[Param], meta: Meta) -> Result<(), ApplyError> {
+        let sent = self.sent(meta);
+        self.pipe.execute(statement, params.iter(), sent);
+        self.after_send().await
+    }
+
+    pub(super) async fn send_sql(&mut self, sql: &str, meta: Meta) -> Result<(), ApplyError> {
+        let sent = self.sent(meta);
+        self.pipe.execute_sql(sql, sent);
+        self.after_send().await
+    }
+
+    async fn after_send(&mut self) -> Result<(), ApplyError> {
+        // At the limit, take back half at once: one flush for many replies.
+        if self.pipe.in_flight() > self.limits.inflight {
+            while self.pipe.in_flight() > self.limits.inflight / 2 {
+                self.pop().await?;
+            }
+        }
+        Ok(self.pipe.write_some().await?)
+    }
+
+    /// Waits for the oldest statement in flight and checks its result.
     async fn pop(&mut self) -> Result<(), ApplyError> {
-        let Some(done) = self.inflight.next().await else {
-            return Ok(());
-        };
-        let took_earlier = done.txn_in_group > 0;
-        match (done.result, done.meta) {
-            (Ok(n), Meta::Row { op, table, key }) if n != 1 && op != Op::Insert => {
-                Err(ApplyError::Conflict {
-                    table,
-                    key,
-                    lsn: done.lsn,
-                    message: format!("{} found no matching row on the target", op.verb()),
-                    took_earlier,
-                })
-            }
-            (Ok(_), _) => Ok(()),
-            (Err(e), Meta::Row { op, table, key }) if !is_transient(&e) => {
-                Err(ApplyError::Conflict {
-                    table,
-                    key,
-                    lsn: done.lsn,
-                    message: format!("{} failed: {}", op.verb(), describe(&e)),
-                    took_earlier,
-                })
-            }
-            (Err(e), Meta::Row { op, .. }) => Err(ApplyError::target(op.verb(), done.lsn, &e)),
-            (Err(e), Meta::Control(what)) => Err(ApplyError::target(what, done.lsn, &e)),
-            (Err(e), Meta::Statement(sql)) => Err(ApplyError::target(sql, done.lsn, &e)),
-            (Err(e), Meta::Ddl { id, statement }) if !is_transient(&e) => {
-                Err(ApplyError::DdlRejected {
-                    id,
-                    statement,
-                    message: describe(&e),
-                    lsn: done.lsn,
-                    took_earlier,
-                })
-            }
-            (Err(e), Meta::Ddl { statement, .. }) => {
-                Err(ApplyError::target(statement, done.lsn, &e))
-            }
+        match self.pipe.next().await? {
+            None => Ok(()),
+            Some(outcome) => self.check(outcome),
         }
     }
 
-    /// Waits for every in-flight statement.
+    fn check(&self, outcome: Outcome<Sent>) -> Result<(), ApplyError> {
+        let (sent, failure) = match outcome {
+            Outcome::Done { meta: sent, rows } => {
+                let verb = match &sent.meta {
+                    Meta::Row { op, .. } if rows != 1 && *op != Op::Insert => op.verb(),
+                    _ => return Ok(()),
+                };
+                (sent, format!("{verb} found no matching row on the target"))
+            }
+            Outcome::Failed { meta: sent, error } => {
+                let took_earlier = sent.txn_in_group > 0;
+                return Err(match sent.meta {
+                    Meta::Row { op, relation, row } if !super::error::transient_code(&error.code) => {
+                        let (table, key) = self.describe(relation, &row);
+                        ApplyError::Conflict {
+                            table,
+                            key,
+                            lsn: sent.lsn,
+                            message: format!("{} failed: {error}", op.verb()),
+                            took_earlier,
+                        }
+                    }
+                    Meta::Row { op, .. } => ApplyError::target(op.verb(), sent.lsn, &error),
+                    Meta::Control(what) => ApplyError::target(what, sent.lsn, &error),
+                    Meta::Statement(sql) => ApplyError::target(sql, sent.lsn, &error),
+                    Meta::Ddl { id, statement } if !super::error::transient_code(&error.code) => ApplyError::DdlRejected {
+                        id,
+                        statement,
+                        message: error.to_string(),
+                        lsn: sent.lsn,
+                        took_earlier,
+                    },
+                    Meta::Ddl { statement, .. } => ApplyError::target(statement, sent.lsn, &error),
+                });
+            }
+        };
+        let took_earlier = sent.txn_in_group > 0;
+        match sent.meta {
+            Meta::Row { relation, row, .. } => {
+                let (table, key) = self.describe(relation, &row);
+                Err(ApplyError::Conflict { table, key, lsn: sent.lsn, message: failure, took_earlier })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn describe(&self, relation: u32, row: &Tuple) -> (crate::sql::TableName, String) {
+        match self.relations.get(&relation) {
+            Some(rel) => (rel.table.clone(), rel.describe_key(row)),
+            None => (crate::sql::TableName::new("?", format!("relation {relation}")), String::new()),
+        }
+    }
+
+    /// Waits for every statement in flight.
     async fn drain(&mut self) -> Result<(), ApplyError> {
-        while !self.inflight.is_empty() {
+        while self.pipe.in_flight() > 0 {
             self.pop().await?;
         }
         Ok(())
@@ -671,38 +451,21 @@ impl Applier {
         if self.group.is_none() {
             return Ok(());
         }
-        // Every result is checked before COMMIT is sent: an UPDATE that
-        // found no row is no error to the server, only to us.
         self.drain().await?;
-        let Some(g) = self.group.take() else {
-            return Ok(());
-        };
-        let client = self.client.clone();
-        let stmt = self.xact_setup.clone();
-        let (lsn, ts) = (g.last_end.to_string(), g.last_commit_ts);
-        self.push(
-            async move { client.execute(&stmt, &[&lsn, &ts]).await }.boxed(),
-            Meta::Control("recording the replication origin position"),
-        )
-        .await?;
-        let client = self.client.clone();
-        self.push(
-            async move { client.batch_execute("COMMIT").await.map(|_| 0) }.boxed(),
-            Meta::Control("COMMIT"),
-        )
-        .await?;
-        self.drain().await?;
-        self.shared
-            .written_end
-            .fetch_max(g.last_end.0, Ordering::SeqCst);
-        self.shared
-            .idle_through
-            .fetch_max(g.last_end.0, Ordering::SeqCst);
+        let Some(g) = self.group.take() else { return Ok(()) };
+        let setup = self.fixed.xact_setup.clone();
+        let commit = self.fixed.commit.clone();
+        let params = [Param::Text(g.last_end.to_string().into()), Param::Text(g.last_commit_ts.to_string().into())];
+        self.send(&setup, &params, Meta::Control("recording the replication origin position")).await?;
+        self.send(&commit, &[], Meta::Control("COMMIT")).await?;
+        for outcome in self.pipe.sync().await? {
+            self.check(outcome)?;
+        }
+        self.shared.written_end.fetch_max(g.last_end.0, Ordering::SeqCst);
+        self.shared.idle_through.fetch_max(g.last_end.0, Ordering::SeqCst);
         self.shared.txns.fetch_add(g.txns as u64, Ordering::Relaxed);
         self.shared.rows.fetch_add(g.rows as u64, Ordering::Relaxed);
-        self.shared
-            .last_commit_ts
-            .store(g.last_commit_ts.max(0) as u64, Ordering::Relaxed);
+        self.shared.last_commit_ts.store(g.last_commit_ts.max(0) as u64, Ordering::Relaxed);
         tracing::trace!(end = %g.last_end, txns = g.txns, rows = g.rows, "group committed");
         Ok(())
     }
@@ -727,12 +490,13 @@ impl Applier {
         Ok(())
     }
 
-    /// After an error: forgets in-flight work and rolls the target back.
+    /// After an error: forgets what is in flight and rolls the target back.
     pub async fn abort(&mut self) {
-        while self.inflight.next().await.is_some() {}
+        let _ = self.pipe.sync().await;
         if self.group.take().is_some() {
-            if let Err(e) = self.client.batch_execute("ROLLBACK").await {
-                tracing::debug!(error = %describe(&e), "rollback after an error");
+            self.pipe.execute_sql("ROLLBACK", self.sent(Meta::Control("ROLLBACK")));
+            if let Err(e) = self.pipe.sync().await {
+                tracing::debug!(error = %e, "rollback after an error");
             }
         }
         self.txn = None;

@@ -1,9 +1,13 @@
 //! Stage 4: source transactions applied on the target, exactly once
-//! ([`applier`]), row by row through statements prepared per table
-//! ([`relation`]) with values in the protocol's own formats ([`params`]),
-//! inside one streaming session with retries ([`session`]).
+//! ([`applier`]), through a pipelined session ([`pipeline`]) with
+//! statements prepared per table ([`relation`]) and values in the
+//! protocol's own formats ([`params`]); DDL replayed in place ([`ddl`]);
+//! all of it inside streaming sessions with retries ([`session`]).
 
 pub mod applier;
+mod ddl;
+pub mod error;
 pub mod params;
+pub mod pipeline;
 pub mod relation;
 pub mod session;

@@ -15,7 +15,9 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use tokio_postgres::{Client, Statement};
+use std::sync::Arc;
+
+use super::pipeline::Pipeline;
 
 use crate::sql::quote::push_ident;
 use crate::sql::TableName;
@@ -56,7 +58,7 @@ pub enum Identity {
 /// A prepared statement and where its parameters come from.
 #[derive(Clone)]
 pub struct Prepared {
-    pub statement: Statement,
+    pub name: Arc<str>,
     /// Column indices (into the tuple) of the SET / VALUES parameters.
     pub set: Vec<usize>,
     /// Column indices of the WHERE parameters, taken from the old row when
@@ -91,13 +93,10 @@ pub enum RowFilter<'a> {
 
 impl TargetRelation {
     /// Maps `source` onto the same-named table on the target.
-    pub async fn load(
-        client: &Client,
-        source: Relation,
-        ddl_replicated: bool,
-    ) -> Result<Self, RelationError> {
+    pub async fn load<M>(pipe: &mut Pipeline<M>, source: Relation, ddl_replicated: bool) -> Result<Self, RelationError> {
         let table = TableName::new(source.namespace.clone(), source.name.clone());
-        let rows = client
+        let quoted = table.quoted();
+        let rows = pipe
             .query(
                 "SELECT c.relkind::text, a.attname::text, a.attgenerated <> '', a.attidentity = 'a',
                    (WITH RECURSIVE ty(oid, typtype, base, elem, cat) AS (
@@ -113,31 +112,22 @@ impl TargetRelation {
                     FROM ty)
                  FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
                  WHERE c.oid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&table.quoted()],
+                &[&quoted],
             )
             .await
-            .map_err(|e| RelationError::Catalog { table: table.clone(), message: crate::conn::error::describe(&e) })?;
+            .map_err(|e| RelationError::Catalog { table: table.clone(), message: e.to_string() })?;
         if rows.is_empty() {
             return Err(RelationError::NoTable {
                 source_table: table.clone(),
                 target: table,
             });
         }
-        let partitioned = rows[0].get::<_, String>(0) == "p";
+        let text = |r: &Vec<Option<String>>, i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+        let flag = |r: &Vec<Option<String>>, i: usize| text(r, i) == "t";
+        let partitioned = text(&rows[0], 0) == "p";
         // name -> (generated, has equality, identity ALWAYS)
-        let target_cols: HashMap<String, (bool, bool, bool)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<_, String>(1),
-                    (
-                        r.get::<_, bool>(2),
-                        r.get::<_, Option<bool>>(4).unwrap_or(false),
-                        r.get::<_, bool>(3),
-                    ),
-                )
-            })
-            .collect();
+        let target_cols: HashMap<String, (bool, bool, bool)> =
+            rows.iter().map(|r| (text(r, 1), (flag(r, 2), flag(r, 4), flag(r, 3)))).collect();
         let missing: Vec<&str> = source
             .columns
             .iter()
@@ -207,9 +197,9 @@ impl TargetRelation {
     }
 
     /// The statement for an INSERT of every column.
-    pub async fn insert(&mut self, client: &Client) -> Result<Prepared, tokio_postgres::Error> {
+    pub fn insert<M>(&mut self, pipe: &mut Pipeline<M>) -> Prepared {
         if let Some(p) = &self.fast_insert {
-            return Ok(p.clone());
+            return p.clone();
         }
         let cols: Vec<usize> = (0..self.source.columns.len()).collect();
         let mut sql = String::from("INSERT INTO ");
@@ -224,9 +214,9 @@ impl TargetRelation {
         sql.push_str(") OVERRIDING SYSTEM VALUE VALUES (");
         sql.push_str(&crate::sql::quote::placeholders(1, cols.len()));
         sql.push(')');
-        let p = self.prepare(client, sql, cols, Vec::new()).await?;
+        let p = self.prepare(pipe, sql, cols, Vec::new());
         self.fast_insert = Some(p.clone());
-        Ok(p)
+        p
     }
 
     /// A key filter over a full set of non-NULL key values.
@@ -245,12 +235,7 @@ impl TargetRelation {
 
     /// The statement for an UPDATE of `new` (unchanged TOAST columns left
     /// out) finding its row by `filter`.
-    pub async fn update(
-        &mut self,
-        client: &Client,
-        new: &Tuple,
-        filter: &RowFilter<'_>,
-    ) -> Result<Prepared, StatementError> {
+    pub fn update<M>(&mut self, pipe: &mut Pipeline<M>, new: &Tuple, filter: &RowFilter<'_>) -> Result<Prepared, RelationError> {
         let fast = self.plain_key(filter) && !new.iter().any(|d| matches!(d, Datum::Unchanged));
         if fast {
             if let Some(p) = &self.fast_update {
@@ -267,9 +252,7 @@ impl TargetRelation {
             .map(|(i, _)| i)
             .collect();
         if set.is_empty() {
-            return Err(StatementError::Relation(RelationError::NothingToSet {
-                table: self.table.clone(),
-            }));
+            return Err(RelationError::NothingToSet { table: self.table.clone() });
         }
         let mut sql = String::from("UPDATE ");
         sql.push_str(&self.table.quoted());
@@ -283,7 +266,7 @@ impl TargetRelation {
         }
         let (where_sql, filter_cols) = self.filter_sql(filter, set.len() + 1)?;
         sql.push_str(&where_sql);
-        let p = self.prepare(client, sql, set, filter_cols).await?;
+        let p = self.prepare(pipe, sql, set, filter_cols);
         if fast {
             self.fast_update = Some(p.clone());
         }
@@ -291,11 +274,7 @@ impl TargetRelation {
     }
 
     /// The statement for a DELETE finding its row by `filter`.
-    pub async fn delete(
-        &mut self,
-        client: &Client,
-        filter: &RowFilter<'_>,
-    ) -> Result<Prepared, StatementError> {
+    pub fn delete<M>(&mut self, pipe: &mut Pipeline<M>, filter: &RowFilter<'_>) -> Result<Prepared, RelationError> {
         let fast = self.plain_key(filter);
         if fast {
             if let Some(p) = &self.fast_delete {
@@ -306,7 +285,7 @@ impl TargetRelation {
         sql.push_str(&self.table.quoted());
         let (where_sql, filter_cols) = self.filter_sql(filter, 1)?;
         sql.push_str(&where_sql);
-        let p = self.prepare(client, sql, Vec::new(), filter_cols).await?;
+        let p = self.prepare(pipe, sql, Vec::new(), filter_cols);
         if fast {
             self.fast_delete = Some(p.clone());
         }
@@ -398,25 +377,15 @@ impl TargetRelation {
         Ok((sql, cols))
     }
 
-    async fn prepare(
-        &mut self,
-        client: &Client,
-        sql: String,
-        set: Vec<usize>,
-        filter: Vec<usize>,
-    ) -> Result<Prepared, tokio_postgres::Error> {
+    fn prepare<M>(&mut self, pipe: &mut Pipeline<M>, sql: String, set: Vec<usize>, filter: Vec<usize>) -> Prepared {
         if let Some(p) = self.statements.get(&sql) {
-            return Ok(p.clone());
+            return p.clone();
         }
-        let statement = client.prepare(&sql).await?;
+        let name: Arc<str> = pipe.prepare(&sql).into();
         tracing::debug!(table = %self.table, %sql, "prepared");
-        let p = Prepared {
-            statement,
-            set,
-            filter,
-        };
+        let p = Prepared { name, set, filter };
         self.statements.insert(sql, p.clone());
-        Ok(p)
+        p
     }
 
     /// `(id)=(42)`: the key of a row, for conflict messages.
@@ -451,12 +420,4 @@ impl TargetRelation {
             (None, None) => None,
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StatementError {
-    #[error(transparent)]
-    Relation(#[from] RelationError),
-    #[error(transparent)]
-    Prepare(#[from] tokio_postgres::Error),
 }

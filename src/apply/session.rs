@@ -14,8 +14,11 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 use tracing::Instrument;
 
-use super::applier::{Applier, ApplyError, GroupLimits, Shared};
-use crate::conn::error::{describe, is_transient};
+use super::applier::{Applier, GroupLimits, Shared};
+use super::error::ApplyError;
+use crate::conn::raw::RawSession;
+use crate::sql::quote_literal;
+use crate::conn::error::describe;
 use crate::conn::walsender::{WalSender, WalSenderError};
 use crate::conn::{ConnectError, ConnectFailure, Endpoint, Side};
 use crate::lsn::Lsn;
@@ -58,17 +61,6 @@ impl From<WalSenderError> for SessionError {
 }
 
 impl SessionError {
-    fn target(what: &'static str, e: &tokio_postgres::Error) -> Self {
-        let code = crate::conn::error::sqlstate(e).unwrap_or("");
-        // 55006: the origin is still held by the session of a pgrepl that
-        // died a moment ago; it goes away when the server notices.
-        SessionError::Target {
-            what,
-            message: describe(e),
-            transient: is_transient(e) || code == "55006",
-        }
-    }
-
     pub fn is_transient(&self) -> bool {
         match self {
             SessionError::Apply(e) => e.is_transient(),
@@ -188,23 +180,24 @@ pub async fn run(
 /// The apply session: replica role (no user triggers, no FK checks, as
 /// native apply), asynchronous commit (the flush watcher reports only
 /// what is durable), and the replication origin.
-async fn apply_client(target: &Endpoint, origin: &OriginName) -> Result<Client, SessionError> {
-    let client = target.connect().await?;
-    client
-        .batch_execute(
+/// Returns the session and the origin's position (where to start).
+async fn apply_session(target: &Endpoint, origin: &OriginName) -> Result<(RawSession, Lsn), SessionError> {
+    let mut session = RawSession::connect(Side::Target, &target.config, false).await?;
+    let rows = session
+        .simple_query(&format!(
             "SET session_replication_role = replica; SET synchronous_commit = off; SET statement_timeout = 0;
-             SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0",
-        )
-        .await
-        .map_err(|e| SessionError::target("setting up the apply session", &e))?;
-    client
-        .execute(
-            "SELECT pg_replication_origin_session_setup($1)",
-            &[&origin.as_str()],
-        )
-        .await
-        .map_err(|e| SessionError::target("taking the replication origin", &e))?;
-    Ok(client)
+             SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0;
+             SELECT pg_replication_origin_session_setup({lit});
+             SELECT pg_replication_origin_progress({lit}, false)",
+            lit = quote_literal(origin.as_str())
+        ))
+        .await?;
+    let start = rows
+        .last()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(Lsn::ZERO);
+    Ok((session, start))
 }
 
 async fn origin_progress(
@@ -229,10 +222,7 @@ async fn session(
     ungroup: Lsn,
 ) -> Result<Outcome, SessionError> {
     let origin = req.name.origin();
-    let client = Arc::new(apply_client(req.target, &origin).await?);
-    let start = origin_progress(&client, &origin, false)
-        .await
-        .map_err(|e| SessionError::target("reading the replication origin", &e))?;
+    let (session, start) = apply_session(req.target, &origin).await?;
     let walsender = WalSender::connect(Side::Source, &req.source.config).await?;
     let feedback = Feedback::new(start);
     let mut receiver = Receiver::start(
@@ -255,15 +245,7 @@ async fn session(
         shared.clone(),
         feedback.clone(),
     ));
-    let mut applier = Applier::new(
-        client.clone(),
-        shared.clone(),
-        start,
-        req.limits.clone(),
-        req.ddl.clone(),
-        req.name.clone(),
-    )
-    .await?;
+    let mut applier = Applier::new(session, shared.clone(), start, req.limits.clone(), req.ddl.clone(), req.name.clone());
     applier.ungroup_through(ungroup);
 
     let span = tracing::info_span!("apply", slot = %req.name.slot());
@@ -317,6 +299,7 @@ async fn session(
     // close the stream with that as the final flushed position.
     let written = Lsn(shared.written_end.load(Ordering::SeqCst));
     let deadline = Instant::now() + Duration::from_secs(3);
+    let client = req.target.connect().await?;
     let mut durable = origin_progress(&client, &origin, true)
         .await
         .unwrap_or(Lsn::ZERO);
