@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::batch::Batch;
 use super::error::ApplyError;
 use super::params::Param;
 use super::pipeline::{Outcome, Pipeline};
@@ -41,7 +42,12 @@ pub struct GroupLimits {
 
 impl Default for GroupLimits {
     fn default() -> Self {
-        GroupLimits { txns: 5000, rows: 100_000, age: Duration::from_millis(200), inflight: 20_000 }
+        GroupLimits {
+            txns: 5000,
+            rows: 100_000,
+            age: Duration::from_millis(200),
+            inflight: 20_000,
+        }
     }
 }
 
@@ -94,9 +100,32 @@ impl Op {
 pub(super) enum Meta {
     Control(&'static str),
     /// A row change; `row` holds its key (for the message on conflict).
-    Row { op: Op, relation: u32, row: Tuple },
+    Row {
+        op: Op,
+        relation: u32,
+        row: Tuple,
+    },
     Statement(String),
-    Ddl { id: i64, statement: String },
+    Ddl {
+        id: i64,
+        statement: String,
+    },
+    /// Part of writing out a batch; `expected` rows, when known.
+    Batch {
+        relation: u32,
+        what: &'static str,
+        expected: Option<u64>,
+    },
+}
+
+impl Meta {
+    pub(super) fn batch(relation: u32, what: &'static str, expected: Option<u64>) -> Meta {
+        Meta::Batch {
+            relation,
+            what,
+            expected,
+        }
+    }
 }
 
 /// A statement in flight: what it was, and which source transaction.
@@ -105,6 +134,16 @@ pub(super) struct Sent {
     lsn: Lsn,
     /// Whole source transactions before it in the same group.
     txn_in_group: usize,
+}
+
+impl Sent {
+    pub(super) fn at(meta: Meta, (lsn, txn_in_group): (Lsn, usize)) -> Sent {
+        Sent {
+            meta,
+            lsn,
+            txn_in_group,
+        }
+    }
 }
 
 struct Group {
@@ -131,7 +170,7 @@ struct Fixed {
 
 pub struct Applier {
     pub(super) pipe: Pipeline<Sent>,
-    relations: HashMap<u32, TargetRelation>,
+    pub(super) relations: HashMap<u32, TargetRelation>,
     group: Option<Group>,
     txn: Option<SourceTxn>,
     shared: Arc<Shared>,
@@ -149,7 +188,18 @@ pub struct Applier {
     /// (new enum values, for one, must be committed before use).
     pub(super) commit_after_txn: bool,
     pub(super) sync_name: SyncName,
+    /// Net effects of the open group, written out before anything that
+    /// depends on their order (see `flush`).
+    pub(super) batch: Batch,
+    pub(super) stage_seq: u64,
+    /// The last source transaction whose changes went into a batch of
+    /// the open group (where to replay up to if a batch fails).
+    batch_through: Lsn,
 }
+
+/// A batch is written out once it holds this much.
+const BATCH_ROWS: usize = 20_000;
+const BATCH_BYTES: usize = 32 << 20;
 
 impl Applier {
     /// `session` must hold the replication origin and be idle.
@@ -184,6 +234,9 @@ impl Applier {
             schema_log: None,
             commit_after_txn: false,
             sync_name,
+            batch: Batch::default(),
+            stage_seq: 0,
+            batch_through: Lsn::ZERO,
         }
     }
 
@@ -199,7 +252,11 @@ impl Applier {
 
     /// Handles one pgoutput message. `more_waiting`: more messages are
     /// already queued (then a commit may be grouped with what follows).
-    pub async fn handle(&mut self, payload: bytes::Bytes, more_waiting: bool) -> Result<(), ApplyError> {
+    pub async fn handle(
+        &mut self,
+        payload: bytes::Bytes,
+        more_waiting: bool,
+    ) -> Result<(), ApplyError> {
         match pgoutput::decode(payload)? {
             Message::Begin { final_lsn, .. } => {
                 if self.txn.is_some() {
@@ -210,10 +267,19 @@ impl Applier {
                         self.commit_group().await?;
                     }
                 }
-                self.txn = Some(SourceTxn { final_lsn, changes: 0, skip: final_lsn < self.start });
+                self.txn = Some(SourceTxn {
+                    final_lsn,
+                    changes: 0,
+                    skip: final_lsn < self.start,
+                });
             }
-            Message::Commit { end_lsn, commit_ts, .. } => {
-                let txn = self.txn.take().ok_or_else(|| ApplyError::Protocol("COMMIT without BEGIN".into()))?;
+            Message::Commit {
+                end_lsn, commit_ts, ..
+            } => {
+                let txn = self
+                    .txn
+                    .take()
+                    .ok_or_else(|| ApplyError::Protocol("COMMIT without BEGIN".into()))?;
                 let alone = txn.final_lsn <= self.ungrouped_through;
                 if txn.skip {
                     tracing::debug!(lsn = %txn.final_lsn, "skipped a transaction applied before");
@@ -223,31 +289,51 @@ impl Applier {
                     }
                     g.last_end = end_lsn;
                     g.last_commit_ts = commit_ts;
-                    let full = g.txns >= self.limits.txns || g.rows >= self.limits.rows || g.started.elapsed() >= self.limits.age;
+                    let full = g.txns >= self.limits.txns
+                        || g.rows >= self.limits.rows
+                        || g.started.elapsed() >= self.limits.age;
                     let ddl_done = std::mem::take(&mut self.commit_after_txn);
                     if !more_waiting || full || alone || ddl_done {
                         self.commit_group().await?;
                     }
                 } else {
                     // Nothing to apply (only unpublished changes).
-                    self.shared.idle_through.fetch_max(end_lsn.0, Ordering::SeqCst);
+                    self.shared
+                        .idle_through
+                        .fetch_max(end_lsn.0, Ordering::SeqCst);
                 }
             }
             Message::Relation(rel) if rel.namespace == "pgrepl" && rel.name == "schema_log" => {
-                self.schema_log = Some((rel.oid, rel.columns.iter().map(|c| c.name.clone()).collect()));
+                self.schema_log = Some((
+                    rel.oid,
+                    rel.columns.iter().map(|c| c.name.clone()).collect(),
+                ));
             }
             Message::Relation(rel) => {
+                self.flush_batch().await?;
                 self.drain().await?;
                 let oid = rel.oid;
                 let mapped = TargetRelation::load(&mut self.pipe, rel, self.ddl.is_some()).await?;
                 self.relations.insert(oid, mapped);
             }
-            Message::Insert { relation, new } if self.is_schema_log(relation) => self.ddl_row(new).await?,
-            Message::Update { relation, .. } | Message::Delete { relation, .. } if self.is_schema_log(relation) => {}
+            Message::Insert { relation, new } if self.is_schema_log(relation) => {
+                self.ddl_row(new).await?
+            }
+            Message::Update { relation, .. } | Message::Delete { relation, .. }
+                if self.is_schema_log(relation) => {}
             Message::Insert { relation, new } => self.row(Op::Insert, relation, None, new).await?,
-            Message::Update { relation, old, new } => self.row(Op::Update, relation, old, new).await?,
-            Message::Delete { relation, old } => self.row(Op::Delete, relation, Some(old), Vec::new()).await?,
-            Message::Truncate { relations, cascade, restart_identity } => {
+            Message::Update { relation, old, new } => {
+                self.row(Op::Update, relation, old, new).await?
+            }
+            Message::Delete { relation, old } => {
+                self.row(Op::Delete, relation, Some(old), Vec::new())
+                    .await?
+            }
+            Message::Truncate {
+                relations,
+                cascade,
+                restart_identity,
+            } => {
                 let mut names = Vec::new();
                 for r in relations.iter().filter(|r| !self.is_schema_log(**r)) {
                     names.push(self.relation(*r)?.table.quoted());
@@ -258,7 +344,11 @@ impl Applier {
                 let sql = format!(
                     "TRUNCATE {}{}{}",
                     names.join(", "),
-                    if restart_identity { " RESTART IDENTITY" } else { "" },
+                    if restart_identity {
+                        " RESTART IDENTITY"
+                    } else {
+                        ""
+                    },
                     if cascade { " CASCADE" } else { "" }
                 );
                 self.statement(sql).await?;
@@ -269,26 +359,38 @@ impl Applier {
     }
 
     fn is_schema_log(&self, relation: u32) -> bool {
-        self.schema_log.as_ref().is_some_and(|(oid, _)| *oid == relation)
+        self.schema_log
+            .as_ref()
+            .is_some_and(|(oid, _)| *oid == relation)
     }
 
     fn relation(&self, oid: u32) -> Result<&TargetRelation, ApplyError> {
-        self.relations
-            .get(&oid)
-            .ok_or_else(|| ApplyError::Protocol(format!("a change for relation {oid} came before its description")))
+        self.relations.get(&oid).ok_or_else(|| {
+            ApplyError::Protocol(format!(
+                "a change for relation {oid} came before its description"
+            ))
+        })
     }
 
     /// Opens the target transaction if needed and counts a change.
     pub(super) async fn begin_change(&mut self) -> Result<bool, ApplyError> {
         let Some(txn) = &mut self.txn else {
-            return Err(ApplyError::Protocol("a change outside a transaction".into()));
+            return Err(ApplyError::Protocol(
+                "a change outside a transaction".into(),
+            ));
         };
         if txn.skip {
             return Ok(false);
         }
         txn.changes += 1;
         if self.group.is_none() {
-            self.group = Some(Group { started: Instant::now(), txns: 0, rows: 0, last_end: Lsn::ZERO, last_commit_ts: 0 });
+            self.group = Some(Group {
+                started: Instant::now(),
+                txns: 0,
+                rows: 0,
+                last_end: Lsn::ZERO,
+                last_commit_ts: 0,
+            });
             let begin = self.fixed.begin.clone();
             self.send(&begin, &[], Meta::Control("BEGIN")).await?;
         }
@@ -298,18 +400,38 @@ impl Applier {
         Ok(true)
     }
 
-    async fn row(&mut self, op: Op, relation: u32, old: Option<OldRow>, new: Tuple) -> Result<(), ApplyError> {
+    async fn row(
+        &mut self,
+        op: Op,
+        relation: u32,
+        old: Option<OldRow>,
+        new: Tuple,
+    ) -> Result<(), ApplyError> {
         if !self.begin_change().await? {
             return Ok(());
         }
-        let rel = self
-            .relations
-            .get_mut(&relation)
-            .ok_or_else(|| ApplyError::Protocol(format!("a change for relation {relation} came before its description")))?;
+        let Some((old, new)) = self.try_batch(op, relation, old, new) else {
+            if self.batch.rows >= BATCH_ROWS || self.batch.bytes >= BATCH_BYTES {
+                self.flush_batch().await?;
+            }
+            return Ok(());
+        };
+        // Not foldable: what is batched for this table goes first, to keep
+        // the order of its rows.
+        if self.batch.holds(relation) {
+            self.flush_batch().await?;
+        }
+        let rel = self.relations.get_mut(&relation).ok_or_else(|| {
+            ApplyError::Protocol(format!(
+                "a change for relation {relation} came before its description"
+            ))
+        })?;
         let prepared = match op {
             Op::Insert => rel.insert(&mut self.pipe),
             Op::Update => {
-                let filter = rel.filter_for(old.as_ref(), Some(&new)).expect("an update always has a row to match");
+                let filter = rel
+                    .filter_for(old.as_ref(), Some(&new))
+                    .expect("an update always has a row to match");
                 rel.update(&mut self.pipe, &new, &filter)?
             }
             Op::Delete => {
@@ -328,14 +450,85 @@ impl Applier {
                 .set
                 .iter()
                 .map(|&i| Param::from_datum(&new[i]))
-                .chain(prepared.filter.iter().map(|&i| Param::from_datum(&key_row[i])))
+                .chain(
+                    prepared
+                        .filter
+                        .iter()
+                        .map(|&i| Param::from_datum(&key_row[i])),
+                )
                 .collect()
         };
         let key_row = match old {
             Some(OldRow::Key(t)) | Some(OldRow::Full(t)) => t,
             None => new,
         };
-        self.send(&prepared.name, &params, Meta::Row { op, relation, row: key_row }).await
+        self.send(
+            &prepared.name,
+            &params,
+            Meta::Row {
+                op,
+                relation,
+                row: key_row,
+            },
+        )
+        .await
+    }
+
+    /// Folds the change into the batch when the table and the change
+    /// allow; otherwise hands the change back.
+    fn try_batch(
+        &mut self,
+        op: Op,
+        relation: u32,
+        old: Option<OldRow>,
+        new: Tuple,
+    ) -> Option<(Option<OldRow>, Tuple)> {
+        let lsn = self.txn.as_ref().map(|t| t.final_lsn).unwrap_or(Lsn::ZERO);
+        let Some(rel) = self.relations.get(&relation) else {
+            return Some((old, new));
+        };
+        if lsn <= self.ungrouped_through {
+            return Some((old, new));
+        }
+        let back = if !Batch::accepts(rel) {
+            match (op, old) {
+                (Op::Insert, None) => self
+                    .batch
+                    .add_append(relation, new, lsn)
+                    .err()
+                    .map(|n| (None, n)),
+                (_, old) => Some((old, new)),
+            }
+        } else {
+            let key = rel.key.clone();
+            match (op, old) {
+                (Op::Insert, None) => self
+                    .batch
+                    .add_insert(relation, new, lsn)
+                    .err()
+                    .map(|n| (None, n)),
+                (Op::Update, None) => self
+                    .batch
+                    .add_update(&key, relation, None, new, lsn)
+                    .err()
+                    .map(|(_, n)| (None, n)),
+                (Op::Update, Some(OldRow::Key(k))) => self
+                    .batch
+                    .add_update(&key, relation, Some(k), new, lsn)
+                    .err()
+                    .map(|(k, n)| (k.map(OldRow::Key), n)),
+                (Op::Delete, Some(OldRow::Key(k))) => self
+                    .batch
+                    .add_delete(&key, relation, k, lsn)
+                    .err()
+                    .map(|k| (Some(OldRow::Key(k)), new)),
+                (_, old) => Some((old, new)),
+            }
+        };
+        if back.is_none() {
+            self.batch_through = self.batch_through.max(lsn);
+        }
+        back
     }
 
     /// A statement without parameters, in the open target transaction.
@@ -343,18 +536,49 @@ impl Applier {
         if !self.begin_change().await? {
             return Ok(());
         }
+        self.flush_batch().await?;
         self.send_sql(&sql.clone(), Meta::Statement(sql)).await
     }
 
-    fn sent(&self, meta: Meta) -> Sent {
-        Sent {
-            meta,
-            lsn: self.txn.as_ref().map(|t| t.final_lsn).unwrap_or(Lsn::ZERO),
-            txn_in_group: self.group.as_ref().map(|g| g.txns).unwrap_or(0),
-        }
+    /// Where statements sent now belong: source transaction, and its
+    /// place in the group.
+    pub(super) fn position(&self) -> (Lsn, usize) {
+        (
+            self.txn.as_ref().map(|t| t.final_lsn).unwrap_or(Lsn::ZERO),
+            self.group.as_ref().map(|g| g.txns).unwrap_or(0),
+        )
     }
 
-    async fn send(&mut self, statement: &str, params: &[Param], meta: Meta) -> Result<(), ApplyError> {
+    fn sent(&self, meta: Meta) -> Sent {
+        Sent::at(meta, self.position())
+    }
+
+    pub(super) async fn send_copy(
+        &mut self,
+        sql: &str,
+        data: &[u8],
+        meta: Meta,
+    ) -> Result<(), ApplyError> {
+        let sent = self.sent(meta);
+        self.pipe.copy_in(sql, data, sent);
+        self.after_send().await
+    }
+
+    pub(super) async fn send_prepared(
+        &mut self,
+        statement: &str,
+        params: &[Param],
+        meta: Meta,
+    ) -> Result<(), ApplyError> {
+        self.send(statement, params, meta).await
+    }
+
+    async fn send(
+        &mut self,
+        statement: &str,
+        params: &[Param],
+        meta: Meta,
+    ) -> Result<(), ApplyError> {
         let sent = self.sent(meta);
         self.pipe.execute(statement, params.iter(), sent);
         self.after_send().await
@@ -389,6 +613,17 @@ impl Applier {
             Outcome::Done { meta: sent, rows } => {
                 let verb = match &sent.meta {
                     Meta::Row { op, .. } if rows != 1 && *op != Op::Insert => op.verb(),
+                    Meta::Batch {
+                        relation,
+                        what,
+                        expected: Some(n),
+                    } if rows != *n => {
+                        let table = self.describe(*relation, &Vec::new()).0;
+                        return Err(ApplyError::BatchFailed {
+                            through: self.batch_through,
+                            reason: format!("{what} {table}: {rows} rows instead of {n}"),
+                        });
+                    }
                     _ => return Ok(()),
                 };
                 (sent, format!("{verb} found no matching row on the target"))
@@ -396,7 +631,9 @@ impl Applier {
             Outcome::Failed { meta: sent, error } => {
                 let took_earlier = sent.txn_in_group > 0;
                 return Err(match sent.meta {
-                    Meta::Row { op, relation, row } if !super::error::transient_code(&error.code) => {
+                    Meta::Row { op, relation, row }
+                        if !super::error::transient_code(&error.code) =>
+                    {
                         let (table, key) = self.describe(relation, &row);
                         ApplyError::Conflict {
                             table,
@@ -409,14 +646,26 @@ impl Applier {
                     Meta::Row { op, .. } => ApplyError::target(op.verb(), sent.lsn, &error),
                     Meta::Control(what) => ApplyError::target(what, sent.lsn, &error),
                     Meta::Statement(sql) => ApplyError::target(sql, sent.lsn, &error),
-                    Meta::Ddl { id, statement } if !super::error::transient_code(&error.code) => ApplyError::DdlRejected {
-                        id,
-                        statement,
-                        message: error.to_string(),
-                        lsn: sent.lsn,
-                        took_earlier,
-                    },
+                    Meta::Ddl { id, statement } if !super::error::transient_code(&error.code) => {
+                        ApplyError::DdlRejected {
+                            id,
+                            statement,
+                            message: error.to_string(),
+                            lsn: sent.lsn,
+                            took_earlier,
+                        }
+                    }
                     Meta::Ddl { statement, .. } => ApplyError::target(statement, sent.lsn, &error),
+                    Meta::Batch { what, .. } if super::error::transient_code(&error.code) => {
+                        ApplyError::target(what, sent.lsn, &error)
+                    }
+                    Meta::Batch { relation, what, .. } => {
+                        let table = self.describe(relation, &Vec::new()).0;
+                        ApplyError::BatchFailed {
+                            through: self.batch_through,
+                            reason: format!("{what} {table}: {error}"),
+                        }
+                    }
                 });
             }
         };
@@ -424,7 +673,13 @@ impl Applier {
         match sent.meta {
             Meta::Row { relation, row, .. } => {
                 let (table, key) = self.describe(relation, &row);
-                Err(ApplyError::Conflict { table, key, lsn: sent.lsn, message: failure, took_earlier })
+                Err(ApplyError::Conflict {
+                    table,
+                    key,
+                    lsn: sent.lsn,
+                    message: failure,
+                    took_earlier,
+                })
             }
             _ => Ok(()),
         }
@@ -433,7 +688,10 @@ impl Applier {
     fn describe(&self, relation: u32, row: &Tuple) -> (crate::sql::TableName, String) {
         match self.relations.get(&relation) {
             Some(rel) => (rel.table.clone(), rel.describe_key(row)),
-            None => (crate::sql::TableName::new("?", format!("relation {relation}")), String::new()),
+            None => (
+                crate::sql::TableName::new("?", format!("relation {relation}")),
+                String::new(),
+            ),
         }
     }
 
@@ -451,21 +709,42 @@ impl Applier {
         if self.group.is_none() {
             return Ok(());
         }
+        self.flush_batch().await?;
         self.drain().await?;
-        let Some(g) = self.group.take() else { return Ok(()) };
+        let Some(g) = self.group.take() else {
+            return Ok(());
+        };
         let setup = self.fixed.xact_setup.clone();
         let commit = self.fixed.commit.clone();
-        let params = [Param::Text(g.last_end.to_string().into()), Param::Text(g.last_commit_ts.to_string().into())];
-        self.send(&setup, &params, Meta::Control("recording the replication origin position")).await?;
+        let params = [
+            Param::Text(g.last_end.to_string().into()),
+            Param::Text(g.last_commit_ts.to_string().into()),
+        ];
+        self.send(
+            &setup,
+            &params,
+            Meta::Control("recording the replication origin position"),
+        )
+        .await?;
         self.send(&commit, &[], Meta::Control("COMMIT")).await?;
         for outcome in self.pipe.sync().await? {
             self.check(outcome)?;
         }
-        self.shared.written_end.fetch_max(g.last_end.0, Ordering::SeqCst);
-        self.shared.idle_through.fetch_max(g.last_end.0, Ordering::SeqCst);
+        for rel in self.relations.values_mut() {
+            rel.committed();
+        }
+        self.batch_through = Lsn::ZERO;
+        self.shared
+            .written_end
+            .fetch_max(g.last_end.0, Ordering::SeqCst);
+        self.shared
+            .idle_through
+            .fetch_max(g.last_end.0, Ordering::SeqCst);
         self.shared.txns.fetch_add(g.txns as u64, Ordering::Relaxed);
         self.shared.rows.fetch_add(g.rows as u64, Ordering::Relaxed);
-        self.shared.last_commit_ts.store(g.last_commit_ts.max(0) as u64, Ordering::Relaxed);
+        self.shared
+            .last_commit_ts
+            .store(g.last_commit_ts.max(0) as u64, Ordering::Relaxed);
         tracing::trace!(end = %g.last_end, txns = g.txns, rows = g.rows, "group committed");
         Ok(())
     }
@@ -492,9 +771,12 @@ impl Applier {
 
     /// After an error: forgets what is in flight and rolls the target back.
     pub async fn abort(&mut self) {
+        self.batch.take();
+        self.batch_through = Lsn::ZERO;
         let _ = self.pipe.sync().await;
         if self.group.take().is_some() {
-            self.pipe.execute_sql("ROLLBACK", self.sent(Meta::Control("ROLLBACK")));
+            self.pipe
+                .execute_sql("ROLLBACK", self.sent(Meta::Control("ROLLBACK")));
             if let Err(e) = self.pipe.sync().await {
                 tracing::debug!(error = %e, "rollback after an error");
             }

@@ -29,13 +29,28 @@ pub enum ApplyError {
         took_earlier: bool,
     },
     #[error("target rejected DDL #{id} ({statement}): {message}. Nothing from its source transaction (LSN {lsn}) on was applied or acknowledged: fix the target, or skip exactly this command with `pgrepl sync --skip-ddl {id}`")]
-    DdlRejected { id: i64, statement: String, message: String, lsn: Lsn, took_earlier: bool },
+    DdlRejected {
+        id: i64,
+        statement: String,
+        message: String,
+        lsn: Lsn,
+        took_earlier: bool,
+    },
     #[error("{0}")]
     Ddl(#[from] ReplayError),
     #[error("target: {what} failed at source LSN {lsn}: {message}")]
-    Target { what: String, lsn: Lsn, message: String, transient: bool },
+    Target {
+        what: String,
+        lsn: Lsn,
+        message: String,
+        transient: bool,
+    },
     #[error(transparent)]
     Session(Box<RawError>),
+    /// A batched write went wrong: replay the group unbatched up to
+    /// `through`, which names the exact transaction if it is real.
+    #[error("a batched write failed ({reason}); replaying one transaction at a time up to LSN {through}")]
+    BatchFailed { through: Lsn, reason: String },
     #[error("source: the stream broke the protocol: {0}")]
     Protocol(String),
 }
@@ -67,14 +82,27 @@ impl ApplyError {
     /// back whole transactions grouped before it.
     pub fn grouped_stop(&self) -> Option<Lsn> {
         match self {
-            ApplyError::Conflict { lsn, took_earlier: true, .. } | ApplyError::DdlRejected { lsn, took_earlier: true, .. } => {
-                Some(*lsn)
+            ApplyError::Conflict {
+                lsn,
+                took_earlier: true,
+                ..
             }
+            | ApplyError::DdlRejected {
+                lsn,
+                took_earlier: true,
+                ..
+            } => Some(*lsn),
+            ApplyError::BatchFailed { through, .. } => Some(*through),
             _ => None,
         }
     }
 
     pub fn target(what: impl Into<String>, lsn: Lsn, error: &ServerError) -> Self {
-        ApplyError::Target { what: what.into(), lsn, message: error.to_string(), transient: transient_code(&error.code) }
+        ApplyError::Target {
+            what: what.into(),
+            lsn,
+            message: error.to_string(),
+            transient: transient_code(&error.code),
+        }
     }
 }

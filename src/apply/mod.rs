@@ -5,8 +5,10 @@
 //! all of it inside streaming sessions with retries ([`session`]).
 
 pub mod applier;
+pub mod batch;
 mod ddl;
 pub mod error;
+mod flush;
 pub mod params;
 pub mod pipeline;
 pub mod relation;

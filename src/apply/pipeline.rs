@@ -146,7 +146,12 @@ impl<M> Pipeline<M> {
     }
 
     /// Buffers Bind + Execute of a prepared statement.
-    pub fn execute<'a>(&mut self, statement: &str, params: impl ExactSizeIterator<Item = &'a Param> + Clone, meta: M) {
+    pub fn execute<'a>(
+        &mut self,
+        statement: &str,
+        params: impl ExactSizeIterator<Item = &'a Param> + Clone,
+        meta: M,
+    ) {
         let binary = params.clone().any(|p| matches!(p, Param::Binary(_)));
         message(&mut self.wbuf, b'B', |b| {
             b.put_u8(0); // unnamed portal
@@ -191,6 +196,18 @@ impl<M> Pipeline<M> {
         self.execute("", std::iter::empty(), meta);
     }
 
+    /// Buffers a `COPY ... FROM STDIN` and all of its data: the server
+    /// reads the data as soon as it reaches the COPY, no need to wait.
+    pub fn copy_in(&mut self, sql: &str, data: &[u8], meta: M) {
+        self.execute_sql(sql, meta);
+        for chunk in data.chunks(256 * 1024) {
+            self.wbuf.put_u8(b'd');
+            self.wbuf.put_u32(4 + chunk.len() as u32);
+            self.wbuf.put_slice(chunk);
+        }
+        message(&mut self.wbuf, b'c', |_| {});
+    }
+
     fn sync_message(&mut self) {
         message(&mut self.wbuf, b'S', |_| {});
         self.pending.push_back(Pending::Sync);
@@ -216,8 +233,14 @@ impl<M> Pipeline<M> {
         }
         let buf = self.wbuf.split();
         let side = self.side;
-        self.wr.write_all(&buf).await.map_err(|error| RawError::Io { side, error })?;
-        self.wr.flush().await.map_err(|error| RawError::Io { side, error })
+        self.wr
+            .write_all(&buf)
+            .await
+            .map_err(|error| RawError::Io { side, error })?;
+        self.wr
+            .flush()
+            .await
+            .map_err(|error| RawError::Io { side, error })
     }
 
     async fn reply(&mut self) -> Result<Reply, RawError> {
@@ -225,7 +248,10 @@ impl<M> Pipeline<M> {
             Some(r) => r,
             None => Err(RawError::Io {
                 side: self.side,
-                error: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed the connection"),
+                error: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "server closed the connection",
+                ),
             }),
         }
     }
@@ -242,7 +268,10 @@ impl<M> Pipeline<M> {
                         self.pending.pop_front();
                         continue;
                     }
-                    return Err(RawError::Protocol { side: self.side, what: "reply after the end of a batch".into() });
+                    return Err(RawError::Protocol {
+                        side: self.side,
+                        what: "reply after the end of a batch".into(),
+                    });
                 }
             }
             if self.unflushed > 0 {
@@ -258,7 +287,10 @@ impl<M> Pipeline<M> {
                 }
             };
             let Some(Pending::Execute(meta)) = self.pending.pop_front() else {
-                return Err(RawError::Protocol { side: self.side, what: "reply for a query".into() });
+                return Err(RawError::Protocol {
+                    side: self.side,
+                    what: "reply for a query".into(),
+                });
             };
             self.executes -= 1;
             return match reply {
@@ -272,9 +304,10 @@ impl<M> Pipeline<M> {
                     }
                     Ok(Some(Outcome::Failed { meta, error }))
                 }
-                Reply::Ready | Reply::Row(_) => {
-                    Err(RawError::Protocol { side: self.side, what: "unexpected reply to a statement".into() })
-                }
+                Reply::Ready | Reply::Row(_) => Err(RawError::Protocol {
+                    side: self.side,
+                    what: "unexpected reply to a statement".into(),
+                }),
             };
         }
     }
@@ -293,7 +326,11 @@ impl<M> Pipeline<M> {
 
     /// Runs a query with text parameters once nothing else is waiting, and
     /// returns its rows as text.
-    pub async fn query(&mut self, sql: &str, params: &[&str]) -> Result<Vec<Vec<Option<String>>>, RawError> {
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<Vec<Vec<Option<String>>>, RawError> {
         debug_assert!(self.pending.is_empty(), "queries run between batches");
         message(&mut self.wbuf, b'P', |b| {
             b.put_u8(0);
@@ -332,7 +369,10 @@ impl<M> Pipeline<M> {
         self.pending.clear();
         self.executes = 0;
         match error {
-            Some(error) => Err(RawError::Server { side: self.side, error }),
+            Some(error) => Err(RawError::Server {
+                side: self.side,
+                error,
+            }),
             None => Ok(rows),
         }
     }

@@ -79,10 +79,25 @@ pub struct TargetRelation {
     always_identity: Vec<bool>,
     partitioned: bool,
     statements: HashMap<String, Prepared>,
+    /// Temp tables for set-based deletes and updates, once created; and
+    /// whether each holds rows of this transaction.
+    stages: Option<Stages>,
     /// The common shapes, kept apart so the hot path builds no SQL.
     fast_insert: Option<Prepared>,
     fast_update: Option<Prepared>,
     fast_delete: Option<Prepared>,
+}
+
+/// Which stage table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageKind {
+    Delete,
+    Update,
+}
+
+struct Stages {
+    base: String,
+    dirty: [bool; 2],
 }
 
 /// What an UPDATE or DELETE needs to find its row.
@@ -93,7 +108,11 @@ pub enum RowFilter<'a> {
 
 impl TargetRelation {
     /// Maps `source` onto the same-named table on the target.
-    pub async fn load<M>(pipe: &mut Pipeline<M>, source: Relation, ddl_replicated: bool) -> Result<Self, RelationError> {
+    pub async fn load<M>(
+        pipe: &mut Pipeline<M>,
+        source: Relation,
+        ddl_replicated: bool,
+    ) -> Result<Self, RelationError> {
         let table = TableName::new(source.namespace.clone(), source.name.clone());
         let quoted = table.quoted();
         let rows = pipe
@@ -122,12 +141,15 @@ impl TargetRelation {
                 target: table,
             });
         }
-        let text = |r: &Vec<Option<String>>, i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+        let text =
+            |r: &Vec<Option<String>>, i: usize| r.get(i).cloned().flatten().unwrap_or_default();
         let flag = |r: &Vec<Option<String>>, i: usize| text(r, i) == "t";
         let partitioned = text(&rows[0], 0) == "p";
         // name -> (generated, has equality, identity ALWAYS)
-        let target_cols: HashMap<String, (bool, bool, bool)> =
-            rows.iter().map(|r| (text(r, 1), (flag(r, 2), flag(r, 4), flag(r, 3)))).collect();
+        let target_cols: HashMap<String, (bool, bool, bool)> = rows
+            .iter()
+            .map(|r| (text(r, 1), (flag(r, 2), flag(r, 4), flag(r, 3))))
+            .collect();
         let missing: Vec<&str> = source
             .columns
             .iter()
@@ -186,6 +208,7 @@ impl TargetRelation {
             always_identity,
             partitioned,
             statements: HashMap::new(),
+            stages: None,
             fast_insert: None,
             fast_update: None,
             fast_delete: None,
@@ -235,7 +258,12 @@ impl TargetRelation {
 
     /// The statement for an UPDATE of `new` (unchanged TOAST columns left
     /// out) finding its row by `filter`.
-    pub fn update<M>(&mut self, pipe: &mut Pipeline<M>, new: &Tuple, filter: &RowFilter<'_>) -> Result<Prepared, RelationError> {
+    pub fn update<M>(
+        &mut self,
+        pipe: &mut Pipeline<M>,
+        new: &Tuple,
+        filter: &RowFilter<'_>,
+    ) -> Result<Prepared, RelationError> {
         let fast = self.plain_key(filter) && !new.iter().any(|d| matches!(d, Datum::Unchanged));
         if fast {
             if let Some(p) = &self.fast_update {
@@ -252,7 +280,9 @@ impl TargetRelation {
             .map(|(i, _)| i)
             .collect();
         if set.is_empty() {
-            return Err(RelationError::NothingToSet { table: self.table.clone() });
+            return Err(RelationError::NothingToSet {
+                table: self.table.clone(),
+            });
         }
         let mut sql = String::from("UPDATE ");
         sql.push_str(&self.table.quoted());
@@ -274,7 +304,11 @@ impl TargetRelation {
     }
 
     /// The statement for a DELETE finding its row by `filter`.
-    pub fn delete<M>(&mut self, pipe: &mut Pipeline<M>, filter: &RowFilter<'_>) -> Result<Prepared, RelationError> {
+    pub fn delete<M>(
+        &mut self,
+        pipe: &mut Pipeline<M>,
+        filter: &RowFilter<'_>,
+    ) -> Result<Prepared, RelationError> {
         let fast = self.plain_key(filter);
         if fast {
             if let Some(p) = &self.fast_delete {
@@ -377,7 +411,13 @@ impl TargetRelation {
         Ok((sql, cols))
     }
 
-    fn prepare<M>(&mut self, pipe: &mut Pipeline<M>, sql: String, set: Vec<usize>, filter: Vec<usize>) -> Prepared {
+    fn prepare<M>(
+        &mut self,
+        pipe: &mut Pipeline<M>,
+        sql: String,
+        set: Vec<usize>,
+        filter: Vec<usize>,
+    ) -> Prepared {
         if let Some(p) = self.statements.get(&sql) {
             return p.clone();
         }
@@ -386,6 +426,109 @@ impl TargetRelation {
         let p = Prepared { name, set, filter };
         self.statements.insert(sql, p.clone());
         p
+    }
+
+    /// Columns an UPDATE may set: all but the key and identity ALWAYS ones.
+    pub fn settable(&self) -> Vec<usize> {
+        (0..self.source.columns.len())
+            .filter(|i| {
+                !self.key.contains(i) && !self.always_identity.get(*i).copied().unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// All columns, in order.
+    pub fn all_columns(&self) -> Vec<usize> {
+        (0..self.source.columns.len()).collect()
+    }
+
+    fn column_list(&self, cols: &[usize]) -> String {
+        crate::sql::quote::ident_list(cols.iter().map(|&i| self.col(i)))
+    }
+
+    /// The stage table for `kind`, created on first use and emptied if this
+    /// transaction already used it (they empty themselves at commit).
+    pub fn stage<M>(
+        &mut self,
+        pipe: &mut Pipeline<M>,
+        kind: StageKind,
+        seq: &mut u64,
+        meta: impl Fn() -> M,
+    ) -> String {
+        if self.stages.is_none() {
+            *seq += 1;
+            let base = format!("pgrepl_stage_{seq}");
+            for (suffix, cols) in [("d", self.key.clone()), ("u", self.all_columns())] {
+                let sql = format!(
+                    "CREATE TEMP TABLE \"{base}_{suffix}\" ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA",
+                    self.column_list(&cols),
+                    self.table.quoted()
+                );
+                pipe.execute_sql(&sql, meta());
+            }
+            self.stages = Some(Stages {
+                base,
+                dirty: [false, false],
+            });
+        }
+        let stages = self.stages.as_mut().expect("created just above");
+        let (suffix, slot) = match kind {
+            StageKind::Delete => ("d", 0),
+            StageKind::Update => ("u", 1),
+        };
+        let name = format!("\"{}_{suffix}\"", stages.base);
+        if stages.dirty[slot] {
+            pipe.execute_sql(&format!("DELETE FROM {name}"), meta());
+        }
+        stages.dirty[slot] = true;
+        name
+    }
+
+    /// After COMMIT: the stages emptied themselves.
+    pub fn committed(&mut self) {
+        if let Some(s) = &mut self.stages {
+            s.dirty = [false, false];
+        }
+    }
+
+    /// `COPY` of `cols` into `into` (the table itself, or a stage).
+    pub fn copy_sql(&self, into: &str, cols: &[usize]) -> String {
+        format!("COPY {into} ({}) FROM STDIN", self.column_list(cols))
+    }
+
+    fn join_key(&self) -> String {
+        self.key
+            .iter()
+            .map(|&i| {
+                let c = crate::sql::quote_ident(self.col(i));
+                format!("t.{c} = s.{c}")
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    pub fn set_delete_sql(&self, stage: &str) -> String {
+        format!(
+            "DELETE FROM {} AS t USING {stage} AS s WHERE {}",
+            self.table.quoted(),
+            self.join_key()
+        )
+    }
+
+    pub fn set_update_sql(&self, stage: &str, cols: &[usize]) -> String {
+        let set = cols
+            .iter()
+            .map(|&i| {
+                let c = crate::sql::quote_ident(self.col(i));
+                format!("{c} = s.{c}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "UPDATE {} AS t SET {set} FROM {stage} AS s WHERE {}",
+            self.table.quoted(),
+            self.join_key()
+        )
     }
 
     /// `(id)=(42)`: the key of a row, for conflict messages.

@@ -16,14 +16,14 @@ use tracing::Instrument;
 
 use super::applier::{Applier, GroupLimits, Shared};
 use super::error::ApplyError;
-use crate::conn::raw::RawSession;
-use crate::sql::quote_literal;
 use crate::conn::error::describe;
+use crate::conn::raw::RawSession;
 use crate::conn::walsender::{WalSender, WalSenderError};
 use crate::conn::{ConnectError, ConnectFailure, Endpoint, Side};
 use crate::lsn::Lsn;
 use crate::progress::status::{LiveStatus, StatusSource};
 use crate::progress::ui::ProgressMode;
+use crate::sql::quote_literal;
 use crate::sql::{OriginName, SyncName};
 use crate::stream::receiver::{Event, Feedback, Receiver};
 
@@ -179,14 +179,19 @@ pub async fn run(
 
 /// The apply session: replica role (no user triggers, no FK checks, as
 /// native apply), asynchronous commit (the flush watcher reports only
-/// what is durable), and the replication origin.
+/// what is durable), the replication origin, and index probes for the
+/// set-based writes (a hash join would scan the whole table per batch).
 /// Returns the session and the origin's position (where to start).
-async fn apply_session(target: &Endpoint, origin: &OriginName) -> Result<(RawSession, Lsn), SessionError> {
+async fn apply_session(
+    target: &Endpoint,
+    origin: &OriginName,
+) -> Result<(RawSession, Lsn), SessionError> {
     let mut session = RawSession::connect(Side::Target, &target.config, false).await?;
     let rows = session
         .simple_query(&format!(
             "SET session_replication_role = replica; SET synchronous_commit = off; SET statement_timeout = 0;
              SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0;
+             SET enable_hashjoin = off; SET enable_mergejoin = off;
              SELECT pg_replication_origin_session_setup({lit});
              SELECT pg_replication_origin_progress({lit}, false)",
             lit = quote_literal(origin.as_str())
@@ -245,7 +250,14 @@ async fn session(
         shared.clone(),
         feedback.clone(),
     ));
-    let mut applier = Applier::new(session, shared.clone(), start, req.limits.clone(), req.ddl.clone(), req.name.clone());
+    let mut applier = Applier::new(
+        session,
+        shared.clone(),
+        start,
+        req.limits.clone(),
+        req.ddl.clone(),
+        req.name.clone(),
+    );
     applier.ungroup_through(ungroup);
 
     let span = tracing::info_span!("apply", slot = %req.name.slot());
@@ -276,9 +288,12 @@ async fn session(
                 }
                 Some(Err(e)) => return Err(ApplyError::Stream(e)),
                 Some(Ok(Event::Keepalive { end })) => applier.idle(end).await?,
-                Some(Ok(Event::Data { payload, .. })) => {
-                    let more = !receiver.events.is_empty();
-                    applier.handle(payload, more).await?;
+                Some(Ok(Event::Data { payloads, .. })) => {
+                    let n = payloads.len();
+                    for (i, payload) in payloads.into_iter().enumerate() {
+                        let more = i + 1 < n || !receiver.events.is_empty();
+                        applier.handle(payload, more).await?;
+                    }
                 }
             }
         }

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::conn::raw::{parse_error, read_frame, Io};
+use crate::conn::raw::{parse_error, split_frame, Io};
 use crate::conn::walsender::{WalSender, WalSenderError};
 use crate::conn::{ServerError, Side};
 use crate::lsn::Lsn;
@@ -97,9 +97,10 @@ impl Feedback {
 /// What the reader hands the applier.
 #[derive(Debug)]
 pub enum Event {
-    /// One pgoutput message; `permit` holds its share of the byte budget.
+    /// pgoutput messages read in one go; `permit` holds their share of
+    /// the byte budget until the applier is done with them.
     Data {
-        payload: Bytes,
+        payloads: Vec<Bytes>,
         _permit: OwnedSemaphorePermit,
     },
     /// The server's position while it had nothing to send.
@@ -162,6 +163,57 @@ impl Drop for Receiver {
     }
 }
 
+/// Changes read in one go are handed over together, up to this size.
+const HANDOVER_BYTES: usize = 1 << 20;
+
+/// What one CopyData of the stream holds.
+enum CopyData {
+    Change { body: Bytes },
+    Keepalive { end: Lsn, reply: bool },
+}
+
+fn copy_data(feedback: &Feedback, mut body: Bytes) -> Result<CopyData, StreamError> {
+    match body.first().copied() {
+        Some(b'w') => {
+            if body.len() < 25 {
+                return Err(StreamError::Protocol("short XLogData".into()));
+            }
+            body.advance(1);
+            let _start = body.get_u64();
+            let end = body.get_u64();
+            let _time = body.get_i64();
+            if end != 0 {
+                feedback.received.fetch_max(end, Ordering::SeqCst);
+            }
+            // A Commit carries its end LSN at bytes 10..18.
+            if body.first() == Some(&b'C') && body.len() >= 18 {
+                let commit_end =
+                    u64::from_be_bytes(body[10..18].try_into().expect("8 bytes checked above"));
+                feedback.received.fetch_max(commit_end, Ordering::SeqCst);
+            }
+            Ok(CopyData::Change { body })
+        }
+        Some(b'k') => {
+            if body.len() < 18 {
+                return Err(StreamError::Protocol("short keepalive".into()));
+            }
+            body.advance(1);
+            let end = body.get_u64();
+            let _time = body.get_i64();
+            let reply = body.get_u8() == 1;
+            feedback.received.fetch_max(end, Ordering::SeqCst);
+            Ok(CopyData::Keepalive {
+                end: Lsn(end),
+                reply,
+            })
+        }
+        other => Err(StreamError::Protocol(format!(
+            "CopyData kind {:?}",
+            other.map(char::from)
+        ))),
+    }
+}
+
 async fn read_loop(
     mut rd: ReadHalf<Io>,
     mut buf: BytesMut,
@@ -169,88 +221,83 @@ async fn read_loop(
     budget: Arc<Semaphore>,
     feedback: Arc<Feedback>,
 ) {
+    // Hands the changes gathered so far to the applier; false once it is gone.
+    async fn hand_over(
+        tx: &mpsc::Sender<Result<Event, StreamError>>,
+        budget: &Arc<Semaphore>,
+        batch: &mut Vec<Bytes>,
+        bytes: &mut usize,
+    ) -> Result<bool, StreamError> {
+        if batch.is_empty() {
+            return Ok(true);
+        }
+        let cost = (*bytes).clamp(1, BUDGET_BYTES) as u32;
+        let permit = budget
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| StreamError::Protocol("budget closed".into()))?;
+        *bytes = 0;
+        let payloads = std::mem::take(batch);
+        Ok(tx
+            .send(Ok(Event::Data {
+                payloads,
+                _permit: permit,
+            }))
+            .await
+            .is_ok())
+    }
+
     let result: Result<(), StreamError> = async {
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut bytes = 0usize;
         loop {
-            let frame = read_frame(&mut rd, &mut buf)
-                .await
-                .map_err(|e| StreamError::Io(e.to_string()))?;
-            match frame.tag {
-                b'd' => {
-                    let mut body = frame.body;
-                    if body.is_empty() {
-                        return Err(StreamError::Protocol("empty CopyData".into()));
-                    }
-                    match body.get_u8() {
-                        b'w' => {
-                            if body.len() < 24 {
-                                return Err(StreamError::Protocol("short XLogData".into()));
-                            }
-                            let _start = body.get_u64();
-                            let end = body.get_u64();
-                            let _time = body.get_i64();
-                            if end != 0 {
-                                feedback.received.fetch_max(end, Ordering::SeqCst);
-                            }
-                            // A Commit carries its end LSN at bytes 10..18.
-                            if body.first() == Some(&b'C') && body.len() >= 18 {
-                                let commit_end = u64::from_be_bytes(
-                                    body[10..18].try_into().expect("8 bytes checked above"),
-                                );
-                                feedback.received.fetch_max(commit_end, Ordering::SeqCst);
-                            }
-                            let cost = body.len().clamp(1, BUDGET_BYTES) as u32;
-                            let permit = budget
-                                .clone()
-                                .acquire_many_owned(cost)
-                                .await
-                                .map_err(|_| StreamError::Protocol("budget closed".into()))?;
-                            if tx
-                                .send(Ok(Event::Data {
-                                    payload: body,
-                                    _permit: permit,
-                                }))
-                                .await
-                                .is_err()
+            while let Some(frame) =
+                split_frame(&mut buf).map_err(|e| StreamError::Io(e.to_string()))?
+            {
+                match frame.tag {
+                    b'd' => match copy_data(&feedback, frame.body)? {
+                        CopyData::Change { body } => {
+                            bytes += body.len();
+                            batch.push(body);
+                            if bytes >= HANDOVER_BYTES
+                                && !hand_over(&tx, &budget, &mut batch, &mut bytes).await?
                             {
                                 return Ok(());
                             }
                         }
-                        b'k' => {
-                            if body.len() < 17 {
-                                return Err(StreamError::Protocol("short keepalive".into()));
-                            }
-                            let end = body.get_u64();
-                            let _time = body.get_i64();
-                            let reply = body.get_u8() == 1;
-                            feedback.received.fetch_max(end, Ordering::SeqCst);
+                        CopyData::Keepalive { end, reply } => {
                             if reply {
                                 feedback.poke();
                             }
-                            if tx
-                                .send(Ok(Event::Keepalive { end: Lsn(end) }))
-                                .await
-                                .is_err()
+                            if !hand_over(&tx, &budget, &mut batch, &mut bytes).await?
+                                || tx.send(Ok(Event::Keepalive { end })).await.is_err()
                             {
                                 return Ok(());
                             }
                         }
-                        other => {
-                            return Err(StreamError::Protocol(format!(
-                                "CopyData kind {:?}",
-                                other as char
-                            )))
-                        }
+                    },
+                    b'E' => return Err(StreamError::Server(parse_error(frame.body))),
+                    b'c' | b'C' | b'Z' => return Err(StreamError::Ended),
+                    b'N' | b'S' => {}
+                    other => {
+                        return Err(StreamError::Protocol(format!(
+                            "message {:?}",
+                            other as char
+                        )))
                     }
                 }
-                b'E' => return Err(StreamError::Server(parse_error(frame.body))),
-                b'c' | b'C' | b'Z' => return Err(StreamError::Ended),
-                b'N' | b'S' => {}
-                other => {
-                    return Err(StreamError::Protocol(format!(
-                        "message {:?}",
-                        other as char
-                    )))
-                }
+            }
+            if !hand_over(&tx, &budget, &mut batch, &mut bytes).await? {
+                return Ok(());
+            }
+            if buf.capacity() - buf.len() < 64 * 1024 {
+                buf.reserve(256 * 1024);
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) => return Err(StreamError::Io("server closed the connection".into())),
+                Ok(_) => {}
+                Err(e) => return Err(StreamError::Io(e.to_string())),
             }
         }
     }

@@ -1,0 +1,444 @@
+//! Net effects of a group of source transactions, per keyed table: what
+//! each key ends up as. Within one target transaction, the intermediate
+//! states of a row are invisible to everyone, so only the last one needs
+//! writing: an INSERT then three UPDATEs of a row is one INSERT of its last
+//! image; an UPDATE then a DELETE is a DELETE. pgbench's hot branch and
+//! teller rows collapse from thousands of UPDATEs to a few.
+//!
+//! A change that cannot be folded (an UPDATE with unchanged TOAST values
+//! and no earlier image of its row, a second INSERT of a key) is handed
+//! back: the caller writes out the batch first and applies it alone, so
+//! order per row is always kept.
+
+use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
+
+use bytes::{BufMut, BytesMut};
+
+use super::relation::{Identity, TargetRelation};
+use crate::lsn::Lsn;
+use crate::stream::pgoutput::{Datum, Tuple};
+
+/// What a key ends up as after the group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Net {
+    /// Absent before, present after.
+    Insert(Tuple),
+    /// Present before and after: the full last image.
+    Update(Tuple),
+    /// Present before, absent after: the key values.
+    Delete(Tuple),
+}
+
+#[derive(Debug, Default)]
+pub struct TableNet {
+    pub changes: FxHashMap<Vec<u8>, Net>,
+    /// INSERTs into a table without a key (REPLICA IDENTITY FULL), in
+    /// order; an UPDATE or DELETE of that table writes them out first.
+    pub appends: Vec<Tuple>,
+}
+
+/// All keyed tables' net changes of the open group.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub tables: HashMap<u32, TableNet>,
+    pub rows: usize,
+    pub bytes: usize,
+    /// The last source transaction with a change in the batch.
+    pub through: Lsn,
+    /// Key column positions of the keyed tables seen.
+    keys: HashMap<u32, Vec<usize>>,
+}
+
+/// A change that could not be folded; applied alone after a flush.
+struct Unbatchable;
+
+fn plain(d: &Datum) -> Option<&[u8]> {
+    match d {
+        Datum::Text(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// The key of `row` as bytes, if every key column has a text value.
+fn key_of(key: &[usize], row: &Tuple) -> Option<Vec<u8>> {
+    let mut k = Vec::with_capacity(16);
+    for &i in key {
+        let v = plain(row.get(i)?)?;
+        k.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        k.extend_from_slice(v);
+    }
+    Some(k)
+}
+
+fn has_unchanged(row: &Tuple) -> bool {
+    row.iter().any(|d| matches!(d, Datum::Unchanged))
+}
+
+fn only_text(row: &Tuple) -> bool {
+    row.iter().all(|d| !matches!(d, Datum::Binary(_)))
+}
+
+/// `new` with its unchanged TOAST columns taken from `base`.
+fn merge(base: &Tuple, new: &Tuple) -> Tuple {
+    new.iter()
+        .zip(base)
+        .map(|(n, b)| {
+            if matches!(n, Datum::Unchanged) {
+                b.clone()
+            } else {
+                n.clone()
+            }
+        })
+        .collect()
+}
+
+fn size(row: &Tuple) -> usize {
+    row.iter()
+        .map(|d| plain(d).map(<[u8]>::len).unwrap_or(0) + 8)
+        .sum()
+}
+
+impl TableNet {
+    /// Moves the pending inserts of a keyed table into the key map (the
+    /// first UPDATE or DELETE of the table needs to see them).
+    /// On a row it cannot index (two INSERTs of one key), that row and the
+    /// rest stay pending: nothing is lost, and the flush will say what is
+    /// wrong.
+    fn index(&mut self, key: &[usize]) -> Result<(), Unbatchable> {
+        let mut rest = std::mem::take(&mut self.appends).into_iter();
+        while let Some(row) = rest.next() {
+            match key_of(key, &row) {
+                Some(k) if !self.changes.contains_key(&k) => {
+                    self.changes.insert(k, Net::Insert(row));
+                }
+                _ => {
+                    self.appends.push(row);
+                    self.appends.extend(rest);
+                    return Err(Unbatchable);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Whether rows of `rel` can go into a batch at all.
+    pub fn accepts(rel: &TargetRelation) -> bool {
+        rel.identity == Identity::Key && !rel.key.is_empty()
+    }
+
+    fn added(&mut self, bytes: usize, lsn: Lsn) {
+        self.rows += 1;
+        self.bytes += bytes;
+        self.through = self.through.max(lsn);
+    }
+
+    /// An INSERT. Into a keyed table it waits unindexed (a stream of
+    /// INSERTs never pays for the key map) until an UPDATE or DELETE of
+    /// the same table comes; into a table without a key it is appended.
+    pub fn add_insert(&mut self, relation: u32, new: Tuple, lsn: Lsn) -> Result<(), Tuple> {
+        if !only_text(&new) || has_unchanged(&new) {
+            return Err(new);
+        }
+        let bytes = size(&new);
+        let table = self.tables.entry(relation).or_default();
+        if table.changes.is_empty() {
+            table.appends.push(new);
+        } else {
+            // The table has keyed changes already: fold through the map.
+            return self.add_insert_keyed(relation, new, lsn, bytes);
+        }
+        self.added(bytes, lsn);
+        Ok(())
+    }
+
+    fn add_insert_keyed(
+        &mut self,
+        relation: u32,
+        new: Tuple,
+        lsn: Lsn,
+        bytes: usize,
+    ) -> Result<(), Tuple> {
+        let Some(key) = self.keys.get(&relation).cloned() else {
+            return Err(new);
+        };
+        let Some(k) = key_of(&key, &new) else {
+            return Err(new);
+        };
+        let changes = &mut self.tables.entry(relation).or_default().changes;
+        let next = match changes.get(&k) {
+            None => Net::Insert(new),
+            Some(Net::Delete(_)) => Net::Update(new),
+            Some(_) => return Err(new),
+        };
+        changes.insert(k, next);
+        self.added(bytes, lsn);
+        Ok(())
+    }
+
+    /// An UPDATE of a keyed table; `old` is the old key when it changed.
+    pub fn add_update(
+        &mut self,
+        key: &[usize],
+        relation: u32,
+        old: Option<Tuple>,
+        new: Tuple,
+        lsn: Lsn,
+    ) -> Result<(), (Option<Tuple>, Tuple)> {
+        if !only_text(&new) {
+            return Err((old, new));
+        }
+        self.keys.entry(relation).or_insert_with(|| key.to_vec());
+        let table = self.tables.entry(relation).or_default();
+        if table.index(key).is_err() {
+            return Err((old, new));
+        }
+        let Some(new_key) = key_of(key, &new) else {
+            return Err((old, new));
+        };
+        let old_key = match &old {
+            Some(k) => match key_of(key, k) {
+                Some(ok) => ok,
+                None => return Err((old, new)),
+            },
+            None => new_key.clone(),
+        };
+        let changes = &mut table.changes;
+        let image = match (changes.get(&old_key), has_unchanged(&new)) {
+            (Some(Net::Delete(_)), _) | (None, true) => return Err((old, new)),
+            (Some(Net::Insert(b)) | Some(Net::Update(b)), true) => merge(b, &new),
+            (_, false) => new,
+        };
+        let bytes = size(&image);
+        if old_key == new_key {
+            let next = match changes.get(&old_key) {
+                Some(Net::Insert(_)) => Net::Insert(image),
+                _ => Net::Update(image),
+            };
+            changes.insert(new_key, next);
+        } else {
+            // A key change: the old key goes, the new one comes.
+            let Some(old_row) = old else {
+                return Err((None, image));
+            };
+            let arriving = match changes.get(&new_key) {
+                None => Net::Insert(image),
+                Some(Net::Delete(_)) => Net::Update(image),
+                Some(_) => return Err((Some(old_row), image)),
+            };
+            if let Some(Net::Insert(_)) = changes.get(&old_key) {
+                changes.remove(&old_key);
+            } else {
+                changes.insert(old_key, Net::Delete(old_row));
+            }
+            changes.insert(new_key, arriving);
+        }
+        self.added(bytes, lsn);
+        Ok(())
+    }
+
+    /// A DELETE of a keyed table; `old` holds the key values.
+    pub fn add_delete(
+        &mut self,
+        key: &[usize],
+        relation: u32,
+        old: Tuple,
+        lsn: Lsn,
+    ) -> Result<(), Tuple> {
+        self.keys.entry(relation).or_insert_with(|| key.to_vec());
+        let table = self.tables.entry(relation).or_default();
+        if table.index(key).is_err() {
+            return Err(old);
+        }
+        let Some(k) = key_of(key, &old) else {
+            return Err(old);
+        };
+        let bytes = size(&old);
+        let changes = &mut table.changes;
+        match changes.get(&k) {
+            None | Some(Net::Update(_)) => {
+                changes.insert(k, Net::Delete(old));
+            }
+            Some(Net::Insert(_)) => {
+                changes.remove(&k);
+            }
+            Some(Net::Delete(_)) => return Err(old),
+        }
+        self.added(bytes, lsn);
+        Ok(())
+    }
+
+    /// An INSERT into a table without a key.
+    pub fn add_append(&mut self, relation: u32, new: Tuple, lsn: Lsn) -> Result<(), Tuple> {
+        if !only_text(&new) || has_unchanged(&new) {
+            return Err(new);
+        }
+        let bytes = size(&new);
+        self.tables.entry(relation).or_default().appends.push(new);
+        self.added(bytes, lsn);
+        Ok(())
+    }
+
+    /// Whether `relation` has changes waiting.
+    pub fn holds(&self, relation: u32) -> bool {
+        self.tables.contains_key(&relation)
+    }
+
+    /// Empties the batch, returning its tables.
+    pub fn take(&mut self) -> HashMap<u32, TableNet> {
+        self.rows = 0;
+        self.bytes = 0;
+        self.through = Lsn::ZERO;
+        std::mem::take(&mut self.tables)
+    }
+}
+
+/// Appends rows in COPY text format: tab-separated, `\N` for NULL,
+/// backslash, tab, newline and carriage return escaped.
+pub fn copy_text(out: &mut BytesMut, row: &Tuple, columns: &[usize]) {
+    for (n, &i) in columns.iter().enumerate() {
+        if n > 0 {
+            out.put_u8(b'\t');
+        }
+        match row.get(i) {
+            Some(Datum::Text(v)) => {
+                if memchr::memchr3(b'\\', b'\t', b'\n', v).is_none()
+                    && memchr::memchr(b'\r', v).is_none()
+                {
+                    out.put_slice(v);
+                } else {
+                    for &b in v.iter() {
+                        match b {
+                            b'\\' => out.put_slice(b"\\\\"),
+                            b'\t' => out.put_slice(b"\\t"),
+                            b'\n' => out.put_slice(b"\\n"),
+                            b'\r' => out.put_slice(b"\\r"),
+                            b => out.put_u8(b),
+                        }
+                    }
+                }
+            }
+            _ => out.put_slice(b"\\N"),
+        }
+    }
+    out.put_u8(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn t(vals: &[&str]) -> Tuple {
+        vals.iter()
+            .map(|v| match *v {
+                "NULL" => Datum::Null,
+                "U" => Datum::Unchanged,
+                v => Datum::Text(Bytes::copy_from_slice(v.as_bytes())),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn copy_text_escapes_what_copy_reads_specially() {
+        let mut out = BytesMut::new();
+        copy_text(&mut out, &t(&["1", "a\tb\\c\nd\re", "NULL"]), &[0, 1, 2]);
+        assert_eq!(&out[..], b"1\ta\\tb\\\\c\\nd\\re\t\\N\n");
+    }
+
+    fn net(b: &Batch, key: &str) -> Option<Net> {
+        let k = key_of(&[0], &t(&[key])).expect("key");
+        b.tables.get(&1).and_then(|n| n.changes.get(&k)).cloned()
+    }
+
+    #[test]
+    fn a_row_folds_to_its_last_state() {
+        let mut b = Batch::default();
+        let lsn = Lsn(1);
+        assert!(b.add_insert(1, t(&["1", "a"]), lsn).is_ok(), "insert");
+        assert_eq!(net(&b, "1"), None, "inserts wait unindexed");
+        assert!(
+            b.add_update(&[0], 1, None, t(&["1", "b"]), lsn).is_ok(),
+            "update"
+        );
+        assert_eq!(
+            net(&b, "1"),
+            Some(Net::Insert(t(&["1", "b"]))),
+            "insert then update is an insert"
+        );
+        assert!(
+            b.add_delete(&[0], 1, t(&["1", "NULL"]), lsn).is_ok(),
+            "delete"
+        );
+        assert_eq!(net(&b, "1"), None, "insert then delete is nothing");
+        assert!(
+            b.add_delete(&[0], 1, t(&["2", "NULL"]), lsn).is_ok(),
+            "delete"
+        );
+        assert!(b.add_insert(1, t(&["2", "c"]), lsn).is_ok(), "insert");
+        assert_eq!(
+            net(&b, "2"),
+            Some(Net::Update(t(&["2", "c"]))),
+            "delete then insert is an update"
+        );
+        assert!(
+            b.add_insert(1, t(&["2", "d"]), lsn).is_err(),
+            "a second insert of a key is not folded"
+        );
+    }
+
+    #[test]
+    fn unchanged_toast_needs_an_earlier_image() {
+        let mut b = Batch::default();
+        assert!(b
+            .add_update(&[0], 1, None, t(&["1", "U", "x"]), Lsn(1))
+            .is_err());
+        assert!(
+            b.add_update(&[0], 1, None, t(&["1", "big", "x"]), Lsn(1))
+                .is_ok(),
+            "update"
+        );
+        assert!(
+            b.add_update(&[0], 1, None, t(&["1", "U", "y"]), Lsn(1))
+                .is_ok(),
+            "update"
+        );
+        assert_eq!(net(&b, "1"), Some(Net::Update(t(&["1", "big", "y"]))));
+    }
+
+    #[test]
+    fn key_changes_move_the_row() {
+        let mut b = Batch::default();
+        assert!(
+            b.add_update(&[0], 1, Some(t(&["1", "NULL"])), t(&["2", "a"]), Lsn(1))
+                .is_ok(),
+            "key change"
+        );
+        assert_eq!(net(&b, "1"), Some(Net::Delete(t(&["1", "NULL"]))));
+        assert_eq!(net(&b, "2"), Some(Net::Insert(t(&["2", "a"]))));
+        // And back: the old key reappears as an update.
+        assert!(
+            b.add_update(&[0], 1, Some(t(&["2", "NULL"])), t(&["1", "b"]), Lsn(2))
+                .is_ok(),
+            "key change back"
+        );
+        assert_eq!(net(&b, "1"), Some(Net::Update(t(&["1", "b"]))));
+        assert_eq!(net(&b, "2"), None);
+        assert_eq!(b.through, Lsn(2));
+    }
+
+    #[test]
+    fn merge_fills_unchanged_columns() {
+        assert_eq!(
+            merge(&t(&["1", "big", "x"]), &t(&["1", "U", "y"])),
+            t(&["1", "big", "y"])
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! Writing out a batch: per table, the net deletes, updates and inserts.
+//! Many rows go set-based (deletes and updates through a COPY into a temp
+//! stage table and one join statement; inserts by COPY into the table);
+//! a few go as the usual prepared statements. Every row count is checked:
+//! a batch whose count is off, or any statement of it that fails, rolls
+//! the group back and replays it one source transaction at a time without
+//! batching, which names the exact transaction if the failure is real.
+
+use bytes::BytesMut;
+
+use super::applier::{Applier, Meta, Sent};
+use super::batch::{copy_text, Net};
+use super::error::ApplyError;
+use super::params::Param;
+use super::relation::{RowFilter, StageKind};
+use crate::stream::pgoutput::Tuple;
+
+/// Fewer rows than this go as single statements.
+const SET_MIN: usize = 16;
+
+impl Applier {
+    /// Writes out the batch (inside the open target transaction).
+    pub(super) async fn flush_batch(&mut self) -> Result<(), ApplyError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let tables = self.batch.take();
+        for (relation, mut net) in tables {
+            let (mut deletes, mut updates, mut inserts) = (Vec::new(), Vec::new(), Vec::new());
+            for (_, change) in net.changes.drain() {
+                match change {
+                    Net::Delete(t) => deletes.push(t),
+                    Net::Update(t) => updates.push(t),
+                    Net::Insert(t) => inserts.push(t),
+                }
+            }
+            self.flush_deletes(relation, deletes).await?;
+            self.flush_updates(relation, updates).await?;
+            self.flush_inserts(relation, inserts).await?;
+            self.flush_inserts(relation, net.appends).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_deletes(&mut self, relation: u32, rows: Vec<Tuple>) -> Result<(), ApplyError> {
+        if rows.len() < SET_MIN {
+            for key in rows {
+                self.batched_row(relation, BatchedOp::Delete, key).await?;
+            }
+            return Ok(());
+        }
+        let at = self.position();
+        let seq = &mut self.stage_seq;
+        let rel = self
+            .relations
+            .get_mut(&relation)
+            .ok_or_else(|| ApplyError::Protocol("batched rows of an unknown relation".into()))?;
+        let stage = rel.stage(&mut self.pipe, StageKind::Delete, seq, || {
+            Sent::at(Meta::batch(relation, "preparing a stage table", None), at)
+        });
+        let mut data = BytesMut::new();
+        for r in &rows {
+            copy_text(&mut data, r, &rel.key);
+        }
+        let copy = rel.copy_sql(&stage, &rel.key);
+        let delete = rel.set_delete_sql(&stage);
+        let n = rows.len() as u64;
+        self.send_copy(
+            &copy,
+            &data,
+            Meta::batch(relation, "staging deletes", Some(n)),
+        )
+        .await?;
+        self.send_sql(&delete, Meta::batch(relation, "deleting", Some(n)))
+            .await
+    }
+
+    async fn flush_updates(&mut self, relation: u32, rows: Vec<Tuple>) -> Result<(), ApplyError> {
+        let Some(rel) = self.relations.get(&relation) else {
+            return Ok(());
+        };
+        let settable = rel.settable();
+        if settable.is_empty() {
+            // Only key columns: nothing an update could change.
+            return Ok(());
+        }
+        if rows.len() < SET_MIN {
+            for row in rows {
+                self.batched_row(relation, BatchedOp::Update, row).await?;
+            }
+            return Ok(());
+        }
+        let at = self.position();
+        let seq = &mut self.stage_seq;
+        let rel = self
+            .relations
+            .get_mut(&relation)
+            .ok_or_else(|| ApplyError::Protocol("batched rows of an unknown relation".into()))?;
+        let stage = rel.stage(&mut self.pipe, StageKind::Update, seq, || {
+            Sent::at(Meta::batch(relation, "preparing a stage table", None), at)
+        });
+        let all = rel.all_columns();
+        let mut data = BytesMut::new();
+        for r in &rows {
+            copy_text(&mut data, r, &all);
+        }
+        let copy = rel.copy_sql(&stage, &all);
+        let update = rel.set_update_sql(&stage, &settable);
+        let n = rows.len() as u64;
+        self.send_copy(
+            &copy,
+            &data,
+            Meta::batch(relation, "staging updates", Some(n)),
+        )
+        .await?;
+        self.send_sql(&update, Meta::batch(relation, "updating", Some(n)))
+            .await
+    }
+
+    async fn flush_inserts(&mut self, relation: u32, rows: Vec<Tuple>) -> Result<(), ApplyError> {
+        if rows.len() < SET_MIN {
+            for row in rows {
+                self.batched_row(relation, BatchedOp::Insert, row).await?;
+            }
+            return Ok(());
+        }
+        let rel = self
+            .relations
+            .get(&relation)
+            .ok_or_else(|| ApplyError::Protocol("batched rows of an unknown relation".into()))?;
+        let all = rel.all_columns();
+        let mut data = BytesMut::new();
+        for r in &rows {
+            copy_text(&mut data, r, &all);
+        }
+        let copy = rel.copy_sql(&rel.table.quoted(), &all);
+        self.send_copy(
+            &copy,
+            &data,
+            Meta::batch(relation, "inserting", Some(rows.len() as u64)),
+        )
+        .await
+    }
+
+    /// One net change as a single statement (for the few rows of a table).
+    async fn batched_row(
+        &mut self,
+        relation: u32,
+        op: BatchedOp,
+        row: Tuple,
+    ) -> Result<(), ApplyError> {
+        let rel = self
+            .relations
+            .get_mut(&relation)
+            .ok_or_else(|| ApplyError::Protocol("batched rows of an unknown relation".into()))?;
+        let prepared = match op {
+            BatchedOp::Insert => rel.insert(&mut self.pipe),
+            BatchedOp::Update => rel.update(&mut self.pipe, &row, &RowFilter::Key(&row))?,
+            BatchedOp::Delete => rel.delete(&mut self.pipe, &RowFilter::Key(&row))?,
+        };
+        let params: Vec<Param> = prepared
+            .set
+            .iter()
+            .chain(prepared.filter.iter())
+            .map(|&i| Param::from_datum(&row[i]))
+            .collect();
+        let expected = if op == BatchedOp::Insert {
+            None
+        } else {
+            Some(1)
+        };
+        self.send_prepared(
+            &prepared.name,
+            &params,
+            Meta::batch(relation, op.verb(), expected),
+        )
+        .await
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BatchedOp {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl BatchedOp {
+    fn verb(self) -> &'static str {
+        match self {
+            BatchedOp::Insert => "inserting",
+            BatchedOp::Update => "updating",
+            BatchedOp::Delete => "deleting",
+        }
+    }
+}
