@@ -3,3 +3,4 @@
 
 pub mod pgoutput;
 pub mod receiver;
+pub mod socket;

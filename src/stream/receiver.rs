@@ -9,18 +9,21 @@
 //!   the applier are doing, so wal_sender_timeout never fires.
 //!
 //! The flush position reported is only what the applier says is durable
-//! on the target; nothing here decides it.
+//! on the target; nothing here decides it. On a plain socket both run on
+//! threads of their own, reading and writing with blocking calls (see
+//! `socket` for why).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
-use crate::conn::raw::{parse_error, split_frame, Io};
+use super::socket::{self, Plain, ReadSide, WriteSide};
+use crate::conn::raw::{parse_error, split_frame};
 use crate::conn::walsender::{WalSender, WalSenderError};
 use crate::conn::{ServerError, Side};
 use crate::lsn::Lsn;
@@ -107,13 +110,57 @@ pub enum Event {
     Keepalive { end: Lsn },
 }
 
+/// Where a loop of the stream runs.
+enum Task {
+    Runtime(JoinHandle<()>),
+    /// A thread of its own; the channel closes when it ends.
+    Thread(oneshot::Receiver<()>),
+}
+
+impl Task {
+    fn start<F>(name: &str, blocking: bool, work: F) -> std::io::Result<Task>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let work = work.instrument(tracing::Span::current());
+        if !blocking {
+            return Ok(Task::Runtime(tokio::spawn(work)));
+        }
+        let handle = tokio::runtime::Handle::current();
+        let (done, ended) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                handle.block_on(work);
+                drop(done);
+            })?;
+        Ok(Task::Thread(ended))
+    }
+
+    async fn join(&mut self, limit: Duration) {
+        let _ = match self {
+            Task::Runtime(h) => tokio::time::timeout(limit, h).await.map(|_| ()),
+            Task::Thread(ended) => tokio::time::timeout(limit, ended).await.map(|_| ()),
+        };
+    }
+
+    fn abort(&self) {
+        if let Task::Runtime(h) = self {
+            h.abort();
+        }
+    }
+}
+
 /// A running replication stream.
 pub struct Receiver {
     pub events: mpsc::Receiver<Result<Event, StreamError>>,
     pub feedback: Arc<Feedback>,
     stop: watch::Sender<bool>,
-    reader: JoinHandle<()>,
-    writer: JoinHandle<()>,
+    reader: Task,
+    writer: Task,
+    /// Ends a plain socket under the threads.
+    closer: Option<Plain>,
+    budget: Arc<Semaphore>,
 }
 
 impl Receiver {
@@ -132,18 +179,35 @@ impl Receiver {
             publication.as_str()
         );
         let (io, leftover) = walsender.start_replication(&command).await?;
-        let (rd, wr) = tokio::io::split(io);
+        let lost = |error: std::io::Error| WalSenderError::Io {
+            side: Side::Source,
+            error,
+        };
+        let (rd, wr, closer) = socket::split(io).map_err(lost)?;
+        let blocking = rd.is_blocking();
         let (tx, events) = mpsc::channel(16 * 1024);
         let (stop, stop_rx) = watch::channel(false);
         let budget = Arc::new(Semaphore::new(BUDGET_BYTES));
-        let reader = tokio::spawn(read_loop(rd, leftover, tx, budget, feedback.clone()));
-        let writer = tokio::spawn(write_loop(wr, feedback.clone(), stop_rx));
+        let reader = Task::start(
+            "pgrepl-stream-read",
+            blocking,
+            read_loop(rd, leftover, tx, budget.clone(), feedback.clone()),
+        )
+        .map_err(lost)?;
+        let writer = Task::start(
+            "pgrepl-stream-status",
+            blocking,
+            write_loop(wr, feedback.clone(), stop_rx),
+        )
+        .map_err(lost)?;
         Ok(Receiver {
             events,
             feedback,
             stop,
             reader,
             writer,
+            closer,
+            budget,
         })
     }
 
@@ -151,15 +215,24 @@ impl Receiver {
     /// ends the stream.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(3), &mut self.writer).await;
+        self.writer.join(Duration::from_secs(3)).await;
+        self.close();
+        self.reader.join(Duration::from_secs(1)).await;
+    }
+
+    fn close(&self) {
         self.reader.abort();
+        self.writer.abort();
+        self.budget.close();
+        if let Some(c) = &self.closer {
+            c.shutdown();
+        }
     }
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.reader.abort();
-        self.writer.abort();
+        self.close();
     }
 }
 
@@ -215,7 +288,7 @@ fn copy_data(feedback: &Feedback, mut body: Bytes) -> Result<CopyData, StreamErr
 }
 
 async fn read_loop(
-    mut rd: ReadHalf<Io>,
+    mut rd: ReadSide,
     mut buf: BytesMut,
     tx: mpsc::Sender<Result<Event, StreamError>>,
     budget: Arc<Semaphore>,
@@ -291,10 +364,7 @@ async fn read_loop(
             if !hand_over(&tx, &budget, &mut batch, &mut bytes).await? {
                 return Ok(());
             }
-            if buf.capacity() - buf.len() < 64 * 1024 {
-                buf.reserve(256 * 1024);
-            }
-            match rd.read_buf(&mut buf).await {
+            match rd.fill(&mut buf).await {
                 Ok(0) => return Err(StreamError::Io("server closed the connection".into())),
                 Ok(_) => {}
                 Err(e) => return Err(StreamError::Io(e.to_string())),
@@ -330,11 +400,7 @@ fn status_message(feedback: &Feedback) -> BytesMut {
     msg
 }
 
-async fn write_loop(
-    mut wr: WriteHalf<Io>,
-    feedback: Arc<Feedback>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn write_loop(mut wr: WriteSide, feedback: Arc<Feedback>, mut stop: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(STATUS_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -348,7 +414,7 @@ async fn write_loop(
             // CopyDone, then Terminate: the session ends cleanly.
             msg.put_slice(&[b'c', 0, 0, 0, 4, b'X', 0, 0, 0, 4]);
         }
-        if wr.write_all(&msg).await.is_err() || wr.flush().await.is_err() {
+        if wr.send(&msg).await.is_err() {
             tracing::debug!(side = %Side::Source, "could not send standby status; the reader will report the broken stream");
             return;
         }
