@@ -20,15 +20,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::batch::Batch;
-use super::error::ApplyError;
+use super::error::{ApplyError, TxnRef};
 use super::params::Param;
-use super::pipeline::{Outcome, Pipeline};
+use super::pipeline::Pipeline;
 use super::relation::TargetRelation;
+use super::sent::{Meta, Op, Sent};
 use crate::conn::raw::RawSession;
 use crate::ddl::replay::{ReplayOptions, Replayer};
 use crate::lsn::Lsn;
-use crate::sql::SyncName;
-use crate::stream::pgoutput::{self, Message, OldRow, Tuple};
+use crate::sql::{quote_literal, OriginName, SyncName};
+use crate::stream::pgoutput::{Message, OldRow, Tuple};
 
 /// Limits on grouping source transactions into one target transaction.
 #[derive(Clone, Debug)]
@@ -79,86 +80,19 @@ impl Shared {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Op {
-    Insert,
-    Update,
-    Delete,
-}
-
-impl Op {
-    fn verb(self) -> &'static str {
-        match self {
-            Op::Insert => "INSERT",
-            Op::Update => "UPDATE",
-            Op::Delete => "DELETE",
-        }
-    }
-}
-
-/// What a statement in flight was, for its result check.
-pub(super) enum Meta {
-    Control(&'static str),
-    /// A row change; `row` holds its key (for the message on conflict).
-    Row {
-        op: Op,
-        relation: u32,
-        row: Tuple,
-    },
-    Statement(String),
-    Ddl {
-        id: i64,
-        statement: String,
-    },
-    /// Part of writing out a batch; `expected` rows, when known.
-    Batch {
-        relation: u32,
-        what: &'static str,
-        expected: Option<u64>,
-    },
-}
-
-impl Meta {
-    pub(super) fn batch(relation: u32, what: &'static str, expected: Option<u64>) -> Meta {
-        Meta::Batch {
-            relation,
-            what,
-            expected,
-        }
-    }
-}
-
-/// A statement in flight: what it was, and which source transaction.
-pub(super) struct Sent {
-    meta: Meta,
-    lsn: Lsn,
-    /// Whole source transactions before it in the same group.
-    txn_in_group: usize,
-}
-
-impl Sent {
-    pub(super) fn at(meta: Meta, (lsn, txn_in_group): (Lsn, usize)) -> Sent {
-        Sent {
-            meta,
-            lsn,
-            txn_in_group,
-        }
-    }
-}
-
-struct Group {
+pub(super) struct Group {
     started: Instant,
-    txns: usize,
+    pub(super) txns: usize,
     rows: usize,
-    last_end: Lsn,
-    last_commit_ts: i64,
+    pub(super) last_end: Lsn,
+    pub(super) last_commit_ts: i64,
 }
 
-struct SourceTxn {
-    final_lsn: Lsn,
-    changes: usize,
+pub(super) struct SourceTxn {
+    pub(super) final_lsn: Lsn,
+    pub(super) changes: usize,
     /// Already applied before this session started.
-    skip: bool,
+    pub(super) skip: bool,
 }
 
 /// Names of the statements prepared once per session.
@@ -171,8 +105,8 @@ struct Fixed {
 pub struct Applier {
     pub(super) pipe: Pipeline<Sent>,
     pub(super) relations: HashMap<u32, TargetRelation>,
-    group: Option<Group>,
-    txn: Option<SourceTxn>,
+    pub(super) group: Option<Group>,
+    pub(super) txn: Option<SourceTxn>,
     shared: Arc<Shared>,
     limits: GroupLimits,
     fixed: Fixed,
@@ -195,6 +129,23 @@ pub struct Applier {
     /// The last source transaction whose changes went into a batch of
     /// the open group (where to replay up to if a batch fails).
     batch_through: Lsn,
+    /// Applying one large transaction streamed while in progress (see
+    /// `streamed`), rather than whole committed ones.
+    pub(super) streamed: Option<super::streamed::Streamed>,
+    /// Another apply connection holds an open transaction: a lock wait or
+    /// deadlock may be between the two (see `ApplyError::StreamLockWait`).
+    pub(super) guard_lock_waits: bool,
+}
+
+/// Sets up (`Some`) or resets the session's replication origin.
+fn origin_sql(origin: Option<&OriginName>) -> String {
+    match origin {
+        Some(o) => format!(
+            "SELECT pg_catalog.pg_replication_origin_session_setup({})",
+            quote_literal(o.as_str())
+        ),
+        None => "SELECT pg_catalog.pg_replication_origin_session_reset()".into(),
+    }
 }
 
 /// A batch is written out once it holds this much.
@@ -237,6 +188,8 @@ impl Applier {
             batch: Batch::default(),
             stage_seq: 0,
             batch_through: Lsn::ZERO,
+            streamed: None,
+            guard_lock_waits: false,
         }
     }
 
@@ -252,12 +205,8 @@ impl Applier {
 
     /// Handles one pgoutput message. `more_waiting`: more messages are
     /// already queued (then a commit may be grouped with what follows).
-    pub async fn handle(
-        &mut self,
-        payload: bytes::Bytes,
-        more_waiting: bool,
-    ) -> Result<(), ApplyError> {
-        match pgoutput::decode(payload)? {
+    pub async fn handle(&mut self, message: Message, more_waiting: bool) -> Result<(), ApplyError> {
+        match message {
             Message::Begin { final_lsn, .. } => {
                 if self.txn.is_some() {
                     return Err(ApplyError::Protocol("BEGIN inside a transaction".into()));
@@ -354,6 +303,14 @@ impl Applier {
                 self.statement(sql).await?;
             }
             Message::Origin { .. } | Message::Type { .. } | Message::Logical { .. } => {}
+            Message::StreamStart { .. }
+            | Message::StreamStop
+            | Message::StreamCommit { .. }
+            | Message::StreamAbort { .. } => {
+                return Err(ApplyError::Protocol(
+                    "a streamed-transaction message reached the applier".into(),
+                ))
+            }
         }
         Ok(())
     }
@@ -383,6 +340,15 @@ impl Applier {
             return Ok(false);
         }
         txn.changes += 1;
+        self.open_group().await?;
+        if let Some(g) = &mut self.group {
+            g.rows += 1;
+        }
+        Ok(true)
+    }
+
+    /// Opens the target transaction if none is open.
+    pub(super) async fn open_group(&mut self) -> Result<(), ApplyError> {
         if self.group.is_none() {
             self.group = Some(Group {
                 started: Instant::now(),
@@ -394,10 +360,7 @@ impl Applier {
             let begin = self.fixed.begin.clone();
             self.send(&begin, &[], Meta::Control("BEGIN")).await?;
         }
-        if let Some(g) = &mut self.group {
-            g.rows += 1;
-        }
-        Ok(true)
+        Ok(())
     }
 
     async fn row(
@@ -487,7 +450,11 @@ impl Applier {
         let Some(rel) = self.relations.get(&relation) else {
             return Some((old, new));
         };
-        if lsn <= self.ungrouped_through {
+        let allowed = match &self.streamed {
+            Some(s) => s.batching,
+            None => lsn > self.ungrouped_through,
+        };
+        if !allowed {
             return Some((old, new));
         }
         let back = if !Batch::accepts(rel) {
@@ -542,11 +509,20 @@ impl Applier {
 
     /// Where statements sent now belong: source transaction, and its
     /// place in the group.
-    pub(super) fn position(&self) -> (Lsn, usize) {
-        (
-            self.txn.as_ref().map(|t| t.final_lsn).unwrap_or(Lsn::ZERO),
-            self.group.as_ref().map(|g| g.txns).unwrap_or(0),
-        )
+    pub(super) fn position(&self) -> (TxnRef, usize) {
+        let txn = match &self.streamed {
+            Some(s) => TxnRef::Streamed(s.xid),
+            None => TxnRef::Commit(self.txn.as_ref().map(|t| t.final_lsn).unwrap_or(Lsn::ZERO)),
+        };
+        (txn, self.group.as_ref().map(|g| g.txns).unwrap_or(0))
+    }
+
+    /// Where to replay up to without batching when a batch fails.
+    pub(super) fn batch_ref(&self) -> TxnRef {
+        match &self.streamed {
+            Some(s) => TxnRef::Streamed(s.xid),
+            None => TxnRef::Commit(self.batch_through),
+        }
     }
 
     fn sent(&self, meta: Meta) -> Sent {
@@ -608,93 +584,6 @@ impl Applier {
         }
     }
 
-    fn check(&self, outcome: Outcome<Sent>) -> Result<(), ApplyError> {
-        let (sent, failure) = match outcome {
-            Outcome::Done { meta: sent, rows } => {
-                let verb = match &sent.meta {
-                    Meta::Row { op, .. } if rows != 1 && *op != Op::Insert => op.verb(),
-                    Meta::Batch {
-                        relation,
-                        what,
-                        expected: Some(n),
-                    } if rows != *n => {
-                        let table = self.describe(*relation, &Vec::new()).0;
-                        return Err(ApplyError::BatchFailed {
-                            through: self.batch_through,
-                            reason: format!("{what} {table}: {rows} rows instead of {n}"),
-                        });
-                    }
-                    _ => return Ok(()),
-                };
-                (sent, format!("{verb} found no matching row on the target"))
-            }
-            Outcome::Failed { meta: sent, error } => {
-                let took_earlier = sent.txn_in_group > 0;
-                return Err(match sent.meta {
-                    Meta::Row { op, relation, row }
-                        if !super::error::transient_code(&error.code) =>
-                    {
-                        let (table, key) = self.describe(relation, &row);
-                        ApplyError::Conflict {
-                            table,
-                            key,
-                            lsn: sent.lsn,
-                            message: format!("{} failed: {error}", op.verb()),
-                            took_earlier,
-                        }
-                    }
-                    Meta::Row { op, .. } => ApplyError::target(op.verb(), sent.lsn, &error),
-                    Meta::Control(what) => ApplyError::target(what, sent.lsn, &error),
-                    Meta::Statement(sql) => ApplyError::target(sql, sent.lsn, &error),
-                    Meta::Ddl { id, statement } if !super::error::transient_code(&error.code) => {
-                        ApplyError::DdlRejected {
-                            id,
-                            statement,
-                            message: error.to_string(),
-                            lsn: sent.lsn,
-                            took_earlier,
-                        }
-                    }
-                    Meta::Ddl { statement, .. } => ApplyError::target(statement, sent.lsn, &error),
-                    Meta::Batch { what, .. } if super::error::transient_code(&error.code) => {
-                        ApplyError::target(what, sent.lsn, &error)
-                    }
-                    Meta::Batch { relation, what, .. } => {
-                        let table = self.describe(relation, &Vec::new()).0;
-                        ApplyError::BatchFailed {
-                            through: self.batch_through,
-                            reason: format!("{what} {table}: {error}"),
-                        }
-                    }
-                });
-            }
-        };
-        let took_earlier = sent.txn_in_group > 0;
-        match sent.meta {
-            Meta::Row { relation, row, .. } => {
-                let (table, key) = self.describe(relation, &row);
-                Err(ApplyError::Conflict {
-                    table,
-                    key,
-                    lsn: sent.lsn,
-                    message: failure,
-                    took_earlier,
-                })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn describe(&self, relation: u32, row: &Tuple) -> (crate::sql::TableName, String) {
-        match self.relations.get(&relation) {
-            Some(rel) => (rel.table.clone(), rel.describe_key(row)),
-            None => (
-                crate::sql::TableName::new("?", format!("relation {relation}")),
-                String::new(),
-            ),
-        }
-    }
-
     /// Waits for every statement in flight.
     async fn drain(&mut self) -> Result<(), ApplyError> {
         while self.pipe.in_flight() > 0 {
@@ -706,6 +595,16 @@ impl Applier {
     /// Records the position of the group's last source transaction and
     /// commits; the data and the position become visible together.
     async fn commit_group(&mut self) -> Result<(), ApplyError> {
+        self.commit_group_holding(None).await
+    }
+
+    /// Commits the group; with `baton`, this connection takes the
+    /// replication origin just for this commit and gives it back after (a
+    /// streamed transaction's connection: see `streamed`).
+    pub(super) async fn commit_group_holding(
+        &mut self,
+        baton: Option<&OriginName>,
+    ) -> Result<(), ApplyError> {
         if self.group.is_none() {
             return Ok(());
         }
@@ -714,6 +613,13 @@ impl Applier {
         let Some(g) = self.group.take() else {
             return Ok(());
         };
+        if let Some(origin) = baton {
+            self.send_sql(
+                &origin_sql(Some(origin)),
+                Meta::Control("taking the replication origin"),
+            )
+            .await?;
+        }
         let setup = self.fixed.xact_setup.clone();
         let commit = self.fixed.commit.clone();
         let params = [
@@ -727,6 +633,13 @@ impl Applier {
         )
         .await?;
         self.send(&commit, &[], Meta::Control("COMMIT")).await?;
+        if baton.is_some() {
+            self.send_sql(
+                &origin_sql(None),
+                Meta::Control("handing the replication origin back"),
+            )
+            .await?;
+        }
         for outcome in self.pipe.sync().await? {
             self.check(outcome)?;
         }
@@ -747,6 +660,41 @@ impl Applier {
             .store(g.last_commit_ts.max(0) as u64, Ordering::Relaxed);
         tracing::trace!(end = %g.last_end, txns = g.txns, rows = g.rows, "group committed");
         Ok(())
+    }
+
+    /// Takes the replication origin (`Some`) or gives it up (`None`) while
+    /// no target transaction is open, for another connection to commit
+    /// with it in between.
+    pub(super) async fn hold_origin(
+        &mut self,
+        origin: Option<&OriginName>,
+    ) -> Result<(), ApplyError> {
+        self.run_now(&origin_sql(origin), "moving the replication origin")
+            .await
+    }
+
+    /// Runs `sql` at once, outside any group, and waits for it.
+    pub(super) async fn run_now(
+        &mut self,
+        sql: &str,
+        what: &'static str,
+    ) -> Result<(), ApplyError> {
+        self.send_sql(sql, Meta::Control(what)).await?;
+        for outcome in self.pipe.sync().await? {
+            self.check(outcome)?;
+        }
+        Ok(())
+    }
+
+    /// Commits the open group, if any (before a streamed block, so this
+    /// connection holds no locks the other one could wait on).
+    pub(super) async fn commit_open_group(&mut self) -> Result<(), ApplyError> {
+        if self.txn.is_some() {
+            return Err(ApplyError::Protocol(
+                "a streamed block inside a transaction".into(),
+            ));
+        }
+        self.commit_group().await
     }
 
     /// A keepalive: the source has nothing more for now.

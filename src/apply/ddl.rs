@@ -3,8 +3,9 @@
 //! same target transaction as the rows around it, with the source's
 //! search_path while it runs.
 
-use super::applier::{Applier, Meta};
+use super::applier::Applier;
 use super::error::ApplyError;
+use super::sent::Meta;
 use crate::ddl::replay::{short, Action, LogRow};
 use crate::sql::quote_literal;
 use crate::stream::pgoutput::{Datum, Tuple};

@@ -10,6 +10,26 @@ use crate::sql::TableName;
 use crate::stream::pgoutput::DecodeError;
 use crate::stream::receiver::StreamError;
 
+/// Which source transaction: by where it commits, or, for one streamed
+/// while still in progress, by its xid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnRef {
+    Commit(Lsn),
+    Streamed(u32),
+}
+
+impl std::fmt::Display for TxnRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TxnRef::Commit(lsn) => write!(f, "the source transaction that commits at LSN {lsn}"),
+            TxnRef::Streamed(xid) => write!(
+                f,
+                "source transaction {xid} (large, streamed while in progress)"
+            ),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error(transparent)]
@@ -18,30 +38,30 @@ pub enum ApplyError {
     Decode(#[from] DecodeError),
     #[error("{0}")]
     Relation(#[from] RelationError),
-    #[error("conflict on {table} applying the source transaction that commits at LSN {lsn}: {message} (row {key}). Nothing from this transaction on was applied or acknowledged: fix the target row, then rerun pgrepl sync to retry it")]
+    #[error("conflict on {table} applying {txn}: {message} (row {key}). Nothing from this transaction on was applied or acknowledged: fix the target row, then rerun pgrepl sync to retry it")]
     Conflict {
         table: TableName,
         key: String,
-        lsn: Lsn,
+        txn: TxnRef,
         message: String,
         /// Whole source transactions before it shared its target
         /// transaction and were rolled back with it.
         took_earlier: bool,
     },
-    #[error("target rejected DDL #{id} ({statement}): {message}. Nothing from its source transaction (LSN {lsn}) on was applied or acknowledged: fix the target, or skip exactly this command with `pgrepl sync --skip-ddl {id}`")]
+    #[error("target rejected DDL #{id} ({statement}): {message}. Nothing from {txn} on was applied or acknowledged: fix the target, or skip exactly this command with `pgrepl sync --skip-ddl {id}`")]
     DdlRejected {
         id: i64,
         statement: String,
         message: String,
-        lsn: Lsn,
+        txn: TxnRef,
         took_earlier: bool,
     },
     #[error("{0}")]
     Ddl(#[from] ReplayError),
-    #[error("target: {what} failed at source LSN {lsn}: {message}")]
+    #[error("target: {what} failed applying {txn}: {message}")]
     Target {
         what: String,
-        lsn: Lsn,
+        txn: TxnRef,
         message: String,
         transient: bool,
     },
@@ -49,8 +69,12 @@ pub enum ApplyError {
     Session(Box<RawError>),
     /// A batched write went wrong: replay the group unbatched up to
     /// `through`, which names the exact transaction if it is real.
-    #[error("a batched write failed ({reason}); replaying one transaction at a time up to LSN {through}")]
-    BatchFailed { through: Lsn, reason: String },
+    #[error("a batched write failed ({reason}); replaying without batching up to {through}")]
+    BatchFailed { through: TxnRef, reason: String },
+    /// Two apply connections waited on each other's locks (possible only
+    /// when the target has constraints the source lacks).
+    #[error("the apply connection for {txn} and the main one waited on each other on the target ({message}); resuming without streaming large transactions")]
+    StreamLockWait { txn: TxnRef, message: String },
     #[error("source: the stream broke the protocol: {0}")]
     Protocol(String),
 }
@@ -74,33 +98,34 @@ impl ApplyError {
             ApplyError::Stream(e) => e.is_transient(),
             ApplyError::Target { transient, .. } => *transient,
             ApplyError::Session(e) => e.is_transient(),
+            ApplyError::StreamLockWait { .. } => true,
             _ => false,
         }
     }
 
-    /// The source transaction to replay on its own when the error rolled
-    /// back whole transactions grouped before it.
-    pub fn grouped_stop(&self) -> Option<Lsn> {
+    /// The source transaction to replay on its own (or without batching)
+    /// when the error rolled back whole transactions grouped before it.
+    pub fn grouped_stop(&self) -> Option<TxnRef> {
         match self {
             ApplyError::Conflict {
-                lsn,
+                txn,
                 took_earlier: true,
                 ..
             }
             | ApplyError::DdlRejected {
-                lsn,
+                txn,
                 took_earlier: true,
                 ..
-            } => Some(*lsn),
+            } => Some(*txn),
             ApplyError::BatchFailed { through, .. } => Some(*through),
             _ => None,
         }
     }
 
-    pub fn target(what: impl Into<String>, lsn: Lsn, error: &ServerError) -> Self {
+    pub fn target(what: impl Into<String>, txn: TxnRef, error: &ServerError) -> Self {
         ApplyError::Target {
             what: what.into(),
-            lsn,
+            txn,
             message: error.to_string(),
             transient: transient_code(&error.code),
         }

@@ -8,11 +8,12 @@
 
 use bytes::BytesMut;
 
-use super::applier::{Applier, Meta, Sent};
+use super::applier::Applier;
 use super::batch::{copy_text, Net};
 use super::error::ApplyError;
 use super::params::Param;
 use super::relation::{RowFilter, StageKind};
+use super::sent::{Meta, Sent};
 use crate::stream::pgoutput::Tuple;
 
 /// Fewer rows than this go as single statements.

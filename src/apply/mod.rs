@@ -2,7 +2,9 @@
 //! ([`applier`]), through a pipelined session ([`pipeline`]) with
 //! statements prepared per table ([`relation`]) and values in the
 //! protocol's own formats ([`params`]); DDL replayed in place ([`ddl`]);
-//! all of it inside streaming sessions with retries ([`session`]).
+//! large transactions streamed while in progress applied on connections
+//! of their own ([`router`], `streamed`); all of it inside streaming
+//! sessions with retries ([`session`]).
 
 pub mod applier;
 pub mod batch;
@@ -12,4 +14,7 @@ mod flush;
 pub mod params;
 pub mod pipeline;
 pub mod relation;
+pub mod router;
+mod sent;
 pub mod session;
+mod streamed;

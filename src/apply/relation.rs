@@ -484,6 +484,12 @@ impl TargetRelation {
         name
     }
 
+    /// After a rollback to a savepoint: the stages may be gone; the next
+    /// use creates new ones (under new names).
+    pub fn forget_stages(&mut self) {
+        self.stages = None;
+    }
+
     /// After COMMIT: the stages emptied themselves.
     pub fn committed(&mut self) {
         if let Some(s) = &mut self.stages {

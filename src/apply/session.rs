@@ -15,7 +15,8 @@ use tokio_postgres::Client;
 use tracing::Instrument;
 
 use super::applier::{Applier, GroupLimits, Shared};
-use super::error::ApplyError;
+use super::error::{ApplyError, TxnRef};
+use super::router::{Router, StreamContext, APPLY_SETTINGS};
 use crate::conn::error::describe;
 use crate::conn::raw::RawSession;
 use crate::conn::walsender::{WalSender, WalSenderError};
@@ -126,22 +127,31 @@ pub async fn run(
     let status = LiveStatus::start(req.progress, req.source.clone(), until);
     let mut failing_since: Option<Instant> = None;
     let mut attempt: u32 = 0;
-    let mut ungroup = Lsn::ZERO;
+    let mut plan = Plan {
+        ungroup: Lsn::ZERO,
+        unbatched: Vec::new(),
+        stream_large: true,
+    };
     loop {
         let started = Instant::now();
-        let result = session(req, &mut stop, until, &status, ungroup).await;
+        let result = session(req, &mut stop, until, &status, &plan).await;
         match result {
             Ok(outcome) => {
                 status.finish();
                 return Ok(outcome);
             }
             // A conflict rolled back whole transactions that came before it
-            // in the same target transaction: replay up to it one source
-            // transaction at a time, so the sync stops exactly before it.
-            Err(SessionError::Apply(e)) if e.grouped_stop().is_some_and(|lsn| lsn > ungroup) => {
-                let lsn = e.grouped_stop().expect("checked in the guard");
-                tracing::info!(%lsn, error = %e, "error inside a group of transactions; replaying them one by one up to it");
-                ungroup = lsn;
+            // in the same target transaction (or a batch failed): replay up
+            // to it one source transaction at a time, without batching, so
+            // the sync stops exactly at it, naming the row.
+            Err(SessionError::Apply(e)) if e.grouped_stop().is_some_and(|t| plan.replan(t)) => {
+                tracing::info!(error = %e, "error inside a group or a batch; replaying without them up to it");
+            }
+            Err(SessionError::Apply(e @ ApplyError::StreamLockWait { .. }))
+                if plan.stream_large =>
+            {
+                tracing::warn!(error = %e, "streaming of large transactions turned off for this run");
+                plan.stream_large = false;
             }
             Err(e) if e.is_transient() => {
                 // A session that ran a while was a success: start counting again.
@@ -177,11 +187,36 @@ pub async fn run(
     }
 }
 
-/// The apply session: replica role (no user triggers, no FK checks, as
-/// native apply), asynchronous commit (the flush watcher reports only
-/// what is durable), the replication origin, and index probes for the
-/// set-based writes (a hash join would scan the whole table per batch).
-/// Returns the session and the origin's position (where to start).
+/// How the next session applies, after what earlier ones ran into.
+struct Plan {
+    /// Source transactions ending at or before this commit on their own.
+    ungroup: Lsn,
+    /// Streamed transactions applied without batching.
+    unbatched: Vec<u32>,
+    /// Ask the source to stream large transactions while in progress.
+    stream_large: bool,
+}
+
+impl Plan {
+    /// Replays up to `txn` without grouping or batching; false when that
+    /// was already the plan (then the error is the answer).
+    fn replan(&mut self, txn: TxnRef) -> bool {
+        match txn {
+            TxnRef::Commit(lsn) if lsn > self.ungroup => {
+                self.ungroup = lsn;
+                true
+            }
+            TxnRef::Streamed(xid) if !self.unbatched.contains(&xid) => {
+                self.unbatched.push(xid);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The main apply connection ([`APPLY_SETTINGS`]) holding the replication
+/// origin. Returns the session and the origin's position (where to start).
 async fn apply_session(
     target: &Endpoint,
     origin: &OriginName,
@@ -189,9 +224,7 @@ async fn apply_session(
     let mut session = RawSession::connect(Side::Target, &target.config, false).await?;
     let rows = session
         .simple_query(&format!(
-            "SET session_replication_role = replica; SET synchronous_commit = off; SET statement_timeout = 0;
-             SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0;
-             SET enable_hashjoin = off; SET enable_mergejoin = off;
+            "{APPLY_SETTINGS}
              SELECT pg_replication_origin_session_setup({lit});
              SELECT pg_replication_origin_progress({lit}, false)",
             lit = quote_literal(origin.as_str())
@@ -224,21 +257,23 @@ async fn session(
     stop: &mut watch::Receiver<bool>,
     until: Option<Lsn>,
     status: &LiveStatus,
-    ungroup: Lsn,
+    plan: &Plan,
 ) -> Result<Outcome, SessionError> {
     let origin = req.name.origin();
     let (session, start) = apply_session(req.target, &origin).await?;
     let walsender = WalSender::connect(Side::Source, &req.source.config).await?;
+    let stream_large = plan.stream_large && walsender.server_version() >= 140000;
     let feedback = Feedback::new(start);
     let mut receiver = Receiver::start(
         walsender,
         &req.name.slot(),
         &req.name.publication(),
         start,
+        stream_large,
         feedback.clone(),
     )
     .await?;
-    tracing::info!(%start, "streaming");
+    tracing::info!(%start, stream_large, "streaming");
     let shared = Shared::new(start);
     status.attach(StatusSource {
         shared: shared.clone(),
@@ -250,7 +285,7 @@ async fn session(
         shared.clone(),
         feedback.clone(),
     ));
-    let mut applier = Applier::new(
+    let mut main = Applier::new(
         session,
         shared.clone(),
         start,
@@ -258,7 +293,18 @@ async fn session(
         req.ddl.clone(),
         req.name.clone(),
     );
-    applier.ungroup_through(ungroup);
+    main.ungroup_through(plan.ungroup);
+    let mut applier = Router::new(
+        main,
+        shared.clone(),
+        StreamContext {
+            target: req.target.clone(),
+            origin: origin.clone(),
+            ddl: req.ddl.clone(),
+            sync_name: req.name.clone(),
+            unbatched: plan.unbatched.clone(),
+        },
+    );
 
     let span = tracing::info_span!("apply", slot = %req.name.slot());
     let result: Result<Option<Outcome>, ApplyError> = async {

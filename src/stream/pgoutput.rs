@@ -1,6 +1,10 @@
-//! pgoutput, protocol version 1: the logical replication messages the
-//! source's walsender sends, decoded without copying column values (they
-//! stay slices of the received buffer).
+//! pgoutput, protocol versions 1 and 2: the logical replication messages
+//! the source's walsender sends, decoded without copying column values
+//! (they stay slices of the received buffer). Version 2 adds the
+//! streaming of large transactions while they are in progress: blocks of
+//! their changes between Stream Start and Stream Stop, each change
+//! carrying the xid of its (sub)transaction, and a Stream Commit or
+//! Stream Abort at the end.
 
 use bytes::{Buf, Bytes};
 
@@ -124,7 +128,29 @@ pub enum Message {
         prefix: String,
         content: Bytes,
     },
+    /// A block of changes of in-progress transaction `xid` follows.
+    StreamStart {
+        xid: u32,
+        first: bool,
+    },
+    StreamStop,
+    StreamCommit {
+        xid: u32,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_ts: i64,
+    },
+    /// `subxid == xid`: the whole transaction aborted; otherwise one of
+    /// its subtransactions.
+    StreamAbort {
+        xid: u32,
+        subxid: u32,
+    },
 }
+
+/// Kinds of message that carry the xid of their transaction inside a
+/// streamed block.
+const XID_INSIDE_STREAM: &[u8] = b"RYIUDTM";
 
 struct Reader {
     buf: Bytes,
@@ -211,8 +237,16 @@ impl Reader {
     }
 }
 
-/// Decodes one pgoutput message (the payload of one XLogData).
+/// Decodes one pgoutput message (the payload of one XLogData) outside a
+/// streamed block.
 pub fn decode(payload: Bytes) -> Result<Message, DecodeError> {
+    decode_in(payload, false).map(|(_, m)| m)
+}
+
+/// Decodes one pgoutput message; `in_stream`: between Stream Start and
+/// Stream Stop, where changes carry the xid of their (sub)transaction,
+/// returned beside the message.
+pub fn decode_in(payload: Bytes, in_stream: bool) -> Result<(Option<u32>, Message), DecodeError> {
     let Some(&first) = payload.first() else {
         return Err(DecodeError::Truncated { kind: '?' });
     };
@@ -221,7 +255,12 @@ pub fn decode(payload: Bytes) -> Result<Message, DecodeError> {
         buf: payload.slice(1..),
         kind,
     };
-    Ok(match first {
+    let xid = if in_stream && XID_INSIDE_STREAM.contains(&first) {
+        Some(r.u32()?)
+    } else {
+        None
+    };
+    let message = match first {
         b'B' => Message::Begin {
             final_lsn: r.lsn()?,
             commit_ts: r.i64()?,
@@ -344,8 +383,28 @@ pub fn decode(payload: Bytes) -> Result<Message, DecodeError> {
                 content: r.bytes(len)?,
             }
         }
+        b'S' => Message::StreamStart {
+            xid: r.u32()?,
+            first: r.u8()? == 1,
+        },
+        b'E' => Message::StreamStop,
+        b'c' => {
+            let xid = r.u32()?;
+            let _flags = r.u8()?;
+            Message::StreamCommit {
+                xid,
+                commit_lsn: r.lsn()?,
+                end_lsn: r.lsn()?,
+                commit_ts: r.i64()?,
+            }
+        }
+        b'A' => Message::StreamAbort {
+            xid: r.u32()?,
+            subxid: r.u32()?,
+        },
         _ => return Err(DecodeError::UnknownKind(kind)),
-    })
+    };
+    Ok((xid, message))
 }
 
 #[cfg(test)]
@@ -457,6 +516,68 @@ mod tests {
                 restart_identity: true
             })
         );
+    }
+
+    #[test]
+    fn decodes_streamed_blocks_with_their_xids() {
+        let mut b = BytesMut::new();
+        b.put_u8(b'S');
+        b.put_u32(900);
+        b.put_u8(1);
+        assert_eq!(
+            decode(b.freeze()),
+            Ok(Message::StreamStart {
+                xid: 900,
+                first: true
+            })
+        );
+        // Inside a block, a change starts with its subtransaction's xid.
+        let mut b = BytesMut::new();
+        b.put_u8(b'I');
+        b.put_u32(901);
+        b.put_u32(16384);
+        b.put_u8(b'N');
+        tuple(&mut b, &[Some("7")]);
+        let payload = b.freeze();
+        assert_eq!(
+            decode_in(payload.clone(), true),
+            Ok((
+                Some(901),
+                Message::Insert {
+                    relation: 16384,
+                    new: vec![Datum::Text(Bytes::from_static(b"7"))],
+                }
+            ))
+        );
+        assert!(decode_in(payload, false).is_err(), "xid read as relation");
+        let mut b = BytesMut::new();
+        b.put_u8(b'c');
+        b.put_u32(900);
+        b.put_u8(0);
+        b.put_u64(0x10);
+        b.put_u64(0x20);
+        b.put_i64(5);
+        assert_eq!(
+            decode(b.freeze()),
+            Ok(Message::StreamCommit {
+                xid: 900,
+                commit_lsn: Lsn(0x10),
+                end_lsn: Lsn(0x20),
+                commit_ts: 5
+            })
+        );
+        let mut b = BytesMut::new();
+        b.put_u8(b'A');
+        b.put_u32(900);
+        b.put_u32(901);
+        assert_eq!(
+            decode(b.freeze()),
+            Ok(Message::StreamAbort {
+                xid: 900,
+                subxid: 901
+            })
+        );
+        assert_eq!(decode(Bytes::from_static(b"E")), Ok(Message::StreamStop));
     }
 
     #[test]

@@ -164,17 +164,25 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Starts streaming `slot` from `start` with pgoutput proto v1.
+    /// Starts streaming `slot` from `start` with pgoutput proto v1, or
+    /// v2 with `stream_large` (the source streams large transactions
+    /// while in progress; 14 and later).
     pub async fn start(
         walsender: WalSender,
         slot: &SlotName,
         publication: &PublicationName,
         start: Lsn,
+        stream_large: bool,
         feedback: Arc<Feedback>,
     ) -> Result<Self, WalSenderError> {
+        let proto = if stream_large {
+            "proto_version '2', streaming 'on'"
+        } else {
+            "proto_version '1'"
+        };
         // publication_names is a list of identifiers inside a literal.
         let command = format!(
-            "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names '\"{}\"')",
+            "START_REPLICATION SLOT {} LOGICAL {start} ({proto}, publication_names '\"{}\"')",
             slot.as_str(),
             publication.as_str()
         );
