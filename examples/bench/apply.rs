@@ -24,6 +24,9 @@ const SETUP: &str = "
     INSERT INTO hb VALUES (1, clock_timestamp());
 ";
 
+/// The source's own decoding of the backlog, read from a slot of its own.
+const DECODE: &str = "SELECT count(*) FROM pg_logical_slot_get_binary_changes('decode', NULL, NULL, 'proto_version', '1', 'publication_names', 'native_pub')";
+
 const TABLES: &str = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, bulk, huge, upd, marker, hb";
 
 struct Setup {
@@ -43,6 +46,39 @@ impl Setup {
         ]);
         a.extend(extra.iter().map(|s| s.to_string()));
         a
+    }
+
+    /// Keeps a subscriber running, after its timed catch-up, until its
+    /// slot's restart point is past the load: otherwise the next
+    /// measurement would start by decoding this load again (a slot only
+    /// moves its restart point at a running-xacts record it has passed,
+    /// which CHECKPOINT writes). Untimed; every slot gets the same.
+    /// `poke`: SQL run on the source each round (to read a slot nobody
+    /// streams).
+    async fn settle(&mut self, slot: &str, poke: Option<&str>) {
+        let before = self
+            .source
+            .value("SELECT pg_current_wal_lsn()::text")
+            .await
+            .expect("wal position");
+        self.source.exec("CHECKPOINT").await;
+        self.mark().await;
+        let src = self.source.client().await;
+        let q = "SELECT restart_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2";
+        until("the slot to move past the load", Duration::from_secs(120), || {
+            let src = &src;
+            let before = &before;
+            async move {
+                if let Some(sql) = poke {
+                    let _ = src.batch_execute(sql).await;
+                }
+                src.query_one(q, &[before, &slot])
+                    .await
+                    .map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false))
+                    .unwrap_or(false)
+            }
+        })
+        .await;
     }
 
     /// Commits a marker row on the source: once a subscriber has it, it has
@@ -227,6 +263,7 @@ pub async fn run(env: &Env, report: &mut Report) {
                     })
                     .await;
                     pgrepl_rate = units / secs(start.elapsed());
+                    s.settle("pgrepl_bench", None).await;
                     if let Some(pid) = child.id() {
                         // SAFETY: signalling our own child.
                         unsafe { libc::kill(pid as i32, libc::SIGINT) };
@@ -243,6 +280,7 @@ pub async fn run(env: &Env, report: &mut Report) {
                     })
                     .await;
                     native_rate = units / secs(start.elapsed());
+                    s.settle("native", None).await;
                     native_db
                         .batch_execute("ALTER SUBSCRIPTION native DISABLE")
                         .await
@@ -261,10 +299,9 @@ pub async fn run(env: &Env, report: &mut Report) {
                 }
             }
             let start = Instant::now();
-            s.source
-                .exec("SELECT count(*) FROM pg_logical_slot_get_binary_changes('decode', NULL, NULL, 'proto_version', '1', 'publication_names', 'native_pub')")
-                .await;
+            s.source.exec(DECODE).await;
             let decode_rate = units / secs(start.elapsed());
+            s.settle("decode", Some(DECODE)).await;
             println!(
                 "  round {round} {}: pgrepl {pgrepl_rate:.0}, native {native_rate:.0}, decoding {decode_rate:.0} {} ({} first)",
                 w.name,
