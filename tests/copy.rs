@@ -62,7 +62,10 @@ async fn fidelity_copy_is_exactly_the_snapshot_under_writes() {
         .into_iter()
         .filter(|t| !t.starts_with("wl."))
         .collect();
-    assert_eq!(fixture_tables.len(), 8, "{fixture_tables:?}");
+    assert_eq!(fixture_tables.len(), 9, "{fixture_tables:?}");
+    // The same schema, from the catalog: columns, indexes, keys, triggers,
+    // views, functions, types, sequences, comments.
+    support::schema::assert_same_shape(&src, &tgt).await;
     for t in &fixture_tables {
         let (a, b) = (
             support::table_checksum(&src, t).await,

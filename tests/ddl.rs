@@ -53,6 +53,16 @@ async fn tables_columns_indexes_types_and_other_objects_replay_in_order() {
         "ALTER TABLE app.orders ADD CONSTRAINT orders_item_fk FOREIGN KEY (item) REFERENCES app.items (id)",
         "ALTER TABLE app.orders ADD CONSTRAINT orders_status_check CHECK (status <> '')",
         "ALTER TABLE app.items RENAME TO products",
+        // ... and taken back: constraint, default, NOT NULL, a whole table.
+        "CREATE TABLE app.gone (id int PRIMARY KEY, v text NOT NULL DEFAULT 'v' CHECK (v <> ''))",
+        "INSERT INTO app.gone VALUES (1)",
+        "ALTER TABLE app.gone DROP CONSTRAINT gone_v_check",
+        "ALTER TABLE app.gone ALTER COLUMN v DROP DEFAULT",
+        "ALTER TABLE app.gone ALTER COLUMN v DROP NOT NULL",
+        "INSERT INTO app.gone VALUES (2, NULL)",
+        "CREATE TABLE app.dropped (id int PRIMARY KEY)",
+        "INSERT INTO app.dropped VALUES (1)",
+        "DROP TABLE app.dropped",
         "INSERT INTO app.orders (item, remark) VALUES (5, 'after rename')",
         // Indexes, plain and CONCURRENTLY.
         "CREATE INDEX orders_status_idx ON app.orders (status)",
@@ -76,6 +86,17 @@ async fn tables_columns_indexes_types_and_other_objects_replay_in_order() {
         "CREATE TRIGGER orders_touch2 BEFORE INSERT ON app.orders FOR EACH ROW EXECUTE FUNCTION app.touch()",
         "DROP TRIGGER orders_touch2 ON app.orders",
         "CREATE SEQUENCE app.ticket_seq START 100",
+        "ALTER SEQUENCE app.ticket_seq INCREMENT BY 5 MAXVALUE 100000",
+        "CREATE SEQUENCE app.spare_seq",
+        "DROP SEQUENCE app.spare_seq",
+        "CREATE FUNCTION app.spare(x int) RETURNS int LANGUAGE sql AS 'SELECT x + 1'",
+        "ALTER FUNCTION app.spare(int) RENAME TO spare2",
+        "CREATE FUNCTION app.spare3() RETURNS int LANGUAGE sql AS 'SELECT 3'",
+        "DROP FUNCTION app.spare3()",
+        "CREATE MATERIALIZED VIEW reporting.spare_mv AS SELECT 1 AS x",
+        "DROP MATERIALIZED VIEW reporting.spare_mv",
+        "CREATE DOMAIN app.spare_domain AS text",
+        "DROP DOMAIN app.spare_domain",
         "CREATE SCHEMA scratch", "CREATE TABLE scratch.t (x int PRIMARY KEY)", "DROP SCHEMA scratch CASCADE",
         "DROP VIEW reporting.open_orders",
         "REFRESH MATERIALIZED VIEW reporting.order_counts",
@@ -128,6 +149,17 @@ async fn new_tables_arrive_with_their_rows() {
     pair.source
         .exec("SELECT id, name INTO app.selected_items FROM app.items WHERE id > 90")
         .await;
+    // Inputs the target does not have (a temporary table, volatile values),
+    // a collation of its own, and no rows at all: the tables come as they
+    // came out on the source, never recomputed.
+    pair.source
+        .exec(
+            "CREATE TEMP TABLE scratch AS SELECT g AS id FROM generate_series(1, 12) g;
+             CREATE TABLE app.from_temp AS
+                 SELECT id, random() AS r, ('x' || id) COLLATE \"C\" AS c, ARRAY[id]::int[] AS a FROM scratch;
+             CREATE TABLE app.no_rows AS SELECT * FROM app.items WHERE false;",
+        )
+        .await;
     // Created and filled in one transaction.
     {
         let mut c = pair.source.client().await;
@@ -160,6 +192,11 @@ async fn new_tables_arrive_with_their_rows() {
         .await;
     let out = sync(&pair, &["--until-caught-up"]).await;
     assert!(out.success(), "{out}");
+    assert!(
+        out.stderr
+            .contains("creating the table of a CREATE TABLE AS from its rows"),
+        "with FOR ALL TABLES the rows come first: {out}"
+    );
     equal(&pair).await;
     for (t, n) in [
         ("app.mixed", "50"),
@@ -191,7 +228,7 @@ async fn with_include_patterns_a_matching_new_table_joins_the_publication() {
     let pair = Pair::start();
     pair.source.exec(BASE).await;
     pair.source
-        .exec("CREATE SCHEMA other; CREATE TABLE other.x (id int PRIMARY KEY);")
+        .exec("CREATE SCHEMA other; CREATE TABLE other.x (id int PRIMARY KEY); INSERT INTO other.x VALUES (1);")
         .await;
     assert!(sync(&pair, &["--copy-only", "--include", "app.*"])
         .await
@@ -210,6 +247,19 @@ async fn with_include_patterns_a_matching_new_table_joins_the_publication() {
     pair.source
         .exec("CREATE TABLE app.derived AS SELECT id FROM app.items WHERE id < 11")
         .await;
+    // Rows the target could not compute itself (volatile, and from a table
+    // the sync leaves out), and names left to the search_path.
+    pair.source
+        .exec(
+            "SET search_path = app, public;
+             CREATE TABLE drawn AS SELECT g AS id, random() AS r, (SELECT count(*) FROM other.x) AS others
+                 FROM generate_series(1, 40) g;
+             SELECT id, random() AS r INTO picked FROM items WHERE id <= 5;
+             CREATE TABLE plain (id int PRIMARY KEY);
+             INSERT INTO plain VALUES (1), (2);
+             RESET search_path;",
+        )
+        .await;
     pair.source.exec("CREATE TABLE other.y (id int PRIMARY KEY); INSERT INTO other.y VALUES (1); ALTER TABLE other.x ADD COLUMN z int;").await;
     pair.source.exec("INSERT INTO app.fresh VALUES (26)").await;
     let out = sync(&pair, &["--until-caught-up"]).await;
@@ -223,6 +273,34 @@ async fn with_include_patterns_a_matching_new_table_joins_the_publication() {
         pair.target.value("SELECT count(*) FROM app.derived").await,
         Some("10".into())
     );
+    // Every app table equal by checksum: the random() values came through
+    // the stream, not from a second run of the query on the target.
+    let (src, tgt) = (pair.source.client().await, pair.target.client().await);
+    for t in [
+        "app.fresh",
+        "app.derived",
+        "app.drawn",
+        "app.picked",
+        "app.plain",
+        "app.items",
+    ] {
+        assert_eq!(
+            support::table_checksum(&src, t).await,
+            support::table_checksum(&tgt, t).await,
+            "{t}"
+        );
+    }
+    assert_eq!(
+        pair.target
+            .value("SELECT count(*) FROM app.drawn WHERE others = 1")
+            .await,
+        Some("40".into())
+    );
+    let states = pair
+        .target
+        .value("SELECT string_agg(schema_name || '.' || table_name, ',' ORDER BY 1) FROM pgrepl.tables WHERE table_name IN ('drawn', 'picked', 'plain')")
+        .await;
+    assert_eq!(states.as_deref(), Some("app.drawn,app.picked,app.plain"));
     // The schema came with pg_dump; its tables are left out, old and new.
     assert_eq!(
         pair.target
@@ -238,8 +316,46 @@ async fn with_include_patterns_a_matching_new_table_joins_the_publication() {
     assert!(
         published.contains("app.fresh")
             && published.contains("app.derived")
+            && published.contains("app.drawn")
             && !published.contains("other."),
         "{published}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_only_exclude_patterns_new_tables_join_the_publication_too() {
+    let pair = Pair::start();
+    pair.source.exec(BASE).await;
+    pair.source
+        .exec("CREATE SCHEMA other; CREATE TABLE other.x (id int PRIMARY KEY);")
+        .await;
+    assert!(sync(&pair, &["--copy-only", "--exclude", "other.*"])
+        .await
+        .success());
+    pair.source
+        .exec(
+            "CREATE TABLE app.later (id int PRIMARY KEY, v text);
+             INSERT INTO app.later SELECT g, md5(g::text) FROM generate_series(1, 30) g;
+             CREATE TABLE public.made AS SELECT g AS id, random() AS r FROM generate_series(1, 7) g;
+             CREATE TABLE other.skipped (id int PRIMARY KEY);
+             INSERT INTO other.skipped VALUES (1);",
+        )
+        .await;
+    let out = sync(&pair, &["--until-caught-up"]).await;
+    assert!(out.success(), "{out}");
+    let (src, tgt) = (pair.source.client().await, pair.target.client().await);
+    for t in ["app.later", "public.made", "app.items"] {
+        assert_eq!(
+            support::table_checksum(&src, t).await,
+            support::table_checksum(&tgt, t).await,
+            "{t}"
+        );
+    }
+    assert_eq!(
+        pair.target
+            .value("SELECT count(*) FROM pg_tables WHERE schemaname = 'other'")
+            .await,
+        Some("0".into())
     );
 }
 
@@ -349,6 +465,12 @@ async fn privileges_replicate_only_when_asked() {
     assert!(out.success(), "{out}");
     let can = "SELECT has_table_privilege('reader', 'app.items', 'UPDATE')::text";
     assert_eq!(pair.target.value(can).await, Some("true".into()));
+    pair.source
+        .exec("REVOKE UPDATE ON app.items FROM reader")
+        .await;
+    let out = sync(&pair, &["--until-caught-up", "--ddl-privileges"]).await;
+    assert!(out.success(), "{out}");
+    assert_eq!(pair.target.value(can).await, Some("false".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,8 +29,11 @@ fn spawn_sync(pair: &Pair, extra: &[&str]) -> pgrepl::Running {
     pgrepl::spawn(&a)
 }
 
+/// Same schema (from the catalog) and same rows on both sides.
 async fn equal(pair: &Pair) -> i64 {
-    assert_same_data(&pair.source.client().await, &pair.target.client().await).await
+    let (s, t) = (pair.source.client().await, pair.target.client().await);
+    support::schema::assert_same_shape(&s, &t).await;
+    assert_same_data(&s, &t).await
 }
 
 /// Every fixture type, hostile names, TOAST, partitions, generated columns

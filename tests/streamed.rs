@@ -148,6 +148,7 @@ async fn streamed_transactions_apply_exactly_with_savepoints_aborts_and_ddl() {
          CREATE TABLE born (id int PRIMARY KEY, v text);
          INSERT INTO born SELECT g, repeat('b', 50) FROM generate_series(1, 5000) g;
          INSERT INTO log SELECT g, 'keyless' FROM generate_series(1, 3000) g;
+         CREATE TABLE made AS SELECT g AS id, md5(g::text) AS v, random() AS r FROM generate_series(1, 4000) g;
          INSERT INTO later VALUES (1);",
     )
     .await;
@@ -157,7 +158,7 @@ async fn streamed_transactions_apply_exactly_with_savepoints_aborts_and_ddl() {
     // as described: their next rows come without a new description.
     run(
         &b,
-        "INSERT INTO born VALUES (6000, 'after'); INSERT INTO later VALUES (2);
+        "INSERT INTO born VALUES (6000, 'after'); INSERT INTO later VALUES (2); INSERT INTO made VALUES (0, 'after', 0);
          UPDATE small SET n = n * 10",
     )
     .await;

@@ -64,20 +64,25 @@ impl Setup {
         self.source.exec("CHECKPOINT").await;
         self.mark().await;
         let src = self.source.client().await;
-        let q = "SELECT restart_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2";
-        until("the slot to move past the load", Duration::from_secs(120), || {
-            let src = &src;
-            let before = &before;
-            async move {
-                if let Some(sql) = poke {
-                    let _ = src.batch_execute(sql).await;
+        let q =
+            "SELECT restart_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2";
+        until(
+            "the slot to move past the load",
+            Duration::from_secs(120),
+            || {
+                let src = &src;
+                let before = &before;
+                async move {
+                    if let Some(sql) = poke {
+                        let _ = src.batch_execute(sql).await;
+                    }
+                    src.query_one(q, &[before, &slot])
+                        .await
+                        .map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false))
+                        .unwrap_or(false)
                 }
-                src.query_one(q, &[before, &slot])
-                    .await
-                    .map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false))
-                    .unwrap_or(false)
-            }
-        })
+            },
+        )
         .await;
     }
 

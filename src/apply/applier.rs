@@ -14,7 +14,7 @@
 //! transaction back, so a conflict leaves the target at the last committed
 //! group.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use super::sent::{Meta, Op, Sent};
 use crate::conn::raw::RawSession;
 use crate::ddl::replay::{ReplayOptions, Replayer};
 use crate::lsn::Lsn;
-use crate::sql::{quote_literal, OriginName, SyncName};
+use crate::sql::{quote_literal, ObjectName, OriginName, SyncName, TableName};
 use crate::stream::pgoutput::{Message, OldRow, Tuple};
 
 /// Limits on grouping source transactions into one target transaction.
@@ -135,6 +135,12 @@ pub struct Applier {
     /// Another apply connection holds an open transaction: a lock wait or
     /// deadlock may be between the two (see `ApplyError::StreamLockWait`).
     pub(super) guard_lock_waits: bool,
+    /// Source types that are not built in, by source OID: their qualified
+    /// names (pgoutput describes them before the relations using them).
+    pub(super) types: HashMap<u32, String>,
+    /// Tables a CREATE TABLE AS of the open source transaction is making
+    /// (see `ddl`).
+    pub(super) expected: HashSet<TableName>,
 }
 
 /// Sets up (`Some`) or resets the session's replication origin.
@@ -190,6 +196,8 @@ impl Applier {
             batch_through: Lsn::ZERO,
             streamed: None,
             guard_lock_waits: false,
+            types: HashMap::new(),
+            expected: HashSet::new(),
         }
     }
 
@@ -229,6 +237,7 @@ impl Applier {
                     .txn
                     .take()
                     .ok_or_else(|| ApplyError::Protocol("COMMIT without BEGIN".into()))?;
+                self.expected.clear();
                 let alone = txn.final_lsn <= self.ungrouped_through;
                 if txn.skip {
                     tracing::debug!(lsn = %txn.final_lsn, "skipped a transaction applied before");
@@ -261,6 +270,11 @@ impl Applier {
             Message::Relation(rel) => {
                 self.flush_batch().await?;
                 self.drain().await?;
+                let table = TableName::new(rel.namespace.clone(), rel.name.clone());
+                if self.expected.remove(&table) {
+                    self.create_from_relation(&rel).await?;
+                    self.drain().await?;
+                }
                 let oid = rel.oid;
                 let mapped = TargetRelation::load(&mut self.pipe, rel, self.ddl.is_some()).await?;
                 self.relations.insert(oid, mapped);
@@ -302,7 +316,15 @@ impl Applier {
                 );
                 self.statement(sql).await?;
             }
-            Message::Origin { .. } | Message::Type { .. } | Message::Logical { .. } => {}
+            Message::Type {
+                oid,
+                namespace,
+                name,
+            } => {
+                self.types
+                    .insert(oid, ObjectName::new(namespace, name).quoted());
+            }
+            Message::Origin { .. } | Message::Logical { .. } => {}
             Message::StreamStart { .. }
             | Message::StreamStop
             | Message::StreamCommit { .. }
@@ -585,7 +607,7 @@ impl Applier {
     }
 
     /// Waits for every statement in flight.
-    async fn drain(&mut self) -> Result<(), ApplyError> {
+    pub(super) async fn drain(&mut self) -> Result<(), ApplyError> {
         while self.pipe.in_flight() > 0 {
             self.pop().await?;
         }

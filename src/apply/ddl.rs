@@ -2,13 +2,18 @@
 //! is replayed (or skipped, saying why) at that very point, inside the
 //! same target transaction as the rows around it, with the source's
 //! search_path while it runs.
+//!
+//! A CREATE TABLE AS is not replayed as a query: its start row announces
+//! the table, which is created from the description of its first rows when
+//! they come before its end row (FOR ALL TABLES), else from the end row's
+//! column list.
 
 use super::applier::Applier;
 use super::error::ApplyError;
 use super::sent::Meta;
 use crate::ddl::replay::{short, Action, LogRow};
-use crate::sql::quote_literal;
-use crate::stream::pgoutput::{Datum, Tuple};
+use crate::sql::{quote_literal, TableName};
+use crate::stream::pgoutput::{Datum, Relation, Tuple};
 
 impl Applier {
     pub(super) async fn ddl_row(&mut self, new: Tuple) -> Result<(), ApplyError> {
@@ -29,12 +34,20 @@ impl Applier {
                 tracing::info!(id = row.id, tag = %row.tag, %reason, ddl = %short(&row.ddl), "DDL not replicated");
                 return Ok(());
             }
+            Action::Expect { table } => {
+                tracing::info!(id = row.id, tag = %row.tag, %table, "a table is being created from a query; its rows follow");
+                self.expected.insert(table);
+                return Ok(());
+            }
             Action::Replay {
                 sql,
                 search_path,
                 creates,
             } => (sql, search_path, creates),
         };
+        for table in &creates {
+            self.expected.remove(table);
+        }
         if !self.begin_change().await? {
             return Ok(());
         }
@@ -74,5 +87,54 @@ impl Applier {
         }
         self.commit_after_txn = true;
         Ok(())
+    }
+
+    /// Creates a table a CREATE TABLE AS is making from the description of
+    /// its rows: the same columns, types named on the target (built-in
+    /// types by OID, which every major shares; others by name).
+    pub(super) async fn create_from_relation(&mut self, rel: &Relation) -> Result<(), ApplyError> {
+        if !self.begin_change().await? {
+            return Ok(());
+        }
+        self.drain().await?;
+        let types: Vec<String> = rel
+            .columns
+            .iter()
+            .map(|c| {
+                let ty = match self.types.get(&c.type_oid) {
+                    Some(name) => format!("{}::pg_catalog.regtype", quote_literal(name)),
+                    None => format!("{}::pg_catalog.oid", c.type_oid),
+                };
+                format!("pg_catalog.format_type({ty}, {})", c.type_modifier)
+            })
+            .collect();
+        let table = TableName::new(rel.namespace.clone(), rel.name.clone());
+        let names = match types.is_empty() {
+            true => Vec::new(),
+            false => self
+                .pipe
+                .query(&format!("SELECT {}", types.join(", ")), &[])
+                .await?
+                .into_iter()
+                .next()
+                .unwrap_or_default(),
+        };
+        let mut columns = Vec::with_capacity(rel.columns.len());
+        for (c, ty) in rel.columns.iter().zip(names) {
+            let ty = ty.ok_or_else(|| {
+                ApplyError::Protocol(format!(
+                    "{table}: column {} has a type unknown to the target",
+                    c.name
+                ))
+            })?;
+            columns.push(format!("{} {ty}", crate::sql::quote_ident(&c.name)));
+        }
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} ({})",
+            table.quoted(),
+            columns.join(", ")
+        );
+        tracing::info!(%table, ddl = %short(&sql), "creating the table of a CREATE TABLE AS from its rows");
+        self.send_sql(&sql, Meta::Statement(sql.clone())).await
     }
 }

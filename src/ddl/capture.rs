@@ -4,11 +4,23 @@
 //!
 //! - `ddl_command_end` logs every DDL command with the objects it touched
 //!   (and, for tables, the table they belong to), and adds new tables that
-//!   match a sync's `--include` patterns to its publication, in the same
-//!   transaction, so their rows are published from the first one.
-//! - `ddl_command_start` logs `CREATE TABLE AS` / `SELECT INTO` instead:
-//!   their rows are written before the command ends, and the table must
-//!   exist on the target before the rows arrive.
+//!   a sync's `--include` / `--exclude` patterns select to its publication,
+//!   in the same transaction, so their rows are published from the first
+//!   one.
+//! - `CREATE TABLE AS` / `SELECT INTO` are never replayed as queries (the
+//!   target may lack their inputs: temporary tables, tables left out, and
+//!   volatile functions would compute other rows). `ddl_command_start` logs
+//!   that a table is coming (its rows are written, and published with FOR
+//!   ALL TABLES, before the command ends: the target creates the table from
+//!   their relation description); `ddl_command_end` logs the table as it
+//!   came out, column by column (`table_created`). When such a table only
+//!   joins the publication at the end (a table list), its rows were written
+//!   unpublished: the end trigger writes them again (TRUNCATE, then INSERT
+//!   of the same rows), so they reach the target through the stream like
+//!   any others.
+//!
+//! Each row also records `current_schema()`: where an unqualified CREATE
+//! put its object.
 //! - `sql_drop` remembers what a DROP removed for the end row.
 //!
 //! The functions are SECURITY DEFINER (only they may write the log) and
@@ -33,7 +45,8 @@ CREATE TABLE IF NOT EXISTS pgrepl.schema_log (
     objects jsonb NOT NULL DEFAULT '[]',
     ddl text NOT NULL,
     search_path text NOT NULL,
-    username text NOT NULL DEFAULT session_user
+    username text NOT NULL DEFAULT session_user,
+    creation_schema text
 );
 CREATE TABLE IF NOT EXISTS pgrepl.config (
     sync_name text PRIMARY KEY,
@@ -76,10 +89,29 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
                    WHERE (p ->> 'schema' IS NULL OR p_schema ~ (p ->> 'schema')) AND p_name ~ (p ->> 'table'))
 $fn$;
 
+-- A table as it is now, in statements: CREATE TABLE of its columns and
+-- their types, then one ALTER per column with a collation of its own (a
+-- table the target made from the rows' description has the types only).
+CREATE OR REPLACE FUNCTION pgrepl.create_table_sql(p_rel oid) RETURNS SETOF text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT format('CREATE TABLE IF NOT EXISTS %s (%s)', p_rel::regclass,
+                  string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum))
+    FROM pg_attribute a
+    WHERE a.attrelid = p_rel AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    (SELECT format('ALTER TABLE %s ALTER COLUMN %I TYPE %s COLLATE %I.%I', p_rel::regclass, a.attname,
+                   format_type(a.atttypid, a.atttypmod), n.nspname, co.collname)
+     FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+     JOIN pg_collation co ON co.oid = a.attcollation JOIN pg_namespace n ON n.oid = co.collnamespace
+     WHERE a.attrelid = p_rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attcollation <> t.typcollation
+     ORDER BY a.attnum)
+$fn$;
+
 CREATE OR REPLACE FUNCTION pgrepl.capture_start() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
 DECLARE
     v_path text := pg_catalog.current_setting('search_path');
+    v_schema text := pg_catalog.current_schema();
 BEGIN
     IF tg_tag NOT IN ('CREATE TABLE AS', 'SELECT INTO')
        OR pg_catalog.current_setting('pgrepl.internal', true) = 'on' THEN
@@ -87,8 +119,8 @@ BEGIN
     END IF;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     BEGIN
-        INSERT INTO pgrepl.schema_log (command_tag, event, ddl, search_path)
-        VALUES (tg_tag, 'ddl_command_start', pg_catalog.current_query(), v_path);
+        INSERT INTO pgrepl.schema_log (command_tag, event, ddl, search_path, creation_schema)
+        VALUES (tg_tag, 'ddl_command_start', pg_catalog.current_query(), v_path, v_schema);
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'pgrepl could not log this DDL (it will not be replicated): %', SQLERRM;
     END;
@@ -123,6 +155,8 @@ CREATE OR REPLACE FUNCTION pgrepl.capture_end() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
 DECLARE
     v_path text := pg_catalog.current_setting('search_path');
+    v_schema text := pg_catalog.current_schema();
+    v_added boolean;
     v_objects jsonb;
     v_dropped jsonb;
     r record;
@@ -146,25 +180,47 @@ BEGIN
             PERFORM pg_catalog.set_config('search_path', v_path, true);
             RETURN;
         END IF;
-        IF tg_tag NOT IN ('CREATE TABLE AS', 'SELECT INTO') THEN
-            INSERT INTO pgrepl.schema_log (command_tag, event, objects, ddl, search_path)
-            VALUES (tg_tag, 'ddl_command_end', v_objects, current_query(), v_path);
+        IF tg_tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
+            -- The new table as it came out: the target creates it from this.
+            INSERT INTO pgrepl.schema_log (command_tag, event, objects, ddl, search_path, creation_schema)
+            SELECT tg_tag, 'table_created', v_objects, sql, v_path, v_schema
+            FROM pg_event_trigger_ddl_commands() d
+            JOIN pg_class c ON c.oid = d.objid AND d.classid = 'pg_class'::regclass
+            CROSS JOIN LATERAL pgrepl.create_table_sql(c.oid) AS sql
+            WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't';
+        ELSE
+            INSERT INTO pgrepl.schema_log (command_tag, event, objects, ddl, search_path, creation_schema)
+            VALUES (tg_tag, 'ddl_command_end', v_objects, current_query(), v_path, v_schema);
         END IF;
-        -- New tables matching a sync's --include patterns join its publication now.
-        FOR r IN SELECT n.nspname, c.relname, c.oid FROM pg_event_trigger_ddl_commands() d
+        -- New tables a sync's --include/--exclude patterns select join its
+        -- publication now (FOR ALL TABLES publications have them already).
+        FOR r IN SELECT n.nspname, c.relname, c.oid, d.command_tag FROM pg_event_trigger_ddl_commands() d
                  JOIN pg_class c ON c.oid = d.objid AND d.classid = 'pg_class'::regclass
                  JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
                    AND d.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') LOOP
-            FOR s IN SELECT * FROM pgrepl.config WHERE jsonb_array_length(include) > 0 LOOP
-                IF pgrepl.matches(s.include, r.nspname, r.relname) AND NOT pgrepl.matches(s.exclude, r.nspname, r.relname)
+            v_added := false;
+            FOR s IN SELECT * FROM pgrepl.config LOOP
+                IF (jsonb_array_length(s.include) = 0 OR pgrepl.matches(s.include, r.nspname, r.relname))
+                   AND NOT pgrepl.matches(s.exclude, r.nspname, r.relname)
                    AND EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = s.publication AND NOT p.puballtables) THEN
                     -- Our own DDL fires these triggers again: not logged.
                     PERFORM set_config('pgrepl.internal', 'on', true);
                     EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', s.publication, r.oid::regclass);
                     PERFORM set_config('pgrepl.internal', '', true);
+                    v_added := true;
                 END IF;
             END LOOP;
+            -- Rows a CREATE TABLE AS wrote before the table was published:
+            -- written again, published this time.
+            IF v_added AND r.command_tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
+                PERFORM set_config('pgrepl.internal', 'on', true);
+                EXECUTE format('CREATE TEMP TABLE pgrepl_unpublished_rows ON COMMIT DROP AS SELECT * FROM %s', r.oid::regclass);
+                EXECUTE format('TRUNCATE %s', r.oid::regclass);
+                EXECUTE format('INSERT INTO %s SELECT * FROM pg_temp.pgrepl_unpublished_rows', r.oid::regclass);
+                DROP TABLE pg_temp.pgrepl_unpublished_rows;
+                PERFORM set_config('pgrepl.internal', '', true);
+            END IF;
         END LOOP;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'pgrepl could not log this DDL (it will not be replicated): %', SQLERRM;

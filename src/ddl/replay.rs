@@ -55,9 +55,14 @@ pub struct LogRow {
     pub id: i64,
     pub xid: i64,
     pub tag: String,
+    /// `ddl_command_start`, `ddl_command_end` or [`TABLE_CREATED`].
+    pub event: String,
     pub objects: Vec<LoggedObject>,
     pub ddl: String,
     pub search_path: String,
+    /// `current_schema()` when the command ran: where an unqualified
+    /// CREATE put its object.
+    pub creation_schema: Option<String>,
 }
 
 impl LogRow {
@@ -80,10 +85,35 @@ impl LogRow {
             id: num("id")?,
             xid: num("xid")?,
             tag: need("command_tag")?,
+            event: get("event").unwrap_or_default(),
             objects,
             ddl: need("ddl")?,
             search_path: get("search_path").unwrap_or_default(),
+            creation_schema: get("creation_schema"),
         })
+    }
+
+    /// The schema of a table a statement named without one: the logged
+    /// object of that name, else where unqualified CREATEs went at the
+    /// source, else the first schema of the logged search_path.
+    fn resolve(&self, table: &TableName, logged: &[TableName]) -> TableName {
+        if !table.schema.is_empty() {
+            return table.clone();
+        }
+        let schema = logged
+            .iter()
+            .find(|t| t.name == table.name)
+            .map(|t| t.schema.clone())
+            .or_else(|| self.creation_schema.clone())
+            .or_else(|| {
+                self.search_path
+                    .split(',')
+                    .map(|p| p.trim().trim_matches('"'))
+                    .find(|p| !p.is_empty() && *p != "$user" && *p != "pg_catalog")
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "public".to_string());
+        TableName::new(schema, table.name.clone())
     }
 }
 
@@ -94,6 +124,11 @@ pub enum Action {
         sql: String,
         search_path: String,
         creates: Vec<TableName>,
+    },
+    /// A CREATE TABLE AS has begun: its table comes by its first row's
+    /// relation description, or by its `table_created` row.
+    Expect {
+        table: TableName,
     },
     Skip {
         reason: String,
@@ -160,8 +195,25 @@ impl Replayer {
     }
 
     pub fn decide(&mut self, row: &LogRow) -> Result<Action, ReplayError> {
-        let piece = self.piece(row)?;
-        if self.opts.skip.contains(&row.id) {
+        let skip = self.opts.skip.contains(&row.id);
+        if row.event == TABLE_CREATED {
+            // Not a statement of the query string: the cursor stays.
+            return Ok(match skip {
+                true => Action::Skip {
+                    reason: "--skip-ddl".into(),
+                },
+                false => self.created_table(row),
+            });
+        }
+        let piece = match self.piece(row) {
+            // A statement that cannot even be parsed can still be skipped.
+            Err(_) if skip => {
+                self.cursor = None;
+                None
+            }
+            other => other?,
+        };
+        if skip {
             return Ok(Action::Skip {
                 reason: "--skip-ddl".into(),
             });
@@ -173,54 +225,89 @@ impl Replayer {
                 query: short(&row.ddl),
             });
         };
-        match piece.class {
-            Class::Temporary => {
-                return Ok(Action::Skip {
-                    reason: "temporary object".into(),
-                })
-            }
-            Class::Replication => {
-                return Ok(Action::Skip {
-                    reason: "publications and subscriptions are per server".into(),
-                })
-            }
+        let why = match piece.class {
+            Class::Temporary => Some("temporary object"),
+            Class::Replication => Some("publications and subscriptions are per server"),
             Class::Privileges if !self.opts.privileges => {
-                return Ok(Action::Skip {
-                    reason: "privileges and ownership (use --ddl-privileges)".into(),
-                })
+                Some("privileges and ownership (use --ddl-privileges)")
             }
-            _ => {}
-        }
-        if !row.objects.is_empty() && row.objects.iter().all(|o| o.temp == Some(true)) {
+            _ => None,
+        };
+        if let Some(reason) = why.or_else(|| all_temporary(row).then_some("temporary object")) {
             return Ok(Action::Skip {
-                reason: "temporary object".into(),
+                reason: reason.into(),
             });
         }
-        let mut tables: Vec<TableName> = row
-            .objects
+        let mut tables = logged_tables(row);
+        let creates: Vec<TableName> = piece
+            .creates
             .iter()
-            .filter_map(|o| o.table.as_ref())
-            .map(|t| TableName::new(t.schema.clone(), t.name.clone()))
+            .map(|t| row.resolve(t, &tables))
             .collect();
-        tables.extend(piece.creates.iter().cloned());
-        if let Some(t) = tables.iter().find(|t| !self.opts.selection.selects(t)) {
-            return Ok(Action::Skip {
-                reason: format!("table {t} is outside --include/--exclude"),
-            });
+        tables.extend(creates.iter().cloned());
+        if let Some(skip) = self.outside(&tables) {
+            return Ok(skip);
         }
-        // With FOR ALL TABLES, a CREATE TABLE AS's rows are published and
-        // arrive by the stream; with a table list they were written before
-        // the table joined the publication, so the target computes them.
-        let rows_streamed = self.opts.selection.is_everything();
+        if matches!(row.tag.as_str(), "CREATE TABLE AS" | "SELECT INTO") {
+            if let Some(table) = creates.first() {
+                return Ok(Action::Expect {
+                    table: table.clone(),
+                });
+            }
+        }
         let sql = piece
-            .for_target(rows_streamed)
+            .for_target()
             .map_err(|source| ReplayError::Statement { id: row.id, source })?;
         Ok(Action::Replay {
             sql,
             search_path: row.search_path.clone(),
-            creates: piece.creates,
+            creates,
         })
     }
+
+    /// The end of a CREATE TABLE AS: its table, column by column.
+    fn created_table(&self, row: &LogRow) -> Action {
+        if all_temporary(row) {
+            return Action::Skip {
+                reason: "temporary object".into(),
+            };
+        }
+        let tables = logged_tables(row);
+        if let Some(skip) = self.outside(&tables) {
+            return skip;
+        }
+        Action::Replay {
+            sql: row.ddl.clone(),
+            search_path: row.search_path.clone(),
+            creates: tables,
+        }
+    }
+
+    fn outside(&self, tables: &[TableName]) -> Option<Action> {
+        tables
+            .iter()
+            .find(|t| !self.opts.selection.selects(t))
+            .map(|t| Action::Skip {
+                reason: format!("table {t} is outside --include/--exclude"),
+            })
+    }
+}
+
+/// The `event` of a log row that holds a table made by CREATE TABLE AS,
+/// as CREATE TABLE of its columns (see `ddl::capture`).
+pub const TABLE_CREATED: &str = "table_created";
+
+fn all_temporary(row: &LogRow) -> bool {
+    !row.objects.is_empty() && row.objects.iter().all(|o| o.temp == Some(true))
+}
+
+/// The tables the logged objects belong to.
+fn logged_tables(row: &LogRow) -> Vec<TableName> {
+    row.objects
+        .iter()
+        .filter_map(|o| o.table.as_ref())
+        .map(|t| TableName::new(t.schema.clone(), t.name.clone()))
+        .collect()
 }
 
 /// A statement cut to one readable line.
@@ -242,16 +329,18 @@ mod tests {
             id,
             xid: 7,
             tag: tag.into(),
+            event: "ddl_command_end".into(),
             objects: Vec::new(),
             ddl: ddl.into(),
             search_path: "public".into(),
+            creation_schema: None,
         }
     }
 
     fn replayed(a: Action) -> String {
         match a {
             Action::Replay { sql, .. } => sql,
-            Action::Skip { reason } => panic!("skipped: {reason}"),
+            other => panic!("not replayed: {other:?}"),
         }
     }
 
@@ -292,6 +381,14 @@ mod tests {
                 reason: "--skip-ddl".into()
             }
         );
+        // Even a string libpg_query cannot parse.
+        assert_eq!(
+            r.decide(&row(9, "CREATE TABLE", "CREATE TABLE ((("))
+                .expect("ok"),
+            Action::Skip {
+                reason: "--skip-ddl".into()
+            }
+        );
     }
 
     #[test]
@@ -319,10 +416,28 @@ mod tests {
             ))
             .expect("ok");
         assert_eq!(
-            replayed(a),
-            "CREATE TABLE app.n AS SELECT 1 AS x",
-            "rows are computed on the target in table-list mode"
+            a,
+            Action::Expect {
+                table: TableName::new("app", "n")
+            },
+            "the query is never run on the target"
         );
+        // Unqualified names are where the source put them, not in public.
+        let mut unqualified = row(4, "CREATE TABLE AS", "CREATE TABLE n2 AS SELECT 1 AS x");
+        unqualified.search_path = "app, public".into();
+        unqualified.creation_schema = Some("app".into());
+        assert_eq!(
+            r.decide(&unqualified).expect("ok"),
+            Action::Expect {
+                table: TableName::new("app", "n2")
+            }
+        );
+        unqualified.id = 5;
+        unqualified.creation_schema = Some("other".into());
+        assert!(matches!(
+            r.decide(&unqualified).expect("ok"),
+            Action::Skip { .. }
+        ));
         let a = r
             .decide(&row(
                 3,

@@ -2,9 +2,9 @@
 //! whole client string (`CREATE TABLE a (...); INSERT INTO a ...`): it is
 //! split with libpg_query, only statements that fire DDL event triggers are
 //! candidates for a log row, and a candidate is rewritten where the target
-//! needs it: no CONCURRENTLY inside a transaction, CREATE TABLE AS without
-//! its rows when the rows are streamed, DROP of a dependent object tolerant
-//! of its absence.
+//! needs it: no CONCURRENTLY inside a transaction, DROP of a dependent
+//! object tolerant of its absence. (CREATE TABLE AS is never replayed as a
+//! query: see `ddl::capture`.)
 
 use pg_query::protobuf::{self, ObjectType};
 use pg_query::NodeEnum;
@@ -43,7 +43,9 @@ pub struct Piece {
     /// `SELECT ... INTO`, whose tag is `SELECT INTO`.
     pub select_into: bool,
     pub class: Class,
-    /// Tables it creates (CREATE TABLE / AS / SELECT INTO).
+    /// Tables it creates (CREATE TABLE / AS / SELECT INTO); an empty schema
+    /// means "the first schema of the search_path" at the source, which
+    /// only the log row knows.
     pub creates: Vec<TableName>,
 }
 
@@ -89,15 +91,10 @@ fn leading_keyword(sql: &str) -> String {
         .to_ascii_uppercase()
 }
 
+/// The table a RangeVar names; the schema is empty when the statement
+/// leaves it to the search_path (see `Piece::creates`).
 fn rel_name(rv: &protobuf::RangeVar) -> TableName {
-    TableName::new(
-        if rv.schemaname.is_empty() {
-            "public"
-        } else {
-            &rv.schemaname
-        },
-        rv.relname.clone(),
-    )
+    TableName::new(rv.schemaname.clone(), rv.relname.clone())
 }
 
 fn object_type(n: i32) -> Option<ObjectType> {
@@ -252,9 +249,7 @@ impl Piece {
     }
 
     /// The statement as the target should run it inside a transaction.
-    /// `rows_streamed`: the rows of a CREATE TABLE AS arrive by the stream
-    /// (so the target must not compute them itself).
-    pub fn for_target(&self, rows_streamed: bool) -> Result<String, StatementError> {
+    pub fn for_target(&self) -> Result<String, StatementError> {
         let mut parsed = pg_query::parse(&self.sql, 0)
             .map_err(|e| StatementError::Parse(e.to_string()))?
             .protobuf;
@@ -307,29 +302,6 @@ impl Piece {
                 }
                 changed
             }
-            NodeEnum::CreateTableAsStmt(c)
-                if rows_streamed && object_type(c.objtype) == Some(ObjectType::ObjectTable) =>
-            {
-                if let Some(into) = c.into.as_mut() {
-                    into.skip_data = true;
-                }
-                true
-            }
-            NodeEnum::SelectStmt(s) if rows_streamed && s.into_clause.is_some() => {
-                let mut select = s.clone();
-                let mut into = select.into_clause.take().expect("checked is_some above");
-                into.skip_data = true;
-                *node = NodeEnum::CreateTableAsStmt(Box::new(protobuf::CreateTableAsStmt {
-                    query: Some(Box::new(protobuf::Node {
-                        node: Some(NodeEnum::SelectStmt(select)),
-                    })),
-                    into: Some(into),
-                    objtype: ObjectType::ObjectTable as i32,
-                    is_select_into: false,
-                    if_not_exists: false,
-                }));
-                true
-            }
             _ => false,
         };
         if !changed {
@@ -353,7 +325,7 @@ mod tests {
         assert!(p[0].matches_tag("CREATE TABLE"));
         assert!(!p[0].matches_tag("ALTER TABLE"));
         assert!(p[2].matches_tag("ALTER TABLE"));
-        assert_eq!(p[0].creates, vec![TableName::new("public", "a")]);
+        assert_eq!(p[0].creates, vec![TableName::new("", "a")]);
     }
 
     #[test]
@@ -366,9 +338,9 @@ mod tests {
         assert_eq!(p[4].class, Class::Privileges);
     }
 
-    fn target(sql: &str, streamed: bool) -> String {
+    fn target(sql: &str) -> String {
         let p = split(sql).expect("splits");
-        p[0].for_target(streamed)
+        p[0].for_target()
             .expect("rewrites")
             .split_whitespace()
             .collect::<Vec<_>>()
@@ -376,44 +348,31 @@ mod tests {
     }
 
     #[test]
-    fn concurrently_goes_and_ctas_keeps_no_rows() {
+    fn concurrently_goes_and_select_into_is_a_creation() {
         assert_eq!(
-            target("CREATE INDEX CONCURRENTLY i ON t (x)", true),
+            target("CREATE INDEX CONCURRENTLY i ON t (x)"),
             "CREATE INDEX i ON t USING btree (x)"
         );
         assert_eq!(
-            target("DROP INDEX CONCURRENTLY i", true),
+            target("DROP INDEX CONCURRENTLY i"),
             "DROP INDEX IF EXISTS i"
-        );
-        assert_eq!(
-            target("CREATE TABLE n AS SELECT * FROM t WHERE x > 1", true),
-            "CREATE TABLE n AS SELECT * FROM t WHERE x > 1 WITH NO DATA"
-        );
-        assert_eq!(
-            target("CREATE TABLE n AS SELECT * FROM t WHERE x > 1", false),
-            "CREATE TABLE n AS SELECT * FROM t WHERE x > 1"
         );
         let p = split("SELECT a, b INTO s.n FROM t").expect("splits");
         assert!(p[0].select_into && p[0].matches_tag("SELECT INTO"));
         assert_eq!(p[0].creates, vec![TableName::new("s", "n")]);
+        let p = split("CREATE TABLE n AS SELECT 1").expect("splits");
+        assert_eq!(p[0].creates, vec![TableName::new("", "n")]);
         assert_eq!(
-            target("SELECT a, b INTO s.n FROM t", true),
-            "CREATE TABLE s.n AS SELECT a, b FROM t WITH NO DATA"
-        );
-        assert_eq!(
-            target("ALTER TABLE p DETACH PARTITION c CONCURRENTLY", true),
+            target("ALTER TABLE p DETACH PARTITION c CONCURRENTLY"),
             "ALTER TABLE p DETACH PARTITION c"
         );
-        assert_eq!(
-            target("REINDEX (CONCURRENTLY) INDEX i", true),
-            "REINDEX INDEX i"
-        );
+        assert_eq!(target("REINDEX (CONCURRENTLY) INDEX i"), "REINDEX INDEX i");
     }
 
     #[test]
     fn untouched_statements_keep_their_text() {
         let sql = "ALTER TABLE \"We\"\"ird\"  ADD COLUMN   c int /* spacing kept */";
         let p = split(sql).expect("splits");
-        assert_eq!(p[0].for_target(true).expect("ok"), sql);
+        assert_eq!(p[0].for_target().expect("ok"), sql);
     }
 }
