@@ -122,24 +122,58 @@ async fn truncate_of_several_tables_with_cascade_and_restart_identity() {
         )
         .await;
     assert!(sync(&pair, &["--copy-only"]).await.success());
+    // A table only the target has, referencing parent: TRUNCATE parent
+    // succeeds on the target only with CASCADE.
+    pair.target
+        .exec("CREATE TABLE local_ref (p int REFERENCES parent (id))")
+        .await;
+    assert_eq!(
+        pair.target
+            .value("SELECT last_value::text FROM parent_id_seq")
+            .await,
+        Some("50".into()),
+        "the copy set the sequence"
+    );
     pair.source
         .exec(
             "TRUNCATE parent RESTART IDENTITY CASCADE;
              INSERT INTO parent (v) VALUES ('after');
+             CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
+             INSERT INTO a VALUES (1), (2); INSERT INTO b VALUES (3);
+             TRUNCATE a, b;
+             INSERT INTO b VALUES (4);
              BEGIN; TRUNCATE other; INSERT INTO other VALUES (42); COMMIT;",
         )
         .await;
     let out = sync(&pair, &["--until-caught-up"]).await;
     assert!(out.success(), "{out}");
+    pair.target.exec("DROP TABLE local_ref").await;
     equal(&pair).await;
     assert_eq!(
         pair.target.value("SELECT count(*) FROM child").await,
         Some("0".into())
     );
+    // The inserted id comes from the source; the target's own sequence was
+    // restarted by RESTART IDENTITY (it stood at 50 after the copy).
     assert_eq!(
-        pair.target.value("SELECT id::text FROM parent").await,
-        Some("1".into()),
-        "identity restarted"
+        pair.target
+            .value("SELECT last_value::text || ' ' || is_called::text FROM parent_id_seq")
+            .await,
+        Some("1 false".into()),
+        "identity restarted on the target"
+    );
+    assert_eq!(
+        pair.target
+            .value("SELECT last_value::text || ' ' || is_called::text FROM child_id_seq")
+            .await,
+        Some("1 false".into()),
+        "the cascaded table's identity restarted too"
+    );
+    assert_eq!(
+        pair.target
+            .value("SELECT string_agg(id::text, ',' ORDER BY id) FROM b")
+            .await,
+        Some("4".into())
     );
 }
 
@@ -223,6 +257,99 @@ async fn a_missing_row_stops_the_sync_and_a_rerun_retries_it() {
     let fixed = sync(&pair, &["--until-caught-up"]).await;
     assert!(fixed.success(), "{fixed}");
     equal(&pair).await;
+}
+
+/// Changes of many rows go to the target set-based (staged, then one
+/// statement per table); a row missing among them is still found, named,
+/// and nothing of its transaction is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_row_inside_a_large_batch_is_named_and_nothing_of_it_applied() {
+    let pair = Pair::start();
+    pair.source
+        .exec("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 1000) g;")
+        .await;
+    assert!(sync(&pair, &["--copy-only"]).await.success());
+    for (missing, change, verb, mark) in [
+        (
+            777,
+            "UPDATE t SET v = 'u' WHERE id <= 500; DELETE FROM t WHERE id > 600 AND id <= 900",
+            "DELETE",
+            "u",
+        ),
+        (42, "UPDATE t SET v = 'w' WHERE id <= 300", "UPDATE", "w"),
+    ] {
+        pair.target
+            .exec(&format!("DELETE FROM t WHERE id = {missing}"))
+            .await;
+        pair.source
+            .exec(&format!(
+                "INSERT INTO t VALUES ({}, 'before')",
+                2000 + missing
+            ))
+            .await;
+        let bad: ::pgrepl::Lsn = pair
+            .source
+            .value("SELECT pg_current_wal_insert_lsn()::text")
+            .await
+            .expect("lsn")
+            .parse()
+            .expect("lsn");
+        pair.source.exec(&format!("BEGIN; {change}; COMMIT;")).await;
+        pair.source
+            .exec(&format!(
+                "INSERT INTO t VALUES ({}, 'after')",
+                3000 + missing
+            ))
+            .await;
+        let out = sync(&pair, &["--until-caught-up"]).await;
+        assert_eq!(out.code, Some(1), "{out}");
+        let err = out
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .expect("an error line");
+        assert!(err.contains("conflict on public.t"), "{err}");
+        assert!(err.contains(&format!("(id)=({missing})")), "{err}");
+        assert!(
+            err.contains(&format!("{verb} found no matching row")),
+            "{err}"
+        );
+        assert_eq!(
+            pair.target
+                .value(&format!("SELECT v FROM t WHERE id = {}", 2000 + missing))
+                .await,
+            Some("before".into()),
+            "the transaction before is applied"
+        );
+        assert_eq!(
+            pair.target
+                .value(&format!(
+                    "SELECT count(*) FROM t WHERE v = '{mark}' OR id = {}",
+                    3000 + missing
+                ))
+                .await,
+            Some("0".into()),
+            "nothing of the conflicting transaction or after it is applied"
+        );
+        let confirmed: ::pgrepl::Lsn = pair
+            .source
+            .value("SELECT confirmed_flush_lsn::text FROM pg_replication_slots")
+            .await
+            .expect("slot")
+            .parse()
+            .expect("lsn");
+        assert!(
+            confirmed <= bad,
+            "slot acknowledged {confirmed} past the conflict at {bad}"
+        );
+        // Fixed by hand, the rerun applies it whole.
+        pair.target
+            .exec(&format!("INSERT INTO t VALUES ({missing}, 'v')"))
+            .await;
+        let fixed = sync(&pair, &["--until-caught-up"]).await;
+        assert!(fixed.success(), "{fixed}");
+        equal(&pair).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,7 +583,7 @@ async fn the_slot_advances_when_only_unpublished_wal_flows_and_status_reports() 
 
 /// The servers restart under a running sync; it reconnects and resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heavy_servers_restart_during_streaming_and_pgrepl_recovers() {
+async fn heavy_servers_crash_and_restart_during_streaming_and_pgrepl_recovers() {
     let mut pair = Pair::start();
     pair.source.exec(workload::SCHEMA).await;
     let running = spawn_sync(&pair, &["--retry-for", "2m"]);
@@ -498,7 +625,11 @@ async fn heavy_servers_restart_during_streaming_and_pgrepl_recovers() {
         }
     };
     batches_on_target(20).await;
-    pair.target.restart();
+    // A crash: the apply commits asynchronously, so the target loses what it
+    // had not flushed; pgrepl never acknowledged that, and the source sends
+    // it again.
+    pair.target.stop_mode("immediate");
+    pair.target.start_again();
     let done = load.batches.load(std::sync::atomic::Ordering::SeqCst) as i32;
     batches_on_target(done + 20).await;
     load.stop().await;
@@ -523,5 +654,48 @@ async fn heavy_servers_restart_during_streaming_and_pgrepl_recovers() {
     );
     let out = sync(&pair, &["--until-caught-up"]).await;
     assert!(out.success(), "{out}");
+    equal(&pair).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_stays_down_ends_the_sync_after_retry_for() {
+    let mut pair = Pair::start();
+    pair.source
+        .exec("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await;
+    let running = spawn_sync(&pair, &["--retry-for", "3s"]);
+    let target = pair.target.client().await;
+    wait_for("streaming to start", Duration::from_secs(120), || {
+        let t = &target;
+        async move {
+            let phase: String = t
+                .query_one("SELECT phase FROM pgrepl.sync", &[])
+                .await
+                .ok()?
+                .get(0);
+            (phase == "streaming").then_some(())
+        }
+    })
+    .await;
+    drop(target);
+    pair.target.stop();
+    pair.source.exec("INSERT INTO t VALUES (2)").await;
+    let out = running.wait(Duration::from_secs(60)).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    let err = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .expect("an error line");
+    assert!(err.contains("gave up after retrying for"), "{err}");
+    assert!(err.contains("target"), "{err}");
+    assert!(
+        out.stderr.contains("streaming interrupted; resuming"),
+        "it retried first: {out}"
+    );
+    // Back up, a rerun carries on from where the target stopped.
+    pair.target.start_again();
+    let again = sync(&pair, &["--until-caught-up"]).await;
+    assert!(again.success(), "{again}");
     equal(&pair).await;
 }

@@ -98,6 +98,7 @@ impl ApplyError {
             ApplyError::Stream(e) => e.is_transient(),
             ApplyError::Target { transient, .. } => *transient,
             ApplyError::Session(e) => e.is_transient(),
+            ApplyError::Relation(RelationError::Catalog { source, .. }) => source.is_transient(),
             ApplyError::StreamLockWait { .. } => true,
             _ => false,
         }

@@ -36,8 +36,11 @@ pub enum RelationError {
         columns: String,
         hint: &'static str,
     },
-    #[error("target: reading table {table}: {message}")]
-    Catalog { table: TableName, message: String },
+    #[error("target: reading table {table}: {source}")]
+    Catalog {
+        table: TableName,
+        source: Box<crate::conn::raw::RawError>,
+    },
     #[error("{table}: an UPDATE left a key column unset (unchanged TOAST in the key)")]
     KeyUnchanged { table: TableName },
     #[error("{table}: an UPDATE sets no column the target may write")]
@@ -134,7 +137,7 @@ impl TargetRelation {
                 &[&quoted],
             )
             .await
-            .map_err(|e| RelationError::Catalog { table: table.clone(), message: e.to_string() })?;
+            .map_err(|e| RelationError::Catalog { table: table.clone(), source: Box::new(e) })?;
         if rows.is_empty() {
             return Err(RelationError::NoTable {
                 source_table: table.clone(),

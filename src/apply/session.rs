@@ -169,7 +169,8 @@ pub async fn run(
                 }
                 attempt += 1;
                 let backoff = Duration::from_millis(250 * 2u64.pow(attempt.min(7)))
-                    .min(Duration::from_secs(30));
+                    .min(Duration::from_secs(30))
+                    .min(req.retry_for.saturating_sub(since.elapsed()));
                 tracing::warn!(error = %e, retry_in = ?backoff, "streaming interrupted; resuming from the target's position");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
