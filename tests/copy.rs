@@ -230,6 +230,104 @@ async fn teardown_removes_everything_and_says_so_twice() {
     assert!(out.stdout.contains("Nothing to remove"), "{out}");
 }
 
+/// A pg_dump that cannot dump the source, or is no pg_dump at all: one
+/// clear line, and nothing created on either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_pg_dump_is_refused_before_anything_changes() {
+    let pair = Pair::start();
+    pair.source
+        .exec("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = |name: &str, says: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\necho '{says}'\n")).expect("write");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        path.display().to_string()
+    };
+    let old = fake("pg_dump", "pg_dump (PostgreSQL) 11.22");
+    let other = fake("not_pg_dump", "hello");
+    let major = pair.source.major();
+    for (path, says) in [
+        (
+            &old,
+            format!("pg_dump 11 cannot dump a PostgreSQL {major} source"),
+        ),
+        (&other, "is not a working pg_dump".to_string()),
+    ] {
+        let out = pgrepl_run("sync", &pair, &["--copy-only", "--pg-dump", path]).await;
+        assert_eq!(out.code, Some(1), "{out}");
+        let err = out
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .expect("an error line");
+        assert!(err.contains(&says), "{err}");
+        for (side, sql) in [
+            (&pair.source, "SELECT count(*) FROM pg_replication_slots"),
+            (&pair.source, "SELECT count(*) FROM pg_publication"),
+            (
+                &pair.source,
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgrepl'",
+            ),
+            (
+                &pair.target,
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgrepl'",
+            ),
+            (
+                &pair.target,
+                "SELECT count(*) FROM pg_tables WHERE tablename = 't'",
+            ),
+        ] {
+            assert_eq!(
+                side.value(sql).await,
+                Some("0".into()),
+                "{sql} after: {err}"
+            );
+        }
+    }
+}
+
+/// The target is gone (decommissioned, unreachable): the source's slot,
+/// which would fill its disk, is removed all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teardown_with_the_target_down_still_frees_the_source() {
+    let mut pair = Pair::start();
+    pair.source
+        .exec("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await;
+    assert!(pgrepl_run("sync", &pair, &["--copy-only"]).await.success());
+    pair.target.stop();
+    let out = pgrepl_run("teardown", &pair, &[]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stdout
+            .contains("source: replication slot pgrepl_pgrepl"),
+        "{out}"
+    );
+    let err = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .expect("an error line");
+    assert!(
+        err.contains("teardown is incomplete") && err.contains("target"),
+        "{err}"
+    );
+    assert_eq!(
+        pair.source
+            .value("SELECT count(*) FROM pg_replication_slots")
+            .await,
+        Some("0".into())
+    );
+    // Once the target is back, a second run removes its part.
+    pair.target.start_again();
+    let out = pgrepl_run("teardown", &pair, &[]).await;
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("target: replication origin"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn include_and_exclude_select_exactly_the_named_tables() {
     let pair = Pair::start();
@@ -296,6 +394,69 @@ async fn include_and_exclude_select_exactly_the_named_tables() {
         .value("SELECT string_agg(schemaname || '.' || tablename, ',' ORDER BY 1) FROM pg_publication_tables WHERE pubname = 'pgrepl_pgrepl'")
         .await;
     assert_eq!(published, Some("a.t1,b.order_x,pgrepl.schema_log".into()));
+}
+
+/// `--existing-schema` copies into the tables as the target has them: a
+/// column widened on the target is fine (copied as text, parsed into the
+/// target's type); a missing column, or a NOT NULL column the source cannot
+/// fill, is refused before any row moves, and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_schema_accepts_wider_columns_and_refuses_missing_ones() {
+    let pair = Pair::start();
+    pair.source
+        .exec(
+            "CREATE TABLE t (id int PRIMARY KEY, n int, v text);
+             INSERT INTO t SELECT g, g * 1000, 'v' || g FROM generate_series(1, 300) g;",
+        )
+        .await;
+    for (target_ddl, problem) in [
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, n int)",
+            "t lacks column(s) v",
+        ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, n int, v text, must int NOT NULL)",
+            "NOT NULL column(s) must without a default",
+        ),
+    ] {
+        pair.target.exec(target_ddl).await;
+        let out = pgrepl_run("sync", &pair, &["--copy-only", "--existing-schema"]).await;
+        assert_eq!(out.code, Some(1), "{out}");
+        let err = out
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .expect("an error line");
+        assert!(err.contains(problem), "{err}");
+        assert_eq!(
+            pair.source
+                .value("SELECT count(*) FROM pg_replication_slots")
+                .await,
+            Some("0".into()),
+            "{out}"
+        );
+        assert_eq!(
+            pair.target.value("SELECT count(*) FROM t").await,
+            Some("0".into())
+        );
+        pair.target.exec("DROP TABLE t").await;
+    }
+    pair.target
+        .exec("CREATE TABLE t (id bigint PRIMARY KEY, n numeric, v varchar(20), note text DEFAULT 'local')")
+        .await;
+    let out = pgrepl_run("sync", &pair, &["--copy-only", "--existing-schema"]).await;
+    assert!(out.success(), "{out}");
+    let common = "SELECT count(*)::text || ' ' || sum(id)::text || ' ' || sum(n)::text || ' ' || string_agg(v, ',' ORDER BY id) FROM t";
+    assert_eq!(
+        pair.target.value(common).await,
+        pair.source.value(common).await
+    );
+    assert_eq!(
+        pair.target
+            .value("SELECT count(*) FROM t WHERE note = 'local'")
+            .await,
+        Some("300".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

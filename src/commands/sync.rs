@@ -192,7 +192,7 @@ async fn stream(
     json_logs: bool,
 ) -> anyhow::Result<ExitCode> {
     let name = &args.endpoints.name;
-    match setup::slot_info(src, &name.slot()).await? {
+    match setup::settled_slot_info(src, &name.slot()).await? {
         None => bail!(
             "source: slot {} is gone, so the changes since the copy are lost: run `pgrepl teardown --name {name}`, empty the target, and sync again",
             name.slot()
@@ -315,19 +315,7 @@ fn refuse_on_errors(preflight: &Preflight) -> anyhow::Result<()> {
 async fn abandon(source: &Endpoint, target: &Endpoint, name: &crate::sql::SyncName) {
     let result = async {
         let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
-        let mut tries = 0;
-        loop {
-            match snapshot::discard(&src, &tgt, name).await {
-                // Our own walsender may take a moment to notice it is gone.
-                Err(snapshot::SnapshotError::Setup(setup::SetupError::SlotActive { .. }))
-                    if tries < 50 =>
-                {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                other => break other.map(|_| ()),
-            }
-        }?;
+        snapshot::discard(&src, &tgt, name).await?;
         setup::drop_publication(&src, &name.publication()).await?;
         capture::remove(&src, name).await?;
         Ok::<(), anyhow::Error>(())

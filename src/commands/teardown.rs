@@ -1,5 +1,10 @@
 //! `pgrepl teardown`: removes what pgrepl created for a sync, on both sides,
 //! and says what it removed. Idempotent; user data stays.
+//!
+//! Each side is cleaned on its own: a target that is gone (decommissioned,
+//! unreachable) must not keep the source's slot, which holds WAL until the
+//! disk is full. What could not be reached is named, with exit 1; running
+//! teardown again later finishes the job.
 
 use std::process::ExitCode;
 
@@ -8,20 +13,62 @@ use anyhow::Context;
 use crate::cli::TeardownArgs;
 use crate::progress::state;
 use crate::source::setup;
+use crate::sql::SyncName;
 
 pub async fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     let (source, target) = super::endpoints(&args.endpoints)?;
     let name = &args.endpoints.name;
-    let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
+    let (src, tgt) = tokio::join!(source.connect(), target.connect());
     let mut removed = Vec::new();
+    let mut failed = Vec::new();
 
-    if setup::drop_slot(&src, &name.slot(), name.as_str()).await? {
+    match src {
+        Ok(src) => match clean_source(&src, name, &mut removed).await {
+            Ok(()) => {}
+            Err(e) => failed.push(format!("{e:#}")),
+        },
+        Err(e) => failed.push(e.to_string()),
+    }
+    match tgt {
+        Ok(tgt) => match clean_target(&tgt, name, &mut removed).await {
+            Ok(()) => {}
+            Err(e) => failed.push(format!("{e:#}")),
+        },
+        Err(e) => failed.push(e.to_string()),
+    }
+
+    if removed.is_empty() && failed.is_empty() {
+        println!("Nothing to remove: sync {name} has no slot, publication, origin or state left.");
+    } else if !removed.is_empty() {
+        println!("Removed:");
+        for r in &removed {
+            println!("  {r}");
+        }
+        println!("Copied tables and their rows on the target were left as they are.");
+    }
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "teardown is incomplete: {}; run `pgrepl teardown` again once that is fixed",
+            failed.join("; ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The slot (first: it is what fills the source's disk), the publication,
+/// the DDL capture.
+async fn clean_source(
+    src: &tokio_postgres::Client,
+    name: &SyncName,
+    removed: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    if setup::drop_slot(src, &name.slot(), name.as_str()).await? {
         removed.push(format!("source: replication slot {}", name.slot()));
     }
-    if setup::drop_publication(&src, &name.publication()).await? {
+    if setup::drop_publication(src, &name.publication()).await? {
         removed.push(format!("source: publication {}", name.publication()));
     }
-    for what in crate::ddl::capture::remove(&src, name).await.map_err(|e| {
+    for what in crate::ddl::capture::remove(src, name).await.map_err(|e| {
         anyhow::anyhow!(
             "source: removing DDL capture: {}",
             crate::conn::error::describe(&e)
@@ -29,7 +76,15 @@ pub async fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     })? {
         removed.push(format!("source: {what}"));
     }
+    Ok(())
+}
 
+/// The replication origin and pgrepl's state.
+async fn clean_target(
+    tgt: &tokio_postgres::Client,
+    name: &SyncName,
+    removed: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let origin = name.origin();
     let dropped_origin = tgt
         .query_one(
@@ -43,21 +98,11 @@ pub async fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     if dropped_origin {
         removed.push(format!("target: replication origin {origin}"));
     }
-    if state::forget(&tgt, name)
+    if state::forget(tgt, name)
         .await
         .context("target: removing pgrepl state")?
     {
         removed.push(format!("target: pgrepl state for sync {name}"));
     }
-
-    if removed.is_empty() {
-        println!("Nothing to remove: sync {name} has no slot, publication, origin or state left.");
-    } else {
-        println!("Removed:");
-        for r in &removed {
-            println!("  {r}");
-        }
-        println!("Copied tables and their rows on the target were left as they are.");
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

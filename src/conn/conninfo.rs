@@ -47,6 +47,10 @@ pub enum ConnInfoError {
     BadUri(String),
     #[error("connection URI: invalid percent-encoding in {0}")]
     BadPercent(&'static str),
+    /// Text after an unquoted password that is no `key=value`: most likely
+    /// the rest of a password with a space, so it is not repeated.
+    #[error("connection string: the text after password= is not an option (a password with spaces or quotes must be quoted: password='...')")]
+    AfterPassword,
 }
 
 /// Raw options from one connection string, keys as libpq names them.
@@ -82,6 +86,9 @@ pub fn parse(input: &str) -> Result<ConnInfo, ConnInfoError> {
 fn parse_keyword_value(input: &str) -> Result<ConnInfo, ConnInfoError> {
     let mut info = ConnInfo::default();
     let mut chars = input.chars().peekable();
+    // The option just read was an unquoted password: what follows may be
+    // more of it, never to be echoed in an error.
+    let mut after_password = false;
     loop {
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
@@ -101,12 +108,19 @@ fn parse_keyword_value(input: &str) -> Result<ConnInfo, ConnInfoError> {
             chars.next();
         }
         if chars.next() != Some('=') {
-            return Err(ConnInfoError::MissingEquals(key));
+            return Err(match after_password {
+                true => ConnInfoError::AfterPassword,
+                false => ConnInfoError::MissingEquals(key),
+            });
+        }
+        if after_password && !KNOWN_KEYS.contains(&key.as_str()) {
+            return Err(ConnInfoError::AfterPassword);
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
         }
         let mut value = String::new();
+        after_password = key == "password" && chars.peek() != Some(&'\'');
         if chars.peek() == Some(&'\'') {
             chars.next();
             let mut closed = false;
@@ -162,8 +176,11 @@ fn parse_uri(input: &str) -> Result<ConnInfo, ConnInfoError> {
         Some((r, q)) => (r, Some(q)),
         None => (rest, None),
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+    // The authority ends at the first '/' after the user info, so that a
+    // password holding a '/' is never read as host and port (and echoed).
+    let from = rest.rfind('@').map_or(0, |i| i + 1);
+    let (authority, path) = match rest[from..].find('/') {
+        Some(i) => (&rest[..from + i], Some(&rest[from + i + 1..])),
         None => (rest, None),
     };
     let hostport = match authority.rfind('@') {
@@ -266,6 +283,34 @@ mod tests {
             parse("password='x"),
             Err(ConnInfoError::Unterminated("password".into()))
         );
+    }
+
+    #[test]
+    fn password_fragments_never_appear_in_errors() {
+        for input in [
+            "host=h password=sec ret user=u",
+            "host=h password=sec ret=x",
+            "password=s3cret trailing",
+        ] {
+            let e = parse(input).expect_err(input);
+            assert_eq!(e, ConnInfoError::AfterPassword, "{input}");
+            assert!(!e.to_string().contains("ret"), "{e}");
+        }
+        // Quoted, anything goes; an option after an unquoted one is fine.
+        assert_eq!(
+            parse("password='sec ret' user=u")
+                .expect("parses")
+                .get("password"),
+            Some("sec ret")
+        );
+        assert_eq!(
+            parse("password=secret user=u").expect("parses").get("user"),
+            Some("u")
+        );
+        let info = parse("postgres://u:pa/ss@h:5432/db").expect("parses");
+        assert_eq!(info.get("password"), Some("pa/ss"));
+        assert_eq!(info.get("host"), Some("h"));
+        assert_eq!(info.get("dbname"), Some("db"));
     }
 
     #[test]

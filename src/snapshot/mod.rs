@@ -150,7 +150,7 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
     )?;
     let Holder {
         client: _holder,
-        units,
+        mut units,
         sequences,
     } = holder;
 
@@ -174,7 +174,7 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
                 }
             }
             _ => {
-                check_columns(&tx, &units).await?;
+                check_columns(&tx, &mut units).await?;
                 SchemaOrigin::Existing
             }
         };
@@ -204,7 +204,7 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
         .map_err(|e| SnapshotError::target("setting sequences", &e))?;
     tracing::info!(
         sequences = set,
-        "sequences set to their value at the snapshot"
+        "sequences set to their values as of the copy (never behind the snapshot)"
     );
 
     if let (Some(pre), Some(post)) = (&pre, &post) {
@@ -330,48 +330,94 @@ async fn lock_holder(
     })
 }
 
-/// With `--existing-schema`: every copied column must exist on the target.
+/// With `--existing-schema`: every copied column must exist on the target,
+/// and every target column the copy leaves out must accept NULL or have a
+/// default. A column of another type on the target (int widened to bigint,
+/// say) is fine, but its table is copied as text, which the target parses
+/// into its own types.
 async fn check_columns(
     client: &impl tokio_postgres::GenericClient,
-    units: &[plan::Unit],
+    units: &mut [plan::Unit],
 ) -> Result<(), SnapshotError> {
     let mut problems = Vec::new();
+    let mut as_text: HashMap<TableName, Arc<plan::TablePlan>> = HashMap::new();
     let mut seen = HashSet::new();
-    for u in units {
+    for u in units.iter() {
         if !seen.insert(u.table.name.clone()) {
             continue;
         }
         let rows = client
             .query(
-                "SELECT a.attname::text FROM pg_attribute a
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
+                        a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = ''
+                 FROM pg_attribute a
                  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''",
                 &[&u.table.name.quoted()],
             )
             .await
             .map_err(|e| SnapshotError::target("reading target columns", &e))?;
-        let have: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
-        let missing: Vec<&str> = u
-            .table
+        let have: HashMap<String, (String, bool)> = rows
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
+        let t = &u.table;
+        let missing: Vec<&str> = t
             .columns
             .iter()
-            .filter(|c| !have.contains(*c))
+            .filter(|c| !have.contains_key(*c))
             .map(String::as_str)
             .collect();
         if !missing.is_empty() {
+            problems.push(format!("{} lacks column(s) {}", t.name, missing.join(", ")));
+        }
+        let mut required: Vec<&str> = have
+            .iter()
+            .filter(|(name, (_, needs_value))| *needs_value && !t.columns.contains(name))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        required.sort_unstable();
+        if !required.is_empty() {
             problems.push(format!(
-                "{} lacks column(s) {}",
-                u.table.name,
-                missing.join(", ")
+                "{} has NOT NULL column(s) {} without a default, which the source does not have",
+                t.name,
+                required.join(", ")
             ));
         }
+        let differ: Vec<String> = t
+            .columns
+            .iter()
+            .zip(&t.types)
+            .filter_map(|(c, ty)| {
+                let (theirs, _) = have.get(c)?;
+                (theirs != ty).then(|| format!("{c} {ty} -> {theirs}"))
+            })
+            .collect();
+        if !differ.is_empty() && t.format == plan::CopyFormat::Binary {
+            tracing::info!(table = %t.name, columns = %differ.join(", "), "target column types differ: copied as text");
+            as_text.insert(
+                t.name.clone(),
+                Arc::new(plan::TablePlan {
+                    name: t.name.clone(),
+                    columns: t.columns.clone(),
+                    types: t.types.clone(),
+                    format: plan::CopyFormat::Text,
+                    bytes: t.bytes,
+                    estimated_rows: t.estimated_rows,
+                }),
+            );
+        }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(SnapshotError::Columns {
+    if !problems.is_empty() {
+        return Err(SnapshotError::Columns {
             problems: problems.join("; "),
-        })
+        });
     }
+    for u in units.iter_mut() {
+        if let Some(text) = as_text.get(&u.table.name) {
+            u.table = text.clone();
+        }
+    }
+    Ok(())
 }
 
 /// Runs the copy workers over every unit, with progress.

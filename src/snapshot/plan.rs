@@ -30,6 +30,8 @@ impl CopyFormat {
 pub struct TablePlan {
     pub name: TableName,
     pub columns: Vec<String>,
+    /// Each copied column's type, as `format_type` writes it.
+    pub types: Vec<String>,
     pub format: CopyFormat,
     pub bytes: i64,
     pub estimated_rows: i64,
@@ -144,7 +146,7 @@ pub async fn plan(
     for t in tables {
         let cols = client
             .query(
-                "SELECT a.attname::text, a.attgenerated <> '',
+                "SELECT a.attname::text, a.attgenerated <> '', format_type(a.atttypid, a.atttypmod),
                    (WITH RECURSIVE b(oid, typtype, base) AS (
                         SELECT ty.oid, ty.typtype, ty.typbasetype FROM pg_type ty WHERE ty.oid = a.atttypid
                         UNION ALL
@@ -158,6 +160,7 @@ pub async fn plan(
             )
             .await?;
         let mut columns = Vec::new();
+        let mut types = Vec::new();
         let mut binary_safe = opts.same_major && opts.same_encoding;
         for c in &cols {
             let generated: bool = c.get(1);
@@ -165,11 +168,13 @@ pub async fn plan(
                 continue;
             }
             columns.push(c.get::<_, String>(0));
-            binary_safe &= c.get::<_, Option<bool>>(2).unwrap_or(false);
+            types.push(c.get::<_, String>(2));
+            binary_safe &= c.get::<_, Option<bool>>(3).unwrap_or(false);
         }
         let plan = Arc::new(TablePlan {
             name: t.name.clone(),
             columns,
+            types,
             format: if binary_safe {
                 CopyFormat::Binary
             } else {
@@ -276,6 +281,7 @@ mod tests {
             table: Arc::new(TablePlan {
                 name: TableName::new("s", "we\"ird"),
                 columns: vec!["id".into(), "select".into()],
+                types: vec!["integer".into(), "text".into()],
                 format: CopyFormat::Binary,
                 bytes: 0,
                 estimated_rows: 0,

@@ -1,6 +1,7 @@
 //! Sequences are not replicated by logical decoding: their values are read
 //! inside the snapshot (a sequence read is never behind it) and set on the
-//! target after the copy. Cutover sets them again.
+//! target after the copy. They do not move on the target while streaming:
+//! set them again before switching applications over.
 
 use tokio_postgres::GenericClient;
 

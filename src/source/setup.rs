@@ -61,9 +61,33 @@ pub async fn slot_info(client: &Client, slot: &SlotName) -> Result<Option<SlotIn
     }))
 }
 
+/// How long a slot may stay active before it counts as in use: the
+/// walsender of a pgrepl that was just killed takes a moment to notice.
+const SLOT_RELEASE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The slot, once no walsender holds it (or [`SLOT_RELEASE`] has passed:
+/// then it is in use for real).
+pub async fn settled_slot_info(
+    client: &Client,
+    slot: &SlotName,
+) -> Result<Option<SlotInfo>, SetupError> {
+    let since = std::time::Instant::now();
+    loop {
+        match slot_info(client, slot).await? {
+            Some(SlotInfo {
+                active_pid: Some(_),
+                ..
+            }) if since.elapsed() < SLOT_RELEASE => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
 /// Drops the slot if it exists and no one uses it. Returns whether it existed.
 pub async fn drop_slot(client: &Client, slot: &SlotName, name: &str) -> Result<bool, SetupError> {
-    match slot_info(client, slot).await? {
+    match settled_slot_info(client, slot).await? {
         None => Ok(false),
         Some(SlotInfo {
             active_pid: Some(pid),
