@@ -5,13 +5,17 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Two throwaway local servers, sample data, a live sync under a workload
-demo:
-    cargo build --bins --examples
-    target/debug/examples/demo
+# Install what a fresh machine lacks (apt packages as root, PostgreSQL binaries)
+setup:
+    @scripts/prereqs
 
-# The full test suite (same major on both sides, then 13 -> 17)
-test:
+# Two throwaway local servers, sample data, a live sync under a workload
+demo: setup
+    cargo build --bins --examples
+    PGREPL_PG_BIN="$(scripts/pg-install 17)" target/debug/examples/demo
+
+# The full test suite (same major on both sides, then 13 -> 17 and 14 -> 17)
+test: setup
     scripts/test
 
 # Formatting and lints, warnings as errors
@@ -25,5 +29,6 @@ pg major:
 
 # pgrepl side by side with pg_dump|pg_restore, native replication and pgcopydb (`--quick` for ~2 minutes)
 bench *ARGS:
+    @scripts/prereqs bench
     cargo build --release --bins --examples
     target/release/examples/bench {{ARGS}}

@@ -45,6 +45,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which COPY format the snapshot copy uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum CopyFormatChoice {
+    /// Binary where both sides run the same major with the same encoding and
+    /// every column's type is built in (or an enum); text otherwise.
+    #[default]
+    Auto,
+    /// Always text: every type, every version, parsed by the target.
+    Text,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check that source and target are ready for a sync; change nothing.
@@ -161,6 +172,11 @@ pub struct SyncArgs {
     /// (e.g. 64MB, 1GiB; 0 never splits).
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     pub chunk_size: u64,
+
+    /// COPY format for the snapshot copy: `auto` picks binary where it is
+    /// safe (same major and encoding, built-in types), `text` always text.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = CopyFormatChoice::Auto)]
+    pub copy_format: CopyFormatChoice,
 
     /// Stop after the copy; the slot keeps the changes since for a later `sync`.
     #[arg(long)]

@@ -1,7 +1,8 @@
 //! Copy: pgbench data plus a wide table of TOASTed values, copied by
-//! pgrepl, by `pg_dump -Fc | pg_restore`, by a native subscription's
-//! initial sync (schema first, then the sync), and by `pgcopydb clone`,
-//! in rotating order so the machine's drift hits all of them alike.
+//! pgrepl (binary COPY, and text for comparison), by `pg_dump -Fc |
+//! pg_restore`, by a native subscription's initial sync (schema first,
+//! then the sync), and by `pgcopydb clone`, in rotating order so the
+//! machine's drift hits all of them alike.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,8 @@ fn shell_conn(c: &Cluster, db: &str) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tool {
     Pgrepl,
+    /// pgrepl with `--copy-format text`.
+    PgreplText,
     DumpRestore,
     Native,
     Pgcopydb,
@@ -67,7 +70,7 @@ pub async fn run(env: &Env, report: &mut Report) {
         .unwrap_or(2)
         .to_string();
 
-    let mut tools = vec![Tool::Pgrepl, Tool::DumpRestore, Tool::Native];
+    let mut tools = vec![Tool::Pgrepl, Tool::DumpRestore, Tool::PgreplText, Tool::Native];
     if env.pgcopydb.is_some() {
         tools.push(Tool::Pgcopydb);
     } else {
@@ -81,7 +84,7 @@ pub async fn run(env: &Env, report: &mut Report) {
         for tool in order {
             fresh_db(&target, "copy").await;
             let took = match tool {
-                Tool::Pgrepl => {
+                Tool::Pgrepl | Tool::PgreplText => {
                     let mut args: Vec<String> = vec![
                         "sync".into(),
                         "--copy-only".into(),
@@ -95,6 +98,9 @@ pub async fn run(env: &Env, report: &mut Report) {
                         target.conninfo_db("copy"),
                     ]);
                     args.extend(["--jobs".into(), jobs.clone()]);
+                    if tool == Tool::PgreplText {
+                        args.extend(["--copy-format".into(), "text".into()]);
+                    }
                     let (took, ok, peak, log) = env.pgrepl_measured(&args).await;
                     assert!(ok, "pgrepl copy failed:\n{log}");
                     rss.push(peak);
@@ -206,6 +212,15 @@ pub async fn run(env: &Env, report: &mut Report) {
             None,
         );
     }
+    let text = avg(Tool::PgreplText);
+    report.row(
+        "copy, same data, binary COPY (pgrepl's default here)",
+        format!("{ours:.2} s"),
+        format!("pgrepl --copy-format text {text:.2} s"),
+        Some(ours / text.max(0.001)),
+        "(time ratio)",
+        None,
+    );
     let peak = rss.iter().copied().max().unwrap_or(0);
     report.row(
         "peak RSS during the copy",

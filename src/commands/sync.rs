@@ -139,6 +139,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         pg_dump,
         jobs,
         chunk_bytes: args.chunk_size.min(i64::MAX as u64) as i64,
+        binary: args.copy_format == crate::cli::CopyFormatChoice::Auto,
         progress: ProgressMode::detect(json_logs),
     };
     let copied = tokio::select! {

@@ -122,6 +122,8 @@ pub struct CopyRequest<'a> {
     pub pg_dump: Option<PgDump>,
     pub jobs: usize,
     pub chunk_bytes: i64,
+    /// Binary COPY allowed where safe (else always text).
+    pub binary: bool,
     pub progress: ProgressMode,
 }
 
@@ -312,6 +314,7 @@ async fn lock_holder(
     }
     let opts = plan::PlanOptions {
         source_version: req.source_facts.version_num,
+        binary: req.binary,
         same_major: req.source_facts.major() == req.target_facts.major(),
         same_encoding: req.source_facts.encoding == req.target_facts.encoding,
         chunk_bytes: req.chunk_bytes,

@@ -126,6 +126,8 @@ impl Unit {
 /// Planning inputs that do not depend on the table.
 pub struct PlanOptions {
     pub source_version: i32,
+    /// Binary COPY allowed (where safe).
+    pub binary: bool,
     pub same_major: bool,
     pub same_encoding: bool,
     pub chunk_bytes: i64,
@@ -161,7 +163,7 @@ pub async fn plan(
             .await?;
         let mut columns = Vec::new();
         let mut types = Vec::new();
-        let mut binary_safe = opts.same_major && opts.same_encoding;
+        let mut binary_safe = opts.binary && opts.same_major && opts.same_encoding;
         for c in &cols {
             let generated: bool = c.get(1);
             if generated {

@@ -118,11 +118,11 @@ enum Task {
 }
 
 impl Task {
-    fn start<F>(name: &str, blocking: bool, work: F) -> std::io::Result<Task>
+    fn start<F>(name: &str, span: &tracing::Span, blocking: bool, work: F) -> std::io::Result<Task>
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let work = work.instrument(tracing::Span::current());
+        let work = work.instrument(span.clone());
         if !blocking {
             return Ok(Task::Runtime(tokio::spawn(work)));
         }
@@ -196,14 +196,17 @@ impl Receiver {
         let (tx, events) = mpsc::channel(16 * 1024);
         let (stop, stop_rx) = watch::channel(false);
         let budget = Arc::new(Semaphore::new(BUDGET_BYTES));
+        let span = tracing::info_span!("stream", slot = %slot);
         let reader = Task::start(
             "pgrepl-stream-read",
+            &span,
             blocking,
             read_loop(rd, leftover, tx, budget.clone(), feedback.clone()),
         )
         .map_err(lost)?;
         let writer = Task::start(
             "pgrepl-stream-status",
+            &span,
             blocking,
             write_loop(wr, feedback.clone(), stop_rx),
         )
