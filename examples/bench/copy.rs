@@ -70,7 +70,12 @@ pub async fn run(env: &Env, report: &mut Report) {
         .unwrap_or(2)
         .to_string();
 
-    let mut tools = vec![Tool::Pgrepl, Tool::DumpRestore, Tool::PgreplText, Tool::Native];
+    let mut tools = vec![
+        Tool::Pgrepl,
+        Tool::DumpRestore,
+        Tool::PgreplText,
+        Tool::Native,
+    ];
     if env.pgcopydb.is_some() {
         tools.push(Tool::Pgcopydb);
     } else {

@@ -12,7 +12,8 @@
 
 use std::collections::HashMap;
 
-use rustc_hash::FxHashMap;
+use indexmap::IndexMap;
+use rustc_hash::FxBuildHasher;
 
 use bytes::{BufMut, BytesMut};
 
@@ -33,7 +34,10 @@ pub enum Net {
 
 #[derive(Debug, Default)]
 pub struct TableNet {
-    pub changes: FxHashMap<Vec<u8>, Net>,
+    /// By key, in the order the keys first came: the source's order, whose
+    /// locality (rows updated in key or page order) the target then keeps
+    /// too, instead of visiting its index and heap at random.
+    pub changes: IndexMap<Vec<u8>, Net, FxBuildHasher>,
     /// INSERTs into a table without a key (REPLICA IDENTITY FULL), in
     /// order; an UPDATE or DELETE of that table writes them out first.
     pub appends: Vec<Tuple>,
@@ -234,7 +238,7 @@ impl Batch {
                 Some(_) => return Err((Some(old_row), image)),
             };
             if let Some(Net::Insert(_)) = changes.get(&old_key) {
-                changes.remove(&old_key);
+                changes.swap_remove(&old_key);
             } else {
                 changes.insert(old_key, Net::Delete(old_row));
             }
@@ -267,7 +271,7 @@ impl Batch {
                 changes.insert(k, Net::Delete(old));
             }
             Some(Net::Insert(_)) => {
-                changes.remove(&k);
+                changes.swap_remove(&k);
             }
             Some(Net::Delete(_)) => return Err(old),
         }

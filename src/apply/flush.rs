@@ -1,7 +1,8 @@
 //! Writing out a batch: per table, the net deletes, updates and inserts.
-//! Many rows go set-based (deletes and updates through a COPY into a temp
-//! stage table and one join statement; inserts by COPY into the table);
-//! a few go as the usual prepared statements. Every row count is checked:
+//! Many rows go set-based (deletes and updates as one statement joining
+//! the rows, passed as arrays or staged in a temp table, see `sets`;
+//! inserts by COPY into the table); a few go as the usual prepared
+//! statements. Every row count is checked:
 //! a batch whose count is off, or any statement of it that fails, rolls
 //! the group back and replays it one source transaction at a time without
 //! batching, which names the exact transaction if the failure is real.
@@ -14,6 +15,7 @@ use super::error::ApplyError;
 use super::params::Param;
 use super::relation::{RowFilter, StageKind};
 use super::sent::{Meta, Sent};
+use super::sets::array_params;
 use crate::stream::pgoutput::Tuple;
 
 /// Fewer rows than this go as single statements.
@@ -28,7 +30,7 @@ impl Applier {
         let tables = self.batch.take();
         for (relation, mut net) in tables {
             let (mut deletes, mut updates, mut inserts) = (Vec::new(), Vec::new(), Vec::new());
-            for (_, change) in net.changes.drain() {
+            for (_, change) in net.changes.drain(..) {
                 match change {
                     Net::Delete(t) => deletes.push(t),
                     Net::Update(t) => updates.push(t),
@@ -50,22 +52,35 @@ impl Applier {
             }
             return Ok(());
         }
+        let n = rows.len() as u64;
         let at = self.position();
         let seq = &mut self.stage_seq;
         let rel = self
             .relations
             .get_mut(&relation)
             .ok_or_else(|| ApplyError::Protocol("batched rows of an unknown relation".into()))?;
+        let key = rel.key.clone();
+        if rel.unnestable(&key) {
+            let sql = rel.set_delete_sql(&rel.unnest_from(&key));
+            let prepared = rel.prepare(&mut self.pipe, sql, Vec::new(), Vec::new());
+            let params = array_params(&rows, &key);
+            return self
+                .send_prepared(
+                    &prepared.name,
+                    &params,
+                    Meta::batch(relation, "deleting", Some(n)),
+                )
+                .await;
+        }
         let stage = rel.stage(&mut self.pipe, StageKind::Delete, seq, || {
             Sent::at(Meta::batch(relation, "preparing a stage table", None), at)
         });
         let mut data = BytesMut::new();
         for r in &rows {
-            copy_text(&mut data, r, &rel.key);
+            copy_text(&mut data, r, &key);
         }
-        let copy = rel.copy_sql(&stage, &rel.key);
-        let delete = rel.set_delete_sql(&stage);
-        let n = rows.len() as u64;
+        let copy = rel.copy_sql(&stage, &key);
+        let delete = rel.set_delete_sql(&format!("{stage} AS s"));
         self.send_copy(
             &copy,
             &data,
@@ -91,23 +106,35 @@ impl Applier {
             }
             return Ok(());
         }
+        let n = rows.len() as u64;
         let at = self.position();
         let seq = &mut self.stage_seq;
         let rel = self
             .relations
             .get_mut(&relation)
             .ok_or_else(|| ApplyError::Protocol("batched rows of an unknown relation".into()))?;
+        let all = rel.all_columns();
+        if rel.unnestable(&all) {
+            let sql = rel.set_update_sql(&rel.unnest_from(&all), &settable);
+            let prepared = rel.prepare(&mut self.pipe, sql, Vec::new(), Vec::new());
+            let params = array_params(&rows, &all);
+            return self
+                .send_prepared(
+                    &prepared.name,
+                    &params,
+                    Meta::batch(relation, "updating", Some(n)),
+                )
+                .await;
+        }
         let stage = rel.stage(&mut self.pipe, StageKind::Update, seq, || {
             Sent::at(Meta::batch(relation, "preparing a stage table", None), at)
         });
-        let all = rel.all_columns();
         let mut data = BytesMut::new();
         for r in &rows {
             copy_text(&mut data, r, &all);
         }
         let copy = rel.copy_sql(&stage, &all);
-        let update = rel.set_update_sql(&stage, &settable);
-        let n = rows.len() as u64;
+        let update = rel.set_update_sql(&format!("{stage} AS s"), &settable);
         self.send_copy(
             &copy,
             &data,

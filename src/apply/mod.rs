@@ -17,4 +17,5 @@ pub mod relation;
 pub mod router;
 mod sent;
 pub mod session;
+pub mod sets;
 mod streamed;

@@ -18,6 +18,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use super::pipeline::Pipeline;
+pub use super::sets::StageKind;
 
 use crate::sql::quote::push_ident;
 use crate::sql::TableName;
@@ -80,27 +81,23 @@ pub struct TargetRelation {
     /// Per column: GENERATED ALWAYS AS IDENTITY, which UPDATE may not set
     /// (and the source cannot change).
     always_identity: Vec<bool>,
+    /// Per column: its array type on the target, when set-based statements
+    /// can take its values as one array parameter (see `sets`).
+    pub(super) array_of: Vec<Option<String>>,
     partitioned: bool,
     statements: HashMap<String, Prepared>,
     /// Temp tables for set-based deletes and updates, once created; and
     /// whether each holds rows of this transaction.
-    stages: Option<Stages>,
+    pub(super) stages: Option<Stages>,
     /// The common shapes, kept apart so the hot path builds no SQL.
     fast_insert: Option<Prepared>,
     fast_update: Option<Prepared>,
     fast_delete: Option<Prepared>,
 }
 
-/// Which stage table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StageKind {
-    Delete,
-    Update,
-}
-
-struct Stages {
-    base: String,
-    dirty: [bool; 2],
+pub(super) struct Stages {
+    pub(super) base: String,
+    pub(super) dirty: [bool; 2],
 }
 
 /// What an UPDATE or DELETE needs to find its row.
@@ -131,7 +128,9 @@ impl TargetRelation {
                                          WHEN typtype = 'c' THEN false
                                          ELSE EXISTS (SELECT 1 FROM pg_opclass o JOIN pg_am m ON m.oid = o.opcmethod
                                                       WHERE m.amname = 'btree' AND o.opcdefault AND o.opcintype = ty.oid) END)
-                    FROM ty)
+                    FROM ty),
+                   format_type(a.atttypid, NULL),
+                   (SELECT t.typarray <> 0 AND t.typcategory <> 'A' AND t.typdelim = ',' FROM pg_type t WHERE t.oid = a.atttypid)
                  FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
                  WHERE c.oid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
                 &[&quoted],
@@ -152,6 +151,13 @@ impl TargetRelation {
         let target_cols: HashMap<String, (bool, bool, bool)> = rows
             .iter()
             .map(|r| (text(r, 1), (flag(r, 2), flag(r, 4), flag(r, 3))))
+            .collect();
+        // name -> the target's array type of the column, when a text array
+        // of its values can be unnested back into them.
+        let array_types: HashMap<String, String> = rows
+            .iter()
+            .filter(|r| flag(r, 6))
+            .map(|r| (text(r, 1), format!("{}[]", text(r, 5))))
             .collect();
         let missing: Vec<&str> = source
             .columns
@@ -190,6 +196,11 @@ impl TargetRelation {
                     .unwrap_or(false)
             })
             .collect();
+        let array_of = source
+            .columns
+            .iter()
+            .map(|c| array_types.get(&c.name).cloned())
+            .collect();
         let identity = if source.replica_identity == b'f' {
             Identity::Full
         } else {
@@ -209,6 +220,7 @@ impl TargetRelation {
             key,
             text_compare,
             always_identity,
+            array_of,
             partitioned,
             statements: HashMap::new(),
             stages: None,
@@ -218,7 +230,7 @@ impl TargetRelation {
         })
     }
 
-    fn col(&self, i: usize) -> &str {
+    pub(super) fn col(&self, i: usize) -> &str {
         &self.source.columns[i].name
     }
 
@@ -414,7 +426,7 @@ impl TargetRelation {
         Ok((sql, cols))
     }
 
-    fn prepare<M>(
+    pub(super) fn prepare<M>(
         &mut self,
         pipe: &mut Pipeline<M>,
         sql: String,
@@ -445,99 +457,8 @@ impl TargetRelation {
         (0..self.source.columns.len()).collect()
     }
 
-    fn column_list(&self, cols: &[usize]) -> String {
+    pub(super) fn column_list(&self, cols: &[usize]) -> String {
         crate::sql::quote::ident_list(cols.iter().map(|&i| self.col(i)))
-    }
-
-    /// The stage table for `kind`, created on first use and emptied if this
-    /// transaction already used it (they empty themselves at commit).
-    pub fn stage<M>(
-        &mut self,
-        pipe: &mut Pipeline<M>,
-        kind: StageKind,
-        seq: &mut u64,
-        meta: impl Fn() -> M,
-    ) -> String {
-        if self.stages.is_none() {
-            *seq += 1;
-            let base = format!("pgrepl_stage_{seq}");
-            for (suffix, cols) in [("d", self.key.clone()), ("u", self.all_columns())] {
-                let sql = format!(
-                    "CREATE TEMP TABLE \"{base}_{suffix}\" ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA",
-                    self.column_list(&cols),
-                    self.table.quoted()
-                );
-                pipe.execute_sql(&sql, meta());
-            }
-            self.stages = Some(Stages {
-                base,
-                dirty: [false, false],
-            });
-        }
-        let stages = self.stages.as_mut().expect("created just above");
-        let (suffix, slot) = match kind {
-            StageKind::Delete => ("d", 0),
-            StageKind::Update => ("u", 1),
-        };
-        let name = format!("\"{}_{suffix}\"", stages.base);
-        if stages.dirty[slot] {
-            pipe.execute_sql(&format!("DELETE FROM {name}"), meta());
-        }
-        stages.dirty[slot] = true;
-        name
-    }
-
-    /// After a rollback to a savepoint: the stages may be gone; the next
-    /// use creates new ones (under new names).
-    pub fn forget_stages(&mut self) {
-        self.stages = None;
-    }
-
-    /// After COMMIT: the stages emptied themselves.
-    pub fn committed(&mut self) {
-        if let Some(s) = &mut self.stages {
-            s.dirty = [false, false];
-        }
-    }
-
-    /// `COPY` of `cols` into `into` (the table itself, or a stage).
-    pub fn copy_sql(&self, into: &str, cols: &[usize]) -> String {
-        format!("COPY {into} ({}) FROM STDIN", self.column_list(cols))
-    }
-
-    fn join_key(&self) -> String {
-        self.key
-            .iter()
-            .map(|&i| {
-                let c = crate::sql::quote_ident(self.col(i));
-                format!("t.{c} = s.{c}")
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    }
-
-    pub fn set_delete_sql(&self, stage: &str) -> String {
-        format!(
-            "DELETE FROM {} AS t USING {stage} AS s WHERE {}",
-            self.table.quoted(),
-            self.join_key()
-        )
-    }
-
-    pub fn set_update_sql(&self, stage: &str, cols: &[usize]) -> String {
-        let set = cols
-            .iter()
-            .map(|&i| {
-                let c = crate::sql::quote_ident(self.col(i));
-                format!("{c} = s.{c}")
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            "UPDATE {} AS t SET {set} FROM {stage} AS s WHERE {}",
-            self.table.quoted(),
-            self.join_key()
-        )
     }
 
     /// `(id)=(42)`: the key of a row, for conflict messages.
