@@ -426,6 +426,39 @@ async fn a_rejected_ddl_stops_the_sync_and_skip_ddl_goes_on() {
     );
 }
 
+/// The capture never stands in the user's way: when it cannot log (here
+/// the log refuses rows), the user's DDL still succeeds, with a WARNING.
+/// Changes to pgrepl's own objects are never logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capture_never_fails_the_users_ddl_and_ignores_its_own_objects() {
+    let pair = Pair::start();
+    pair.source.exec(BASE).await;
+    assert!(sync(&pair, &["--copy-only"]).await.success());
+    pair.source
+        .exec("ALTER TABLE pgrepl.schema_log ADD CONSTRAINT refuse_all CHECK (false) NOT VALID")
+        .await;
+    let c = pair.source.client().await;
+    c.batch_execute("CREATE TABLE app.despite (id int PRIMARY KEY)")
+        .await
+        .expect("the user's DDL goes through");
+    c.batch_execute("CREATE TABLE app.despite_too AS SELECT 1 AS x")
+        .await
+        .expect("and CREATE TABLE AS too");
+    assert_eq!(
+        pair.source
+            .value("SELECT count(*) FROM pg_tables WHERE tablename IN ('despite', 'despite_too')")
+            .await,
+        Some("2".into())
+    );
+    assert_eq!(
+        pair.source
+            .value("SELECT count(*) FROM pgrepl.schema_log WHERE ddl LIKE '%schema_log%' OR ddl LIKE '%despite%'")
+            .await,
+        Some("0".into()),
+        "neither pgrepl's own DDL nor the refused rows are in the log"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_inside_a_do_block_is_a_clear_stop() {
     let pair = Pair::start();

@@ -522,6 +522,14 @@ async fn the_slot_advances_when_only_unpublished_wal_flows_and_status_reports() 
         }
     })
     .await;
+    // Every session pgrepl holds says who it is, on both sides.
+    for (side, c) in [("source", &pair.source), ("target", &pair.target)] {
+        let names = c
+            .value("SELECT string_agg(DISTINCT application_name, ',' ORDER BY application_name) FROM pg_stat_activity
+                    WHERE backend_type IN ('client backend', 'walsender') AND application_name <> 'harness'")
+            .await;
+        assert_eq!(names.as_deref(), Some("pgrepl"), "{side} sessions");
+    }
     // Lots of WAL that the publication does not cover.
     pair.source
         .exec("INSERT INTO unpub SELECT g, repeat('x', 500) FROM generate_series(1, 50000) g; CHECKPOINT;")

@@ -72,4 +72,28 @@ async fn main() {
         "written to {}",
         PathBuf::from("bench-results").join(name).display()
     );
+    if !quick && only.is_empty() {
+        readme_table(&table);
+    }
+}
+
+/// The README shows the latest full run, between its bench markers.
+fn readme_table(table: &str) {
+    let path = support::pg::repo_root().join("README.md");
+    let Ok(readme) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let (start, end) = ("<!-- bench:start -->", "<!-- bench:end -->");
+    let (Some(a), Some(b)) = (readme.find(start), readme.find(end)) else {
+        println!("README.md has no bench markers: not updated");
+        return;
+    };
+    let updated = format!(
+        "{}{start}\n{}\n{}",
+        &readme[..a],
+        table.trim_end(),
+        &readme[b..]
+    );
+    std::fs::write(&path, updated).expect("write README.md");
+    println!("README.md updated");
 }

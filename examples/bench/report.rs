@@ -38,7 +38,7 @@ impl Report {
     ) {
         println!(
             "  {bench}: pgrepl {pgrepl} | {anchor} | ratio {} | target {target}",
-            ratio.map(|r| format!("{r:.2}")).unwrap_or("-".into())
+            ratio.map(|r| format!("{r:.3}")).unwrap_or("-".into())
         );
         self.rows.push(Row {
             bench: bench.into(),
@@ -71,7 +71,7 @@ impl Report {
                 r.pgrepl,
                 r.anchor,
                 r.ratio
-                    .map(|x| format!("{x:.2}"))
+                    .map(|x| format!("{x:.3}"))
                     .unwrap_or_else(|| "-".into()),
                 r.target,
                 match r.met {

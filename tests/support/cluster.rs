@@ -367,8 +367,11 @@ impl Cluster {
         self.client_db("postgres").await
     }
 
+    /// A session of the test itself (application_name `harness`, so tests
+    /// can tell it from pgrepl's).
     pub async fn client_db(&self, db: &str) -> Client {
-        let (client, conn) = tokio_postgres::connect(&self.conninfo_db(db), NoTls)
+        let conninfo = format!("{} application_name=harness", self.conninfo_db(db));
+        let (client, conn) = tokio_postgres::connect(&conninfo, NoTls)
             .await
             .unwrap_or_else(|e| panic!("{}: connect: {e}", self.name));
         tokio::spawn(async move {
