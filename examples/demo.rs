@@ -115,19 +115,7 @@ async fn main() {
         .chain(endpoints.clone())
         .collect();
     let mut running = command(&sync).spawn().expect("start pgrepl sync");
-    let target = pair.target.client().await;
-    wait_for("the copy to finish", Duration::from_secs(120), || {
-        let t = &target;
-        async move {
-            let p: String = t
-                .query_one("SELECT phase FROM pgrepl.sync", &[])
-                .await
-                .ok()?
-                .get(0);
-            (p == "streaming").then_some(())
-        }
-    })
-    .await;
+    support::wait_for_phase(&pair.target, "streaming", Duration::from_secs(120)).await;
     // Let it stream for a while with the workload running.
     let streamed_from = placed.load(Ordering::SeqCst);
     wait_for("some orders to stream", Duration::from_secs(60), || {
@@ -149,6 +137,7 @@ async fn main() {
         .source
         .value("SELECT max(id)::text FROM shop.orders")
         .await;
+    let target = pair.target.client().await;
     wait_for("the target to catch up", Duration::from_secs(60), || {
         let t = &target;
         let last_order = last_order.clone();

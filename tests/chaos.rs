@@ -70,18 +70,7 @@ async fn heavy_pgbench_survives_ten_sigkills() {
         // very run has applied something of the stream, at a random moment
         // after that.
         if round == 0 {
-            support::wait_for("copying", Duration::from_secs(120), || {
-                let t = &target;
-                async move {
-                    let p: String = t
-                        .query_one("SELECT phase FROM pgrepl.sync", &[])
-                        .await
-                        .ok()?
-                        .get(0);
-                    (p == "copying").then_some(())
-                }
-            })
-            .await;
+            support::wait_for_phase(&pair.target, "copying", Duration::from_secs(120)).await;
         } else {
             let moved = format!("SELECT ({applied})::pg_lsn > $1::text::pg_lsn");
             support::wait_for(

@@ -258,11 +258,7 @@ async fn an_unusable_pg_dump_is_refused_before_anything_changes() {
     ] {
         let out = pgrepl_run("sync", &pair, &["--copy-only", "--pg-dump", path]).await;
         assert_eq!(out.code, Some(1), "{out}");
-        let err = out
-            .stderr
-            .lines()
-            .find(|l| l.starts_with("error:"))
-            .expect("an error line");
+        let err = out.error_line();
         assert!(err.contains(&says), "{err}");
         for (side, sql) in [
             (&pair.source, "SELECT count(*) FROM pg_replication_slots"),
@@ -306,11 +302,7 @@ async fn teardown_with_the_target_down_still_frees_the_source() {
             .contains("source: replication slot pgrepl_pgrepl"),
         "{out}"
     );
-    let err = out
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .expect("an error line");
+    let err = out.error_line();
     assert!(
         err.contains("teardown is incomplete") && err.contains("target"),
         "{err}"
@@ -422,11 +414,7 @@ async fn existing_schema_accepts_wider_columns_and_refuses_missing_ones() {
         pair.target.exec(target_ddl).await;
         let out = pgrepl_run("sync", &pair, &["--copy-only", "--existing-schema"]).await;
         assert_eq!(out.code, Some(1), "{out}");
-        let err = out
-            .stderr
-            .lines()
-            .find(|l| l.starts_with("error:"))
-            .expect("an error line");
+        let err = out.error_line();
         assert!(err.contains(problem), "{err}");
         assert_eq!(
             pair.source

@@ -385,11 +385,7 @@ async fn a_rejected_ddl_stops_the_sync_and_skip_ddl_goes_on() {
 
     let out = sync(&pair, &["--until-caught-up"]).await;
     assert_eq!(out.code, Some(1), "{out}");
-    let err = out
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .expect("an error line");
+    let err = out.error_line();
     assert!(err.contains(&format!("target rejected DDL #{id}")), "{err}");
     assert!(
         err.contains("CREATE INDEX clash ON app.items (name)"),
@@ -525,11 +521,7 @@ async fn without_ddl_a_new_column_is_a_clear_error_at_its_first_row() {
         .await;
     let out = sync(&pair, &["--until-caught-up"]).await;
     assert_eq!(out.code, Some(1), "{out}");
-    let err = out
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .expect("an error line");
+    let err = out.error_line();
     assert!(
         err.contains("app.items has column(s) extra that the target table lacks"),
         "{err}"

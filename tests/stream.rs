@@ -204,11 +204,7 @@ async fn a_missing_row_stops_the_sync_and_a_rerun_retries_it() {
 
     let out = sync(&pair, &["--until-caught-up"]).await;
     assert_eq!(out.code, Some(1), "{out}");
-    let err = out
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .expect("an error line");
+    let err = out.error_line();
     assert!(err.contains("conflict on public.t"), "{err}");
     assert!(err.contains("(id)=(5)"), "{err}");
     assert!(err.contains("UPDATE found no matching row"), "{err}");
@@ -350,11 +346,7 @@ async fn a_missing_row_inside_a_large_batch_is_named_and_nothing_of_it_applied()
             .await;
         let out = sync(&pair, &["--until-caught-up"]).await;
         assert_eq!(out.code, Some(1), "{out}");
-        let err = out
-            .stderr
-            .lines()
-            .find(|l| l.starts_with("error:"))
-            .expect("an error line");
+        let err = out.error_line();
         assert!(err.contains("conflict on public.t"), "{err}");
         assert!(err.contains(&format!("(id)=({missing})")), "{err}");
         assert!(
@@ -414,11 +406,7 @@ async fn a_duplicate_key_stops_the_sync_with_the_targets_message() {
         .await;
     let out = sync(&pair, &["--until-caught-up"]).await;
     assert_eq!(out.code, Some(1), "{out}");
-    let err = out
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .expect("an error line");
+    let err = out.error_line();
     assert!(err.contains("conflict on public.\"Odd\""), "{err}");
     assert!(err.contains("(Key)=(k1)"), "{err}");
     assert!(
@@ -642,20 +630,7 @@ async fn heavy_servers_crash_and_restart_during_streaming_and_pgrepl_recovers() 
     let mut pair = Pair::start();
     pair.source.exec(workload::SCHEMA).await;
     let running = spawn_sync(&pair, &["--retry-for", "2m"]);
-    let target = pair.target.client().await;
-    wait_for("streaming to start", Duration::from_secs(120), || {
-        let t = &target;
-        async move {
-            let phase: String = t
-                .query_one("SELECT phase FROM pgrepl.sync", &[])
-                .await
-                .ok()?
-                .get(0);
-            (phase == "streaming").then_some(())
-        }
-    })
-    .await;
-    drop(target);
+    support::wait_for_phase(&pair.target, "streaming", Duration::from_secs(120)).await;
     let load = Workload::start(&pair.source).await;
     let target_conninfo = pair.target.conninfo();
     let batches_on_target = |n: i32| {
@@ -719,29 +694,12 @@ async fn a_target_that_stays_down_ends_the_sync_after_retry_for() {
         .exec("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
         .await;
     let running = spawn_sync(&pair, &["--retry-for", "3s"]);
-    let target = pair.target.client().await;
-    wait_for("streaming to start", Duration::from_secs(120), || {
-        let t = &target;
-        async move {
-            let phase: String = t
-                .query_one("SELECT phase FROM pgrepl.sync", &[])
-                .await
-                .ok()?
-                .get(0);
-            (phase == "streaming").then_some(())
-        }
-    })
-    .await;
-    drop(target);
+    support::wait_for_phase(&pair.target, "streaming", Duration::from_secs(120)).await;
     pair.target.stop();
     pair.source.exec("INSERT INTO t VALUES (2)").await;
     let out = running.wait(Duration::from_secs(60)).await;
     assert_eq!(out.code, Some(1), "{out}");
-    let err = out
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .expect("an error line");
+    let err = out.error_line();
     assert!(err.contains("gave up after retrying for"), "{err}");
     assert!(err.contains("target"), "{err}");
     assert!(

@@ -252,11 +252,7 @@ async fn a_conflict_inside_a_streamed_transaction_names_the_row_and_commits_noth
         .await;
     let out = sync(&pair, &["--until-caught-up"]).await;
     assert_eq!(out.code, Some(1), "{out}");
-    let err = out
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .expect("an error line");
+    let err = out.error_line();
     assert!(err.contains("conflict on public.t"), "{err}");
     assert!(err.contains("(id)=(7777)"), "{err}");
     assert!(err.contains("streamed while in progress"), "{err}");
@@ -300,11 +296,7 @@ async fn a_lock_wait_between_the_two_connections_falls_back_to_commit_order() {
     let out = running.wait(LIMIT).await;
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("without streaming"), "{out}");
-    let err = out
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .expect("an error line");
+    let err = out.error_line();
     assert!(err.contains("duplicate key"), "{err}");
     assert!(err.contains("only_here"), "{err}");
     assert_eq!(

@@ -472,3 +472,21 @@ where
         pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
+
+/// Waits until the sync's phase on `target` is `phase` (`copying`,
+/// `streaming`, ...).
+pub async fn wait_for_phase(target: &Cluster, phase: &str, deadline: Duration) {
+    let client = target.client().await;
+    wait_for(&format!("phase {phase}"), deadline, || {
+        let c = &client;
+        async move {
+            let p: String = c
+                .query_one("SELECT phase FROM pgrepl.sync", &[])
+                .await
+                .ok()?
+                .get(0);
+            (p == phase).then_some(())
+        }
+    })
+    .await;
+}

@@ -10,7 +10,7 @@ pub mod schema;
 pub mod workload;
 
 pub use checksum::{assert_same_data, table_checksum, user_tables, Checksum};
-pub use cluster::{wait_for, Cluster, ClusterOptions, SUPERUSER_PASSWORD};
+pub use cluster::{wait_for, wait_for_phase, Cluster, ClusterOptions, SUPERUSER_PASSWORD};
 pub use pg::PgInstall;
 
 /// A source/target pair, started in parallel.

@@ -35,6 +35,14 @@ impl Output {
     pub fn all(&self) -> String {
         format!("{}\n{}", self.stdout, self.stderr)
     }
+
+    /// The one `error: ...` line a failed run prints.
+    pub fn error_line(&self) -> &str {
+        self.stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_else(|| panic!("no error line in:\n{self}"))
+    }
 }
 
 impl std::fmt::Display for Output {
