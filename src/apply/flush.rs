@@ -37,72 +37,40 @@ impl Applier {
                     Net::Insert(t) => inserts.push(t),
                 }
             }
-            self.flush_deletes(relation, deletes).await?;
-            self.flush_updates(relation, updates).await?;
+            self.flush_set(relation, BatchedOp::Delete, deletes).await?;
+            self.flush_set(relation, BatchedOp::Update, updates).await?;
             self.flush_inserts(relation, inserts).await?;
             self.flush_inserts(relation, net.appends).await?;
         }
         Ok(())
     }
 
-    async fn flush_deletes(&mut self, relation: u32, rows: Vec<Tuple>) -> Result<(), ApplyError> {
-        if rows.len() < SET_MIN {
-            for key in rows {
-                self.batched_row(relation, BatchedOp::Delete, key).await?;
-            }
-            return Ok(());
-        }
-        let n = rows.len() as u64;
-        let at = self.position();
-        let seq = &mut self.stage_seq;
-        let rel = self
-            .relations
-            .get_mut(&relation)
-            .ok_or_else(|| ApplyError::Protocol("batched rows of an unknown relation".into()))?;
-        let key = rel.key.clone();
-        if rel.unnestable(&key) {
-            let sql = rel.set_delete_sql(&rel.unnest_from(&key));
-            let prepared = rel.prepare(&mut self.pipe, sql, Vec::new(), Vec::new());
-            let params = array_params(&rows, &key);
-            return self
-                .send_prepared(
-                    &prepared.name,
-                    &params,
-                    Meta::batch(relation, "deleting", Some(n)),
-                )
-                .await;
-        }
-        let stage = rel.stage(&mut self.pipe, StageKind::Delete, seq, || {
-            Sent::at(Meta::batch(relation, "preparing a stage table", None), at)
-        });
-        let mut data = BytesMut::new();
-        for r in &rows {
-            copy_text(&mut data, r, &key);
-        }
-        let copy = rel.copy_sql(&stage, &key);
-        let delete = rel.set_delete_sql(&format!("{stage} AS s"));
-        self.send_copy(
-            &copy,
-            &data,
-            Meta::batch(relation, "staging deletes", Some(n)),
-        )
-        .await?;
-        self.send_sql(&delete, Meta::batch(relation, "deleting", Some(n)))
-            .await
-    }
-
-    async fn flush_updates(&mut self, relation: u32, rows: Vec<Tuple>) -> Result<(), ApplyError> {
+    /// The net deletes or updates of one table: as single statements when
+    /// few, else one statement over all of them (arrays, or a stage table
+    /// when a column cannot travel in an array).
+    async fn flush_set(
+        &mut self,
+        relation: u32,
+        op: BatchedOp,
+        rows: Vec<Tuple>,
+    ) -> Result<(), ApplyError> {
         let Some(rel) = self.relations.get(&relation) else {
-            return Ok(());
+            return Err(ApplyError::Protocol(
+                "batched rows of an unknown relation".into(),
+            ));
         };
-        let settable = rel.settable();
-        if settable.is_empty() {
+        // Deletes carry the key; updates every column and set all but it.
+        let (cols, settable, kind) = match op {
+            BatchedOp::Update => (rel.all_columns(), rel.settable(), StageKind::Update),
+            _ => (rel.key.clone(), Vec::new(), StageKind::Delete),
+        };
+        if op == BatchedOp::Update && settable.is_empty() {
             // Only key columns: nothing an update could change.
             return Ok(());
         }
         if rows.len() < SET_MIN {
             for row in rows {
-                self.batched_row(relation, BatchedOp::Update, row).await?;
+                self.batched_row(relation, op, row).await?;
             }
             return Ok(());
         }
@@ -113,36 +81,29 @@ impl Applier {
             .relations
             .get_mut(&relation)
             .ok_or_else(|| ApplyError::Protocol("batched rows of an unknown relation".into()))?;
-        let all = rel.all_columns();
-        if rel.unnestable(&all) {
-            let sql = rel.set_update_sql(&rel.unnest_from(&all), &settable);
+        let statement = |rel: &super::relation::TargetRelation, from: &str| match op {
+            BatchedOp::Update => rel.set_update_sql(from, &settable),
+            _ => rel.set_delete_sql(from),
+        };
+        let done = Meta::batch(relation, op.verb(), Some(n));
+        if rel.unnestable(&cols) {
+            let sql = statement(rel, &rel.unnest_from(&cols));
             let prepared = rel.prepare(&mut self.pipe, sql, Vec::new(), Vec::new());
-            let params = array_params(&rows, &all);
-            return self
-                .send_prepared(
-                    &prepared.name,
-                    &params,
-                    Meta::batch(relation, "updating", Some(n)),
-                )
-                .await;
+            let params = array_params(&rows, &cols);
+            return self.send_prepared(&prepared.name, &params, done).await;
         }
-        let stage = rel.stage(&mut self.pipe, StageKind::Update, seq, || {
+        let stage = rel.stage(&mut self.pipe, kind, seq, || {
             Sent::at(Meta::batch(relation, "preparing a stage table", None), at)
         });
         let mut data = BytesMut::new();
         for r in &rows {
-            copy_text(&mut data, r, &all);
+            copy_text(&mut data, r, &cols);
         }
-        let copy = rel.copy_sql(&stage, &all);
-        let update = rel.set_update_sql(&format!("{stage} AS s"), &settable);
-        self.send_copy(
-            &copy,
-            &data,
-            Meta::batch(relation, "staging updates", Some(n)),
-        )
-        .await?;
-        self.send_sql(&update, Meta::batch(relation, "updating", Some(n)))
-            .await
+        let copy = rel.copy_sql(&stage, &cols);
+        let sql = statement(rel, &format!("{stage} AS s"));
+        self.send_copy(&copy, &data, Meta::batch(relation, "staging rows", Some(n)))
+            .await?;
+        self.send_sql(&sql, done).await
     }
 
     async fn flush_inserts(&mut self, relation: u32, rows: Vec<Tuple>) -> Result<(), ApplyError> {
