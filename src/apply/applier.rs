@@ -29,7 +29,7 @@ use crate::conn::raw::RawSession;
 use crate::ddl::replay::{ReplayOptions, Replayer};
 use crate::lsn::Lsn;
 use crate::sql::{quote_literal, ObjectName, OriginName, SyncName, TableName};
-use crate::stream::pgoutput::{Message, OldRow, Tuple};
+use crate::stream::pgoutput::Message;
 
 /// Limits on grouping source transactions into one target transaction.
 #[derive(Clone, Debug)]
@@ -113,7 +113,7 @@ pub struct Applier {
     start: Lsn,
     /// Source transactions ending at or before this commit on their own
     /// (set after an error inside a group, to stop exactly before it).
-    ungrouped_through: Lsn,
+    pub(super) ungrouped_through: Lsn,
     /// DDL replay; `None` with --no-ddl.
     pub(super) ddl: Option<Replayer>,
     /// `pgrepl.schema_log` on the source: its relation id and columns.
@@ -128,7 +128,7 @@ pub struct Applier {
     pub(super) stage_seq: u64,
     /// The last source transaction whose changes went into a batch of
     /// the open group (where to replay up to if a batch fails).
-    batch_through: Lsn,
+    pub(super) batch_through: Lsn,
     /// Applying one large transaction streamed while in progress (see
     /// `streamed`), rather than whole committed ones.
     pub(super) streamed: Option<super::streamed::Streamed>,
@@ -153,10 +153,6 @@ fn origin_sql(origin: Option<&OriginName>) -> String {
         None => "SELECT pg_catalog.pg_replication_origin_session_reset()".into(),
     }
 }
-
-/// A batch is written out once it holds this much.
-const BATCH_ROWS: usize = 20_000;
-const BATCH_BYTES: usize = 32 << 20;
 
 impl Applier {
     /// `session` must hold the replication origin and be idle.
@@ -385,141 +381,6 @@ impl Applier {
         Ok(())
     }
 
-    async fn row(
-        &mut self,
-        op: Op,
-        relation: u32,
-        old: Option<OldRow>,
-        new: Tuple,
-    ) -> Result<(), ApplyError> {
-        if !self.begin_change().await? {
-            return Ok(());
-        }
-        let Some((old, new)) = self.try_batch(op, relation, old, new) else {
-            if self.batch.rows >= BATCH_ROWS || self.batch.bytes >= BATCH_BYTES {
-                self.flush_batch().await?;
-            }
-            return Ok(());
-        };
-        // Not foldable: what is batched for this table goes first, to keep
-        // the order of its rows.
-        if self.batch.holds(relation) {
-            self.flush_batch().await?;
-        }
-        let rel = self.relations.get_mut(&relation).ok_or_else(|| {
-            ApplyError::Protocol(format!(
-                "a change for relation {relation} came before its description"
-            ))
-        })?;
-        let prepared = match op {
-            Op::Insert => rel.insert(&mut self.pipe),
-            Op::Update => {
-                let filter = rel
-                    .filter_for(old.as_ref(), Some(&new))
-                    .expect("an update always has a row to match");
-                rel.update(&mut self.pipe, &new, &filter)?
-            }
-            Op::Delete => {
-                let filter = rel
-                    .filter_for(old.as_ref(), None)
-                    .ok_or_else(|| ApplyError::Protocol("a DELETE without its old row".into()))?;
-                rel.delete(&mut self.pipe, &filter)?
-            }
-        };
-        let params: Vec<Param> = {
-            let key_row = match &old {
-                Some(OldRow::Key(t)) | Some(OldRow::Full(t)) => t,
-                None => &new,
-            };
-            prepared
-                .set
-                .iter()
-                .map(|&i| Param::from_datum(&new[i]))
-                .chain(
-                    prepared
-                        .filter
-                        .iter()
-                        .map(|&i| Param::from_datum(&key_row[i])),
-                )
-                .collect()
-        };
-        let key_row = match old {
-            Some(OldRow::Key(t)) | Some(OldRow::Full(t)) => t,
-            None => new,
-        };
-        self.send(
-            &prepared.name,
-            &params,
-            Meta::Row {
-                op,
-                relation,
-                row: key_row,
-            },
-        )
-        .await
-    }
-
-    /// Folds the change into the batch when the table and the change
-    /// allow; otherwise hands the change back.
-    fn try_batch(
-        &mut self,
-        op: Op,
-        relation: u32,
-        old: Option<OldRow>,
-        new: Tuple,
-    ) -> Option<(Option<OldRow>, Tuple)> {
-        let lsn = self.txn.as_ref().map(|t| t.final_lsn).unwrap_or(Lsn::ZERO);
-        let Some(rel) = self.relations.get(&relation) else {
-            return Some((old, new));
-        };
-        let allowed = match &self.streamed {
-            Some(s) => s.batching,
-            None => lsn > self.ungrouped_through,
-        };
-        if !allowed {
-            return Some((old, new));
-        }
-        let back = if !Batch::accepts(rel) {
-            match (op, old) {
-                (Op::Insert, None) => self
-                    .batch
-                    .add_append(relation, new, lsn)
-                    .err()
-                    .map(|n| (None, n)),
-                (_, old) => Some((old, new)),
-            }
-        } else {
-            let key = rel.key.clone();
-            match (op, old) {
-                (Op::Insert, None) => self
-                    .batch
-                    .add_insert(relation, new, lsn)
-                    .err()
-                    .map(|n| (None, n)),
-                (Op::Update, None) => self
-                    .batch
-                    .add_update(&key, relation, None, new, lsn)
-                    .err()
-                    .map(|(_, n)| (None, n)),
-                (Op::Update, Some(OldRow::Key(k))) => self
-                    .batch
-                    .add_update(&key, relation, Some(k), new, lsn)
-                    .err()
-                    .map(|(k, n)| (k.map(OldRow::Key), n)),
-                (Op::Delete, Some(OldRow::Key(k))) => self
-                    .batch
-                    .add_delete(&key, relation, k, lsn)
-                    .err()
-                    .map(|k| (Some(OldRow::Key(k)), new)),
-                (_, old) => Some((old, new)),
-            }
-        };
-        if back.is_none() {
-            self.batch_through = self.batch_through.max(lsn);
-        }
-        back
-    }
-
     /// A statement without parameters, in the open target transaction.
     pub(super) async fn statement(&mut self, sql: String) -> Result<(), ApplyError> {
         if !self.begin_change().await? {
@@ -562,16 +423,7 @@ impl Applier {
         self.after_send().await
     }
 
-    pub(super) async fn send_prepared(
-        &mut self,
-        statement: &str,
-        params: &[Param],
-        meta: Meta,
-    ) -> Result<(), ApplyError> {
-        self.send(statement, params, meta).await
-    }
-
-    async fn send(
+    pub(super) async fn send(
         &mut self,
         statement: &str,
         params: &[Param],

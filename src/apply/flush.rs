@@ -90,7 +90,7 @@ impl Applier {
             let sql = statement(rel, &rel.unnest_from(&cols));
             let prepared = rel.prepare(&mut self.pipe, sql, Vec::new(), Vec::new());
             let params = array_params(&rows, &cols);
-            return self.send_prepared(&prepared.name, &params, done).await;
+            return self.send(&prepared.name, &params, done).await;
         }
         let stage = rel.stage(&mut self.pipe, kind, seq, || {
             Sent::at(Meta::batch(relation, "preparing a stage table", None), at)
@@ -158,7 +158,7 @@ impl Applier {
         } else {
             Some(1)
         };
-        self.send_prepared(
+        self.send(
             &prepared.name,
             &params,
             Meta::batch(relation, op.verb(), expected),

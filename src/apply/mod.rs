@@ -1,7 +1,9 @@
 //! Stage 4: source transactions applied on the target, exactly once
 //! ([`applier`]), through a pipelined session ([`pipeline`]) with
 //! statements prepared per table ([`relation`]) and values in the
-//! protocol's own formats ([`params`]); DDL replayed in place ([`ddl`]);
+//! protocol's own formats ([`params`]); rows folded into net effects
+//! (`rows`, [`batch`]) written set-based (`flush`, [`sets`]); DDL replayed
+//! in place (`ddl`);
 //! large transactions streamed while in progress applied on connections
 //! of their own ([`router`], `streamed`); all of it inside streaming
 //! sessions with retries ([`session`]).
@@ -15,6 +17,7 @@ pub mod params;
 pub mod pipeline;
 pub mod relation;
 pub mod router;
+mod rows;
 mod sent;
 pub mod session;
 pub mod sets;

@@ -1,0 +1,149 @@
+//! One row change of a source transaction: folded into the batch of net
+//! effects when the table and the change allow it (see `batch`), else sent
+//! at once as its prepared statement, after whatever of its table is
+//! batched (the order of a table's rows is always kept).
+
+use super::applier::Applier;
+use super::batch::{Batch, BATCH_BYTES, BATCH_ROWS};
+use super::error::ApplyError;
+use super::params::Param;
+use super::sent::{Meta, Op};
+use crate::lsn::Lsn;
+use crate::stream::pgoutput::{OldRow, Tuple};
+
+impl Applier {
+    pub(super) async fn row(
+        &mut self,
+        op: Op,
+        relation: u32,
+        old: Option<OldRow>,
+        new: Tuple,
+    ) -> Result<(), ApplyError> {
+        if !self.begin_change().await? {
+            return Ok(());
+        }
+        let Some((old, new)) = self.try_batch(op, relation, old, new) else {
+            if self.batch.rows >= BATCH_ROWS || self.batch.bytes >= BATCH_BYTES {
+                self.flush_batch().await?;
+            }
+            return Ok(());
+        };
+        // Not foldable: what is batched for this table goes first, to keep
+        // the order of its rows.
+        if self.batch.holds(relation) {
+            self.flush_batch().await?;
+        }
+        let rel = self.relations.get_mut(&relation).ok_or_else(|| {
+            ApplyError::Protocol(format!(
+                "a change for relation {relation} came before its description"
+            ))
+        })?;
+        let prepared = match op {
+            Op::Insert => rel.insert(&mut self.pipe),
+            Op::Update => {
+                let filter = rel
+                    .filter_for(old.as_ref(), Some(&new))
+                    .expect("an update always has a row to match");
+                rel.update(&mut self.pipe, &new, &filter)?
+            }
+            Op::Delete => {
+                let filter = rel
+                    .filter_for(old.as_ref(), None)
+                    .ok_or_else(|| ApplyError::Protocol("a DELETE without its old row".into()))?;
+                rel.delete(&mut self.pipe, &filter)?
+            }
+        };
+        let params: Vec<Param> = {
+            let key_row = match &old {
+                Some(OldRow::Key(t)) | Some(OldRow::Full(t)) => t,
+                None => &new,
+            };
+            prepared
+                .set
+                .iter()
+                .map(|&i| Param::from_datum(&new[i]))
+                .chain(
+                    prepared
+                        .filter
+                        .iter()
+                        .map(|&i| Param::from_datum(&key_row[i])),
+                )
+                .collect()
+        };
+        let key_row = match old {
+            Some(OldRow::Key(t)) | Some(OldRow::Full(t)) => t,
+            None => new,
+        };
+        self.send(
+            &prepared.name,
+            &params,
+            Meta::Row {
+                op,
+                relation,
+                row: key_row,
+            },
+        )
+        .await
+    }
+
+    /// Folds the change into the batch when the table and the change
+    /// allow; otherwise hands the change back.
+    fn try_batch(
+        &mut self,
+        op: Op,
+        relation: u32,
+        old: Option<OldRow>,
+        new: Tuple,
+    ) -> Option<(Option<OldRow>, Tuple)> {
+        let lsn = self.txn.as_ref().map(|t| t.final_lsn).unwrap_or(Lsn::ZERO);
+        let Some(rel) = self.relations.get(&relation) else {
+            return Some((old, new));
+        };
+        let allowed = match &self.streamed {
+            Some(s) => s.batching,
+            None => lsn > self.ungrouped_through,
+        };
+        if !allowed {
+            return Some((old, new));
+        }
+        let back = if !Batch::accepts(rel) {
+            match (op, old) {
+                (Op::Insert, None) => self
+                    .batch
+                    .add_append(relation, new, lsn)
+                    .err()
+                    .map(|n| (None, n)),
+                (_, old) => Some((old, new)),
+            }
+        } else {
+            let key = rel.key.clone();
+            match (op, old) {
+                (Op::Insert, None) => self
+                    .batch
+                    .add_insert(relation, new, lsn)
+                    .err()
+                    .map(|n| (None, n)),
+                (Op::Update, None) => self
+                    .batch
+                    .add_update(&key, relation, None, new, lsn)
+                    .err()
+                    .map(|(_, n)| (None, n)),
+                (Op::Update, Some(OldRow::Key(k))) => self
+                    .batch
+                    .add_update(&key, relation, Some(k), new, lsn)
+                    .err()
+                    .map(|(k, n)| (k.map(OldRow::Key), n)),
+                (Op::Delete, Some(OldRow::Key(k))) => self
+                    .batch
+                    .add_delete(&key, relation, k, lsn)
+                    .err()
+                    .map(|k| (Some(OldRow::Key(k)), new)),
+                (_, old) => Some((old, new)),
+            }
+        };
+        if back.is_none() {
+            self.batch_through = self.batch_through.max(lsn);
+        }
+        back
+    }
+}
