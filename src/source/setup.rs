@@ -65,7 +65,7 @@ pub async fn slot_info(client: &Client, slot: &SlotName) -> Result<Option<SlotIn
 /// walsender of a pgrepl that was just killed takes a moment to notice.
 const SLOT_RELEASE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The slot, once no walsender holds it (or [`SLOT_RELEASE`] has passed:
+/// The slot, once no walsender holds it (or `SLOT_RELEASE` has passed:
 /// then it is in use for real).
 pub async fn settled_slot_info(
     client: &Client,
