@@ -22,7 +22,7 @@ use crate::lsn::Lsn;
 use crate::stream::pgoutput::{Datum, Tuple};
 
 /// A batch is written out once it holds this much.
-pub const BATCH_ROWS: usize = 20_000;
+pub const BATCH_ROWS: usize = 5_000;
 pub const BATCH_BYTES: usize = 32 << 20;
 
 /// What a key ends up as after the group.
