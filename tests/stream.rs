@@ -302,8 +302,8 @@ line' WHERE id <= 250;
     );
 }
 
-/// Changes of many rows go to the target set-based (staged, then one
-/// statement per table); a row missing among them is still found, named,
+/// Changes of many rows go to the target set-based (one statement over
+/// all of a table's rows); a row missing among them is still found, named,
 /// and nothing of its transaction is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_row_inside_a_large_batch_is_named_and_nothing_of_it_applied() {
