@@ -276,20 +276,19 @@ async fn with_include_patterns_a_matching_new_table_joins_the_publication() {
     // Every app table equal by checksum: the random() values came through
     // the stream, not from a second run of the query on the target.
     let (src, tgt) = (pair.source.client().await, pair.target.client().await);
-    for t in [
-        "app.fresh",
-        "app.derived",
-        "app.drawn",
-        "app.picked",
-        "app.plain",
-        "app.items",
-    ] {
-        assert_eq!(
-            support::table_checksum(&src, t).await,
-            support::table_checksum(&tgt, t).await,
-            "{t}"
-        );
-    }
+    support::assert_same_tables(
+        &src,
+        &tgt,
+        &[
+            "app.fresh",
+            "app.derived",
+            "app.drawn",
+            "app.picked",
+            "app.plain",
+            "app.items",
+        ],
+    )
+    .await;
     assert_eq!(
         pair.target
             .value("SELECT count(*) FROM app.drawn WHERE others = 1")
@@ -344,13 +343,7 @@ async fn with_only_exclude_patterns_new_tables_join_the_publication_too() {
     let out = sync(&pair, &["--until-caught-up"]).await;
     assert!(out.success(), "{out}");
     let (src, tgt) = (pair.source.client().await, pair.target.client().await);
-    for t in ["app.later", "public.made", "app.items"] {
-        assert_eq!(
-            support::table_checksum(&src, t).await,
-            support::table_checksum(&tgt, t).await,
-            "{t}"
-        );
-    }
+    support::assert_same_tables(&src, &tgt, &["app.later", "public.made", "app.items"]).await;
     assert_eq!(
         pair.target
             .value("SELECT count(*) FROM pg_tables WHERE schemaname = 'other'")

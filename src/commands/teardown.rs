@@ -23,17 +23,19 @@ pub async fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     let mut failed = Vec::new();
 
     match src {
-        Ok(src) => match clean_source(&src, name, &mut removed).await {
-            Ok(()) => {}
-            Err(e) => failed.push(format!("{e:#}")),
-        },
+        Ok(src) => {
+            if let Err(e) = clean_source(&src, name, &mut removed).await {
+                failed.push(format!("{e:#}"));
+            }
+        }
         Err(e) => failed.push(e.to_string()),
     }
     match tgt {
-        Ok(tgt) => match clean_target(&tgt, name, &mut removed).await {
-            Ok(()) => {}
-            Err(e) => failed.push(format!("{e:#}")),
-        },
+        Ok(tgt) => {
+            if let Err(e) = clean_target(&tgt, name, &mut removed).await {
+                failed.push(format!("{e:#}"));
+            }
+        }
         Err(e) => failed.push(e.to_string()),
     }
 

@@ -73,3 +73,15 @@ pub async fn assert_same_data(source: &Client, target: &Client) -> i64 {
     assert!(diffs.is_empty(), "tables differ:\n{}", diffs.join("\n"));
     total
 }
+
+/// Panics unless each of `tables` (quoted names) holds the same rows on
+/// both sides.
+pub async fn assert_same_tables(source: &Client, target: &Client, tables: &[&str]) {
+    for t in tables {
+        assert_eq!(
+            table_checksum(source, t).await,
+            table_checksum(target, t).await,
+            "{t} differs"
+        );
+    }
+}

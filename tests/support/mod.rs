@@ -9,7 +9,7 @@ pub mod pgrepl;
 pub mod schema;
 pub mod workload;
 
-pub use checksum::{assert_same_data, table_checksum, user_tables, Checksum};
+pub use checksum::{assert_same_data, assert_same_tables, table_checksum, user_tables, Checksum};
 pub use cluster::{wait_for, wait_for_phase, Cluster, ClusterOptions, SUPERUSER_PASSWORD};
 pub use pg::PgInstall;
 
