@@ -24,12 +24,13 @@ use super::error::{ApplyError, TxnRef};
 use super::params::Param;
 use super::pipeline::Pipeline;
 use super::relation::TargetRelation;
+use super::relations::Internal;
 use super::sent::{Meta, Op, Sent};
 use crate::conn::raw::RawSession;
 use crate::ddl::replay::{ReplayOptions, Replayer};
 use crate::lsn::Lsn;
 use crate::sql::{quote_literal, ObjectName, OriginName, SyncName, TableName};
-use crate::stream::pgoutput::Message;
+use crate::stream::pgoutput::{Message, Relation};
 
 /// Limits on grouping source transactions into one target transaction.
 #[derive(Clone, Debug)]
@@ -104,10 +105,20 @@ struct Fixed {
 
 pub struct Applier {
     pub(super) pipe: Pipeline<Sent>,
+    /// Relations mapped onto their target tables (see `relations`).
     pub(super) relations: HashMap<u32, TargetRelation>,
+    /// Descriptions not mapped yet: mapped when a change needs them.
+    pub(super) described: HashMap<u32, Relation>,
+    /// pgrepl's own relations other than the schema log: ignored.
+    pub(super) ignored: HashSet<u32>,
     pub(super) group: Option<Group>,
+    /// A target transaction is open on the connection: BEGIN was sent and
+    /// no COMMIT or ROLLBACK has gone through yet.
+    open: bool,
+    /// When the origin last recorded an idle position (see `position`).
+    pub(super) last_marker: Instant,
     pub(super) txn: Option<SourceTxn>,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     limits: GroupLimits,
     fixed: Fixed,
     start: Lsn,
@@ -176,7 +187,11 @@ impl Applier {
         Applier {
             pipe,
             relations: HashMap::new(),
+            described: HashMap::new(),
+            ignored: HashSet::new(),
             group: None,
+            open: false,
+            last_marker: Instant::now(),
             txn: None,
             shared,
             limits,
@@ -255,31 +270,17 @@ impl Applier {
                     self.shared
                         .idle_through
                         .fetch_max(end_lsn.0, Ordering::SeqCst);
+                    self.tick().await?;
                 }
             }
-            Message::Relation(rel) if rel.namespace == "pgrepl" && rel.name == "schema_log" => {
-                self.schema_log = Some((
-                    rel.oid,
-                    rel.columns.iter().map(|c| c.name.clone()).collect(),
-                ));
-            }
-            Message::Relation(rel) => {
-                self.flush_batch().await?;
-                self.drain().await?;
-                let table = TableName::new(rel.namespace.clone(), rel.name.clone());
-                if self.expected.remove(&table) {
-                    self.create_from_relation(&rel).await?;
-                    self.drain().await?;
+            Message::Relation(rel) => self.describe_relation(rel).await?,
+            Message::Insert { relation, new } if self.internal(relation).is_some() => {
+                if self.internal(relation) == Some(Internal::SchemaLog) {
+                    self.ddl_row(new).await?
                 }
-                let oid = rel.oid;
-                let mapped = TargetRelation::load(&mut self.pipe, rel, self.ddl.is_some()).await?;
-                self.relations.insert(oid, mapped);
-            }
-            Message::Insert { relation, new } if self.is_schema_log(relation) => {
-                self.ddl_row(new).await?
             }
             Message::Update { relation, .. } | Message::Delete { relation, .. }
-                if self.is_schema_log(relation) => {}
+                if self.internal(relation).is_some() => {}
             Message::Insert { relation, new } => self.row(Op::Insert, relation, None, new).await?,
             Message::Update { relation, old, new } => {
                 self.row(Op::Update, relation, old, new).await?
@@ -292,26 +293,7 @@ impl Applier {
                 relations,
                 cascade,
                 restart_identity,
-            } => {
-                let mut names = Vec::new();
-                for r in relations.iter().filter(|r| !self.is_schema_log(**r)) {
-                    names.push(self.relation(*r)?.table.quoted());
-                }
-                if names.is_empty() {
-                    return Ok(());
-                }
-                let sql = format!(
-                    "TRUNCATE {}{}{}",
-                    names.join(", "),
-                    if restart_identity {
-                        " RESTART IDENTITY"
-                    } else {
-                        ""
-                    },
-                    if cascade { " CASCADE" } else { "" }
-                );
-                self.statement(sql).await?;
-            }
+            } => self.truncate(&relations, cascade, restart_identity).await?,
             Message::Type {
                 oid,
                 namespace,
@@ -331,20 +313,6 @@ impl Applier {
             }
         }
         Ok(())
-    }
-
-    fn is_schema_log(&self, relation: u32) -> bool {
-        self.schema_log
-            .as_ref()
-            .is_some_and(|(oid, _)| *oid == relation)
-    }
-
-    fn relation(&self, oid: u32) -> Result<&TargetRelation, ApplyError> {
-        self.relations.get(&oid).ok_or_else(|| {
-            ApplyError::Protocol(format!(
-                "a change for relation {oid} came before its description"
-            ))
-        })
     }
 
     /// Opens the target transaction if needed and counts a change.
@@ -376,6 +344,7 @@ impl Applier {
                 last_commit_ts: 0,
             });
             let begin = self.fixed.begin.clone();
+            self.open = true;
             self.send(&begin, &[], Meta::Control("BEGIN")).await?;
         }
         Ok(())
@@ -468,7 +437,7 @@ impl Applier {
 
     /// Records the position of the group's last source transaction and
     /// commits; the data and the position become visible together.
-    async fn commit_group(&mut self) -> Result<(), ApplyError> {
+    pub(super) async fn commit_group(&mut self) -> Result<(), ApplyError> {
         self.commit_group_holding(None).await
     }
 
@@ -517,6 +486,7 @@ impl Applier {
         for outcome in self.pipe.sync().await? {
             self.check(outcome)?;
         }
+        self.open = false;
         for rel in self.relations.values_mut() {
             rel.committed();
         }
@@ -571,32 +541,15 @@ impl Applier {
         self.commit_group().await
     }
 
-    /// A keepalive: the source has nothing more for now.
-    pub async fn idle(&mut self, end: Lsn) -> Result<(), ApplyError> {
-        if self.txn.is_some() {
-            return Ok(());
-        }
-        self.commit_group().await?;
-        self.shared.idle_through.fetch_max(end.0, Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// Ends cleanly: commits the open group when it holds whole source
-    /// transactions only, otherwise rolls it back.
-    pub async fn finish(&mut self) -> Result<(), ApplyError> {
-        if self.txn.is_none() {
-            return self.commit_group().await;
-        }
-        self.abort().await;
-        Ok(())
-    }
-
     /// After an error: forgets what is in flight and rolls the target back.
     pub async fn abort(&mut self) {
         self.batch.take();
         self.batch_through = Lsn::ZERO;
         let _ = self.pipe.sync().await;
-        if self.group.take().is_some() {
+        self.group = None;
+        // Also after a COMMIT that failed: the statement before it may have
+        // left the transaction open and aborted.
+        if std::mem::take(&mut self.open) {
             self.pipe
                 .execute_sql("ROLLBACK", self.sent(Meta::Control("ROLLBACK")));
             if let Err(e) = self.pipe.sync().await {

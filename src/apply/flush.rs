@@ -144,7 +144,7 @@ impl Applier {
             .ok_or_else(|| ApplyError::Protocol("batched rows of an unknown relation".into()))?;
         let prepared = match op {
             BatchedOp::Insert => rel.insert(&mut self.pipe),
-            BatchedOp::Update => rel.update(&mut self.pipe, &row, &RowFilter::Key(&row))?,
+            BatchedOp::Update => rel.update(&mut self.pipe, &row, &RowFilter::Key(&row), false)?,
             BatchedOp::Delete => rel.delete(&mut self.pipe, &RowFilter::Key(&row))?,
         };
         let params: Vec<Param> = prepared

@@ -76,14 +76,8 @@ pub struct TargetRelation {
     pub identity: Identity,
     /// Indices of the replica identity columns.
     pub key: Vec<usize>,
-    /// Per column: compare as text (its type has no equality operator).
-    text_compare: Vec<bool>,
-    /// Per column: GENERATED ALWAYS AS IDENTITY, which UPDATE may not set
-    /// (and the source cannot change).
-    always_identity: Vec<bool>,
-    /// Per column: its array type on the target, when set-based statements
-    /// can take its values as one array parameter (see `sets`).
-    pub(super) array_of: Vec<Option<String>>,
+    /// Per source column: the target's column.
+    pub(super) columns: Vec<TargetColumn>,
     partitioned: bool,
     statements: HashMap<String, Prepared>,
     /// Temp tables for set-based deletes and updates, once created; and
@@ -93,6 +87,21 @@ pub struct TargetRelation {
     fast_insert: Option<Prepared>,
     fast_update: Option<Prepared>,
     fast_delete: Option<Prepared>,
+}
+
+/// A column as the target has it.
+#[derive(Clone, Debug)]
+pub(super) struct TargetColumn {
+    /// Its type, typmod included (`character(3)`, `numeric(6,2)`).
+    pub(super) type_name: String,
+    /// Compared as text: its type has no equality operator.
+    pub(super) text_compare: bool,
+    /// GENERATED ALWAYS AS IDENTITY: an UPDATE may not set it (see
+    /// `identity`).
+    pub(super) always_identity: bool,
+    /// Its array type, when set-based statements can take its values as
+    /// one array parameter (see `sets`).
+    pub(super) array_type: Option<String>,
 }
 
 pub(super) struct Stages {
@@ -129,7 +138,7 @@ impl TargetRelation {
                                          ELSE EXISTS (SELECT 1 FROM pg_opclass o JOIN pg_am m ON m.oid = o.opcmethod
                                                       WHERE m.amname = 'btree' AND o.opcdefault AND o.opcintype = ty.oid) END)
                     FROM ty),
-                   format_type(a.atttypid, NULL),
+                   format_type(a.atttypid, a.atttypmod),
                    (SELECT t.typarray <> 0 AND t.typcategory <> 'A' AND t.typdelim = ',' FROM pg_type t WHERE t.oid = a.atttypid)
                  FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
                  WHERE c.oid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
@@ -147,22 +156,25 @@ impl TargetRelation {
             |r: &Vec<Option<String>>, i: usize| r.get(i).cloned().flatten().unwrap_or_default();
         let flag = |r: &Vec<Option<String>>, i: usize| text(r, i) == "t";
         let partitioned = text(&rows[0], 0) == "p";
-        // name -> (generated, has equality, identity ALWAYS)
-        let target_cols: HashMap<String, (bool, bool, bool)> = rows
+        // name -> (generated, the column as the target has it)
+        let target_cols: HashMap<String, (bool, TargetColumn)> = rows
             .iter()
-            .map(|r| (text(r, 1), (flag(r, 2), flag(r, 4), flag(r, 3))))
-            .collect();
-        // name -> the target's array type of the column, when a text array
-        // of its values can be unnested back into them.
-        let array_types: HashMap<String, String> = rows
-            .iter()
-            .filter(|r| flag(r, 6))
-            .map(|r| (text(r, 1), format!("{}[]", text(r, 5))))
+            .map(|r| {
+                let type_name = text(r, 5);
+                let column = TargetColumn {
+                    text_compare: !flag(r, 4),
+                    always_identity: flag(r, 3),
+                    // With its typmod: `character[]` would be char(1)[].
+                    array_type: flag(r, 6).then(|| format!("{type_name}[]")),
+                    type_name,
+                };
+                (text(r, 1), (flag(r, 2), column))
+            })
             .collect();
         let missing: Vec<&str> = source
             .columns
             .iter()
-            .filter(|c| !matches!(target_cols.get(&c.name), Some((false, _, _))))
+            .filter(|c| !matches!(target_cols.get(&c.name), Some((false, _))))
             .map(|c| c.name.as_str())
             .collect();
         if !missing.is_empty() {
@@ -176,30 +188,10 @@ impl TargetRelation {
                 },
             });
         }
-        let text_compare = source
+        let columns = source
             .columns
             .iter()
-            .map(|c| {
-                !target_cols
-                    .get(&c.name)
-                    .map(|(_, eq, _)| *eq)
-                    .unwrap_or(false)
-            })
-            .collect();
-        let always_identity = source
-            .columns
-            .iter()
-            .map(|c| {
-                target_cols
-                    .get(&c.name)
-                    .map(|(_, _, a)| *a)
-                    .unwrap_or(false)
-            })
-            .collect();
-        let array_of = source
-            .columns
-            .iter()
-            .map(|c| array_types.get(&c.name).cloned())
+            .filter_map(|c| target_cols.get(&c.name).map(|(_, t)| t.clone()))
             .collect();
         let identity = if source.replica_identity == b'f' {
             Identity::Full
@@ -218,9 +210,7 @@ impl TargetRelation {
             table,
             identity,
             key,
-            text_compare,
-            always_identity,
-            array_of,
+            columns,
             partitioned,
             statements: HashMap::new(),
             stages: None,
@@ -228,6 +218,15 @@ impl TargetRelation {
             fast_update: None,
             fast_delete: None,
         })
+    }
+
+    /// The table as a TRUNCATE names it: `ONLY` the table itself, unless
+    /// it is partitioned (then it is its partitions).
+    pub fn truncate_target(&self) -> String {
+        match self.partitioned {
+            true => self.table.quoted(),
+            false => format!("ONLY {}", self.table.quoted()),
+        }
     }
 
     pub(super) fn col(&self, i: usize) -> &str {
@@ -272,14 +271,19 @@ impl TargetRelation {
     }
 
     /// The statement for an UPDATE of `new` (unchanged TOAST columns left
-    /// out) finding its row by `filter`.
+    /// out) finding its row by `filter`; `key_changed` when `filter` holds
+    /// the old key of a row whose key changed.
     pub fn update<M>(
         &mut self,
         pipe: &mut Pipeline<M>,
         new: &Tuple,
         filter: &RowFilter<'_>,
+        key_changed: bool,
     ) -> Result<Prepared, RelationError> {
-        let fast = self.plain_key(filter) && !new.iter().any(|d| matches!(d, Datum::Unchanged));
+        let rewrite = self.rewrites_identity(key_changed);
+        let fast = !rewrite
+            && self.plain_key(filter)
+            && !new.iter().any(|d| matches!(d, Datum::Unchanged));
         if fast {
             if let Some(p) = &self.fast_update {
                 return Ok(p.clone());
@@ -290,7 +294,7 @@ impl TargetRelation {
             .enumerate()
             .filter(|(i, d)| {
                 !matches!(d, Datum::Unchanged)
-                    && !self.always_identity.get(*i).copied().unwrap_or(false)
+                    && (rewrite || !self.columns.get(*i).is_some_and(|c| c.always_identity))
             })
             .map(|(i, _)| i)
             .collect();
@@ -298,6 +302,10 @@ impl TargetRelation {
             return Err(RelationError::NothingToSet {
                 table: self.table.clone(),
             });
+        }
+        if rewrite {
+            let (sql, filter_cols) = self.delete_insert_sql(&set, filter)?;
+            return Ok(self.prepare(pipe, sql, set, filter_cols));
         }
         let mut sql = String::from("UPDATE ");
         sql.push_str(&self.table.quoted());
@@ -342,7 +350,7 @@ impl TargetRelation {
     }
 
     /// ` WHERE ...` with parameters numbered from `first`.
-    fn filter_sql(
+    pub(super) fn filter_sql(
         &self,
         filter: &RowFilter<'_>,
         first: usize,
@@ -397,7 +405,7 @@ impl TargetRelation {
                         sql.push_str(" AND ");
                     }
                     first_cond = false;
-                    let text = self.text_compare.get(i).copied().unwrap_or(true);
+                    let text = self.columns.get(i).is_none_or(|c| c.text_compare);
                     if text {
                         sql.push('(');
                         push_ident(&mut sql, self.col(i));
@@ -443,12 +451,12 @@ impl TargetRelation {
         p
     }
 
-    /// Columns an UPDATE may set: all but the key and identity ALWAYS ones.
+    /// Columns a set-based UPDATE writes: all but the key (and identity
+    /// ALWAYS ones, unless they make it a DELETE + INSERT, see `identity`).
     pub fn settable(&self) -> Vec<usize> {
+        let rewrite = self.rewrites_identity(false);
         (0..self.source.columns.len())
-            .filter(|i| {
-                !self.key.contains(i) && !self.always_identity.get(*i).copied().unwrap_or(false)
-            })
+            .filter(|&i| !self.key.contains(&i) && (rewrite || !self.columns[i].always_identity))
             .collect()
     }
 

@@ -238,6 +238,14 @@ impl Router {
         self.main.idle(end).await
     }
 
+    /// A second passed: an idle stretch may be due for recording.
+    pub async fn tick(&mut self) -> Result<(), ApplyError> {
+        if self.block.is_some() {
+            return Ok(());
+        }
+        self.main.tick().await
+    }
+
     /// Ends cleanly: the main applier commits what it holds whole;
     /// streamed transactions still open roll back (the source sends them
     /// again from their start).

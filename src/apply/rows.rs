@@ -22,6 +22,7 @@ impl Applier {
         if !self.begin_change().await? {
             return Ok(());
         }
+        self.map_relation(relation).await?;
         let Some((old, new)) = self.try_batch(op, relation, old, new) else {
             if self.batch.rows >= BATCH_ROWS || self.batch.bytes >= BATCH_BYTES {
                 self.flush_batch().await?;
@@ -44,7 +45,8 @@ impl Applier {
                 let filter = rel
                     .filter_for(old.as_ref(), Some(&new))
                     .expect("an update always has a row to match");
-                rel.update(&mut self.pipe, &new, &filter)?
+                let key_changed = matches!(old, Some(OldRow::Key(_)));
+                rel.update(&mut self.pipe, &new, &filter, key_changed)?
             }
             Op::Delete => {
                 let filter = rel

@@ -42,6 +42,15 @@ pub enum SessionError {
         message: String,
         transient: bool,
     },
+    #[error("source: {what}: {message}")]
+    Source { what: &'static str, message: String },
+    #[error("target: it holds the source's changes only through {target_at}, but slot {slot} was confirmed through {confirmed}: the transactions between were lost on the target (restored from a backup, or its last transactions lost in a crash), and the source keeps nothing before {confirmed}. Nothing was applied. Start over: `pgrepl teardown --name {name}`, empty the target, then `pgrepl sync`")]
+    TargetBehind {
+        slot: String,
+        confirmed: Lsn,
+        target_at: Lsn,
+        name: String,
+    },
     #[error("gave up after retrying for {after}: {last}")]
     GaveUp {
         after: String,
@@ -76,7 +85,9 @@ impl SessionError {
             ),
             SessionError::WalSender(w) => w.is_transient(),
             SessionError::Target { transient, .. } => *transient,
-            SessionError::GaveUp { .. } => false,
+            // A source that cannot answer now may later.
+            SessionError::Source { .. } => true,
+            SessionError::TargetBehind { .. } | SessionError::GaveUp { .. } => false,
         }
     }
 }
@@ -217,8 +228,12 @@ impl Plan {
 }
 
 /// The main apply connection ([`APPLY_SETTINGS`]) holding the replication
-/// origin. Returns the session and the origin's position (where to start).
-async fn apply_session(
+/// origin. Returns the session and the origin's durable position: where to
+/// start, and what may be reported as flushed from the first status update
+/// on (`progress(.., true)` flushes the target's WAL through the origin's
+/// last commit before it answers; the in-memory position of an earlier
+/// session in this process may be ahead of what a crash would keep).
+pub async fn apply_session(
     target: &Endpoint,
     origin: &OriginName,
 ) -> Result<(RawSession, Lsn), SessionError> {
@@ -227,7 +242,7 @@ async fn apply_session(
         .simple_query(&format!(
             "{APPLY_SETTINGS}
              SELECT pg_replication_origin_session_setup({lit});
-             SELECT pg_replication_origin_progress({lit}, false)",
+             SELECT pg_replication_origin_progress({lit}, true)",
             lit = quote_literal(origin.as_str())
         ))
         .await?;
@@ -262,6 +277,7 @@ async fn session(
 ) -> Result<Outcome, SessionError> {
     let origin = req.name.origin();
     let (session, start) = apply_session(req.target, &origin).await?;
+    refuse_a_gap(req, start).await?;
     let walsender = WalSender::connect(Side::Source, &req.source.config).await?;
     let stream_large = plan.stream_large && walsender.server_version() >= 140000;
     let feedback = Feedback::new(start);
@@ -308,6 +324,8 @@ async fn session(
     );
 
     let span = tracing::info_span!("apply", slot = %req.name.slot());
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result: Result<Option<Outcome>, ApplyError> = async {
         loop {
             if let Some(target) = until {
@@ -326,6 +344,10 @@ async fn session(
                     return Ok(None);
                 }
                 event = receiver.events.recv() => event,
+                _ = ticker.tick() => {
+                    applier.tick().await?;
+                    continue;
+                }
             };
             match event {
                 None => {
@@ -372,7 +394,7 @@ async fn session(
             .unwrap_or(durable);
     }
     watcher.abort();
-    let flushed = flush_position(durable, written, shared.idle_through());
+    let flushed = durable;
     feedback.set_flushed(flushed);
     feedback.set_applied(shared.idle_through());
     receiver.shutdown().await;
@@ -383,14 +405,27 @@ async fn session(
     })
 }
 
-/// What may be reported as flushed: the origin's durable position, or —
-/// once everything written is durable — everything handled, including
-/// stretches of the source's WAL that had nothing to replicate.
-fn flush_position(durable: Lsn, written: Lsn, idle_through: Lsn) -> Lsn {
-    if durable >= written {
-        durable.max(idle_through)
-    } else {
-        durable
+/// Refuses to stream when the slot was confirmed past what the target
+/// holds: the source would start at its confirmed position and the
+/// transactions between would never be applied. pgrepl never confirms more
+/// than the target made durable (see `position`), so the target lost them:
+/// restored from a backup, or its last transactions lost in a crash.
+async fn refuse_a_gap(req: &StreamRequest<'_>, durable: Lsn) -> Result<(), SessionError> {
+    let src = req.source.connect().await?;
+    let slot = crate::source::setup::slot_info(&src, &req.name.slot())
+        .await
+        .map_err(|e| SessionError::Source {
+            what: "reading the replication slot",
+            message: e.to_string(),
+        })?;
+    match slot {
+        Some(s) if s.confirmed_flush > durable => Err(SessionError::TargetBehind {
+            slot: req.name.slot().to_string(),
+            confirmed: s.confirmed_flush,
+            target_at: durable,
+            name: req.name.to_string(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -410,13 +445,10 @@ async fn flush_watcher(
             client = target.connect().await.ok();
         }
         let Some(c) = &client else { continue };
-        // idle_through first, written_end second: the applier stores them
-        // in the other order, so a new idle_through comes with its write.
-        let idle = shared.idle_through();
         let written = Lsn(shared.written_end.load(Ordering::SeqCst));
         match origin_progress(c, &origin, true).await {
             Ok(durable) => {
-                feedback.set_flushed(flush_position(durable, written, idle));
+                feedback.set_flushed(durable);
                 feedback.set_applied(written);
             }
             Err(e) => {
@@ -424,19 +456,5 @@ async fn flush_watcher(
                 client = None;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flush_never_passes_what_is_durable() {
-        // Written but not durable: only the durable part.
-        assert_eq!(flush_position(Lsn(10), Lsn(20), Lsn(30)), Lsn(10));
-        // All written is durable: idle stretches may be confirmed too.
-        assert_eq!(flush_position(Lsn(20), Lsn(20), Lsn(30)), Lsn(30));
-        assert_eq!(flush_position(Lsn(25), Lsn(20), Lsn(22)), Lsn(25));
     }
 }

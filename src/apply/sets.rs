@@ -23,7 +23,7 @@ impl TargetRelation {
     /// Whether every column of `cols` can travel as an array.
     pub fn unnestable(&self, cols: &[usize]) -> bool {
         cols.iter()
-            .all(|&i| self.array_of.get(i).is_some_and(Option::is_some))
+            .all(|&i| self.columns.get(i).is_some_and(|c| c.array_type.is_some()))
     }
 
     /// `unnest($1::T1[], ...) AS s(c1, ...)` over `cols` (all unnestable).
@@ -32,7 +32,7 @@ impl TargetRelation {
             .iter()
             .enumerate()
             .map(|(n, &i)| {
-                let ty = self.array_of[i].as_deref().unwrap_or("text[]");
+                let ty = self.columns[i].array_type.as_deref().unwrap_or("text[]");
                 format!("${}::{ty}", n + 1)
             })
             .collect();
@@ -120,8 +120,12 @@ impl TargetRelation {
         )
     }
 
-    /// UPDATE setting `cols` from the rows `from` holds (as `s`).
+    /// UPDATE setting `cols` from the rows `from` holds (as `s`), or its
+    /// DELETE + INSERT form (see `identity`).
     pub fn set_update_sql(&self, from: &str, cols: &[usize]) -> String {
+        if self.rewrites_identity(false) {
+            return self.set_delete_insert_sql(from);
+        }
         let set = cols
             .iter()
             .map(|&i| {

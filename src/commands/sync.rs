@@ -241,6 +241,9 @@ async fn stream(
             name.publication()
         );
     }
+    if setup::publish_partitions_as_themselves(src, &name.publication()).await? {
+        tracing::warn!(publication = %name.publication(), "the publication published partitions through their root, which drops a TRUNCATE of one partition: it publishes them as themselves from now on");
+    }
     let ddl = capture::stored_selection(src, name)
         .await
         .map_err(|e| {

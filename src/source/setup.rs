@@ -3,7 +3,7 @@
 
 use tokio_postgres::Client;
 
-use super::catalog::{SelectedTables, ServerFacts};
+use super::catalog::{SelectedTables, ServerFacts, TableKind};
 use crate::conn::error::describe;
 use crate::lsn::Lsn;
 use crate::sql::{PublicationName, SlotName};
@@ -108,9 +108,14 @@ pub async fn drop_slot(client: &Client, slot: &SlotName, name: &str) -> Result<b
 }
 
 /// Creates the publication unless it exists: `FOR ALL TABLES` when nothing
-/// was filtered, else the selected top-level tables plus `pgrepl.schema_log`
-/// when DDL capture is installed. Partitioned tables publish through their
-/// root (PG 13+) so the target's partitioning may differ.
+/// was filtered, else the selected tables plus `pgrepl.schema_log` when DDL
+/// capture is installed.
+///
+/// Partitions publish as themselves, not through their root: Postgres
+/// publishes no TRUNCATE of a single partition through its root, and the
+/// copy fills the same partitions on the target anyway. A table list names
+/// partitioned tables (their partitions follow, 13+), or on 12, which
+/// cannot publish a partitioned table, their partitions.
 pub async fn ensure_publication(
     client: &Client,
     publication: &PublicationName,
@@ -133,7 +138,17 @@ pub async fn ensure_publication(
     let target = if everything {
         "FOR ALL TABLES".to_string()
     } else {
-        let mut names: Vec<String> = selected.tops().map(|t| t.name.quoted()).collect();
+        let mut names: Vec<String> = if facts.version_num >= 130000 {
+            selected.tops().map(|t| t.name.quoted()).collect()
+        } else {
+            selected
+                .tables
+                .iter()
+                .filter(|t| t.kind != TableKind::PartitionedRoot)
+                .filter(|t| !matches!(t.kind, TableKind::Partition { leaf: false, .. }))
+                .map(|t| t.name.quoted())
+                .collect()
+        };
         names.extend(extra.iter().map(|t| t.quoted()));
         if names.is_empty() {
             String::new()
@@ -141,19 +156,43 @@ pub async fn ensure_publication(
             format!("FOR TABLE {}", names.join(", "))
         }
     };
-    let with = if facts.version_num >= 130000 {
-        " WITH (publish_via_partition_root = true)"
-    } else {
-        ""
-    };
     client
         .batch_execute(&format!(
-            "CREATE PUBLICATION {} {target}{with}",
+            "CREATE PUBLICATION {} {target}",
             publication.quoted()
         ))
         .await
         .map_err(query_error(format!("creating publication {publication}")))?;
     Ok(true)
+}
+
+/// A publication made by an earlier pgrepl published partitions through
+/// their root, which loses the TRUNCATE of a single partition: from now on
+/// partitions publish as themselves. Returns whether it changed anything.
+pub async fn publish_partitions_as_themselves(
+    client: &Client,
+    publication: &PublicationName,
+) -> Result<bool, SetupError> {
+    let via_root: bool = client
+        .query_one(
+            "SELECT CASE WHEN current_setting('server_version_num')::int >= 130000
+                         THEN coalesce((SELECT (to_jsonb(p) ->> 'pubviaroot')::bool FROM pg_publication p WHERE pubname = $1), false)
+                         ELSE false END",
+            &[&publication.as_str()],
+        )
+        .await
+        .map_err(query_error("reading the publication"))?
+        .get(0);
+    if via_root {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} SET (publish_via_partition_root = false)",
+                publication.quoted()
+            ))
+            .await
+            .map_err(query_error(format!("altering publication {publication}")))?;
+    }
+    Ok(via_root)
 }
 
 /// Adds a table to a table-list publication (a new table matching

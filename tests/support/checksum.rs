@@ -1,7 +1,9 @@
 //! An independent check that two databases hold the same rows: per table,
 //! the row count and two 60-bit sums of md5(row::text). Order-free (sums),
 //! duplicate-aware (a multiset), and computed by each server itself, so it
-//! shares no code with pgrepl.
+//! shares no code with pgrepl. Each table's own rows only (`ONLY`: an
+//! inheritance parent is not its children), the row as `ROW(t.*)` (a
+//! column named `t` would win over the alias in `t::text`).
 
 use tokio_postgres::Client;
 
@@ -15,7 +17,7 @@ pub async fn table_checksum(client: &Client, quoted_table: &str) -> Checksum {
     let sql = format!(
         "SELECT count(*), coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::bigint::numeric), 0)::text
                 || '/' || coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::bigint::numeric), 0)::text
-         FROM (SELECT md5(t::text) AS h FROM {quoted_table} AS t) s"
+         FROM (SELECT md5(ROW(t.*)::text) AS h FROM ONLY {quoted_table} AS t) s"
     );
     let row = client
         .query_one(&sql, &[])

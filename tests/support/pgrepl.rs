@@ -205,3 +205,11 @@ impl Running {
         }
     }
 }
+
+/// pgrepl's own endpoint for a test cluster (library-level tests).
+pub fn endpoint(cluster: &super::Cluster, side: ::pgrepl::conn::Side) -> ::pgrepl::conn::Endpoint {
+    let env = |_: &str| None;
+    let config = ::pgrepl::conn::ConnConfig::resolve(&cluster.conninfo(), &env)
+        .expect("test conninfo resolves");
+    ::pgrepl::conn::Endpoint::new(side, config)
+}
