@@ -409,3 +409,28 @@ async fn environment_fallbacks_name_the_endpoints() {
     assert_eq!(out.code, Some(2), "{out}");
     assert!(out.stderr.contains("--source"), "{out}");
 }
+
+/// The source named as the target too is refused by name, before
+/// anything is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_as_its_own_target_is_refused() {
+    let pair = Pair::start();
+    pair.source
+        .exec("CREATE TABLE t (id int PRIMARY KEY)")
+        .await;
+    let src = pair.source.conninfo();
+    let out = pgrepl::run(&["check", "--source", &src, "--target", &src], LIMIT).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.all().contains("the target is the source itself"),
+        "{out}"
+    );
+    let out = pgrepl::run(&["sync", "--source", &src, "--target", &src], LIMIT).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert_eq!(
+        pair.source
+            .value("SELECT count(*) FROM pg_replication_slots")
+            .await,
+        Some("0".into())
+    );
+}

@@ -415,11 +415,12 @@ async fn a_rejected_ddl_stops_the_sync_and_skip_ddl_goes_on() {
     );
 }
 
-/// The capture never stands in the user's way: when it cannot log (here
-/// the log refuses rows), the user's DDL still succeeds, with a WARNING.
+/// When the capture cannot even record that it failed (here the log
+/// refuses every row), the user's DDL fails with a message saying why:
+/// a DDL no sync can see would leave the target different without a word.
 /// Changes to pgrepl's own objects are never logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_capture_never_fails_the_users_ddl_and_ignores_its_own_objects() {
+async fn a_ddl_the_capture_cannot_record_fails_and_says_why() {
     let pair = Pair::start();
     pair.source.exec(BASE).await;
     assert!(sync(&pair, &["--copy-only"]).await.success());
@@ -427,17 +428,23 @@ async fn the_capture_never_fails_the_users_ddl_and_ignores_its_own_objects() {
         .exec("ALTER TABLE pgrepl.schema_log ADD CONSTRAINT refuse_all CHECK (false) NOT VALID")
         .await;
     let c = pair.source.client().await;
-    c.batch_execute("CREATE TABLE app.despite (id int PRIMARY KEY)")
-        .await
-        .expect("the user's DDL goes through");
-    c.batch_execute("CREATE TABLE app.despite_too AS SELECT 1 AS x")
-        .await
-        .expect("and CREATE TABLE AS too");
+    for ddl in [
+        "CREATE TABLE app.despite (id int PRIMARY KEY)",
+        "CREATE TABLE app.despite_too AS SELECT 1 AS x",
+    ] {
+        let err = c.batch_execute(ddl).await.expect_err("refused");
+        let db = err.as_db_error().expect("a server error");
+        assert!(
+            db.message().contains("pgrepl could not record this")
+                && db.hint().is_some_and(|h| h.contains("pgrepl teardown")),
+            "{ddl}: {db:?}"
+        );
+    }
     assert_eq!(
         pair.source
             .value("SELECT count(*) FROM pg_tables WHERE tablename IN ('despite', 'despite_too')")
             .await,
-        Some("2".into())
+        Some("0".into())
     );
     assert_eq!(
         pair.source

@@ -334,3 +334,398 @@ async fn ddl_and_truncate_inside_a_streamed_transaction() {
     );
     equal(&pair).await;
 }
+
+/// 5. DDL whose values the source computes: per row (a volatile default,
+/// serial, identity: the table is rewritten, which is not decoded), once
+/// for all rows (`now()`, `current_user`), or under the session's TimeZone
+/// (a timestamptz literal, timestamp turned timestamptz). The target must
+/// hold the source's values, and the source's rows must not change beyond
+/// what the DDL did (no user trigger fires for the rows pgrepl publishes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_computing_values_gives_the_target_the_sources_values() {
+    let pair = Pair::start();
+    pair.source
+        .exec(
+            "CREATE TABLE t (id int PRIMARY KEY, ts timestamp, touched int NOT NULL DEFAULT 0, big text);
+             INSERT INTO t SELECT g, '2024-01-01 12:00:00', 0, CASE WHEN g % 10 = 0 THEN repeat(md5(g::text), 400) END
+             FROM generate_series(1, 500) g;
+             CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.touched := NEW.touched + 1; RETURN NEW; END $$;
+             CREATE TRIGGER touch BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION touch();
+             CREATE TABLE p (id int, d date, PRIMARY KEY (id, d)) PARTITION BY RANGE (d);
+             CREATE TABLE p_1 PARTITION OF p FOR VALUES FROM ('2024-01-01') TO ('2024-02-01');
+             CREATE TABLE p_2 PARTITION OF p FOR VALUES FROM ('2024-02-01') TO ('2024-03-01');
+             INSERT INTO p SELECT g, '2024-01-01'::date + g % 59 FROM generate_series(1, 300) g;",
+        )
+        .await;
+    copy(&pair).await;
+    pair.source
+        .exec(
+            "SET TimeZone = 'Asia/Tokyo';
+             ALTER TABLE t ADD COLUMN created timestamptz NOT NULL DEFAULT clock_timestamp();
+             ALTER TABLE t ADD COLUMN u text DEFAULT md5(random()::text), ADD COLUMN s serial;
+             ALTER TABLE t ADD COLUMN n timestamptz DEFAULT now(), ADD COLUMN who text DEFAULT current_user || random()::int;
+             ALTER TABLE t ADD COLUMN idn int GENERATED ALWAYS AS IDENTITY;
+             ALTER TABLE t ADD COLUMN lit timestamptz DEFAULT '2024-06-01 00:00:00';
+             ALTER TABLE t ALTER COLUMN ts TYPE timestamptz;
+             ALTER TABLE p ADD COLUMN r float8 DEFAULT random(), ADD COLUMN at timestamptz DEFAULT transaction_timestamp();
+             INSERT INTO t (id) VALUES (1000);
+             UPDATE t SET big = 'changed' WHERE id = 20;",
+        )
+        .await;
+    catch_up(&pair).await;
+    equal(&pair).await;
+    assert_eq!(
+        pair.source
+            .value("SELECT count(*) FROM t WHERE touched <> 0")
+            .await,
+        Some("1".into()),
+        "only the user's own UPDATE fired the user's trigger"
+    );
+}
+
+/// 8. A step of the DDL capture fails (here adding a new table to a table
+/// list publication runs into a lock timeout): the user's DDL goes through,
+/// and the sync stops at exactly that command saying what failed, instead
+/// of never publishing the new table's rows. `--skip-ddl` goes past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_capture_step_stops_the_sync_at_that_command() {
+    let pair = Pair::start();
+    pair.source
+        .exec("CREATE SCHEMA app; CREATE TABLE app.t (id int PRIMARY KEY); CREATE TABLE app.other (id int PRIMARY KEY);")
+        .await;
+    let out = sync(
+        &pair,
+        &[
+            "--copy-only",
+            "--include",
+            "app.*",
+            "--exclude",
+            "app.other",
+        ],
+    )
+    .await;
+    assert!(out.success(), "{out}");
+    // Another session holds the publication: ALTER PUBLICATION waits.
+    let mut holder = pair.source.client().await;
+    let tx = holder.transaction().await.expect("begin");
+    tx.batch_execute("ALTER PUBLICATION pgrepl_pgrepl ADD TABLE app.other")
+        .await
+        .expect("hold the publication");
+    let c = pair.source.client().await;
+    c.batch_execute("SET lock_timeout = '200ms'; CREATE TABLE app.n1 (id int PRIMARY KEY)")
+        .await
+        .expect("the user's DDL goes through");
+    tx.rollback().await.expect("release");
+    c.batch_execute("INSERT INTO app.n1 VALUES (1); INSERT INTO app.t VALUES (1);")
+        .await
+        .expect("rows");
+    let failed = pair
+        .source
+        .value("SELECT id FROM pgrepl.schema_log WHERE event = 'capture_failed'")
+        .await
+        .expect("a capture_failed row");
+    let out = sync(&pair, &["--until-caught-up"]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    let err = out.error_line();
+    assert!(err.contains("DDL capture failed on CREATE TABLE"), "{err}");
+    assert!(
+        err.contains("adding table app.n1 to publication pgrepl_pgrepl"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the rows of app.n1 are not published"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("--skip-ddl {failed}")), "{err}");
+    assert_eq!(
+        pair.target.value("SELECT count(*) FROM app.t").await,
+        Some("0".into()),
+        "nothing after the failed command was applied"
+    );
+    // Made right by hand (the table joins, its row is put on the target),
+    // the sync goes on past exactly that command.
+    pair.source
+        .exec("ALTER PUBLICATION pgrepl_pgrepl ADD TABLE app.n1")
+        .await;
+    let out = sync(&pair, &["--until-caught-up", "--skip-ddl", &failed]).await;
+    assert!(out.success(), "{out}");
+    pair.target.exec("INSERT INTO app.n1 VALUES (1)").await;
+    let (src, tgt) = (pair.source.client().await, pair.target.client().await);
+    support::assert_same_tables(&src, &tgt, &["app.t", "app.n1"]).await;
+}
+
+/// 9. The target crashes and restarts during the copy: copy sessions
+/// commit asynchronously, so chunks already recorded as copied can be lost
+/// with it. The copy reconnects, finds what the target really kept, copies
+/// the rest again, and ends equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_restart_during_the_copy_loses_no_chunk() {
+    let pair = Pair::start_with(
+        ClusterOptions::default(),
+        ClusterOptions {
+            // Asynchronous commits stay in memory as long as possible.
+            settings: vec![
+                "wal_writer_delay = '10s'".into(),
+                "wal_buffers = '16MB'".into(),
+            ],
+            ..Default::default()
+        },
+    );
+    pair.source
+        .exec(
+            "CREATE TABLE big (id int PRIMARY KEY, pad text);
+             INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 400000) g;",
+        )
+        .await;
+    let a = sync_args(
+        &pair,
+        &["--copy-only", "--chunk-size", "256kB", "--jobs", "2"],
+    );
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let running = pgrepl::spawn(&a);
+    let t = pair.target.client().await;
+    wait_for("a few chunks copied", LIMIT, || {
+        let t = &t;
+        async move {
+            let n: i64 = t
+                .query_one("SELECT count(*) FROM pgrepl.copied_chunks", &[])
+                .await
+                .ok()?
+                .get(0);
+            (n >= 20).then_some(())
+        }
+    })
+    .await;
+    drop(t);
+    let mut target = pair.target;
+    target.stop_mode("immediate");
+    target.start_again();
+    let pair = Pair {
+        source: pair.source,
+        target,
+    };
+    let out = running.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+    eprintln!(
+        "chunks lost and copied again: {}",
+        out.stderr
+            .contains("copied chunks were lost by a target restart")
+    );
+    equal(&pair).await;
+}
+
+/// 10. A table created between the preflight and the slot is in the
+/// snapshot (pg_dump creates it on the target): it is copied too, and with
+/// a table list that missed it, the setup stops clearly instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_created_during_setup_is_copied_or_refused() {
+    for include in [false, true] {
+        let pair = Pair::start();
+        pair.source
+            .exec("CREATE SCHEMA app; CREATE TABLE app.t (id int PRIMARY KEY); INSERT INTO app.t VALUES (1);")
+            .await;
+        // A transaction creating a table is open while pgrepl starts: the
+        // slot waits for it to end, and the table is in its snapshot.
+        let mut late = pair.source.client().await;
+        let tx = late.transaction().await.expect("begin");
+        tx.batch_execute("CREATE TABLE app.late (id int PRIMARY KEY); INSERT INTO app.late SELECT generate_series(1, 100);")
+            .await
+            .expect("late table");
+        let extra: &[&str] = if include {
+            &["--copy-only", "--include", "app.*"]
+        } else {
+            &["--copy-only"]
+        };
+        let a = sync_args(&pair, extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let running = pgrepl::spawn(&a);
+        let s = pair.source.client().await;
+        wait_for("the slot waiting for the open transaction", LIMIT, || {
+            let s = &s;
+            async move {
+                let n: i64 = s
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE_REPLICATION_SLOT%' AND wait_event_type = 'Lock'",
+                        &[],
+                    )
+                    .await
+                    .ok()?
+                    .get(0);
+                (n > 0).then_some(())
+            }
+        })
+        .await;
+        tx.commit().await.expect("commit");
+        let out = running.wait(LIMIT).await;
+        if include {
+            assert_eq!(out.code, Some(1), "{out}");
+            let err = out.error_line();
+            assert!(
+                err.contains("app.late appeared while the sync was being set up")
+                    && err.contains("run pgrepl sync again"),
+                "{err}"
+            );
+            assert_eq!(
+                pair.source
+                    .value("SELECT count(*) FROM pg_replication_slots")
+                    .await,
+                Some("0".into()),
+                "nothing left behind"
+            );
+            let again = sync(&pair, &["--copy-only", "--include", "app.*"]).await;
+            assert!(again.success(), "{again}");
+        } else {
+            assert!(out.success(), "{out}");
+        }
+        pair.source.exec("INSERT INTO app.late VALUES (1000)").await;
+        catch_up(&pair).await;
+        equal(&pair).await;
+    }
+}
+
+/// 12a. A second sync set up on the same source writes pgrepl's own
+/// config table, which a FOR ALL TABLES publication publishes too: the
+/// first sync ignores pgrepl's tables instead of stopping on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sync_on_the_same_source_leaves_the_first_alone() {
+    let pair = Pair::start();
+    pair.source
+        .exec("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await;
+    pair.target.exec("CREATE DATABASE second").await;
+    let a = sync_args(&pair, &[]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let first = pgrepl::spawn(&a);
+    support::wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    let second_target = pair.target.conninfo_db("second");
+    let out = pgrepl::run(
+        &[
+            "sync",
+            "--source",
+            &pair.source.conninfo(),
+            "--target",
+            &second_target,
+            "--name",
+            "second",
+            "--copy-only",
+        ],
+        LIMIT,
+    )
+    .await;
+    assert!(out.success(), "{out}");
+    pair.source.exec("INSERT INTO t VALUES (2)").await;
+    let t = pair.target.client().await;
+    wait_for("the first sync applies on", LIMIT, || {
+        let t = &t;
+        async move {
+            let n: i64 = t
+                .query_one("SELECT count(*) FROM t", &[])
+                .await
+                .ok()?
+                .get(0);
+            (n == 2).then_some(())
+        }
+    })
+    .await;
+    first.signal(libc::SIGINT);
+    let out = first.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+    equal(&pair).await;
+}
+
+/// 12b. A CREATE TABLE AS of a custom type inside a transaction streamed
+/// while in progress: the table is made from the rows' description, with
+/// the type named as the source names it (not by the source's OID).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_table_as_of_a_custom_type_inside_a_streamed_transaction() {
+    let Some(pair) = streaming_pair() else { return };
+    pair.source
+        .exec(
+            "CREATE TYPE mood AS ENUM ('sad', 'ok'); CREATE TABLE t (id int PRIMARY KEY, m mood);",
+        )
+        .await;
+    copy(&pair).await;
+    pair.source
+        .exec(
+            "BEGIN; INSERT INTO t SELECT g, 'ok' FROM generate_series(1, 20000) g;
+             CREATE TABLE made AS SELECT id, m, ARRAY[m] AS ms FROM t;
+             COMMIT;",
+        )
+        .await;
+    let out = catch_up(&pair).await;
+    assert!(out.stderr.contains("streamed while in progress"), "{out}");
+    equal(&pair).await;
+}
+
+/// 12c. A transaction whose last statements fail before COMMIT is left
+/// open and aborted on the server: the applier rolls it back, so the
+/// session can apply the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applier_rolls_back_what_a_failed_commit_left_open() {
+    use ::pgrepl::apply::applier::{Applier, GroupLimits, Shared};
+    use ::pgrepl::conn::raw::RawSession;
+    use ::pgrepl::stream::pgoutput::{Column, Datum, Message, Relation};
+    use ::pgrepl::Lsn;
+
+    let target = support::Cluster::start("target", support::PgInstall::for_target());
+    target.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let endpoint = pgrepl::endpoint(&target, ::pgrepl::conn::Side::Target);
+    let session = RawSession::connect(::pgrepl::conn::Side::Target, &endpoint.config, false)
+        .await
+        .expect("session");
+    // No replication origin on this session: recording the position
+    // before COMMIT fails, and the transaction stays open, aborted.
+    let mut applier = Applier::new(
+        session,
+        Shared::new(Lsn::ZERO),
+        Lsn::ZERO,
+        GroupLimits::default(),
+        None,
+        ::pgrepl::sql::SyncName::default(),
+    );
+    let relation = Message::Relation(Relation {
+        oid: 1,
+        namespace: "public".into(),
+        name: "t".into(),
+        replica_identity: b'd',
+        columns: vec![Column {
+            name: "id".into(),
+            key: true,
+            type_oid: 23,
+            type_modifier: -1,
+        }],
+    });
+    let mut errors = Vec::new();
+    for (id, lsn) in [("1", 100u64), ("2", 200)] {
+        let txn = [
+            Message::Begin {
+                final_lsn: Lsn(lsn),
+                commit_ts: 0,
+                xid: lsn as u32,
+            },
+            relation.clone(),
+            Message::Insert {
+                relation: 1,
+                new: vec![Datum::Text(id.as_bytes().to_vec().into())],
+            },
+            Message::Commit {
+                commit_lsn: Lsn(lsn),
+                end_lsn: Lsn(lsn + 8),
+                commit_ts: 0,
+            },
+        ];
+        let mut result = Ok(());
+        for m in txn {
+            result = applier.handle(m, false).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        errors.push(result.expect_err("no origin: the commit fails").to_string());
+        applier.abort().await;
+    }
+    assert!(
+        errors[1].contains("no replication origin is configured"),
+        "the second transaction ran in a clean session: {errors:?}"
+    );
+}

@@ -29,7 +29,7 @@ impl Applier {
                 _ => None,
             }
         })?;
-        let (sql, search_path, creates) = match replayer.decide(&row)? {
+        let (sql, search_path, settings, creates) = match replayer.decide(&row)? {
             Action::Skip { reason } => {
                 tracing::info!(id = row.id, tag = %row.tag, %reason, ddl = %short(&row.ddl), "DDL not replicated");
                 return Ok(());
@@ -42,8 +42,9 @@ impl Applier {
             Action::Replay {
                 sql,
                 search_path,
+                settings,
                 creates,
-            } => (sql, search_path, creates),
+            } => (sql, search_path, settings, creates),
         };
         for table in &creates {
             self.expected.remove(table);
@@ -53,15 +54,27 @@ impl Applier {
         }
         self.flush_batch().await?;
         tracing::info!(id = row.id, tag = %row.tag, ddl = %short(&sql), "replaying DDL");
-        // The source's search_path and the planner's defaults while it runs
-        // (the apply session turns hash and merge joins off), then back.
-        let before = format!(
+        // The source's search_path and session settings (how the command
+        // reads its values), and the planner's defaults while it runs (the
+        // apply session turns hash and merge joins off); all of them local
+        // to the transaction, reset right after.
+        let mut before = format!(
             "SELECT pg_catalog.set_config('search_path', {}, true), pg_catalog.set_config('enable_hashjoin', 'on', true),
                     pg_catalog.set_config('enable_mergejoin', 'on', true)",
             quote_literal(&search_path)
         );
-        self.send_sql(&before, Meta::Control("setting the source's search_path"))
-            .await?;
+        for (name, value) in &settings {
+            before.push_str(&format!(
+                ", pg_catalog.set_config({}, {}, true)",
+                quote_literal(name),
+                quote_literal(value)
+            ));
+        }
+        self.send_sql(
+            &before,
+            Meta::Control("setting the source's search_path and settings"),
+        )
+        .await?;
         self.send_sql(
             &sql,
             Meta::Ddl {
@@ -70,7 +83,15 @@ impl Applier {
             },
         )
         .await?;
-        self.send_sql("RESET search_path", Meta::Control("resetting search_path"))
+        let names: Vec<String> = std::iter::once("search_path")
+            .chain(settings.iter().map(|(n, _)| n.as_str()))
+            .map(quote_literal)
+            .collect();
+        let reset = format!(
+            "SELECT pg_catalog.set_config(name, reset_val, true) FROM pg_catalog.pg_settings WHERE name IN ({})",
+            names.join(", ")
+        );
+        self.send_sql(&reset, Meta::Control("resetting search_path and settings"))
             .await?;
         let after = "SELECT pg_catalog.set_config('enable_hashjoin', 'off', true), pg_catalog.set_config('enable_mergejoin', 'off', true)";
         self.send_sql(after, Meta::Control("resetting the planner"))

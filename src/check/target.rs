@@ -21,6 +21,25 @@ pub(super) async fn check(
     let facts = ServerFacts::read(client)
         .await
         .map_err(query_error(SIDE, "reading server facts"))?;
+    let same_server: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2)",
+            &[&source.backend.0, &source.backend.1],
+        )
+        .await
+        .map_err(query_error(SIDE, "comparing the servers"))?
+        .get(0);
+    if same_server && facts.database == source.database {
+        report.push(Finding::error(
+            SIDE,
+            "same_database",
+            format!(
+                "the target is the source itself (database {} on the same server)",
+                facts.database
+            ),
+            "point --target at another server or database",
+        ));
+    }
     if facts.major() < source.major() {
         report.push(Finding::warn(
             SIDE,

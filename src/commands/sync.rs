@@ -134,13 +134,15 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         source_facts: &preflight.source,
         target_facts: &preflight.target,
         selected: &selected,
-        excluded: selected.excluded.clone(),
+        selection: &opts.selection,
+        publication: name.publication(),
         existing_schema: args.existing_schema,
         pg_dump,
         jobs,
         chunk_bytes: args.chunk_size.min(i64::MAX as u64) as i64,
         binary: args.copy_format == crate::cli::CopyFormatChoice::Auto,
         progress: ProgressMode::detect(json_logs),
+        retry_for: args.retry_for,
     };
     let copied = tokio::select! {
         result = snapshot::run(request) => result,
@@ -253,6 +255,7 @@ async fn stream(
             )
         })?
         .map(|selection| ReplayOptions {
+            publication: name.publication().to_string(),
             selection,
             privileges: args.ddl_privileges,
             skip: args.skip_ddl.iter().copied().collect(),

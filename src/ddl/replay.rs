@@ -10,7 +10,7 @@
 //! found in the string: that stops the sync with a clear message rather than
 //! replaying the wrong thing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 
@@ -26,6 +26,14 @@ pub enum ReplayError {
     Statement {
         id: i64,
         source: statement::StatementError,
+    },
+    #[error("source: pgrepl's DDL capture failed on {tag} #{id} while {step}: {error}. The sync cannot follow this command exactly{consequence}. Fix the cause and start over (`pgrepl teardown`, then `pgrepl sync`), or, once the target matches the source by hand, rerun with `pgrepl sync --skip-ddl {id}`")]
+    CaptureFailed {
+        id: i64,
+        tag: String,
+        step: String,
+        error: String,
+        consequence: String,
     },
     #[error("DDL log row is malformed: {0}")]
     Malformed(String),
@@ -49,6 +57,16 @@ pub struct LoggedObject {
     pub table: Option<TableRef>,
 }
 
+/// What the capture could not do for a command (a `capture_failed` row).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Failure {
+    pub step: String,
+    pub error: String,
+    /// The publication it concerned, when only one sync is affected.
+    pub publication: Option<String>,
+    pub table: Option<String>,
+}
+
 /// One row of `pgrepl.schema_log`.
 #[derive(Clone, Debug)]
 pub struct LogRow {
@@ -63,6 +81,11 @@ pub struct LogRow {
     /// `current_schema()` when the command ran: where an unqualified
     /// CREATE put its object.
     pub creation_schema: Option<String>,
+    /// Session settings the command read its values under (TimeZone, ...).
+    pub settings: Vec<(String, String)>,
+    /// Values ADD COLUMN computed once for every existing row, per column.
+    pub fixed_defaults: HashMap<String, String>,
+    pub failure: Option<Failure>,
 }
 
 impl LogRow {
@@ -81,6 +104,42 @@ impl LogRow {
                 .map_err(|e| ReplayError::Malformed(format!("objects: {e}")))?,
             None => Vec::new(),
         };
+        let json = |c: &str| -> Result<Option<serde_json::Value>, ReplayError> {
+            get(c)
+                .map(|text| {
+                    serde_json::from_str(&text)
+                        .map_err(|e| ReplayError::Malformed(format!("{c}: {e}")))
+                })
+                .transpose()
+        };
+        let settings = match json("settings")? {
+            Some(serde_json::Value::Object(m)) => m
+                .into_iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
+                .collect(),
+            _ => Vec::new(),
+        };
+        // {table: {column: value}}: an ALTER TABLE names one table (its
+        // children get the same values).
+        let mut fixed_defaults = HashMap::new();
+        if let Some(serde_json::Value::Object(tables)) = json("fixed_defaults")? {
+            for (_, columns) in tables {
+                if let serde_json::Value::Object(columns) = columns {
+                    for (column, value) in columns {
+                        if let Some(v) = value.as_str() {
+                            fixed_defaults.insert(column, v.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        let failure = match json("failure")? {
+            Some(v) if !v.is_null() => Some(
+                serde_json::from_value(v)
+                    .map_err(|e| ReplayError::Malformed(format!("failure: {e}")))?,
+            ),
+            _ => None,
+        };
         Ok(LogRow {
             id: num("id")?,
             xid: num("xid")?,
@@ -90,6 +149,9 @@ impl LogRow {
             ddl: need("ddl")?,
             search_path: get("search_path").unwrap_or_default(),
             creation_schema: get("creation_schema"),
+            settings,
+            fixed_defaults,
+            failure,
         })
     }
 
@@ -123,6 +185,8 @@ pub enum Action {
     Replay {
         sql: String,
         search_path: String,
+        /// Session settings to run it under.
+        settings: Vec<(String, String)>,
         creates: Vec<TableName>,
     },
     /// A CREATE TABLE AS has begun: its table comes by its first row's
@@ -138,6 +202,9 @@ pub enum Action {
 /// Options that decide replay.
 #[derive(Clone, Debug, Default)]
 pub struct ReplayOptions {
+    /// This sync's publication (a capture failure about another one's is
+    /// not this sync's business).
+    pub publication: String,
     pub selection: Selection,
     /// Replicate GRANT / REVOKE / ownership (`--ddl-privileges`).
     pub privileges: bool,
@@ -196,6 +263,9 @@ impl Replayer {
 
     pub fn decide(&mut self, row: &LogRow) -> Result<Action, ReplayError> {
         let skip = self.opts.skip.contains(&row.id);
+        if row.event == CAPTURE_FAILED {
+            return self.failed(row, skip);
+        }
         if row.event == TABLE_CREATED {
             // Not a statement of the query string: the cursor stays.
             return Ok(match skip {
@@ -256,12 +326,45 @@ impl Replayer {
             }
         }
         let sql = piece
-            .for_target()
+            .for_target(&row.fixed_defaults)
             .map_err(|source| ReplayError::Statement { id: row.id, source })?;
         Ok(Action::Replay {
             sql,
             search_path: row.search_path.clone(),
+            settings: row.settings.clone(),
             creates,
+        })
+    }
+
+    /// A `capture_failed` row: the sync stops there, unless told to go on
+    /// or the failure concerns another sync's publication only.
+    fn failed(&self, row: &LogRow, skip: bool) -> Result<Action, ReplayError> {
+        let failure = row.failure.clone().unwrap_or_default();
+        if skip {
+            return Ok(Action::Skip {
+                reason: format!("--skip-ddl past a capture failure ({})", failure.step),
+            });
+        }
+        if let Some(p) = &failure.publication {
+            if *p != self.opts.publication {
+                return Ok(Action::Skip {
+                    reason: format!("a capture failure of publication {p}, not this sync's"),
+                });
+            }
+        }
+        let consequence = match (&failure.publication, &failure.table) {
+            (Some(_), Some(t)) => {
+                format!(": the rows of {t} are not published, so the target would miss them")
+            }
+            (None, Some(t)) => format!(": {t} would differ on the target"),
+            _ => String::new(),
+        };
+        Err(ReplayError::CaptureFailed {
+            id: row.id,
+            tag: row.tag.clone(),
+            step: failure.step,
+            error: failure.error,
+            consequence,
         })
     }
 
@@ -279,6 +382,7 @@ impl Replayer {
         Action::Replay {
             sql: row.ddl.clone(),
             search_path: row.search_path.clone(),
+            settings: row.settings.clone(),
             creates: tables,
         }
     }
@@ -296,6 +400,9 @@ impl Replayer {
 /// The `event` of a log row that holds a table made by CREATE TABLE AS,
 /// as CREATE TABLE of its columns (see `ddl::capture`).
 pub const TABLE_CREATED: &str = "table_created";
+
+/// The `event` of a log row saying the capture failed for a command.
+pub const CAPTURE_FAILED: &str = "capture_failed";
 
 fn all_temporary(row: &LogRow) -> bool {
     !row.objects.is_empty() && row.objects.iter().all(|o| o.temp == Some(true))
@@ -334,6 +441,9 @@ mod tests {
             ddl: ddl.into(),
             search_path: "public".into(),
             creation_schema: None,
+            settings: Vec::new(),
+            fixed_defaults: HashMap::new(),
+            failure: None,
         }
     }
 

@@ -249,7 +249,14 @@ impl Piece {
     }
 
     /// The statement as the target should run it inside a transaction.
-    pub fn for_target(&self) -> Result<String, StatementError> {
+    /// `fixed`: values ADD COLUMN computed once for the existing rows on the
+    /// source (a fast default such as `now()`), by column: such a column
+    /// is added with that value as a literal, and its expression set as
+    /// the default after, so the target's rows get the source's value.
+    pub fn for_target(
+        &self,
+        fixed: &std::collections::HashMap<String, String>,
+    ) -> Result<String, StatementError> {
         let mut parsed = pg_query::parse(&self.sql, 0)
             .map_err(|e| StatementError::Parse(e.to_string()))?
             .protobuf;
@@ -287,7 +294,7 @@ impl Piece {
                 r.params.len() != before
             }
             NodeEnum::AlterTableStmt(a) => {
-                let mut changed = false;
+                let mut changed = fix_added_defaults(&mut a.cmds, fixed);
                 for cmd in &mut a.cmds {
                     if let Some(NodeEnum::AlterTableCmd(c)) = &mut cmd.node {
                         if let Some(NodeEnum::PartitionCmd(p)) =
@@ -310,6 +317,84 @@ impl Piece {
         pg_query::deparse(&parsed, Default::default())
             .map_err(|e| StatementError::Deparse(e.to_string()))
     }
+}
+
+/// Rewrites `ADD COLUMN c type DEFAULT expr` (expr not a plain literal)
+/// whose value `fixed` holds into `ADD COLUMN c type DEFAULT 'value'::type`
+/// followed by `ALTER COLUMN c SET DEFAULT expr`. Returns whether it
+/// changed anything.
+fn fix_added_defaults(
+    cmds: &mut Vec<protobuf::Node>,
+    fixed: &std::collections::HashMap<String, String>,
+) -> bool {
+    if fixed.is_empty() {
+        return false;
+    }
+    let mut after = Vec::new();
+    for cmd in cmds.iter_mut() {
+        let Some(NodeEnum::AlterTableCmd(c)) = &mut cmd.node else {
+            continue;
+        };
+        if c.subtype != protobuf::AlterTableType::AtAddColumn as i32 {
+            continue;
+        }
+        let Some(NodeEnum::ColumnDef(col)) = c.def.as_deref_mut().and_then(|d| d.node.as_mut())
+        else {
+            continue;
+        };
+        let Some(value) = fixed.get(&col.colname) else {
+            continue;
+        };
+        let Some(type_name) = col.type_name.clone() else {
+            continue;
+        };
+        for constraint in &mut col.constraints {
+            let Some(NodeEnum::Constraint(k)) = &mut constraint.node else {
+                continue;
+            };
+            if k.contype != protobuf::ConstrType::ConstrDefault as i32 {
+                continue;
+            }
+            let plain = matches!(
+                k.raw_expr.as_deref().and_then(|e| e.node.as_ref()),
+                Some(NodeEnum::AConst(_))
+            );
+            if plain {
+                continue;
+            }
+            let literal = protobuf::Node {
+                node: Some(NodeEnum::TypeCast(Box::new(protobuf::TypeCast {
+                    arg: Some(Box::new(protobuf::Node {
+                        node: Some(NodeEnum::AConst(protobuf::AConst {
+                            isnull: false,
+                            location: -1,
+                            val: Some(protobuf::a_const::Val::Sval(protobuf::String {
+                                sval: value.clone(),
+                            })),
+                        })),
+                    })),
+                    type_name: Some(type_name.clone()),
+                    location: -1,
+                }))),
+            };
+            let Some(expr) = k.raw_expr.replace(Box::new(literal)) else {
+                continue;
+            };
+            after.push(protobuf::Node {
+                node: Some(NodeEnum::AlterTableCmd(Box::new(protobuf::AlterTableCmd {
+                    subtype: protobuf::AlterTableType::AtColumnDefault as i32,
+                    name: col.colname.clone(),
+                    def: Some(expr),
+                    behavior: protobuf::DropBehavior::DropRestrict as i32,
+                    recurse: c.recurse,
+                    ..Default::default()
+                }))),
+            });
+        }
+    }
+    let changed = !after.is_empty();
+    cmds.extend(after);
+    changed
 }
 
 #[cfg(test)]
@@ -340,7 +425,7 @@ mod tests {
 
     fn target(sql: &str) -> String {
         let p = split(sql).expect("splits");
-        p[0].for_target()
+        p[0].for_target(&Default::default())
             .expect("rewrites")
             .split_whitespace()
             .collect::<Vec<_>>()
@@ -373,6 +458,21 @@ mod tests {
     fn untouched_statements_keep_their_text() {
         let sql = "ALTER TABLE \"We\"\"ird\"  ADD COLUMN   c int /* spacing kept */";
         let p = split(sql).expect("splits");
-        assert_eq!(p[0].for_target().expect("ok"), sql);
+        assert_eq!(p[0].for_target(&Default::default()).expect("ok"), sql);
+    }
+
+    #[test]
+    fn defaults_computed_once_are_replayed_as_their_values() {
+        let p = split("ALTER TABLE t ADD COLUMN c timestamptz NOT NULL DEFAULT now(), ADD d int DEFAULT 1, ADD e text")
+            .expect("splits");
+        let mut fixed = std::collections::HashMap::new();
+        fixed.insert("c".to_string(), "2024-01-02 03:04:05+00".to_string());
+        fixed.insert("d".to_string(), "1".to_string());
+        let sql = p[0].for_target(&fixed).expect("rewrites");
+        assert_eq!(
+            sql,
+            "ALTER TABLE t ADD COLUMN c timestamptz NOT NULL DEFAULT '2024-01-02 03:04:05+00'::timestamptz, \
+             ADD COLUMN d int DEFAULT 1, ADD COLUMN e text, ALTER COLUMN c SET DEFAULT now()"
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::fmt;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::lsn::Lsn;
-use crate::sql::{SyncName, TableName};
+use crate::sql::{quote_literal, SyncName, TableName};
 
 /// How a sync got its schema on the target; decides what cleaning removes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,6 +240,23 @@ pub async fn chunk_rows(
     Ok(row.map(|r| r.get::<_, i64>(0) as u64))
 }
 
+/// The statement moving one table to `state` (for sessions without
+/// parameters, such as the copy workers' raw ones).
+pub fn table_state_sql(name: &SyncName, table: &TableName, state: &TableState) -> String {
+    let (rows, bytes) = match state {
+        TableState::Copied { rows, bytes } => (rows.to_string(), bytes.to_string()),
+        _ => ("rows".to_string(), "bytes".to_string()),
+    };
+    format!(
+        "UPDATE pgrepl.tables SET state = {}, rows = {rows}, bytes = {bytes}, updated_at = now()
+         WHERE sync_name = {} AND schema_name = {} AND table_name = {}",
+        quote_literal(state.label()),
+        quote_literal(name.as_str()),
+        quote_literal(&table.schema),
+        quote_literal(&table.name)
+    )
+}
+
 /// Moves one table to `state`.
 pub async fn set_table_state(
     client: &impl GenericClient,
@@ -247,18 +264,9 @@ pub async fn set_table_state(
     table: &TableName,
     state: &TableState,
 ) -> Result<(), tokio_postgres::Error> {
-    let (rows, bytes) = match state {
-        TableState::Copied { rows, bytes } => (Some(*rows), Some(*bytes)),
-        _ => (None, None),
-    };
     client
-        .execute(
-            "UPDATE pgrepl.tables SET state = $4, rows = coalesce($5, rows), bytes = coalesce($6, bytes), updated_at = now()
-             WHERE sync_name = $1 AND schema_name = $2 AND table_name = $3",
-            &[&name.as_str(), &table.schema, &table.name, &state.label(), &rows, &bytes],
-        )
-        .await?;
-    Ok(())
+        .batch_execute(&table_state_sql(name, table, state))
+        .await
 }
 
 /// Adds a table that appeared while streaming (DDL), already Streaming.

@@ -2,12 +2,14 @@
 //! snapshot and one target session, and pipes `COPY ... TO STDOUT` into
 //! `COPY ... FROM STDIN` unit after unit. A unit's rows and its marker in
 //! `pgrepl.copied_chunks` commit together, so a retry after a broken
-//! connection never copies a chunk twice.
+//! connection never copies a chunk twice. A worker that loses a connection
+//! reconnects for up to `--retry-for` (a target restarting, say); what a
+//! restart lost is found and copied again by `workers`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio_postgres::Client;
@@ -46,8 +48,8 @@ pub struct CopyJob {
     pub queue: Mutex<VecDeque<Unit>>,
     pub stats: HashMap<TableName, Arc<TableStats>>,
     pub display: CopyDisplay,
-    /// The main target session, for state updates.
-    pub state: Arc<Client>,
+    /// How long a worker keeps reconnecting.
+    pub retry_for: Duration,
 }
 
 impl CopyJob {
@@ -55,8 +57,6 @@ impl CopyJob {
         self.queue.lock().ok()?.pop_front()
     }
 }
-
-const RETRIES: usize = 3;
 
 /// The snapshot, imported on a raw session (for the copy pipe).
 async fn import_snapshot_raw(session: &mut RawSession, snapshot: &str) -> Result<(), RawError> {
@@ -69,86 +69,112 @@ async fn import_snapshot_raw(session: &mut RawSession, snapshot: &str) -> Result
         .map(|_| ())
 }
 
-async fn open_source(job: &CopyJob) -> Result<RawSession, SnapshotError> {
+async fn open_source(job: &CopyJob) -> Result<RawSession, RawError> {
     let mut src = RawSession::connect(Side::Source, &job.source.config, false).await?;
-    import_snapshot_raw(&mut src, &job.snapshot)
-        .await
-        .map_err(|e| {
-            if e.to_string().contains("snapshot") {
-                SnapshotError::SnapshotGone
-            } else {
-                SnapshotError::Query {
-                    side: Side::Source,
-                    what: "importing the snapshot",
-                    message: e.to_string(),
-                }
-            }
-        })?;
+    import_snapshot_raw(&mut src, &job.snapshot).await?;
     Ok(src)
 }
 
-async fn open_target(job: &CopyJob) -> Result<RawSession, SnapshotError> {
+async fn open_target(job: &CopyJob) -> Result<RawSession, RawError> {
     let mut tgt = RawSession::connect(Side::Target, &job.target.config, false).await?;
     tgt.simple_query("SET synchronous_commit = off; SET statement_timeout = 0")
-        .await
-        .map_err(|e| SnapshotError::Query {
-            side: Side::Target,
-            what: "setting up a copy session",
-            message: e.to_string(),
-        })?;
+        .await?;
     Ok(tgt)
+}
+
+/// Both sessions of a worker, reconnecting while the failure is transient
+/// and `--retry-for` has not passed.
+async fn open(job: &CopyJob, since: Instant) -> Result<(RawSession, RawSession), SnapshotError> {
+    let mut attempt = 0u32;
+    loop {
+        let opened =
+            async { Ok::<_, RawError>((open_source(job).await?, open_target(job).await?)) }.await;
+        match opened {
+            Ok(pair) => return Ok(pair),
+            Err(e) if e.is_transient() && since.elapsed() < job.retry_for => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "copy session: reconnecting");
+                tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt.min(8)))).await;
+            }
+            Err(e) if e.to_string().contains("snapshot") => {
+                return Err(SnapshotError::SnapshotGone)
+            }
+            Err(e) => {
+                let side = match &e {
+                    RawError::Server { side, .. }
+                    | RawError::Io { side, .. }
+                    | RawError::Protocol { side, .. } => *side,
+                    RawError::Connect(c) => c.side,
+                };
+                return Err(SnapshotError::Query {
+                    side,
+                    what: "opening a copy session",
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// Records a table's state on the worker's own target session.
+async fn record_state(
+    tgt: &mut RawSession,
+    job: &CopyJob,
+    table: &TableName,
+    state: &TableState,
+) -> Result<(), RawError> {
+    tgt.simple_query(&state::table_state_sql(&job.name, table, state))
+        .await
+        .map(|_| ())
 }
 
 /// One worker: copies units until the queue is empty.
 pub async fn worker(job: Arc<CopyJob>, id: usize) -> Result<(), SnapshotError> {
-    let mut src = open_source(&job).await?;
-    let mut tgt = open_target(&job).await?;
+    let (mut src, mut tgt) = open(&job, Instant::now()).await?;
     while let Some(unit) = job.next() {
         let stats = job
             .stats
             .get(&unit.table.name)
             .cloned()
             .expect("every unit's table has stats: both are built from the same plan");
-        if job.display.table_started(&stats) {
-            state::set_table_state(
-                &*job.state,
-                &job.name,
-                &unit.table.name,
-                &TableState::Copying,
-            )
-            .await
-            .map_err(|e| SnapshotError::target("recording table state", &e))?;
-        }
         let span =
             tracing::info_span!("copy", table = %unit.table.name, chunk = unit.chunk, worker = id);
-        let mut attempt = 0;
+        let started = job.display.table_started(&stats);
+        let mut failing_since: Option<Instant> = None;
         loop {
-            let result = copy_unit(&job, &mut src, &mut tgt, &unit, &stats)
-                .instrument(span.clone())
-                .await;
+            let result = async {
+                if started {
+                    record_state(&mut tgt, &job, &unit.table.name, &TableState::Copying)
+                        .await
+                        .map_err(|e| unit_error(&unit, e))?;
+                }
+                copy_unit(&job, &mut src, &mut tgt, &unit, &stats).await
+            }
+            .instrument(span.clone())
+            .await;
             match result {
                 Ok(()) => break,
-                Err(UnitError::Transient(e)) if attempt < RETRIES => {
-                    attempt += 1;
-                    tracing::warn!(parent: &span, error = %e, attempt, "copy interrupted; reconnecting and retrying the chunk");
-                    tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
-                    src = open_source(&job).await?;
-                    tgt = open_target(&job).await?;
+                Err(UnitError::Transient(e)) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= job.retry_for {
+                        return Err(e);
+                    }
+                    tracing::warn!(parent: &span, error = %e, "copy interrupted; reconnecting and retrying the chunk");
+                    (src, tgt) = open(&job, since).await?;
                 }
-                Err(UnitError::Transient(e)) | Err(UnitError::Fatal(e)) => return Err(e),
+                Err(UnitError::Fatal(e)) => return Err(e),
             }
         }
         if stats.units_left.fetch_sub(1, Ordering::SeqCst) == 1 {
-            let rows = stats.rows.load(Ordering::SeqCst) as i64;
-            let bytes = stats.bytes.load(Ordering::SeqCst) as i64;
-            state::set_table_state(
-                &*job.state,
-                &job.name,
-                &unit.table.name,
-                &TableState::Copied { rows, bytes },
-            )
-            .await
-            .map_err(|e| SnapshotError::target("recording table state", &e))?;
+            let state = TableState::Copied {
+                rows: stats.rows.load(Ordering::SeqCst) as i64,
+                bytes: stats.bytes.load(Ordering::SeqCst) as i64,
+            };
+            // For `status` while the copy runs; `workers` records the
+            // durable counts at the end.
+            if let Err(e) = record_state(&mut tgt, &job, &unit.table.name, &state).await {
+                tracing::debug!(error = %e, "recording a table's state");
+            }
             job.display.table_done(&stats);
         }
     }

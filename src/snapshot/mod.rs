@@ -21,29 +21,31 @@
 //!   same transaction that marks the copy done.
 
 pub mod copy;
+mod discard;
+mod holder;
 pub mod pgdump;
 pub mod plan;
+mod post;
 pub mod schema;
 pub mod sequences;
+mod workers;
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use tokio::task::JoinSet;
-use tokio_postgres::Client;
 
 use crate::conn::error::describe;
 use crate::conn::walsender::{WalSender, WalSenderError};
 use crate::conn::{ConnectError, Endpoint, Side};
 use crate::lsn::Lsn;
 use crate::progress::state::{self, SchemaOrigin, SyncPhase};
-use crate::progress::ui::{CopyDisplay, ProgressMode, TableStats};
+use crate::progress::ui::ProgressMode;
 use crate::source::catalog::{SelectedTables, ServerFacts, SourceTable};
+use crate::source::selection::Selection;
 use crate::source::setup::SetupError;
-use crate::sql::{SyncName, TableName};
+use crate::sql::{PublicationName, SyncName, TableName};
+pub use discard::{discard, Discarded};
+use holder::Holder;
 use pgdump::{DumpRequest, PgDump, PgDumpError};
-use schema::{Kind, SchemaError, Statement};
+use schema::SchemaError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -75,6 +77,10 @@ pub enum SnapshotError {
     SnapshotGone,
     #[error("target: {problems}: fix the target tables or drop --existing-schema")]
     Columns { problems: String },
+    #[error("source: the tables changed while the sync was being set up ({what}); nothing was kept: run pgrepl sync again")]
+    Changed { what: String },
+    #[error("target: {chunks} copied chunk(s) were lost again and again (is the target restarting?): run pgrepl sync again")]
+    ChunksLost { chunks: usize },
 }
 
 impl From<ConnectError> for SnapshotError {
@@ -114,10 +120,11 @@ pub struct CopyRequest<'a> {
     pub target: &'a Endpoint,
     pub source_facts: &'a ServerFacts,
     pub target_facts: &'a ServerFacts,
+    /// The tables the preflight saw (the copy takes its own from the
+    /// snapshot, see `holder`).
     pub selected: &'a SelectedTables,
-    /// Tables of the source left out of the sync (pg_dump skips them and
-    /// the sequences they own).
-    pub excluded: Vec<SourceTable>,
+    pub selection: &'a Selection,
+    pub publication: PublicationName,
     pub existing_schema: bool,
     pub pg_dump: Option<PgDump>,
     pub jobs: usize,
@@ -125,6 +132,9 @@ pub struct CopyRequest<'a> {
     /// Binary COPY allowed where safe (else always text).
     pub binary: bool,
     pub progress: ProgressMode,
+    /// How long a copy session that lost its connection keeps trying to
+    /// reconnect (the sync's --retry-for).
+    pub retry_for: Duration,
 }
 
 /// What a finished copy hands to the stream.
@@ -144,22 +154,19 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
         .await?;
     tracing::info!(slot = %req.name.slot(), consistent_lsn = %slot.consistent_point, snapshot = %slot.snapshot, "replication slot created");
 
-    let storage: Vec<&SourceTable> = req.selected.with_storage().collect();
-    let (pre, post, holder) = tokio::try_join!(
-        dump(&req, &slot.snapshot, "pre-data"),
-        dump(&req, &slot.snapshot, "post-data"),
-        lock_holder(&req, &slot.snapshot, &storage),
+    let holder = Holder::open(&req, &slot.snapshot).await?;
+    let excluded = &holder.selected.excluded;
+    let (pre, post, planned) = tokio::try_join!(
+        dump(&req, &slot.snapshot, "pre-data", excluded),
+        dump(&req, &slot.snapshot, "post-data", excluded),
+        holder.lock_and_plan(&req),
     )?;
-    let Holder {
-        client: _holder,
-        mut units,
-        sequences,
-    } = holder;
+    let mut units = planned.units;
 
     let mut tgt = req.target.connect().await?;
     let known = schema::known_settings(&tgt).await?;
     let existing = schema::existing_schemas(&tgt).await?;
-    let table_names: Vec<TableName> = storage.iter().map(|t| t.name.clone()).collect();
+    let table_names: Vec<TableName> = holder.storage().iter().map(|t| t.name.clone()).collect();
     {
         let tx = tgt
             .transaction()
@@ -176,7 +183,7 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
                 }
             }
             _ => {
-                check_columns(&tx, &mut units).await?;
+                holder::check_columns(&tx, &mut units).await?;
                 SchemaOrigin::Existing
             }
         };
@@ -194,14 +201,15 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
             .await
             .map_err(|e| SnapshotError::target("committing the schema", &e))?;
     }
+    drop(tgt);
     if pre.is_some() {
         tracing::info!("pre-data schema created on the target");
     }
 
-    let state_client = Arc::new(tgt);
-    let summary = copy_rows(&req, &slot.snapshot, units, state_client.clone()).await?;
+    let summary = workers::copy_rows(&req, &slot.snapshot, units).await?;
 
-    let set = sequences::apply(&*state_client, &sequences)
+    let tgt = req.target.connect().await?;
+    let set = sequences::apply(&tgt, &planned.sequences)
         .await
         .map_err(|e| SnapshotError::target("setting sequences", &e))?;
     tracing::info!(
@@ -210,11 +218,11 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
     );
 
     if let (Some(pre), Some(post)) = (&pre, &post) {
-        post_data(&req, &post.creates, &known, &existing).await?;
-        refresh_matviews(&state_client, req.source, &slot.snapshot, &pre.creates).await?;
+        post::post_data(&req, &holder.selected, &post.creates, &known, &existing).await?;
+        post::refresh_matviews(&tgt, req.source, &slot.snapshot, &pre.creates).await?;
     }
+    drop(tgt);
 
-    drop(state_client);
     let mut tgt = req.target.connect().await?;
     let tx = tgt
         .transaction()
@@ -239,6 +247,7 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
     tx.commit()
         .await
         .map_err(|e| SnapshotError::target("finishing the copy", &e))?;
+    drop(holder);
     drop(walsender);
     Ok(Copied {
         consistent_lsn: slot.consistent_point,
@@ -250,6 +259,7 @@ async fn dump(
     req: &CopyRequest<'_>,
     snapshot: &str,
     section: &'static str,
+    excluded: &[SourceTable],
 ) -> Result<Option<schema::CleanDump>, SnapshotError> {
     let Some(pg_dump) = &req.pg_dump else {
         return Ok(None);
@@ -257,7 +267,7 @@ async fn dump(
     if req.existing_schema {
         return Ok(None);
     }
-    let excluded: Vec<TableName> = req.excluded.iter().map(|t| t.name.clone()).collect();
+    let excluded: Vec<TableName> = excluded.iter().map(|t| t.name.clone()).collect();
     let sql = pg_dump
         .dump(&DumpRequest {
             source: &req.source.config,
@@ -268,415 +278,4 @@ async fn dump(
         })
         .await?;
     Ok(Some(schema::split_clean(schema::parse_dump(&sql)?)))
-}
-
-struct Holder {
-    client: Client,
-    units: Vec<plan::Unit>,
-    sequences: Vec<sequences::SequenceValue>,
-}
-
-/// Imports the snapshot, locks every copied table, proves none was
-/// rewritten in between, and plans the copy under the snapshot.
-async fn lock_holder(
-    req: &CopyRequest<'_>,
-    snapshot: &str,
-    storage: &[&SourceTable],
-) -> Result<Holder, SnapshotError> {
-    let client = req.source.connect().await?;
-    copy::import_snapshot(&client, snapshot)
-        .await
-        .map_err(|e| SnapshotError::source("importing the snapshot", &e))?;
-    for chunk in storage.chunks(1000) {
-        let names: Vec<String> = chunk.iter().map(|t| t.name.quoted()).collect();
-        client
-            .batch_execute(&format!(
-                "SET LOCAL lock_timeout = '60s'; LOCK TABLE {} IN ACCESS SHARE MODE; SET LOCAL lock_timeout = 0",
-                names.join(", ")
-            ))
-            .await
-            .map_err(|e| SnapshotError::source("locking the tables to copy", &e))?;
-    }
-    let oids: Vec<i64> = storage.iter().map(|t| i64::from(t.oid)).collect();
-    let rewritten = client
-        .query(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.oid::int8 = ANY($1) AND c.relfilenode IS DISTINCT FROM pg_relation_filenode(c.oid)",
-            &[&oids],
-        )
-        .await
-        .map_err(|e| SnapshotError::source("checking for rewritten tables", &e))?;
-    if !rewritten.is_empty() {
-        let tables: Vec<String> = rewritten.iter().map(|r| r.get(0)).collect();
-        return Err(SnapshotError::Rewritten {
-            tables: tables.join(", "),
-        });
-    }
-    let opts = plan::PlanOptions {
-        source_version: req.source_facts.version_num,
-        binary: req.binary,
-        same_major: req.source_facts.major() == req.target_facts.major(),
-        same_encoding: req.source_facts.encoding == req.target_facts.encoding,
-        chunk_bytes: req.chunk_bytes,
-    };
-    let units = plan::plan(&client, storage, &opts)
-        .await
-        .map_err(|e| SnapshotError::source("planning the copy", &e))?;
-    let excluded_oids: Vec<u32> = req.excluded.iter().map(|t| t.oid).collect();
-    let sequences = sequences::read(&client, &excluded_oids)
-        .await
-        .map_err(|e| SnapshotError::source("reading sequences", &e))?;
-    Ok(Holder {
-        client,
-        units,
-        sequences,
-    })
-}
-
-/// With `--existing-schema`: every copied column must exist on the target,
-/// and every target column the copy leaves out must accept NULL or have a
-/// default. A column of another type on the target (int widened to bigint,
-/// say) is fine, but its table is copied as text, which the target parses
-/// into its own types.
-async fn check_columns(
-    client: &impl tokio_postgres::GenericClient,
-    units: &mut [plan::Unit],
-) -> Result<(), SnapshotError> {
-    let mut problems = Vec::new();
-    let mut as_text: HashMap<TableName, Arc<plan::TablePlan>> = HashMap::new();
-    let mut seen = HashSet::new();
-    for u in units.iter() {
-        if !seen.insert(u.table.name.clone()) {
-            continue;
-        }
-        let rows = client
-            .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
-                        a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = ''
-                 FROM pg_attribute a
-                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''",
-                &[&u.table.name.quoted()],
-            )
-            .await
-            .map_err(|e| SnapshotError::target("reading target columns", &e))?;
-        let have: HashMap<String, (String, bool)> = rows
-            .iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
-            .collect();
-        let t = &u.table;
-        let missing: Vec<&str> = t
-            .columns
-            .iter()
-            .filter(|c| !have.contains_key(*c))
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            problems.push(format!("{} lacks column(s) {}", t.name, missing.join(", ")));
-        }
-        let mut required: Vec<&str> = have
-            .iter()
-            .filter(|(name, (_, needs_value))| *needs_value && !t.columns.contains(name))
-            .map(|(name, _)| name.as_str())
-            .collect();
-        required.sort_unstable();
-        if !required.is_empty() {
-            problems.push(format!(
-                "{} has NOT NULL column(s) {} without a default, which the source does not have",
-                t.name,
-                required.join(", ")
-            ));
-        }
-        let differ: Vec<String> = t
-            .columns
-            .iter()
-            .zip(&t.types)
-            .filter_map(|(c, ty)| {
-                let (theirs, _) = have.get(c)?;
-                (theirs != ty).then(|| format!("{c} {ty} -> {theirs}"))
-            })
-            .collect();
-        if !differ.is_empty() && t.format == plan::CopyFormat::Binary {
-            tracing::info!(table = %t.name, columns = %differ.join(", "), "target column types differ: copied as text");
-            as_text.insert(
-                t.name.clone(),
-                Arc::new(plan::TablePlan {
-                    name: t.name.clone(),
-                    columns: t.columns.clone(),
-                    types: t.types.clone(),
-                    format: plan::CopyFormat::Text,
-                    bytes: t.bytes,
-                    estimated_rows: t.estimated_rows,
-                }),
-            );
-        }
-    }
-    if !problems.is_empty() {
-        return Err(SnapshotError::Columns {
-            problems: problems.join("; "),
-        });
-    }
-    for u in units.iter_mut() {
-        if let Some(text) = as_text.get(&u.table.name) {
-            u.table = text.clone();
-        }
-    }
-    Ok(())
-}
-
-/// Runs the copy workers over every unit, with progress.
-async fn copy_rows(
-    req: &CopyRequest<'_>,
-    snapshot: &str,
-    units: Vec<plan::Unit>,
-    state_client: Arc<Client>,
-) -> Result<String, SnapshotError> {
-    let mut per_table: HashMap<TableName, (Arc<plan::TablePlan>, usize)> = HashMap::new();
-    for u in &units {
-        per_table
-            .entry(u.table.name.clone())
-            .or_insert((u.table.clone(), 0))
-            .1 += 1;
-    }
-    let mut stats = HashMap::new();
-    let mut ordered = Vec::new();
-    for (name, (plan, count)) in per_table {
-        let s = Arc::new(TableStats::new(
-            name.clone(),
-            plan.estimated_rows,
-            plan.bytes,
-            count,
-        ));
-        ordered.push(s.clone());
-        stats.insert(name, s);
-    }
-    ordered.sort_by(|a, b| a.name.cmp(&b.name));
-    let workers = req.jobs.max(1).min(units.len().max(1));
-    let job = Arc::new(copy::CopyJob {
-        name: req.name.clone(),
-        source: req.source.clone(),
-        target: req.target.clone(),
-        snapshot: snapshot.to_string(),
-        queue: Mutex::new(VecDeque::from(units)),
-        stats,
-        display: CopyDisplay::new(req.progress, ordered),
-        state: state_client,
-    });
-    let mut set = JoinSet::new();
-    for id in 0..workers {
-        set.spawn(copy::worker(job.clone(), id));
-    }
-    let ticker = {
-        let job = job.clone();
-        let every = if req.progress == ProgressMode::Bars {
-            Duration::from_millis(150)
-        } else {
-            Duration::from_secs(1)
-        };
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(every);
-            loop {
-                interval.tick().await;
-                job.display.tick();
-            }
-        })
-    };
-    let mut result = Ok(());
-    while let Some(joined) = set.join_next().await {
-        let outcome = joined.unwrap_or_else(|e| {
-            Err(SnapshotError::Query {
-                side: Side::Target,
-                what: "copy worker",
-                message: e.to_string(),
-            })
-        });
-        if let Err(e) = outcome {
-            set.abort_all();
-            result = Err(e);
-            break;
-        }
-    }
-    ticker.abort();
-    job.display.tick();
-    let summary = job.display.finish();
-    result.map(|()| summary)
-}
-
-/// Post-data: index builds in parallel on `--jobs` sessions, largest
-/// table first; then the rest (foreign keys, triggers, ...) in order.
-async fn post_data(
-    req: &CopyRequest<'_>,
-    statements: &[Statement],
-    known: &HashSet<String>,
-    existing: &HashSet<String>,
-) -> Result<(), SnapshotError> {
-    let settings = schema::settings(statements);
-    let sizes: HashMap<&TableName, i64> = req
-        .selected
-        .tables
-        .iter()
-        .map(|t| (&t.name, t.bytes))
-        .collect();
-    let mut builds: Vec<Statement> = statements
-        .iter()
-        .filter(|s| matches!(s.kind, Kind::BuildsIndex(_)))
-        .cloned()
-        .collect();
-    builds.sort_by_key(|s| match &s.kind {
-        Kind::BuildsIndex(Some(t)) => std::cmp::Reverse(sizes.get(t).copied().unwrap_or(0)),
-        _ => std::cmp::Reverse(0),
-    });
-    let rest: Vec<Statement> = statements
-        .iter()
-        .filter(|s| !matches!(s.kind, Kind::BuildsIndex(_) | Kind::Setting(_)))
-        .cloned()
-        .collect();
-    let started = std::time::Instant::now();
-    let count = builds.len();
-    let queue = Arc::new(Mutex::new(VecDeque::from(builds)));
-    let mut set = JoinSet::new();
-    for _ in 0..req.jobs.max(1).min(count.max(1)) {
-        let queue = queue.clone();
-        let target = req.target.clone();
-        let settings = settings.clone();
-        let known = known.clone();
-        let existing = existing.clone();
-        set.spawn(async move {
-            let client = target.connect().await?;
-            client
-                .batch_execute("SET statement_timeout = 0; SET maintenance_work_mem = '256MB'")
-                .await
-                .map_err(|e| SnapshotError::target("setting up an index session", &e))?;
-            schema::run_statements(&client, &settings, &known, &existing).await?;
-            loop {
-                let next = queue.lock().ok().and_then(|mut q| q.pop_front());
-                let Some(stmt) = next else {
-                    return Ok::<(), SnapshotError>(());
-                };
-                schema::run_statements(&client, std::slice::from_ref(&stmt), &known, &existing)
-                    .await?;
-            }
-        });
-    }
-    while let Some(joined) = set.join_next().await {
-        let outcome = joined.unwrap_or_else(|e| {
-            Err(SnapshotError::Query {
-                side: Side::Target,
-                what: "index build",
-                message: e.to_string(),
-            })
-        });
-        if let Err(e) = outcome {
-            set.abort_all();
-            return Err(e);
-        }
-    }
-    tracing::info!(
-        indexes = count,
-        seconds = started.elapsed().as_secs_f64(),
-        "indexes and keys built"
-    );
-    let client = req.target.connect().await?;
-    client
-        .batch_execute("SET statement_timeout = 0")
-        .await
-        .map_err(|e| SnapshotError::target("setting up the post-data session", &e))?;
-    schema::run_statements(&client, &settings, known, existing).await?;
-    schema::run_statements(&client, &rest, known, existing).await?;
-    Ok(())
-}
-
-/// Materialized views come empty from the schema: refresh those the
-/// source has populated, in creation order.
-async fn refresh_matviews(
-    target: &Client,
-    source: &Endpoint,
-    snapshot: &str,
-    pre: &[Statement],
-) -> Result<(), SnapshotError> {
-    let matviews: Vec<&TableName> = pre
-        .iter()
-        .filter_map(|s| match &s.kind {
-            Kind::CreateMatView(name) => Some(name),
-            _ => None,
-        })
-        .collect();
-    if matviews.is_empty() {
-        return Ok(());
-    }
-    let src = source.connect().await?;
-    copy::import_snapshot(&src, snapshot)
-        .await
-        .map_err(|e| SnapshotError::source("importing the snapshot", &e))?;
-    let populated: HashSet<TableName> = src
-        .query(
-            "SELECT schemaname::text, matviewname::text FROM pg_matviews WHERE ispopulated",
-            &[],
-        )
-        .await
-        .map_err(|e| SnapshotError::source("reading materialized views", &e))?
-        .iter()
-        .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
-        .collect();
-    for mv in matviews.into_iter().filter(|m| populated.contains(*m)) {
-        target
-            .batch_execute(&format!("REFRESH MATERIALIZED VIEW {}", mv.quoted()))
-            .await
-            .map_err(|e| SnapshotError::target("refreshing a materialized view", &e))?;
-    }
-    Ok(())
-}
-
-/// What [`discard`] removed.
-#[derive(Debug, Default)]
-pub struct Discarded {
-    pub slot: bool,
-    pub target_objects: bool,
-}
-
-/// Undoes a copy that did not finish: drops the slot, removes what the
-/// schema step created (or empties the tables with `--existing-schema`),
-/// and forgets the sync. The rows of tables pgrepl did not create are left
-/// alone.
-pub async fn discard(
-    src: &Client,
-    tgt: &Client,
-    name: &SyncName,
-) -> Result<Discarded, SnapshotError> {
-    let mut out = Discarded {
-        slot: crate::source::setup::drop_slot(src, &name.slot(), name.as_str()).await?,
-        ..Default::default()
-    };
-    if let Some(record) = state::load_sync(tgt, name)
-        .await
-        .map_err(|e| SnapshotError::target("reading pgrepl state", &e))?
-    {
-        let sql = match &record.schema {
-            SchemaOrigin::Created { cleanup } => format!("BEGIN; {cleanup} COMMIT;"),
-            SchemaOrigin::Existing => {
-                let tables = state::load_tables(tgt, name)
-                    .await
-                    .map_err(|e| SnapshotError::target("reading pgrepl state", &e))?;
-                let names: Vec<String> = tables.iter().map(|t| t.table.quoted()).collect();
-                if names.is_empty() {
-                    String::new()
-                } else {
-                    format!("TRUNCATE {}", names.join(", "))
-                }
-            }
-        };
-        if !sql.is_empty() {
-            tgt.batch_execute(&sql)
-                .await
-                .map_err(|e| SnapshotError::Query {
-                    side: Side::Target,
-                    what: "removing the interrupted copy",
-                    message: describe(&e),
-                })?;
-            out.target_objects = true;
-        }
-        tgt.execute("DELETE FROM pgrepl.sync WHERE name = $1", &[&name.as_str()])
-            .await
-            .map_err(|e| SnapshotError::target("forgetting the interrupted copy", &e))?;
-    }
-    Ok(out)
 }

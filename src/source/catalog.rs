@@ -211,6 +211,9 @@ pub struct ServerFacts {
     pub can_replicate: bool,
     pub user: String,
     pub database: String,
+    /// This session's backend, as `pg_stat_activity` shows it (pid and
+    /// start time): a server that lists it is the same server.
+    pub backend: (i32, String),
 }
 
 impl ServerFacts {
@@ -225,7 +228,8 @@ impl ServerFacts {
                         current_setting('server_version'),
                         pg_encoding_to_char(d.encoding)::text,
                         r.rolsuper, r.rolreplication OR r.rolsuper,
-                        current_user::text, current_database()::text
+                        current_user::text, current_database()::text, pg_backend_pid(),
+                        (SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid())
                  FROM pg_database d, pg_roles r
                  WHERE d.datname = current_database() AND r.rolname = current_user",
                 &[],
@@ -239,6 +243,10 @@ impl ServerFacts {
             can_replicate: row.get(4),
             user: row.get(5),
             database: row.get(6),
+            backend: (
+                row.get(7),
+                row.get::<_, Option<String>>(8).unwrap_or_default(),
+            ),
         })
     }
 }
