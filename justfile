@@ -18,6 +18,10 @@ demo: setup
 test: setup
     scripts/test
 
+# The randomized differential test, longer: `just fuzz-apply [--rounds N] [--seeds 1-50]`
+fuzz-apply *ARGS: setup
+    scripts/fuzz-apply {{ARGS}}
+
 # Formatting and lints, warnings as errors
 lint:
     cargo fmt --check

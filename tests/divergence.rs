@@ -583,9 +583,10 @@ async fn a_table_created_during_setup_is_copied_or_refused() {
     }
 }
 
-/// 12a. A second sync set up on the same source writes pgrepl's own
-/// config table, which a FOR ALL TABLES publication publishes too: the
-/// first sync ignores pgrepl's tables instead of stopping on them.
+/// 12a. A second sync set up on the same source installs the DDL capture
+/// again and writes pgrepl's own config table, which a FOR ALL TABLES
+/// publication publishes too: the first sync neither replays pgrepl's own
+/// DDL on its target nor stops on pgrepl's tables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sync_on_the_same_source_leaves_the_first_alone() {
     let pair = Pair::start();
@@ -630,6 +631,14 @@ async fn a_second_sync_on_the_same_source_leaves_the_first_alone() {
     first.signal(libc::SIGINT);
     let out = first.wait(LIMIT).await;
     assert!(out.success(), "{out}");
+    assert!(!out.stderr.contains("pgrepl.config"), "{out}");
+    assert_eq!(
+        pair.target
+            .value("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'pgrepl' AND c.relname = 'config'")
+            .await,
+        Some("0".into()),
+        "pgrepl's own tables stay on the source"
+    );
     equal(&pair).await;
 }
 

@@ -66,11 +66,21 @@ pub struct Shared {
     pub rows: AtomicU64,
     /// Source commit time of the last applied transaction (µs since 2000).
     pub last_commit_ts: AtomicU64,
+    /// Rows per apply path per table (see `paths`), for the whole run.
+    pub paths: Arc<super::paths::Totals>,
 }
 
 impl Shared {
     pub fn new(start: Lsn) -> Arc<Self> {
-        let s = Shared::default();
+        Self::counting_into(start, Arc::default())
+    }
+
+    /// Shared positions of a new session, its path counts added to `paths`.
+    pub fn counting_into(start: Lsn, paths: Arc<super::paths::Totals>) -> Arc<Self> {
+        let s = Shared {
+            paths,
+            ..Shared::default()
+        };
         s.written_end.store(start.0, Ordering::SeqCst);
         s.idle_through.store(start.0, Ordering::SeqCst);
         Arc::new(s)
@@ -117,6 +127,8 @@ pub struct Applier {
     open: bool,
     /// When the origin last recorded an idle position (see `position`).
     pub(super) last_marker: Instant,
+    /// Rows per path sent in the open target transaction.
+    pub(super) paths: super::paths::Pending,
     pub(super) txn: Option<SourceTxn>,
     pub(super) shared: Arc<Shared>,
     limits: GroupLimits,
@@ -192,6 +204,7 @@ impl Applier {
             group: None,
             open: false,
             last_marker: Instant::now(),
+            paths: Default::default(),
             txn: None,
             shared,
             limits,
@@ -250,6 +263,9 @@ impl Applier {
                     .ok_or_else(|| ApplyError::Protocol("COMMIT without BEGIN".into()))?;
                 self.expected.clear();
                 let alone = txn.final_lsn <= self.ungrouped_through;
+                if txn.changes >= super::paths::LARGE {
+                    self.shared.paths.large_txns.fetch_add(1, Ordering::Relaxed);
+                }
                 if txn.skip {
                     tracing::debug!(lsn = %txn.final_lsn, "skipped a transaction applied before");
                 } else if let Some(g) = &mut self.group {
@@ -487,6 +503,8 @@ impl Applier {
             self.check(outcome)?;
         }
         self.open = false;
+        self.paths
+            .commit(&self.shared.paths, self.streamed.is_some());
         for rel in self.relations.values_mut() {
             rel.committed();
         }
@@ -498,6 +516,12 @@ impl Applier {
             .idle_through
             .fetch_max(g.last_end.0, Ordering::SeqCst);
         self.shared.txns.fetch_add(g.txns as u64, Ordering::Relaxed);
+        if g.txns > 1 {
+            self.shared
+                .paths
+                .grouped_txns
+                .fetch_add(g.txns as u64, Ordering::Relaxed);
+        }
         self.shared.rows.fetch_add(g.rows as u64, Ordering::Relaxed);
         self.shared
             .last_commit_ts
@@ -544,6 +568,7 @@ impl Applier {
     /// After an error: forgets what is in flight and rolls the target back.
     pub async fn abort(&mut self) {
         self.batch.take();
+        self.paths.forget();
         self.batch_through = Lsn::ZERO;
         let _ = self.pipe.sync().await;
         self.group = None;

@@ -55,8 +55,6 @@ pub struct Batch {
     pub bytes: usize,
     /// The last source transaction with a change in the batch.
     pub through: Lsn,
-    /// Key column positions of the keyed tables seen.
-    keys: HashMap<u32, Vec<usize>>,
 }
 
 /// A change that could not be folded; applied alone after a flush.
@@ -133,8 +131,21 @@ impl TableNet {
 }
 
 impl Batch {
+    /// Nothing waits, not even a table entry (see `prune`).
     pub fn is_empty(&self) -> bool {
-        self.rows == 0
+        self.tables.is_empty()
+    }
+
+    /// Drops `relation`'s entry if a change that could not be folded left
+    /// it empty: an empty entry must not outlive its relation's mapping.
+    fn prune(&mut self, relation: u32) {
+        if self
+            .tables
+            .get(&relation)
+            .is_some_and(|t| t.changes.is_empty() && t.appends.is_empty())
+        {
+            self.tables.remove(&relation);
+        }
     }
 
     /// Whether rows of `rel` can go into a batch at all.
@@ -148,10 +159,17 @@ impl Batch {
         self.through = self.through.max(lsn);
     }
 
-    /// An INSERT. Into a keyed table it waits unindexed (a stream of
-    /// INSERTs never pays for the key map) until an UPDATE or DELETE of
-    /// the same table comes; into a table without a key it is appended.
-    pub fn add_insert(&mut self, relation: u32, new: Tuple, lsn: Lsn) -> Result<(), Tuple> {
+    /// An INSERT into a keyed table (`key`: its key columns' positions in
+    /// the relation's current description). It waits unindexed (a stream
+    /// of INSERTs never pays for the key map) until an UPDATE or DELETE of
+    /// the same table comes.
+    pub fn add_insert(
+        &mut self,
+        key: &[usize],
+        relation: u32,
+        new: Tuple,
+        lsn: Lsn,
+    ) -> Result<(), Tuple> {
         if !only_text(&new) || has_unchanged(&new) {
             return Err(new);
         }
@@ -161,7 +179,7 @@ impl Batch {
             table.appends.push(new);
         } else {
             // The table has keyed changes already: fold through the map.
-            return self.add_insert_keyed(relation, new, lsn, bytes);
+            return self.add_insert_keyed(key, relation, new, lsn, bytes);
         }
         self.added(bytes, lsn);
         Ok(())
@@ -169,15 +187,13 @@ impl Batch {
 
     fn add_insert_keyed(
         &mut self,
+        key: &[usize],
         relation: u32,
         new: Tuple,
         lsn: Lsn,
         bytes: usize,
     ) -> Result<(), Tuple> {
-        let Some(key) = self.keys.get(&relation).cloned() else {
-            return Err(new);
-        };
-        let Some(k) = key_of(&key, &new) else {
+        let Some(k) = key_of(key, &new) else {
             return Err(new);
         };
         let changes = &mut self.tables.entry(relation).or_default().changes;
@@ -200,10 +216,24 @@ impl Batch {
         new: Tuple,
         lsn: Lsn,
     ) -> Result<(), (Option<Tuple>, Tuple)> {
+        let result = self.fold_update(key, relation, old, new, lsn);
+        if result.is_err() {
+            self.prune(relation);
+        }
+        result
+    }
+
+    fn fold_update(
+        &mut self,
+        key: &[usize],
+        relation: u32,
+        old: Option<Tuple>,
+        new: Tuple,
+        lsn: Lsn,
+    ) -> Result<(), (Option<Tuple>, Tuple)> {
         if !only_text(&new) {
             return Err((old, new));
         }
-        self.keys.entry(relation).or_insert_with(|| key.to_vec());
         let table = self.tables.entry(relation).or_default();
         if table.index(key).is_err() {
             return Err((old, new));
@@ -260,7 +290,20 @@ impl Batch {
         old: Tuple,
         lsn: Lsn,
     ) -> Result<(), Tuple> {
-        self.keys.entry(relation).or_insert_with(|| key.to_vec());
+        let result = self.fold_delete(key, relation, old, lsn);
+        if result.is_err() {
+            self.prune(relation);
+        }
+        result
+    }
+
+    fn fold_delete(
+        &mut self,
+        key: &[usize],
+        relation: u32,
+        old: Tuple,
+        lsn: Lsn,
+    ) -> Result<(), Tuple> {
         let table = self.tables.entry(relation).or_default();
         if table.index(key).is_err() {
             return Err(old);
@@ -370,7 +413,7 @@ mod tests {
     fn a_row_folds_to_its_last_state() {
         let mut b = Batch::default();
         let lsn = Lsn(1);
-        assert!(b.add_insert(1, t(&["1", "a"]), lsn).is_ok(), "insert");
+        assert!(b.add_insert(&[0], 1, t(&["1", "a"]), lsn).is_ok(), "insert");
         assert_eq!(net(&b, "1"), None, "inserts wait unindexed");
         assert!(
             b.add_update(&[0], 1, None, t(&["1", "b"]), lsn).is_ok(),
@@ -390,14 +433,14 @@ mod tests {
             b.add_delete(&[0], 1, t(&["2", "NULL"]), lsn).is_ok(),
             "delete"
         );
-        assert!(b.add_insert(1, t(&["2", "c"]), lsn).is_ok(), "insert");
+        assert!(b.add_insert(&[0], 1, t(&["2", "c"]), lsn).is_ok(), "insert");
         assert_eq!(
             net(&b, "2"),
             Some(Net::Update(t(&["2", "c"]))),
             "delete then insert is an update"
         );
         assert!(
-            b.add_insert(1, t(&["2", "d"]), lsn).is_err(),
+            b.add_insert(&[0], 1, t(&["2", "d"]), lsn).is_err(),
             "a second insert of a key is not folded"
         );
     }

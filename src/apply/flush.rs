@@ -13,6 +13,7 @@ use super::applier::Applier;
 use super::batch::{copy_text, Net};
 use super::error::ApplyError;
 use super::params::Param;
+use super::paths::Path;
 use super::relation::{RowFilter, StageKind};
 use super::sent::{Meta, Sent};
 use super::sets::array_params;
@@ -86,7 +87,15 @@ impl Applier {
             _ => rel.set_delete_sql(from),
         };
         let done = Meta::batch(relation, op.verb(), Some(n));
+        let rewrite = op == BatchedOp::Update && rel.rewrites_identity(false);
+        let table = rel.table.clone();
         if rel.unnestable(&cols) {
+            let path = if rewrite {
+                Path::DeleteInsert
+            } else {
+                Path::Unnest
+            };
+            self.paths.add(&table, path, n, false);
             let sql = statement(rel, &rel.unnest_from(&cols));
             let prepared = rel.prepare(&mut self.pipe, sql, Vec::new(), Vec::new());
             let params = array_params(&rows, &cols);
@@ -101,6 +110,12 @@ impl Applier {
         }
         let copy = rel.copy_sql(&stage, &cols);
         let sql = statement(rel, &format!("{stage} AS s"));
+        let path = if rewrite {
+            Path::DeleteInsert
+        } else {
+            Path::Stage
+        };
+        self.paths.add(&table, path, n, false);
         self.send_copy(&copy, &data, Meta::batch(relation, "staging rows", Some(n)))
             .await?;
         self.send_sql(&sql, done).await
@@ -123,6 +138,8 @@ impl Applier {
             copy_text(&mut data, r, &all);
         }
         let copy = rel.copy_sql(&rel.table.quoted(), &all);
+        let table = rel.table.clone();
+        self.paths.add(&table, Path::Copy, rows.len() as u64, false);
         self.send_copy(
             &copy,
             &data,
@@ -142,6 +159,12 @@ impl Applier {
             .relations
             .get_mut(&relation)
             .ok_or_else(|| ApplyError::Protocol("batched rows of an unknown relation".into()))?;
+        let path = match op {
+            BatchedOp::Update if rel.rewrites_identity(false) => Path::DeleteInsert,
+            _ => Path::Single,
+        };
+        let table = rel.table.clone();
+        self.paths.add(&table, path, 1, false);
         let prepared = match op {
             BatchedOp::Insert => rel.insert(&mut self.pipe),
             BatchedOp::Update => rel.update(&mut self.pipe, &row, &RowFilter::Key(&row), false)?,

@@ -15,6 +15,7 @@ pub mod error;
 mod flush;
 mod identity;
 pub mod params;
+pub mod paths;
 pub mod pipeline;
 mod position;
 pub mod relation;

@@ -7,6 +7,7 @@ use super::applier::Applier;
 use super::batch::{Batch, BATCH_BYTES, BATCH_ROWS};
 use super::error::ApplyError;
 use super::params::Param;
+use super::paths::Path;
 use super::sent::{Meta, Op};
 use crate::lsn::Lsn;
 use crate::stream::pgoutput::{OldRow, Tuple};
@@ -39,6 +40,7 @@ impl Applier {
                 "a change for relation {relation} came before its description"
             ))
         })?;
+        let mut path = Path::Single;
         let prepared = match op {
             Op::Insert => rel.insert(&mut self.pipe),
             Op::Update => {
@@ -46,6 +48,9 @@ impl Applier {
                     .filter_for(old.as_ref(), Some(&new))
                     .expect("an update always has a row to match");
                 let key_changed = matches!(old, Some(OldRow::Key(_)));
+                if rel.rewrites_identity(key_changed) {
+                    path = Path::DeleteInsert;
+                }
                 rel.update(&mut self.pipe, &new, &filter, key_changed)?
             }
             Op::Delete => {
@@ -55,6 +60,7 @@ impl Applier {
                 rel.delete(&mut self.pipe, &filter)?
             }
         };
+        let rel_table = rel.table.clone();
         let params: Vec<Param> = {
             let key_row = match &old {
                 Some(OldRow::Key(t)) | Some(OldRow::Full(t)) => t,
@@ -76,6 +82,8 @@ impl Applier {
             Some(OldRow::Key(t)) | Some(OldRow::Full(t)) => t,
             None => new,
         };
+        let unbatched = !self.batching();
+        self.paths.add(&rel_table, path, 1, unbatched);
         self.send(
             &prepared.name,
             &params,
@@ -86,6 +94,17 @@ impl Applier {
             },
         )
         .await
+    }
+
+    /// Whether the change being applied may go into a batch (not while a
+    /// group or streamed transaction is replayed after a batch failed).
+    pub(super) fn batching(&self) -> bool {
+        match &self.streamed {
+            Some(s) => s.batching,
+            None => {
+                self.txn.as_ref().map(|t| t.final_lsn).unwrap_or(Lsn::ZERO) > self.ungrouped_through
+            }
+        }
     }
 
     /// Folds the change into the batch when the table and the change
@@ -101,11 +120,7 @@ impl Applier {
         let Some(rel) = self.relations.get(&relation) else {
             return Some((old, new));
         };
-        let allowed = match &self.streamed {
-            Some(s) => s.batching,
-            None => lsn > self.ungrouped_through,
-        };
-        if !allowed {
+        if !self.batching() {
             return Some((old, new));
         }
         let back = if !Batch::accepts(rel) {
@@ -122,7 +137,7 @@ impl Applier {
             match (op, old) {
                 (Op::Insert, None) => self
                     .batch
-                    .add_insert(relation, new, lsn)
+                    .add_insert(&key, relation, new, lsn)
                     .err()
                     .map(|n| (None, n)),
                 (Op::Update, None) => self

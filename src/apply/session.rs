@@ -136,6 +136,27 @@ pub async fn run(
         None
     };
     let status = LiveStatus::start(req.progress, req.source.clone(), until);
+    let paths = Arc::new(super::paths::Totals::default());
+    let result = retrying(req, &mut stop, until, &status, &paths).await;
+    for (table, counts) in paths.snapshot() {
+        tracing::debug!(%table, %counts, "apply paths");
+    }
+    tracing::debug!(
+        grouped_txns = paths.grouped_txns.load(Ordering::Relaxed),
+        large_txns = paths.large_txns.load(Ordering::Relaxed),
+        "apply groups"
+    );
+    result
+}
+
+/// Sessions, one after the other, until one ends the run.
+async fn retrying(
+    req: &StreamRequest<'_>,
+    stop: &mut watch::Receiver<bool>,
+    until: Option<Lsn>,
+    status: &LiveStatus,
+    paths: &Arc<super::paths::Totals>,
+) -> Result<Outcome, SessionError> {
     let mut failing_since: Option<Instant> = None;
     let mut attempt: u32 = 0;
     let mut plan = Plan {
@@ -145,7 +166,7 @@ pub async fn run(
     };
     loop {
         let started = Instant::now();
-        let result = session(req, &mut stop, until, &status, &plan).await;
+        let result = session(req, stop, until, status, &plan, paths).await;
         match result {
             Ok(outcome) => {
                 status.finish();
@@ -274,6 +295,7 @@ async fn session(
     until: Option<Lsn>,
     status: &LiveStatus,
     plan: &Plan,
+    paths: &Arc<super::paths::Totals>,
 ) -> Result<Outcome, SessionError> {
     let origin = req.name.origin();
     let (session, start) = apply_session(req.target, &origin).await?;
@@ -291,7 +313,7 @@ async fn session(
     )
     .await?;
     tracing::info!(%start, stream_large, "streaming");
-    let shared = Shared::new(start);
+    let shared = Shared::counting_into(start, paths.clone());
     status.attach(StatusSource {
         shared: shared.clone(),
         feedback: feedback.clone(),

@@ -68,7 +68,13 @@ pub async fn install(
     publication: &PublicationName,
     selection: &Selection,
 ) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute(INSTALL).await?;
+    // In one transaction, unseen by a capture already installed (another
+    // sync's): pgrepl's own DDL is never replicated.
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL pgrepl.internal = 'on'; {INSTALL}; COMMIT;"
+        ))
+        .await?;
     client
         .batch_execute(&format!(
             "INSERT INTO pgrepl.config (sync_name, publication, include, exclude, patterns) VALUES ({}, {}, {}::jsonb, {}::jsonb, {}::jsonb)

@@ -300,7 +300,11 @@ BEGIN
     -- default, serial, identity): the rows are published again, as they
     -- are now, so the target takes these values rather than computing its
     -- own. As replica, so no user trigger fires and nothing else changes.
-    FOR r IN SELECT c.oid, split_part(w, ':', 2)::int AS reason
+    -- Keyed tables: an UPDATE of every row (the target finds each by its
+    -- key). Tables without a key (REPLICA IDENTITY FULL): the target could
+    -- not find a row by its old image, which holds the new column's value
+    -- already; TRUNCATE and the same rows inserted again reach it exactly.
+    FOR r IN SELECT c.oid, c.relreplident, split_part(w, ':', 2)::int AS reason
              FROM unnest(string_to_array(trim(v_rewritten), ' ')) w
              JOIN pg_class c ON c.oid = split_part(w, ':', 1)::oid
              WHERE EXISTS (SELECT 1 FROM pgrepl.config cfg JOIN pg_publication_tables pt ON pt.pubname = cfg.publication
@@ -308,17 +312,30 @@ BEGIN
                            WHERE n.oid = c.relnamespace AND pt.tablename = c.relname) LOOP
         CONTINUE WHEN r.reason & 2 = 0;
         BEGIN
-            SELECT a.attname INTO v_col FROM pg_attribute a
-            WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' AND a.attidentity <> 'a'
-            ORDER BY a.attnum LIMIT 1;
-            IF v_col IS NULL THEN
-                RAISE EXCEPTION 'no column of % can be rewritten', r.oid::regclass;
-            END IF;
             v_role := current_setting('session_replication_role');
             PERFORM set_config('session_replication_role', 'replica', true);
-            EXECUTE format('UPDATE ONLY %s SET %I = %I', r.oid::regclass, v_col, v_col);
+            IF r.relreplident = 'f' THEN
+                SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum) INTO v_col FROM pg_attribute a
+                WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+                PERFORM set_config('pgrepl.internal', 'on', true);
+                EXECUTE format('CREATE TEMP TABLE pgrepl_rewritten ON COMMIT DROP AS SELECT %s FROM ONLY %s', v_col, r.oid::regclass);
+                EXECUTE format('TRUNCATE ONLY %s', r.oid::regclass);
+                EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_temp.pgrepl_rewritten',
+                               r.oid::regclass, v_col, v_col);
+                DROP TABLE pg_temp.pgrepl_rewritten;
+                PERFORM set_config('pgrepl.internal', '', true);
+            ELSE
+                SELECT a.attname INTO v_col FROM pg_attribute a
+                WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' AND a.attidentity <> 'a'
+                ORDER BY a.attnum LIMIT 1;
+                IF v_col IS NULL THEN
+                    RAISE EXCEPTION 'no column of % can be rewritten', r.oid::regclass;
+                END IF;
+                EXECUTE format('UPDATE ONLY %s SET %I = %I', r.oid::regclass, v_col, v_col);
+            END IF;
             PERFORM set_config('session_replication_role', v_role, true);
         EXCEPTION WHEN OTHERS THEN
+            PERFORM set_config('pgrepl.internal', '', true);
             PERFORM pgrepl.capture_failed(tg_tag, jsonb_build_object(
                 'step', format('publishing the values the rewrite of %s computed', r.oid::regclass),
                 'error', SQLERRM, 'table', r.oid::regclass::text));

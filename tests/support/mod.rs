@@ -4,6 +4,7 @@
 
 pub mod checksum;
 pub mod cluster;
+pub mod gen;
 pub mod pg;
 pub mod pgrepl;
 pub mod schema;

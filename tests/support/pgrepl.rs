@@ -166,6 +166,13 @@ impl Running {
         unsafe { libc::kill(self.pid(), sig) };
     }
 
+    /// Panics with everything it printed if the process has ended.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("pgrepl ended early ({status}):\n{}", self.output_so_far());
+        }
+    }
+
     pub fn output_so_far(&self) -> String {
         format!(
             "{}\n{}",
