@@ -22,6 +22,11 @@ test: setup
 fuzz-apply *ARGS: setup
     scripts/fuzz-apply {{ARGS}}
 
+# Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of `pgoutput` or `conninfo` for SECONDS
+fuzz target="pgoutput" seconds="60":
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O {{target}} -- -max_total_time={{seconds}}
+
 # Formatting and lints, warnings as errors
 lint:
     cargo fmt --check
