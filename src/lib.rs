@@ -19,6 +19,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod conn;
+pub mod control;
 pub mod ddl;
 pub mod logging;
 pub mod lsn;
@@ -27,5 +28,6 @@ pub mod snapshot;
 pub mod source;
 pub mod sql;
 pub mod stream;
+pub mod verify;
 
 pub use lsn::Lsn;

@@ -48,6 +48,20 @@ impl FromStr for Lsn {
     }
 }
 
+/// In JSON (control requests, `--json` reports) an LSN is its usual text.
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl From<PgLsn> for Lsn {
     fn from(v: PgLsn) -> Self {
         Lsn(u64::from(v))

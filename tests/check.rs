@@ -258,15 +258,15 @@ async fn encoding_mismatch_is_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_target_is_a_warning() {
-    let installs = support::pg::installed();
-    let newest = installs.first().expect("a PostgreSQL install").clone();
-    let older = installs
-        .iter()
-        .find(|i| i.major < newest.major)
-        .unwrap_or_else(|| panic!("this test needs two PostgreSQL majors: run `just pg 13`"))
-        .clone();
+    let newest = PgInstall::for_source();
+    let older = PgInstall::older_than(newest.major).unwrap_or_else(|| {
+        panic!(
+            "this test needs an older PostgreSQL than {}: run `just pg 13`",
+            newest.major
+        )
+    });
     let source = Cluster::start("source", newest);
-    let target = Cluster::start("target", PgInstall::at(older.bin.clone()));
+    let target = Cluster::start("target", older);
     let args = [
         "check",
         "--source",

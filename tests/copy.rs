@@ -415,7 +415,7 @@ async fn existing_schema_accepts_wider_columns_and_refuses_missing_ones() {
         let out = pgrepl_run("sync", &pair, &["--copy-only", "--existing-schema"]).await;
         assert_eq!(out.code, Some(1), "{out}");
         let err = out.error_line();
-        assert!(err.contains(problem), "{err}");
+        assert!(err.contains(problem), "{out}");
         assert_eq!(
             pair.source
                 .value("SELECT count(*) FROM pg_replication_slots")

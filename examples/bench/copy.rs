@@ -166,7 +166,7 @@ pub async fn run(env: &Env, report: &mut Report) {
                             uri(&target, "copy"),
                             dir.path().display(),
                         ),
-                        &[("PATH", format!("{}:{}", env.pg.bin.display(), std::env::var("PATH").unwrap_or_default()))],
+                        &[("PATH", format!("{}:{}", env.pg.bin_dir().display(), std::env::var("PATH").unwrap_or_default()))],
                     )
                     .await
                 }

@@ -20,7 +20,7 @@ pub struct Env {
 }
 
 fn find_tool(pg: &PgInstall, name: &str) -> PathBuf {
-    let own = pg.bin.join(name);
+    let own = pg.bin_dir().join(name);
     if own.is_file() {
         return own;
     }

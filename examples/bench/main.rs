@@ -35,7 +35,7 @@ async fn main() {
         .unwrap_or(if quick { 1 } else { 2 });
     let wants = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
     let env = env::Env::new(quick, rounds);
-    let version = support::pg::major_of(&env.pg.bin.join("postgres")).unwrap_or(0);
+    let version = support::pg::major_of(&env.pg.bin_dir().join("postgres")).unwrap_or(0);
     let mut report = report::Report::new(report::machine(&version.to_string(), quick));
     println!("{}", report.machine);
     if wants("copy") {

@@ -12,6 +12,7 @@ pub mod applier;
 pub mod batch;
 mod ddl;
 pub mod error;
+mod event_loop;
 mod flush;
 mod identity;
 pub mod params;

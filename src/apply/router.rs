@@ -238,6 +238,12 @@ impl Router {
         self.main.idle(end).await
     }
 
+    /// At a transaction boundary: commits what the main applier holds, so
+    /// the target shows every transaction handled so far.
+    pub async fn settle(&mut self) -> Result<(), ApplyError> {
+        self.main.commit_open_group().await
+    }
+
     /// A second passed: an idle stretch may be due for recording.
     pub async fn tick(&mut self) -> Result<(), ApplyError> {
         if self.block.is_some() {

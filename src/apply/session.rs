@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::applier::{Applier, GroupLimits, Shared};
 use super::error::{ApplyError, TxnRef};
+use super::event_loop::{Ended, EventLoop};
 use super::router::{Router, StreamContext, APPLY_SETTINGS};
 use crate::conn::error::describe;
 use crate::conn::raw::RawSession;
@@ -26,7 +27,7 @@ use crate::progress::status::{LiveStatus, StatusSource};
 use crate::progress::ui::ProgressMode;
 use crate::sql::quote_literal;
 use crate::sql::{OriginName, SyncName};
-use crate::stream::receiver::{Event, Feedback, Receiver};
+use crate::stream::receiver::{Feedback, Receiver};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -112,6 +113,9 @@ pub enum Outcome {
     Stopped { flushed: Lsn },
     /// Applied through the source position noted at the start.
     CaughtUp { target: Lsn, flushed: Lsn },
+    /// Ended by a control request (cutover) after every source transaction
+    /// committing before `at`.
+    Finished { at: Lsn, flushed: Lsn },
 }
 
 /// Streams until stopped (`stop` turns true), caught up, or a fatal error.
@@ -346,54 +350,24 @@ async fn session(
     );
 
     let span = tracing::info_span!("apply", slot = %req.name.slot());
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result: Result<Option<Outcome>, ApplyError> = async {
-        loop {
-            if let Some(target) = until {
-                if !applier.in_transaction() && shared.idle_through() >= target {
-                    applier.finish().await?;
-                    return Ok(Some(Outcome::CaughtUp {
-                        target,
-                        flushed: Lsn::ZERO,
-                    }));
-                }
-            }
-            let event = tokio::select! {
-                biased;
-                _ = stop.changed() => {
-                    applier.finish().await?;
-                    return Ok(None);
-                }
-                event = receiver.events.recv() => event,
-                _ = ticker.tick() => {
-                    applier.tick().await?;
-                    continue;
-                }
-            };
-            match event {
-                None => {
-                    return Err(ApplyError::Stream(
-                        crate::stream::receiver::StreamError::Ended,
-                    ))
-                }
-                Some(Err(e)) => return Err(ApplyError::Stream(e)),
-                Some(Ok(Event::Keepalive { end })) => applier.idle(end).await?,
-                Some(Ok(Event::Data { payloads, .. })) => {
-                    let n = payloads.len();
-                    for (i, payload) in payloads.into_iter().enumerate() {
-                        let more = i + 1 < n || !receiver.events.is_empty();
-                        applier.handle(payload, more).await?;
-                    }
-                }
-            }
+    let gate = match crate::control::Gate::open(req.target, req.name).await {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(error = %e, "control channel unavailable: verify and cutover cannot reach this sync");
+            None
         }
-    }
-    .instrument(span)
-    .await;
+    };
+    let mut driver = EventLoop {
+        applier: &mut applier,
+        receiver: &mut receiver,
+        shared: shared.clone(),
+        gate,
+        until,
+    };
+    let result = driver.run(stop).instrument(span).await;
 
-    let outcome = match result {
-        Ok(outcome) => outcome,
+    let ended = match result {
+        Ok(ended) => ended,
         Err(e) => {
             applier.abort().await;
             watcher.abort();
@@ -421,9 +395,10 @@ async fn session(
     feedback.set_applied(shared.idle_through());
     receiver.shutdown().await;
     status.set_flushed(flushed);
-    Ok(match outcome {
-        Some(Outcome::CaughtUp { target, .. }) => Outcome::CaughtUp { target, flushed },
-        _ => Outcome::Stopped { flushed },
+    Ok(match ended {
+        Ended::CaughtUp { target } => Outcome::CaughtUp { target, flushed },
+        Ended::Finished { at } => Outcome::Finished { at, flushed },
+        Ended::Stopped => Outcome::Stopped { flushed },
     })
 }
 

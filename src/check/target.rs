@@ -29,7 +29,10 @@ pub(super) async fn check(
         .await
         .map_err(query_error(SIDE, "comparing the servers"))?
         .get(0);
-    if same_server && facts.database == source.database {
+    let same_cluster = facts.system_id.is_empty()
+        || source.system_id.is_empty()
+        || facts.system_id == source.system_id;
+    if same_server && same_cluster && facts.database == source.database {
         report.push(Finding::error(
             SIDE,
             "same_database",

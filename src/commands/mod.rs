@@ -5,6 +5,7 @@ mod check;
 mod status;
 mod sync;
 mod teardown;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,7 @@ pub async fn run(command: Command, json_logs: bool) -> anyhow::Result<ExitCode> 
         Command::Sync(args) => sync::run(args, json_logs).await,
         Command::Teardown(args) => teardown::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Verify(args) => verify::run(args, json_logs).await,
     }
 }
 

@@ -299,6 +299,9 @@ async fn stream(
         Outcome::CaughtUp { target, flushed } => {
             println!("Caught up: everything the source had written at {target} is applied (durable through {flushed}).");
         }
+        Outcome::Finished { at, flushed } => {
+            println!("Cut over: every source transaction before the fence at {at} is applied (durable through {flushed}); this sync is done.");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -59,6 +59,42 @@ impl Endpoint {
             .map_err(|e| ConnectError::new(self.side, &self.config, ConnectFailure::from_tokio(&e)))
     }
 
+    /// Opens a session whose notifications (LISTEN) arrive on the
+    /// returned channel, as their payloads.
+    pub async fn connect_listening(
+        &self,
+    ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>), ConnectError> {
+        let tls = tls::client_config(&self.config).map_err(|e| {
+            ConnectError::new(
+                self.side,
+                &self.config,
+                ConnectFailure::Config(e.to_string()),
+            )
+        })?;
+        let pg = self.config.to_tokio();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let result = match tls {
+            Some(tls) => {
+                let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+                pg.connect(connector).await.map(|(client, conn)| {
+                    spawn_listening(self.side, conn, tx);
+                    client
+                })
+            }
+            None => pg
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map(|(client, conn)| {
+                    spawn_listening(self.side, conn, tx);
+                    client
+                }),
+        };
+        let client = result.map_err(|e| {
+            ConnectError::new(self.side, &self.config, ConnectFailure::from_tokio(&e))
+        })?;
+        Ok((client, rx))
+    }
+
     /// A connection pool with the same settings (for parallel work).
     pub fn pool(&self, size: usize) -> Result<deadpool_postgres::Pool, ConnectError> {
         let tls = tls::client_config(&self.config).map_err(|e| {
@@ -102,6 +138,31 @@ impl Endpoint {
         };
         ConnectError::new(self.side, &self.config, failure)
     }
+}
+
+fn spawn_listening<S, T>(
+    side: Side,
+    mut conn: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    let _ = tx.send(n.payload().to_string());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(%side, error = %e, "listening connection closed");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
 }
 
 fn spawn_connection<S, T>(side: Side, conn: tokio_postgres::Connection<S, T>)

@@ -78,16 +78,35 @@ impl WalSender {
         &mut self,
         slot: &SlotName,
     ) -> Result<CreatedSlot, WalSenderError> {
+        self.create_slot(slot, false).await
+    }
+
+    /// The same with a TEMPORARY slot, gone with this session: its exported
+    /// snapshot shows the source exactly as of its consistent point, for a
+    /// comparison at one LSN (`verify`).
+    pub async fn create_temporary_slot_exporting_snapshot(
+        &mut self,
+        slot: &SlotName,
+    ) -> Result<CreatedSlot, WalSenderError> {
+        self.create_slot(slot, true).await
+    }
+
+    async fn create_slot(
+        &mut self,
+        slot: &SlotName,
+        temporary: bool,
+    ) -> Result<CreatedSlot, WalSenderError> {
+        let temp = if temporary { " TEMPORARY" } else { "" };
         // The parenthesised option list is PG 15+; the keyword form works on
         // every version pgrepl supports, but 15+ warns it is deprecated.
         let sql = if self.session.server_version >= 150000 {
             format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
+                "CREATE_REPLICATION_SLOT {}{temp} LOGICAL pgoutput (SNAPSHOT 'export')",
                 slot.as_str()
             )
         } else {
             format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                "CREATE_REPLICATION_SLOT {}{temp} LOGICAL pgoutput EXPORT_SNAPSHOT",
                 slot.as_str()
             )
         };

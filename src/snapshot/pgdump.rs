@@ -53,15 +53,34 @@ fn version_of(path: &Path) -> Result<u32, String> {
         .ok_or_else(|| format!("cannot read a version in {:?}", text.trim()))
 }
 
+/// Where a user's pg_dump may be: the PATH, the bin directory of every
+/// `pg_config` on it, and the usual layouts (Debian/Ubuntu
+/// /usr/lib/postgresql/*/bin, RPM /usr/pgsql-*/bin, source builds
+/// /usr/local/pgsql/bin, Homebrew).
 fn candidates() -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Some(path) = std::env::var_os("PATH") {
-        out.extend(std::env::split_paths(&path).map(|d| d.join("pg_dump")));
+        for dir in std::env::split_paths(&path) {
+            out.push(dir.join("pg_dump"));
+            let pg_config = dir.join("pg_config");
+            if pg_config.is_file() {
+                if let Ok(o) = std::process::Command::new(&pg_config)
+                    .arg("--bindir")
+                    .output()
+                {
+                    let bindir = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                    if !bindir.is_empty() {
+                        out.push(PathBuf::from(bindir).join("pg_dump"));
+                    }
+                }
+            }
+        }
     }
     for pattern_dir in [
         "/usr/lib/postgresql",
         "/usr/local/pgsql",
         "/opt/homebrew/opt",
+        "/usr/local/opt",
     ] {
         if let Ok(entries) = std::fs::read_dir(pattern_dir) {
             out.extend(entries.flatten().map(|e| e.path().join("bin/pg_dump")));

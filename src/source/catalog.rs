@@ -212,8 +212,10 @@ pub struct ServerFacts {
     pub user: String,
     pub database: String,
     /// This session's backend, as `pg_stat_activity` shows it (pid and
-    /// start time): a server that lists it is the same server.
+    /// start time), and the cluster's system identifier: a server with the
+    /// same identifier that lists this backend is the same server.
     pub backend: (i32, String),
+    pub system_id: String,
 }
 
 impl ServerFacts {
@@ -229,7 +231,9 @@ impl ServerFacts {
                         pg_encoding_to_char(d.encoding)::text,
                         r.rolsuper, r.rolreplication OR r.rolsuper,
                         current_user::text, current_database()::text, pg_backend_pid(),
-                        (SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid())
+                        (SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()),
+                        CASE WHEN has_function_privilege('pg_control_system()', 'execute')
+                             THEN (SELECT system_identifier::text FROM pg_control_system()) ELSE '' END
                  FROM pg_database d, pg_roles r
                  WHERE d.datname = current_database() AND r.rolname = current_user",
                 &[],
@@ -247,6 +251,7 @@ impl ServerFacts {
                 row.get(7),
                 row.get::<_, Option<String>>(8).unwrap_or_default(),
             ),
+            system_id: row.get::<_, Option<String>>(9).unwrap_or_default(),
         })
     }
 }

@@ -81,6 +81,12 @@ impl SyncName {
         SlotName(format!("pgrepl_{}", self.0))
     }
 
+    /// A temporary slot of this sync (`verify`'s snapshot), unique per
+    /// process: `pgrepl_NAME_tN`.
+    pub fn temporary_slot(&self, n: u32) -> SlotName {
+        SlotName(format!("pgrepl_{}_t{n}", self.0))
+    }
+
     pub fn publication(&self) -> PublicationName {
         PublicationName(format!("pgrepl_{}", self.0))
     }

@@ -1,8 +1,12 @@
-//! Throwaway PostgreSQL clusters for tests: initdb + pg_ctl from installed
-//! binaries, run as an unprivileged user when the tests run as root, each on
-//! its own socket directory and port so tests run in parallel. A cluster
-//! stops when dropped; when the test failed, its log's path and last lines
-//! are printed and its directory is kept.
+//! Throwaway PostgreSQL clusters for tests, each on its own socket
+//! directory and port so tests run in parallel: initdb + pg_ctl from
+//! installed binaries, run as an unprivileged user when the tests run as
+//! root (the local backend), or the same server in a container of its own
+//! (the docker backend, see `docker`). Either way the cluster's folder
+//! (data, socket, log) is under /tmp and the harness reads and writes it
+//! the same. A cluster stops when dropped (its container is removed); when
+//! the test failed, its log's path and last lines are printed and its
+//! directory is kept.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -12,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
 
-use super::pg::PgInstall;
+use super::docker;
+use super::pg::{Backend, PgInstall};
 
 /// The superuser's password, for tests that connect over TCP.
 pub const SUPERUSER_PASSWORD: &str = "pgrepl-test-pw";
@@ -48,8 +53,20 @@ pub struct Cluster {
     pub data: PathBuf,
     pub port: u16,
     pub log: PathBuf,
+    /// Who owns the data files: the local user the server runs as (when
+    /// the tests run as root), or the container's user.
     run_as: Option<String>,
+    owner: Option<(u32, u32)>,
     stopped: bool,
+    runner: Runner,
+}
+
+/// How the server process runs.
+enum Runner {
+    /// pg_ctl on this machine.
+    Local,
+    /// In a container; `None` until the first start.
+    Docker(Option<Box<docker::Server>>),
 }
 
 fn is_root() -> bool {
@@ -61,21 +78,28 @@ fn test_user() -> String {
     std::env::var("PGREPL_TEST_USER").unwrap_or_else(|_| "postgres".to_string())
 }
 
-fn chown_to(path: &Path, user: &str) {
+fn user_ids(user: &str) -> (u32, u32) {
     let cuser = CString::new(user).expect("user name has no NUL");
     // SAFETY: getpwnam returns NULL or a pointer to a static passwd entry.
-    let (uid, gid) = unsafe {
+    unsafe {
         let pw = libc::getpwnam(cuser.as_ptr());
         assert!(
             !pw.is_null(),
             "user {user} does not exist (set PGREPL_TEST_USER)"
         );
         ((*pw).pw_uid, (*pw).pw_gid)
-    };
+    }
+}
+
+fn chown_to(path: &Path, user: &str) {
+    chown_ids(path, user_ids(user));
+}
+
+fn chown_ids(path: &Path, (uid, gid): (u32, u32)) {
     let cpath = CString::new(path.as_os_str().as_encoded_bytes()).expect("path has no NUL");
     // SAFETY: chown on a path we created.
     let rc = unsafe { libc::chown(cpath.as_ptr(), uid, gid) };
-    assert_eq!(rc, 0, "chown {} to {user}", path.display());
+    assert_eq!(rc, 0, "chown {} to {uid}:{gid}", path.display());
 }
 
 /// Stops clusters left behind by test processes that died without dropping
@@ -119,16 +143,25 @@ impl Cluster {
     }
 
     pub fn start_with(name: &str, install: PgInstall, opts: ClusterOptions) -> Cluster {
+        let backend = Backend::from_env();
         if COUNTER.load(Ordering::SeqCst) == 0 {
             reap_orphans();
+            if backend == Backend::Docker {
+                docker::reap_orphans();
+            }
         }
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let root = PathBuf::from(format!("/tmp/pgt-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).expect("create cluster dir");
-        let run_as = is_root().then(test_user);
+        let run_as = (is_root() && backend == Backend::Local).then(test_user);
         if let Some(user) = &run_as {
             chown_to(&root, user);
+        }
+        if backend == Backend::Docker {
+            // The container's user (the image's) creates the data dir here.
+            std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+                .expect("chmod cluster dir");
         }
         let data = root.join("data");
         let log = root.join("server.log");
@@ -139,37 +172,57 @@ impl Cluster {
             data,
             port: 0,
             log,
+            owner: run_as.as_deref().map(user_ids),
             run_as,
             stopped: true,
+            runner: match backend {
+                Backend::Local => Runner::Local,
+                Backend::Docker => Runner::Docker(None),
+            },
         };
         let pwfile = cluster.root.join("pw");
         std::fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write pwfile");
+        std::fs::set_permissions(&pwfile, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod pwfile");
         if let Some(user) = &cluster.run_as {
             chown_to(&pwfile, user);
         }
-        cluster.run(
-            "initdb",
-            &[
-                "-D",
-                &cluster.data.display().to_string(),
-                "-U",
-                "postgres",
-                "--pwfile",
-                &pwfile.display().to_string(),
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-N",
-            ],
-        );
+        let initdb: Vec<String> = [
+            "-D",
+            &cluster.data.display().to_string(),
+            "-U",
+            "postgres",
+            "--pwfile",
+            &pwfile.display().to_string(),
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "-N",
+        ]
+        .map(String::from)
+        .to_vec();
+        match cluster.runner {
+            Runner::Local => {
+                let args: Vec<&str> = initdb.iter().map(String::as_str).collect();
+                cluster.run("initdb", &args);
+            }
+            Runner::Docker(_) => {
+                docker::initdb(cluster.install.major, &cluster.root, &initdb);
+                let meta = std::fs::metadata(&cluster.data).expect("initdb made the data dir");
+                cluster.owner = Some((
+                    std::os::unix::fs::MetadataExt::uid(&meta),
+                    std::os::unix::fs::MetadataExt::gid(&meta),
+                ));
+            }
+        }
         if let Some((cert, key)) = &opts.tls {
             for (file, text) in [("server.crt", cert), ("server.key", key)] {
                 let p = cluster.data.join(file);
                 std::fs::write(&p, text).expect("write tls file");
-                if let Some(user) = &cluster.run_as {
-                    chown_to(&p, user);
+                if let Some(ids) = cluster.owner {
+                    chown_ids(&p, ids);
                 }
                 std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                     .expect("chmod");
@@ -224,13 +277,25 @@ impl Cluster {
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
         for s in &opts.settings {
+            // Settings a test wants where the major has them.
+            let key = s.split('=').next().unwrap_or("").trim();
+            if key == "logical_decoding_work_mem" && self.install.major < 13 {
+                continue;
+            }
             conf.push_str(s);
             conf.push('\n');
         }
+        if matches!(self.runner, Runner::Docker(_)) {
+            // The log where the local backend's pg_ctl -l puts it.
+            conf.push_str(&format!(
+                "logging_collector = on\nlog_directory = '{}'\nlog_filename = 'server.log'\n",
+                self.root.display()
+            ));
+        }
         let path = self.data.join("postgresql.auto.conf");
         std::fs::write(&path, conf).expect("write config");
-        if let Some(user) = &self.run_as {
-            chown_to(&path, user);
+        if let Some(ids) = self.owner {
+            chown_ids(&path, ids);
         }
     }
 
@@ -263,26 +328,85 @@ impl Cluster {
     }
 
     fn try_start(&mut self) -> bool {
-        let ok = self
-            .command("pg_ctl")
-            .args([
-                "-D",
-                &self.data.display().to_string(),
-                "-l",
-                &self.log.display().to_string(),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
+        let ok = match &mut self.runner {
+            Runner::Local => self
+                .command("pg_ctl")
+                .args([
+                    "-D",
+                    &self.data.display().to_string(),
+                    "-l",
+                    &self.log.display().to_string(),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false),
+            Runner::Docker(server) => {
+                let started = match server {
+                    Some(s) => s.start_again().is_ok(),
+                    None => match docker::Server::start(self.install.major, &self.root, &self.data)
+                    {
+                        Ok(s) => {
+                            *server = Some(Box::new(s));
+                            true
+                        }
+                        Err(e) => {
+                            eprintln!("{}: container did not start: {e}", self.name);
+                            false
+                        }
+                    },
+                };
+                started && self.wait_ready()
+            }
+        };
         self.stopped = !ok;
         ok
+    }
+
+    /// Waits (like `pg_ctl -w`) until the server takes connections, or
+    /// its process ended.
+    fn wait_ready(&self) -> bool {
+        let socket = self.root.join(format!(".s.PGSQL.{}", self.port));
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if socket.exists() && self.accepts_connections() {
+                return true;
+            }
+            if self.log_tail(5).contains("could not bind") {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// A session can be opened (the server is past recovery).
+    fn accepts_connections(&self) -> bool {
+        let conninfo = self.conninfo();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()
+                    .and_then(|rt| {
+                        rt.block_on(async {
+                            let (c, conn) = tokio_postgres::connect(&conninfo, NoTls).await.ok()?;
+                            tokio::spawn(conn);
+                            c.simple_query("SELECT 1").await.ok()
+                        })
+                    })
+                    .is_some()
+            })
+            .join()
+            .unwrap_or(false)
+        })
     }
 
     /// Stops the server (`fast` shutdown, or `immediate` to simulate a crash).
@@ -290,22 +414,28 @@ impl Cluster {
         if self.stopped {
             return;
         }
-        let _ = self
-            .command("pg_ctl")
-            .args([
-                "-D",
-                &self.data.display().to_string(),
-                "-m",
-                mode,
-                "-w",
-                "-t",
-                "60",
-                "stop",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        match &self.runner {
+            Runner::Local => {
+                let _ = self
+                    .command("pg_ctl")
+                    .args([
+                        "-D",
+                        &self.data.display().to_string(),
+                        "-m",
+                        mode,
+                        "-w",
+                        "-t",
+                        "60",
+                        "stop",
+                    ])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            Runner::Docker(Some(server)) => server.stop(mode),
+            Runner::Docker(None) => {}
+        }
         self.stopped = true;
     }
 
@@ -408,7 +538,11 @@ impl Cluster {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if let Runner::Docker(Some(server)) = &self.runner {
+            // What the server said before its log file was open.
+            text = format!("{}{text}", server.stderr());
+        }
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }

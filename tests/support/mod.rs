@@ -4,6 +4,7 @@
 
 pub mod checksum;
 pub mod cluster;
+pub mod docker;
 pub mod gen;
 pub mod pg;
 pub mod pgrepl;
@@ -12,7 +13,7 @@ pub mod workload;
 
 pub use checksum::{assert_same_data, assert_same_tables, table_checksum, user_tables, Checksum};
 pub use cluster::{wait_for, wait_for_phase, Cluster, ClusterOptions, SUPERUSER_PASSWORD};
-pub use pg::PgInstall;
+pub use pg::{Backend, PgInstall};
 
 /// A source/target pair, started in parallel.
 pub struct Pair {

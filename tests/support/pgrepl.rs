@@ -67,8 +67,15 @@ fn command(args: &[&str]) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if let Some(pg_dump) = super::pg::newest_pg_dump() {
-        c.env("PGREPL_PG_DUMP", pg_dump);
+    // pgrepl finds its pg_dump itself, as for a user: the newest this
+    // machine has (the repo's cached client tools 18) is on the PATH.
+    c.env_remove("PGREPL_PG_DUMP");
+    if let Some(dir) = super::pg::newest_pg_dump().and_then(|p| p.parent().map(|d| d.to_path_buf()))
+    {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![dir];
+        dirs.extend(std::env::split_paths(&path));
+        c.env("PATH", std::env::join_paths(dirs).expect("PATH entries"));
     }
     c
 }

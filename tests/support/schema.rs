@@ -19,7 +19,9 @@ const QUERIES: &[(&str, &str)] = &[
                 WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')"),
     ("index", "SELECT indexdef FROM pg_indexes WHERE true"),
     ("constraint", "SELECT format('%I.%I %s', n.nspname, c.conname, pg_get_constraintdef(c.oid))
-                    FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE true"),
+                    FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+                    -- NOT NULL is a constraint from 18 on (columns compare it on every major).
+                    WHERE c.contype <> 'n'"),
     ("trigger", "SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
                  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal"),
     ("view", "SELECT format('%I.%I %s %s', n.nspname, c.relname, c.relkind, pg_get_viewdef(c.oid))

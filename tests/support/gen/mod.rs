@@ -420,7 +420,8 @@ impl Gen {
                 1 => format!("TRUNCATE {ti};"),
                 _ => format!("TRUNCATE {};", ident(&format!("{}_c0", t.name))),
             },
-            Shape::Unique => format!("TRUNCATE {ti} CASCADE;"),
+            // Deferred unique checks must run before a TRUNCATE.
+            Shape::Unique => format!("SET CONSTRAINTS ALL IMMEDIATE; TRUNCATE {ti} CASCADE;"),
             _ => format!("TRUNCATE {ti};"),
         }
     }

@@ -1,0 +1,44 @@
+//! `pgrepl verify`: compares source and target at one LSN and prints the
+//! report; exit 0 when equal, 1 when not.
+
+use std::process::ExitCode;
+
+use crate::cli::VerifyArgs;
+use crate::progress::ui::ProgressMode;
+use crate::verify::{self, VerifyRequest};
+
+pub async fn run(args: VerifyArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
+    let (source, target) = super::endpoints(&args.endpoints)?;
+    let selection = args.tables.selection();
+    let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let req = VerifyRequest {
+        name: &args.endpoints.name,
+        source: &source,
+        target: &target,
+        selection: (!selection.is_everything()).then_some(selection),
+        jobs,
+        chunk_rows: args.chunk_rows,
+        stopped: args.stopped,
+        wait: args.wait,
+        progress: if args.json {
+            ProgressMode::Lines
+        } else {
+            ProgressMode::detect(json_logs)
+        },
+    };
+    let report = verify::run(&req).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(if report.equal {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,271 @@
+//! The sync's side of the control channel: a gate in front of the apply
+//! that a requester can close at a transaction boundary, open up to an LSN,
+//! and open again.
+//!
+//! The rule: while the gate holds, no source transaction is applied, and
+//! what the target shows is exactly the source's transactions committing
+//! before the held LSN (everything before it committed on the target,
+//! nothing after it begun). The stream is still received meanwhile; the
+//! apply resumes with the next message. A gate never holds longer than
+//! [`super::HOLD_LIMIT`] without hearing from its requester.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use super::{set_state, ControlError, Listener, Request, State, HOLD_LIMIT};
+use crate::conn::Endpoint;
+use crate::lsn::Lsn;
+use crate::sql::SyncName;
+
+/// Where the gate is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// A hold was asked: close at the next transaction boundary.
+    Closing {
+        id: i64,
+    },
+    /// Holding at `at` since `since`.
+    Held {
+        id: i64,
+        at: Lsn,
+        since: Instant,
+    },
+    /// Applying on through the transactions committing before `through`,
+    /// then holding (`finish`: then ending the sync).
+    Advancing {
+        id: i64,
+        through: Lsn,
+        finish: bool,
+    },
+}
+
+/// What the apply should do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Apply this message.
+    Go,
+    /// Do not apply it: the gate closed before it.
+    Stop,
+}
+
+pub struct Gate {
+    client: Client,
+    listener: Listener,
+    name: SyncName,
+    phase: Phase,
+    /// Time held for the current request, over all its holds.
+    held: Duration,
+    last_poll: Instant,
+}
+
+/// The LSN at which the transaction a pgoutput message begins or commits
+/// ends, for a Begin and a Stream Commit.
+fn commits_at(payload: &[u8]) -> Option<Lsn> {
+    let at = |range: std::ops::Range<usize>| -> Option<Lsn> {
+        let b: [u8; 8] = payload.get(range)?.try_into().ok()?;
+        Some(Lsn(u64::from_be_bytes(b)))
+    };
+    match payload.first()? {
+        b'B' => at(1..9),
+        b'c' => at(6..14),
+        _ => None,
+    }
+}
+
+impl Gate {
+    pub async fn open(target: &Endpoint, name: &SyncName) -> Result<Gate, ControlError> {
+        let client = target.connect().await.map_err(|e| ControlError::Query {
+            what: "opening the control channel",
+            message: e.to_string(),
+        })?;
+        super::ensure_schema(&client).await?;
+        let listener = Listener::start(target).await?;
+        Ok(Gate {
+            client,
+            listener,
+            name: name.clone(),
+            phase: Phase::Open,
+            held: Duration::ZERO,
+            last_poll: Instant::now() - Duration::from_secs(60),
+        })
+    }
+
+    pub fn is_holding(&self) -> bool {
+        matches!(self.phase, Phase::Held { .. })
+    }
+
+    /// Looks for a new request (when none is in progress); cheap to call
+    /// often (it reads the table at most every 200 ms unless woken).
+    pub async fn poll(&mut self, woken: bool) -> Result<(), ControlError> {
+        if self.phase != Phase::Open
+            || (!woken && self.last_poll.elapsed() < Duration::from_millis(200))
+        {
+            return Ok(());
+        }
+        self.last_poll = Instant::now();
+        let row = self
+            .client
+            .query_opt(
+                "SELECT id, request::text FROM pgrepl.control
+                 WHERE sync_name = $1 AND state ->> 'state' = 'requested' ORDER BY id LIMIT 1",
+                &[&self.name.as_str()],
+            )
+            .await
+            .map_err(super::query("reading control requests"))?;
+        let Some(row) = row else { return Ok(()) };
+        let id: i64 = row.get(0);
+        match serde_json::from_str::<Request>(row.get::<_, &str>(1)) {
+            Ok(Request::Hold) => {
+                tracing::info!(
+                    request = id,
+                    "control: holding the apply at the next transaction boundary"
+                );
+                self.held = Duration::ZERO;
+                self.phase = Phase::Closing { id };
+            }
+            Ok(Request::Finish { lsn }) => {
+                tracing::info!(request = id, %lsn, "control: applying through the fence, then ending the sync");
+                self.phase = Phase::Advancing {
+                    id,
+                    through: lsn,
+                    finish: true,
+                };
+            }
+            Err(e) => {
+                set_state(
+                    &self.client,
+                    id,
+                    &State::Refused {
+                        reason: format!("unknown request: {e}"),
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a message: whether it may be applied.
+    pub fn before(&self, payload: &[u8]) -> Verdict {
+        match self.phase {
+            Phase::Held { .. } => Verdict::Stop,
+            Phase::Advancing { through, .. } => match commits_at(payload) {
+                Some(lsn) if lsn >= through => Verdict::Stop,
+                _ => Verdict::Go,
+            },
+            _ => Verdict::Go,
+        }
+    }
+
+    /// Whether the gate wants to close now: at a boundary (no source
+    /// transaction half received), asked to hold, or advanced as far as
+    /// asked (`position`: everything committing before it is applied).
+    pub fn wants_to_close(&self, at_boundary: bool, position: Lsn) -> bool {
+        at_boundary
+            && match self.phase {
+                Phase::Closing { .. } => true,
+                Phase::Advancing { through, .. } => position >= through,
+                _ => false,
+            }
+    }
+
+    /// Whether the sync should end after closing (a `Finish` request).
+    pub fn finishing(&self) -> bool {
+        matches!(self.phase, Phase::Advancing { finish: true, .. })
+    }
+
+    /// The apply stopped at a boundary (everything before `position`
+    /// committed on the target, nothing after it begun): say so. Returns
+    /// the LSN held at (for a `Finish`, the one it finished at).
+    pub async fn close(&mut self, position: Lsn) -> Result<Lsn, ControlError> {
+        let (id, at) = match self.phase {
+            Phase::Closing { id } => (id, position),
+            Phase::Advancing {
+                id,
+                through,
+                finish: true,
+            } => {
+                set_state(
+                    &self.client,
+                    id,
+                    &State::Done {
+                        at: through,
+                        held_ms: 0,
+                    },
+                )
+                .await?;
+                self.phase = Phase::Open;
+                return Ok(through);
+            }
+            Phase::Advancing { id, through, .. } => (id, through),
+            _ => return Ok(position),
+        };
+        set_state(&self.client, id, &State::Held { at }).await?;
+        tracing::info!(request = id, %at, "control: apply held");
+        self.phase = Phase::Held {
+            id,
+            at,
+            since: Instant::now(),
+        };
+        Ok(at)
+    }
+
+    /// While held: waits a moment for the requester (at most 200 ms, less
+    /// when woken), then acts on what it wrote: advance, release, or, past
+    /// [`HOLD_LIMIT`], go on alone.
+    pub async fn wait_held(&mut self) -> Result<(), ControlError> {
+        let Phase::Held { id, at, since } = self.phase else {
+            return Ok(());
+        };
+        self.listener.wait(Duration::from_millis(200)).await;
+        match super::state(&self.client, id).await? {
+            State::Advance { through } => {
+                self.held += since.elapsed();
+                tracing::info!(request = id, %through, "control: applying on");
+                self.phase = Phase::Advancing {
+                    id,
+                    through,
+                    finish: false,
+                };
+            }
+            State::Released => {
+                self.held += since.elapsed();
+                let held_ms = self.held.as_millis() as u64;
+                set_state(&self.client, id, &State::Done { at, held_ms }).await?;
+                tracing::info!(request = id, held_ms, "control: apply released");
+                self.phase = Phase::Open;
+            }
+            _ if since.elapsed() >= HOLD_LIMIT => {
+                set_state(&self.client, id, &State::Expired).await?;
+                tracing::warn!(
+                    request = id,
+                    "control: the requester did not answer within {HOLD_LIMIT:?}; applying on"
+                );
+                self.phase = Phase::Open;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn begins_and_stream_commits_tell_where_they_commit() {
+        let mut b = vec![b'B'];
+        b.extend_from_slice(&0x10_0000_0020u64.to_be_bytes());
+        b.extend_from_slice(&[0; 12]);
+        assert_eq!(commits_at(&b), Some(Lsn(0x10_0000_0020)));
+        let mut c = vec![b'c', 0, 0, 0, 7, 0];
+        c.extend_from_slice(&42u64.to_be_bytes());
+        c.extend_from_slice(&[0; 16]);
+        assert_eq!(commits_at(&c), Some(Lsn(42)));
+        assert_eq!(commits_at(b"I"), None);
+        assert_eq!(commits_at(b"B"), None, "cut short");
+    }
+}

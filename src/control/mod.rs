@@ -1,0 +1,228 @@
+//! The one channel between a running `sync` and the commands that need its
+//! cooperation (`verify` holding its apply at an LSN, `cutover` ending it at
+//! the fence LSN): requests are rows of `pgrepl.control` on the target, so
+//! they work from any shell and leave a record; NOTIFY on
+//! `pgrepl_control` wakes both sides at once (each also polls, so a lost
+//! notification only costs a little time).
+//!
+//! A request moves Requested → Held → (Advance → Held)* → Released → Done
+//! for `Hold`, or Requested → Done for `Finish`; the sync writes `Held`
+//! and `Done`, the requester `Advance` and `Released`. A sync that waits
+//! longer than [`HOLD_LIMIT`] for its requester goes on by itself and
+//! marks the request `Expired`.
+
+pub mod gate;
+mod listen;
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+pub use gate::Gate;
+pub use listen::Listener;
+
+use crate::conn::error::describe;
+use crate::lsn::Lsn;
+use crate::sql::SyncName;
+
+/// How long a sync holds still for a requester that does not answer.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(30);
+
+/// The NOTIFY channel.
+pub const CHANNEL: &str = "pgrepl_control";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("target: {what}: {message}")]
+    Query { what: &'static str, message: String },
+    #[error("no running `pgrepl sync --name {name}` answered within {waited:?}: {hint}")]
+    NoAnswer {
+        name: String,
+        waited: Duration,
+        hint: &'static str,
+    },
+    #[error("the sync refused: {0}")]
+    Refused(String),
+    #[error("the sync went on without waiting (request {0} expired)")]
+    Expired(i64),
+}
+
+fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ControlError {
+    move |e| ControlError::Query {
+        what,
+        message: describe(&e),
+    }
+}
+
+/// What a command asks of the running sync.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Request {
+    /// Stop applying at the next transaction boundary and hold still.
+    Hold,
+    /// Apply exactly the source transactions committing before `lsn`, then
+    /// end the sync (cutover).
+    Finish { lsn: Lsn },
+}
+
+/// Where a request stands, as its row says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    Requested,
+    /// The sync holds: every source transaction committing before `at` is
+    /// applied and committed on the target, none after.
+    Held {
+        at: Lsn,
+    },
+    /// The requester asks it to apply on through the transactions
+    /// committing before `through`, then hold again.
+    Advance {
+        through: Lsn,
+    },
+    /// The requester lets it go on.
+    Released,
+    /// Finished (a `Finish` through its LSN, or a `Hold` released); `held`
+    /// is how long the apply stood still, in milliseconds.
+    Done {
+        at: Lsn,
+        held_ms: u64,
+    },
+    /// The sync went on by itself after waiting [`HOLD_LIMIT`].
+    Expired,
+    Refused {
+        reason: String,
+    },
+}
+
+const SCHEMA_SQL: &str = "
+CREATE TABLE IF NOT EXISTS pgrepl.control (
+    id bigserial PRIMARY KEY,
+    sync_name text NOT NULL,
+    request jsonb NOT NULL,
+    state jsonb NOT NULL DEFAULT '{\"state\": \"requested\"}',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);";
+
+/// Creates the control table if needed (in the target's `pgrepl` schema).
+pub async fn ensure_schema(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<(), ControlError> {
+    client
+        .batch_execute(SCHEMA_SQL)
+        .await
+        .map_err(query("creating pgrepl.control"))
+}
+
+/// Reads the state of request `id`.
+pub async fn state(client: &Client, id: i64) -> Result<State, ControlError> {
+    let row = client
+        .query_one(
+            "SELECT state::text FROM pgrepl.control WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(query("reading a control request"))?;
+    serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| ControlError::Query {
+        what: "reading a control request",
+        message: e.to_string(),
+    })
+}
+
+/// Moves request `id` to `state` and wakes the other side.
+pub async fn set_state(client: &Client, id: i64, state: &State) -> Result<(), ControlError> {
+    let text = serde_json::to_string(state).map_err(|e| ControlError::Query {
+        what: "writing a control request",
+        message: e.to_string(),
+    })?;
+    client
+        .execute(
+            "UPDATE pgrepl.control SET state = $2::text::jsonb, updated_at = now() WHERE id = $1",
+            &[&id, &text],
+        )
+        .await
+        .map_err(query("writing a control request"))?;
+    notify(client, id).await
+}
+
+async fn notify(client: &Client, id: i64) -> Result<(), ControlError> {
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &id.to_string()])
+        .await
+        .map_err(query("notifying the sync"))?;
+    Ok(())
+}
+
+/// The requesting side: one request of one command.
+pub struct Requester<'a> {
+    client: &'a Client,
+    listener: Listener,
+    pub id: i64,
+    name: SyncName,
+}
+
+impl<'a> Requester<'a> {
+    /// Records `request` for sync `name` and wakes it.
+    pub async fn send(
+        client: &'a Client,
+        listener: Listener,
+        name: &SyncName,
+        request: &Request,
+    ) -> Result<Requester<'a>, ControlError> {
+        ensure_schema(client).await?;
+        let text = serde_json::to_string(request).map_err(|e| ControlError::Query {
+            what: "writing a control request",
+            message: e.to_string(),
+        })?;
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO pgrepl.control (sync_name, request) VALUES ($1, $2::text::jsonb) RETURNING id",
+                &[&name.as_str(), &text],
+            )
+            .await
+            .map_err(query("writing a control request"))?
+            .get(0);
+        notify(client, id).await?;
+        Ok(Requester {
+            client,
+            listener,
+            id,
+            name: name.clone(),
+        })
+    }
+
+    /// Waits until the request's state is one `accept` returns `Some` for.
+    pub async fn wait<T>(
+        &mut self,
+        limit: Duration,
+        hint: &'static str,
+        accept: impl Fn(&State) -> Option<T>,
+    ) -> Result<T, ControlError> {
+        let started = Instant::now();
+        loop {
+            let s = state(self.client, self.id).await?;
+            if let Some(v) = accept(&s) {
+                return Ok(v);
+            }
+            match s {
+                State::Refused { reason } => return Err(ControlError::Refused(reason)),
+                State::Expired => return Err(ControlError::Expired(self.id)),
+                _ => {}
+            }
+            if started.elapsed() >= limit {
+                return Err(ControlError::NoAnswer {
+                    name: self.name.to_string(),
+                    waited: limit,
+                    hint,
+                });
+            }
+            self.listener.wait(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn set(&self, state: &State) -> Result<(), ControlError> {
+        set_state(self.client, self.id, state).await
+    }
+}
