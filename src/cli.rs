@@ -99,6 +99,18 @@ pub enum Command {
     /// sequences) is compared beside the rows. Exits 0 when equal, 1 when
     /// not.
     Verify(VerifyArgs),
+
+    /// Finish a migration: fence the source, apply through the fence, set
+    /// every sequence, optionally verify and set up the way back, then
+    /// declare the target ready.
+    ///
+    /// Run it from another shell while `pgrepl sync` runs (without one, it
+    /// runs the sync itself). Each step is timed. Until the target is
+    /// declared ready, any failure (and Ctrl-C) lifts the fence and lets the
+    /// sync go on as before. The fence stays on the old source afterwards:
+    /// its synced tables refuse writes from every role (pgrepl's own reverse
+    /// sync excepted); `pgrepl teardown --unfence` lifts it.
+    Cutover(CutoverArgs),
 }
 
 /// Where to connect, and which sync.
@@ -149,6 +161,52 @@ impl TableArgs {
             exclude: self.exclude.clone(),
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct CutoverArgs {
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+
+    /// Which tables the fence covers (default: the sync's own selection).
+    #[command(flatten)]
+    pub tables: TableArgs,
+
+    /// Refuse to fence while the sync is further behind than this.
+    #[arg(long, value_name = "SIZE", default_value = "16MB", value_parser = parse_size)]
+    pub max_lag: u64,
+
+    /// Refuse to fence while the sync is further behind than this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub max_lag_time: Duration,
+
+    /// How long to wait for the lag to fall, for open write transactions to
+    /// end, and for the sync to reach the fence.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub wait: Duration,
+
+    /// End the sessions still writing to synced tables after --wait,
+    /// rather than giving up.
+    #[arg(long)]
+    pub terminate: bool,
+
+    /// Compare source and target under the fence (exact: nothing moves)
+    /// before declaring the target ready.
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Set up the way back: a sync NAME_r from the target to the old source,
+    /// ready to carry the application's writes back.
+    #[arg(long)]
+    pub reverse: bool,
+
+    /// Sessions per side for --verify.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: Option<u16>,
+
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -246,6 +304,11 @@ pub struct SyncArgs {
     #[arg(long, conflicts_with = "copy_only")]
     pub until_caught_up: bool,
 
+    /// How often sequences on the target are moved up to the source's while
+    /// streaming (they are never moved back).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub sequence_interval: Duration,
+
     /// Keep retrying lost connections for this long before giving up
     /// (e.g. 30s, 5m, 1h).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
@@ -281,6 +344,11 @@ pub struct StatusArgs {
 pub struct TeardownArgs {
     #[command(flatten)]
     pub endpoints: Endpoints,
+
+    /// Also lift a cutover's fence from the source (its synced tables take
+    /// writes again): deliberately, when it is to be written to again.
+    #[arg(long)]
+    pub unfence: bool,
 }
 
 /// Parses `64MB`, `1GiB`, `512k`, `1048576` (powers of 1024).

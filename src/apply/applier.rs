@@ -104,6 +104,9 @@ pub(super) struct SourceTxn {
     pub(super) changes: usize,
     /// Already applied before this session started.
     pub(super) skip: bool,
+    /// Applied on the source by pgrepl itself (a reverse sync does not send
+    /// back what the forward one wrote): its changes are left out.
+    pub(super) filtered: bool,
 }
 
 /// Names of the statements prepared once per session.
@@ -129,6 +132,8 @@ pub struct Applier {
     pub(super) last_marker: Instant,
     /// Rows per path sent in the open target transaction.
     pub(super) paths: super::paths::Pending,
+    /// Leave out source transactions applied by pgrepl (a reverse sync).
+    pub skip_pgrepl_origins: bool,
     pub(super) txn: Option<SourceTxn>,
     pub(super) shared: Arc<Shared>,
     limits: GroupLimits,
@@ -205,6 +210,7 @@ impl Applier {
             open: false,
             last_marker: Instant::now(),
             paths: Default::default(),
+            skip_pgrepl_origins: false,
             txn: None,
             shared,
             limits,
@@ -252,6 +258,7 @@ impl Applier {
                     final_lsn,
                     changes: 0,
                     skip: final_lsn < self.start,
+                    filtered: false,
                 });
             }
             Message::Commit {
@@ -318,7 +325,15 @@ impl Applier {
                 self.types
                     .insert(oid, ObjectName::new(namespace, name).quoted());
             }
-            Message::Origin { .. } | Message::Logical { .. } => {}
+            Message::Origin { name, .. } => {
+                if self.skip_pgrepl_origins && name.starts_with("pgrepl_") {
+                    if let Some(t) = &mut self.txn {
+                        tracing::trace!(origin = %name, "a transaction pgrepl applied: not sent back");
+                        t.filtered = true;
+                    }
+                }
+            }
+            Message::Logical { .. } => {}
             Message::StreamStart { .. }
             | Message::StreamStop
             | Message::StreamCommit { .. }
@@ -338,7 +353,7 @@ impl Applier {
                 "a change outside a transaction".into(),
             ));
         };
-        if txn.skip {
+        if txn.skip || txn.filtered {
             return Ok(false);
         }
         txn.changes += 1;

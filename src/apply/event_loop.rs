@@ -134,7 +134,12 @@ impl EventLoop<'_> {
                     self.applier.finish().await?;
                     return Ok(Some(Ended::Stopped));
                 }
-                r = gate.wait_held() => r.map_err(control_error)?,
+                r = gate.wait_held() => {
+                    if let Some(at) = r.map_err(control_error)? {
+                        self.applier.finish().await?;
+                        return Ok(Some(Ended::Finished { at }));
+                    }
+                }
             }
         }
         Ok(None)

@@ -49,6 +49,8 @@ pub struct StreamContext {
     /// Streamed transactions to apply without batching (a batch of
     /// theirs failed before).
     pub unbatched: Vec<u32>,
+    /// Leave out transactions pgrepl applied on the source (reverse sync).
+    pub skip_pgrepl_origins: bool,
 }
 
 /// One open streamed transaction.
@@ -140,7 +142,7 @@ impl Router {
             }
             let session = apply_connection(&self.context.target).await?;
             let batching = !self.context.unbatched.contains(&xid);
-            let applier = Applier::for_streamed(
+            let mut applier = Applier::for_streamed(
                 session,
                 self.shared.clone(),
                 xid,
@@ -148,6 +150,7 @@ impl Router {
                 self.context.ddl.clone(),
                 self.context.sync_name.clone(),
             );
+            applier.skip_pgrepl_origins = self.context.skip_pgrepl_origins;
             tracing::debug!(xid, batching, "a large transaction is streamed while in progress; applying it on a connection of its own");
             if self.open.is_empty() {
                 self.guard_main(true).await?;

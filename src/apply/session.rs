@@ -105,6 +105,9 @@ pub struct StreamRequest<'a> {
     pub limits: GroupLimits,
     /// DDL replay options; `None` when DDL is not captured.
     pub ddl: Option<crate::ddl::replay::ReplayOptions>,
+    /// A reverse sync: changes pgrepl itself applied on this source are
+    /// not sent back (PG 16+: `origin 'none'`; older: left out here).
+    pub skip_pgrepl_origins: bool,
 }
 
 #[derive(Debug)]
@@ -313,6 +316,7 @@ async fn session(
         &req.name.publication(),
         start,
         stream_large,
+        req.skip_pgrepl_origins,
         feedback.clone(),
     )
     .await?;
@@ -337,6 +341,7 @@ async fn session(
         req.name.clone(),
     );
     main.ungroup_through(plan.ungroup);
+    main.skip_pgrepl_origins = req.skip_pgrepl_origins;
     let mut applier = Router::new(
         main,
         shared.clone(),
@@ -346,6 +351,7 @@ async fn session(
             ddl: req.ddl.clone(),
             sync_name: req.name.clone(),
             unbatched: plan.unbatched.clone(),
+            skip_pgrepl_origins: req.skip_pgrepl_origins,
         },
     );
 

@@ -67,6 +67,7 @@ impl Applier {
             final_lsn: Lsn::ZERO,
             changes: 0,
             skip: false,
+            filtered: false,
         });
         a.guard_lock_waits = true;
         a

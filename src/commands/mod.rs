@@ -2,6 +2,7 @@
 //! errors (anyhow) and decides the exit code.
 
 mod check;
+mod cutover;
 mod status;
 mod sync;
 mod teardown;
@@ -22,6 +23,7 @@ pub async fn run(command: Command, json_logs: bool) -> anyhow::Result<ExitCode> 
         Command::Teardown(args) => teardown::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Verify(args) => verify::run(args, json_logs).await,
+        Command::Cutover(args) => cutover::run(args, json_logs).await,
     }
 }
 

@@ -246,6 +246,10 @@ async fn stream(
     if setup::publish_partitions_as_themselves(src, &name.publication()).await? {
         tracing::warn!(publication = %name.publication(), "the publication published partitions through their root, which drops a TRUNCATE of one partition: it publishes them as themselves from now on");
     }
+    let ddl_selection = match args.tables.selection() {
+        s if !s.is_everything() => Some(s),
+        _ => capture::stored_selection(src, name).await.ok().flatten(),
+    };
     let ddl = capture::stored_selection(src, name)
         .await
         .map_err(|e| {
@@ -289,8 +293,32 @@ async fn stream(
         progress: ProgressMode::detect(json_logs),
         limits: GroupLimits::default(),
         ddl,
+        skip_pgrepl_origins: crate::progress::state::load_sync(tgt, name)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.reverse_of.is_some()),
     };
+    let excluded: Vec<u32> = crate::source::catalog::list_tables(src)
+        .await
+        .map(|all| {
+            let selection = ddl_selection.clone().unwrap_or_default();
+            all.into_iter()
+                .filter(|t| !selection.selects(t.top()))
+                .map(|t| t.oid)
+                .collect()
+        })
+        .unwrap_or_default();
+    let behind = std::sync::Arc::new(crate::sequences::keep::Behind::default());
+    let sequences = tokio::spawn(crate::sequences::keep_ahead(
+        source.clone(),
+        target.clone(),
+        excluded,
+        args.sequence_interval,
+        behind,
+    ));
     let outcome = session::run(&request, stop_rx).await;
+    sequences.abort();
     signals.abort();
     match outcome? {
         Outcome::Stopped { flushed } => {

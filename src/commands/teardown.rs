@@ -27,6 +27,21 @@ pub async fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
             if let Err(e) = clean_source(&src, name, &mut removed).await {
                 failed.push(format!("{e:#}"));
             }
+            if args.unfence {
+                match crate::cutover::fence::is_fenced(&src).await {
+                    Ok(true) => match crate::cutover::fence::database(&src).await {
+                        Ok(db) => {
+                            crate::cutover::fence::undo_persistent(&src, &db, &[]).await;
+                            removed.push(
+                                "source: the cutover fence (its tables take writes again)".into(),
+                            );
+                        }
+                        Err(e) => failed.push(e.to_string()),
+                    },
+                    Ok(false) => {}
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
         }
         Err(e) => failed.push(e.to_string()),
     }

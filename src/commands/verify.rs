@@ -22,7 +22,11 @@ pub async fn run(args: VerifyArgs, json_logs: bool) -> anyhow::Result<ExitCode> 
         selection: (!selection.is_everything()).then_some(selection),
         jobs,
         chunk_rows: args.chunk_rows,
-        stopped: args.stopped,
+        mode: if args.stopped {
+            verify::Mode::Stopped
+        } else {
+            verify::Mode::Running
+        },
         wait: args.wait,
         progress: if args.json {
             ProgressMode::Lines

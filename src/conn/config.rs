@@ -244,11 +244,14 @@ impl ConnConfig {
     }
 
     /// Server options every pgrepl session sets so values print the same on
-    /// both sides: ISO dates, UTC, full float precision, hex bytea, C money.
+    /// both sides: ISO dates, UTC, full float precision, hex bytea, C money;
+    /// and read-write transactions, also in a database a cutover left
+    /// read-only for everyone else (pgrepl writes there for a reverse sync).
     pub fn session_options(&self) -> String {
         let mut opts = String::from(
             "-c datestyle=ISO,YMD -c intervalstyle=postgres -c timezone=UTC \
-             -c extra_float_digits=3 -c bytea_output=hex -c lc_monetary=C",
+             -c extra_float_digits=3 -c bytea_output=hex -c lc_monetary=C \
+             -c default_transaction_read_only=off",
         );
         if let Some(user_opts) = &self.options {
             opts.push(' ');

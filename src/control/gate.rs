@@ -125,6 +125,15 @@ impl Gate {
                 self.held = Duration::ZERO;
                 self.phase = Phase::Closing { id };
             }
+            Ok(Request::HoldAt { lsn }) => {
+                tracing::info!(request = id, %lsn, "control: applying through the fence, then holding");
+                self.held = Duration::ZERO;
+                self.phase = Phase::Advancing {
+                    id,
+                    through: lsn,
+                    finish: false,
+                };
+            }
             Ok(Request::Finish { lsn }) => {
                 tracing::info!(request = id, %lsn, "control: applying through the fence, then ending the sync");
                 self.phase = Phase::Advancing {
@@ -213,11 +222,12 @@ impl Gate {
     }
 
     /// While held: waits a moment for the requester (at most 200 ms, less
-    /// when woken), then acts on what it wrote: advance, release, or, past
-    /// [`HOLD_LIMIT`], go on alone.
-    pub async fn wait_held(&mut self) -> Result<(), ControlError> {
+    /// when woken), then acts on what it wrote: advance, release, end, or,
+    /// past [`HOLD_LIMIT`], go on alone. Returns `Some(at)` when the sync
+    /// is to end, everything before `at` applied.
+    pub async fn wait_held(&mut self) -> Result<Option<Lsn>, ControlError> {
         let Phase::Held { id, at, since } = self.phase else {
-            return Ok(());
+            return Ok(None);
         };
         self.listener.wait(Duration::from_millis(200)).await;
         match super::state(&self.client, id).await? {
@@ -237,6 +247,14 @@ impl Gate {
                 tracing::info!(request = id, held_ms, "control: apply released");
                 self.phase = Phase::Open;
             }
+            State::End => {
+                self.held += since.elapsed();
+                let held_ms = self.held.as_millis() as u64;
+                set_state(&self.client, id, &State::Done { at, held_ms }).await?;
+                tracing::info!(request = id, %at, "control: the sync ends here");
+                self.phase = Phase::Open;
+                return Ok(Some(at));
+            }
             _ if since.elapsed() >= HOLD_LIMIT => {
                 set_state(&self.client, id, &State::Expired).await?;
                 tracing::warn!(
@@ -247,7 +265,7 @@ impl Gate {
             }
             _ => {}
         }
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -62,8 +62,11 @@ pub enum Request {
     /// Stop applying at the next transaction boundary and hold still.
     Hold,
     /// Apply exactly the source transactions committing before `lsn`, then
-    /// end the sync (cutover).
+    /// end the sync.
     Finish { lsn: Lsn },
+    /// Apply exactly the source transactions committing before `lsn`, then
+    /// hold still (cutover, until it ends the sync or lets it go on).
+    HoldAt { lsn: Lsn },
 }
 
 /// Where a request stands, as its row says.
@@ -83,6 +86,8 @@ pub enum State {
     },
     /// The requester lets it go on.
     Released,
+    /// The requester ends the sync where it holds (cutover done).
+    End,
     /// Finished (a `Finish` through its LSN, or a `Hold` released); `held`
     /// is how long the apply stood still, in milliseconds.
     Done {

@@ -66,6 +66,8 @@ pub struct SyncRecord {
     pub schema: SchemaOrigin,
     pub source_system_id: String,
     pub started_at: String,
+    /// Set for a reverse sync: the forward sync it carries writes back for.
+    pub reverse_of: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,6 +120,8 @@ CREATE TABLE IF NOT EXISTS pgrepl.tables (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (sync_name, schema_name, table_name)
 );
+-- A reverse sync (cutover --reverse) names the sync it reverses.
+ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS reverse_of text;
 CREATE TABLE IF NOT EXISTS pgrepl.copied_chunks (
     sync_name text NOT NULL REFERENCES pgrepl.sync (name) ON DELETE CASCADE,
     schema_name text NOT NULL,
@@ -149,8 +153,9 @@ pub async fn load_sync(
     }
     let row = client
         .query_opt(
-            "SELECT phase, consistent_lsn, schema_created, cleanup_sql, source_system_id, started_at::text
-             FROM pgrepl.sync WHERE name = $1",
+            "SELECT phase, consistent_lsn, schema_created, cleanup_sql, source_system_id, started_at::text,
+                    to_jsonb(s) ->> 'reverse_of'
+             FROM pgrepl.sync s WHERE name = $1",
             &[&name.as_str()],
         )
         .await?;
@@ -170,6 +175,7 @@ pub async fn load_sync(
             schema,
             source_system_id: row.get(4),
             started_at: row.get(5),
+            reverse_of: row.get(6),
         })
     }))
 }
@@ -201,6 +207,21 @@ pub async fn begin_copy(
             "INSERT INTO pgrepl.tables (sync_name, schema_name, table_name, state)
              SELECT $1, s, n, 'pending' FROM unnest($2::text[], $3::text[]) AS u(s, n)",
             &[&name.as_str(), &schemas, &names],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Marks sync `name` as the reverse of `of`.
+pub async fn mark_reverse(
+    client: &impl GenericClient,
+    name: &SyncName,
+    of: &SyncName,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE pgrepl.sync SET reverse_of = $2 WHERE name = $1",
+            &[&name.as_str(), &of.as_str()],
         )
         .await?;
     Ok(())

@@ -234,6 +234,10 @@ pub struct StatusReport {
     pub origin_flushed_lsn: Option<String>,
     pub lag_bytes: Option<u64>,
     pub lag_seconds: Option<f64>,
+    /// Sequences on both sides, and how far (in `nextval` steps) the
+    /// furthest behind on the target is (0: none behind).
+    pub sequences: usize,
+    pub sequences_behind: i64,
     pub tables: Vec<TableStatus>,
 }
 
@@ -301,6 +305,19 @@ pub async fn report(
             rows: t.rows,
         })
         .collect();
+    let (src_seq, tgt_seq) = tokio::try_join!(
+        crate::sequences::read(src, &[]),
+        crate::sequences::read(tgt, &[])
+    )
+    .map_err(serr("source or target", "reading sequences"))?;
+    let sequences_behind = src_seq
+        .iter()
+        .filter_map(|s| {
+            let t = tgt_seq.iter().find(|t| t.name == s.name)?;
+            Some(s.next().saturating_sub(t.next()).max(0))
+        })
+        .max()
+        .unwrap_or(0);
     let flushed = origin.and_then(|(_, f)| f);
     let lag_bytes = flushed.map(|f| source_lsn.bytes_since(f));
     // flush_lag keeps its last value while idle: no byte lag, no time lag.
@@ -326,6 +343,8 @@ pub async fn report(
         }),
         origin_lsn: origin.and_then(|(l, _)| l).map(|l| l.to_string()),
         origin_flushed_lsn: flushed.map(|l| l.to_string()),
+        sequences: src_seq.len(),
+        sequences_behind,
         tables,
     })
 }
@@ -377,6 +396,17 @@ impl StatusReport {
                 .map(|s| human_duration(Duration::from_secs_f64(s.max(0.0))))
                 .unwrap_or_else(|| "-".into());
             let _ = writeln!(out, "  lag: {} / {secs}", human_bytes(b));
+        }
+        if self.sequences > 0 {
+            let _ = writeln!(
+                out,
+                "  sequences: {}, {}",
+                self.sequences,
+                match self.sequences_behind {
+                    0 => "none behind on the target".to_string(),
+                    n => format!("the furthest behind on the target by {n}"),
+                }
+            );
         }
         if !self.tables.is_empty() {
             let mut counts: Vec<(String, usize)> = Vec::new();

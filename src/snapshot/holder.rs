@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
-use super::{copy, plan, sequences, CopyRequest, SnapshotError};
+use super::{copy, plan, CopyRequest, SnapshotError};
+use crate::sequences;
 use crate::source::catalog::{self, SelectedTables, SourceTable, TableKind};
 use crate::sql::TableName;
 

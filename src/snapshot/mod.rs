@@ -27,7 +27,6 @@ pub mod pgdump;
 pub mod plan;
 mod post;
 pub mod schema;
-pub mod sequences;
 mod workers;
 
 use std::time::Duration;
@@ -209,7 +208,7 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
     let summary = workers::copy_rows(&req, &slot.snapshot, units).await?;
 
     let tgt = req.target.connect().await?;
-    let set = sequences::apply(&tgt, &planned.sequences)
+    let set = crate::sequences::apply(&tgt, &planned.sequences)
         .await
         .map_err(|e| SnapshotError::target("setting sequences", &e))?;
     tracing::info!(

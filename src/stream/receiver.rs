@@ -173,13 +173,18 @@ impl Receiver {
         publication: &PublicationName,
         start: Lsn,
         stream_large: bool,
+        origin_none: bool,
         feedback: Arc<Feedback>,
     ) -> Result<Self, WalSenderError> {
-        let proto = if stream_large {
-            "proto_version '2', streaming 'on'"
+        let mut proto = if stream_large {
+            "proto_version '2', streaming 'on'".to_string()
         } else {
-            "proto_version '1'"
+            "proto_version '1'".to_string()
         };
+        // Changes applied under a replication origin are not sent (16+).
+        if origin_none && walsender.server_version() >= 160000 {
+            proto.push_str(", origin 'none'");
+        }
         // publication_names is a list of identifiers inside a literal.
         let command = format!(
             "START_REPLICATION SLOT {} LOGICAL {start} ({proto}, publication_names '\"{}\"')",

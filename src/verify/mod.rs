@@ -77,6 +77,17 @@ impl VerifyError {
     }
 }
 
+/// How the two sides are brought to one LSN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The sync runs: it holds its apply for the snapshots.
+    Running,
+    /// The sync is stopped (see `snapshots::while_stopped`).
+    Stopped,
+    /// Under a cutover's fence (at this LSN), the sync holding at it.
+    Fenced(crate::lsn::Lsn),
+}
+
 /// What to compare and how.
 pub struct VerifyRequest<'a> {
     pub name: &'a SyncName,
@@ -86,8 +97,7 @@ pub struct VerifyRequest<'a> {
     pub selection: Option<Selection>,
     pub jobs: usize,
     pub chunk_rows: u64,
-    /// Compare a stopped sync (see `snapshots::while_stopped`).
-    pub stopped: bool,
+    pub mode: Mode,
     pub wait: Duration,
     pub progress: ProgressMode,
 }
@@ -105,7 +115,7 @@ pub async fn run(req: &VerifyRequest<'_>) -> Result<Report, VerifyError> {
                 req.name
             ))
         })?;
-    if record.phase != crate::progress::state::SyncPhase::Streaming && !req.stopped {
+    if record.phase != crate::progress::state::SyncPhase::Streaming && req.mode == Mode::Running {
         return Err(VerifyError::Other(format!(
             "sync {} is {} (not streaming): verify compares a sync that streams; wait for its copy to finish",
             req.name, record.phase
@@ -118,10 +128,14 @@ pub async fn run(req: &VerifyRequest<'_>) -> Result<Report, VerifyError> {
             .map_err(|e| VerifyError::source("reading the sync's selection", &e))?
             .unwrap_or_default(),
     };
-    let snaps = if req.stopped {
-        snapshots::while_stopped(req.source, req.target, &src, &tgt, req.name).await?
-    } else {
-        snapshots::while_running(req.source, req.target, &src, &tgt, req.name, req.wait).await?
+    let snaps = match req.mode {
+        Mode::Stopped => {
+            snapshots::while_stopped(req.source, req.target, &src, &tgt, req.name).await?
+        }
+        Mode::Running => {
+            snapshots::while_running(req.source, req.target, &src, &tgt, req.name, req.wait).await?
+        }
+        Mode::Fenced(fence) => snapshots::under_fence(req.source, req.target, fence).await?,
     };
     tracing::info!(lsn = %snaps.lsn, held_ms = ?snaps.held.map(|d| d.as_millis()), "snapshots taken at one LSN");
 

@@ -31,14 +31,22 @@ pub struct Snapshots {
     pub lsn: Lsn,
     pub source: String,
     pub target: String,
-    /// The replication session whose temporary slot exported the source's
-    /// snapshot: imports work while it stays idle and open.
-    _exporter: WalSender,
+    /// What exported the source's snapshot (imports work while it stays
+    /// open and idle).
+    _exporter: Exporter,
     /// The target session that exported the target's snapshot.
     _target_exporter: Client,
     /// How long the sync's apply stood still (running sync).
     pub held: Option<Duration>,
     pub requester: Option<RequestHandle>,
+}
+
+/// What exported the source's snapshot.
+enum Exporter {
+    /// A temporary slot's replication session (a snapshot at an LSN).
+    Slot(#[allow(dead_code)] WalSender),
+    /// A plain session (under the fence, where nothing compared moves).
+    Session(#[allow(dead_code)] Client),
 }
 
 /// A held sync's request, released when dropped (also on an error).
@@ -97,17 +105,25 @@ async fn source_snapshot(
     Ok((ws, slot))
 }
 
-/// A target session holding a snapshot of what is committed now.
-async fn target_snapshot(target: &Endpoint) -> Result<(Client, String), VerifyError> {
-    let client = target.connect().await?;
+/// A session holding a snapshot of what is committed now, exported.
+async fn snapshot_now(endpoint: &Endpoint) -> Result<(Client, String), VerifyError> {
+    let client = endpoint.connect().await?;
+    let fail = |what: &'static str| {
+        let side = endpoint.side;
+        move |e: tokio_postgres::Error| VerifyError::Query {
+            side,
+            what,
+            message: crate::conn::error::describe(&e),
+        }
+    };
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
-        .map_err(|e| VerifyError::target("opening the target's snapshot", &e))?;
+        .map_err(fail("opening a snapshot"))?;
     let name: String = client
         .query_one("SELECT pg_export_snapshot()", &[])
         .await
-        .map_err(|e| VerifyError::target("exporting the target's snapshot", &e))?
+        .map_err(fail("exporting a snapshot"))?
         .get(0);
     Ok((client, name))
 }
@@ -158,7 +174,7 @@ pub async fn while_running(
         },
     )
     .await?;
-    let (target_exporter, target_name) = target_snapshot(target).await?;
+    let (target_exporter, target_name) = snapshot_now(target).await?;
     // The snapshot is exported; it stays valid for imports while the
     // exporting transaction is open, whatever the sync does next.
     let held = handle.release(tgt).await?;
@@ -166,7 +182,7 @@ pub async fn while_running(
         lsn,
         source: slot.snapshot,
         target: target_name,
-        _exporter: exporter,
+        _exporter: Exporter::Slot(exporter),
         _target_exporter: target_exporter,
         held,
         requester: Some(handle),
@@ -224,12 +240,37 @@ pub async fn while_stopped(
             "the source has {pending} change(s) the stopped target has not applied (it holds the source through {applied}): run `pgrepl sync --until-caught-up` with writes stopped, or verify while the sync runs"
         )));
     }
-    let (target_exporter, target_name) = target_snapshot(target).await?;
+    let (target_exporter, target_name) = snapshot_now(target).await?;
     Ok(Snapshots {
         lsn,
         source: created.snapshot,
         target: target_name,
-        _exporter: exporter,
+        _exporter: Exporter::Slot(exporter),
+        _target_exporter: target_exporter,
+        held: None,
+        requester: None,
+    })
+}
+
+/// Snapshots at one LSN while the source is fenced and the sync holds at
+/// the fence (`cutover --verify`): nothing that is compared moves on
+/// either side, so the source's snapshot (at some P past the fence) and
+/// the target's (now) hold the same transactions.
+pub async fn under_fence(
+    source: &Endpoint,
+    target: &Endpoint,
+    fence: Lsn,
+) -> Result<Snapshots, VerifyError> {
+    // No slot here: creating one would wait for the fence's own open
+    // transaction. The synced tables cannot change under the fence, so a
+    // snapshot taken now holds exactly what committed before its LSN.
+    let (exporter, source_name) = snapshot_now(source).await?;
+    let (target_exporter, target_name) = snapshot_now(target).await?;
+    Ok(Snapshots {
+        lsn: fence,
+        source: source_name,
+        target: target_name,
+        _exporter: Exporter::Session(exporter),
         _target_exporter: target_exporter,
         held: None,
         requester: None,

@@ -1,17 +1,35 @@
-//! Sequences are not replicated by logical decoding: their values are read
-//! inside the snapshot (a sequence read is never behind it) and set on the
-//! target after the copy. They do not move on the target while streaming:
-//! set them again before switching applications over.
+//! Sequences: logical decoding does not carry them, so pgrepl does. Their
+//! values are read inside the copy's snapshot (a sequence read is never
+//! behind it) and set on the target after the copy; while streaming they
+//! are kept at least as far as the source's (`keep`); at cutover, under
+//! the fence, they are set exactly to the source's (`set_exactly`).
+//! Values are read as they are (`last_value`, `is_called`), never guessed
+//! from a column's maximum.
+
+pub mod keep;
+
+pub use keep::keep_ahead;
 
 use tokio_postgres::GenericClient;
 
 use crate::sql::{quote_ident, ObjectName};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SequenceValue {
     pub name: ObjectName,
     pub last_value: i64,
     pub is_called: bool,
+}
+
+impl SequenceValue {
+    /// The value `nextval` would return next (ascending sequences).
+    pub fn next(&self) -> i64 {
+        if self.is_called {
+            self.last_value.saturating_add(1)
+        } else {
+            self.last_value
+        }
+    }
 }
 
 /// Sequences of the source, except pgrepl's, extension members', and
@@ -62,7 +80,8 @@ pub async fn read(
     Ok(values)
 }
 
-/// Sets each sequence on the target (those that exist there).
+/// Sets each sequence on the target exactly (those that exist there);
+/// returns how many.
 pub async fn apply(
     client: &impl GenericClient,
     values: &[SequenceValue],

@@ -1,0 +1,60 @@
+//! `pgrepl cutover`: runs the cutover, prints each step and "the target is
+//! ready", or one line saying why nothing changed.
+
+use std::process::ExitCode;
+
+use crate::cli::CutoverArgs;
+use crate::cutover::{self, CutoverRequest};
+use crate::progress::ui::ProgressMode;
+
+pub async fn run(args: CutoverArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
+    let (source, target) = super::endpoints(&args.endpoints)?;
+    let selection = args.tables.selection();
+    let req = CutoverRequest {
+        name: &args.endpoints.name,
+        source: &source,
+        target: &target,
+        selection: (!selection.is_everything()).then_some(selection),
+        max_lag_bytes: args.max_lag,
+        max_lag_time: args.max_lag_time,
+        wait: args.wait,
+        terminate: args.terminate,
+        verify: args.verify,
+        reverse: args.reverse,
+        jobs: args.jobs.map(usize::from).unwrap_or(2),
+        progress: ProgressMode::detect(json_logs),
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let signals = tokio::spawn(async move {
+        if let Ok(signal) = super::shutdown_signal().await {
+            eprintln!("{signal}: lifting the fence; the sync goes on as before");
+            let _ = tx.send(true);
+        }
+    });
+    eprintln!("Cutting over sync {}:", args.endpoints.name);
+    let result = cutover::run(&req, rx).await;
+    signals.abort();
+    let summary = result.map_err(|e| {
+        anyhow::Error::new(e)
+            .context("cutover abandoned; the fence is lifted and the source takes writes as before")
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "The target is ready: switch the application to {}. Fence at source LSN {}; write downtime {} ms (whole cutover {} ms); {} sequence(s) set{}.",
+            target.config,
+            summary.fence_lsn,
+            summary.write_downtime_ms,
+            summary.total_ms,
+            summary.sequences_set,
+            if summary.verified { "; verified equal" } else { "" }
+        );
+        if let Some(r) = &summary.reverse {
+            println!(
+                "The way back is ready: `pgrepl sync --name {r} --source <the target> --target <the old source>` carries the application's writes back; `pgrepl cutover --name {r}` returns."
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,305 @@
+//! The fence: from the moment it stands, no session writes to the synced
+//! tables of the old source — every role, superusers included, sessions
+//! already open included.
+//!
+//! What closes each gap:
+//! - writes in flight: `LOCK ... IN EXCLUSIVE MODE` on every synced table
+//!   waits until every transaction that wrote one has ended (so each of
+//!   them commits before the fence LSN), and then blocks INSERT, UPDATE,
+//!   DELETE, TRUNCATE, COPY and DDL on them from every session, whatever
+//!   its role or settings;
+//! - sessions already open, after the cutover: statement triggers on every
+//!   synced table (`BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE`) that
+//!   refuse the write, created in the locking transaction and committed
+//!   with its end, so the locks hand over to them with no gap; they fire
+//!   for superusers too, and not for pgrepl's own apply (replica role), so
+//!   a reverse sync can write;
+//! - new sessions: `default_transaction_read_only` on the database (no
+//!   new table, no `nextval`);
+//! - DDL anywhere in the database (a function created after the fence
+//!   would never reach the target): an event trigger refusing it.
+//!
+//! Until the cutover succeeds the locking transaction is open: lifting the
+//! fence rolls it back (no trigger ever existed) and undoes the other two.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use super::CutoverError;
+use crate::conn::Endpoint;
+use crate::lsn::Lsn;
+use crate::sql::{quote_ident, TableName};
+
+/// The trigger function and event trigger, in a schema of their own
+/// (`pgrepl_fence`): removing a sync's state or DDL capture (schema
+/// `pgrepl`) must never take the fence with it.
+const FENCE_SQL: &str = r#"
+CREATE SCHEMA IF NOT EXISTS pgrepl_fence;
+COMMENT ON SCHEMA pgrepl_fence IS 'pgrepl cutover fence: pgrepl teardown --unfence lifts it';
+CREATE OR REPLACE FUNCTION pgrepl_fence.fenced() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    RAISE EXCEPTION 'this database was cut over by pgrepl: % is read-only here', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME
+        USING HINT = 'the application now writes to the new server; `pgrepl teardown --unfence` lifts the fence';
+END
+$fn$;
+CREATE OR REPLACE FUNCTION pgrepl_fence.fenced_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    -- pgrepl's own sessions keep their state and its teardown working.
+    IF pg_catalog.current_setting('pgrepl.internal', true) = 'on'
+       OR pg_catalog.current_setting('application_name') = 'pgrepl' THEN
+        RETURN;
+    END IF;
+    RAISE EXCEPTION 'this database is fenced by pgrepl for a cutover: no DDL'
+        USING HINT = '`pgrepl teardown --unfence` lifts the fence';
+END
+$fn$;
+DROP EVENT TRIGGER IF EXISTS pgrepl_fence;
+CREATE EVENT TRIGGER pgrepl_fence ON ddl_command_start EXECUTE PROCEDURE pgrepl_fence.fenced_ddl();
+"#;
+
+/// The statement-trigger name on fenced tables.
+const TRIGGER: &str = "pgrepl_fence";
+
+/// A fence in place (its locks held until `commit` or `lift`).
+pub struct Fence {
+    lock: Client,
+    database: String,
+    pub lsn: Lsn,
+    pub since: Instant,
+}
+
+async fn exec(c: &Client, sql: &str, what: &'static str) -> Result<(), CutoverError> {
+    c.batch_execute(sql)
+        .await
+        .map_err(|e| CutoverError::source(what, &e))
+}
+
+/// Puts the fence up. `wait`: how long to wait for open transactions to
+/// end; `terminate`: end the sessions still in the way after that.
+pub async fn put_up(
+    source: &Endpoint,
+    tables: &[TableName],
+    wait: Duration,
+    terminate: bool,
+) -> Result<Fence, CutoverError> {
+    let admin = source.connect().await?;
+    let database: String = admin
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(|e| CutoverError::source("reading the database", &e))?
+        .get(0);
+    // The event trigger and the database default first: from here no DDL
+    // and no new read-write session.
+    exec(
+        &admin,
+        &format!("SET pgrepl.internal = 'on'; {FENCE_SQL}"),
+        "installing the fence",
+    )
+    .await?;
+    exec(
+        &admin,
+        &format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = on",
+            quote_ident(&database)
+        ),
+        "making the database read-only for new sessions",
+    )
+    .await?;
+    let lock = source.connect().await?;
+    let fence = async {
+        exec(
+            &lock,
+            "SET pgrepl.internal = 'on'; SET default_transaction_read_only = off; BEGIN",
+            "starting the fence",
+        )
+        .await?;
+        let names: Vec<String> = tables.iter().map(|t| t.quoted()).collect();
+        let started = Instant::now();
+        loop {
+            let left = wait.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+            let locked = lock
+                .batch_execute(&format!(
+                    "SAVEPOINT lk; SET LOCAL lock_timeout = '{}ms'; LOCK TABLE {} IN EXCLUSIVE MODE; RELEASE SAVEPOINT lk",
+                    left.as_millis().min(5_000),
+                    names.join(", ")
+                ))
+                .await;
+            match locked {
+                Ok(()) => break,
+                Err(e) if e.code().map(|c| c.code()) == Some("55P03") => {
+                    exec(&lock, "ROLLBACK TO SAVEPOINT lk", "waiting for writers").await?;
+                    let blockers = blockers(&admin, &lock, &names).await?;
+                    if started.elapsed() < wait {
+                        tracing::info!(sessions = blockers.len(), "waiting for transactions that write to the synced tables to end");
+                        continue;
+                    }
+                    // Give up without --terminate, or when ending sessions
+                    // does not clear the way either.
+                    if !terminate || started.elapsed() >= wait * 3 {
+                        return Err(CutoverError::Busy {
+                            sessions: blockers.len(),
+                            waited: started.elapsed(),
+                        });
+                    }
+                    for pid in &blockers {
+                        tracing::warn!(pid, "terminating a session that keeps writing to a synced table (--terminate)");
+                        let _ = admin
+                            .execute("SELECT pg_terminate_backend($1)", &[pid])
+                            .await;
+                    }
+                }
+                Err(e) => return Err(CutoverError::source("locking the synced tables", &e)),
+            }
+        }
+        // Triggers that outlive the locks, created under them.
+        for t in tables {
+            exec(
+                &lock,
+                &format!(
+                    "DROP TRIGGER IF EXISTS {TRIGGER} ON {t}; CREATE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {t}
+                     FOR EACH STATEMENT EXECUTE PROCEDURE pgrepl_fence.fenced()",
+                    t = t.quoted()
+                ),
+                "fencing a table",
+            )
+            .await?;
+        }
+        let lsn: Lsn = lock
+            .query_one("SELECT pg_current_wal_lsn()", &[])
+            .await
+            .map_err(|e| CutoverError::source("reading the fence LSN", &e))?
+            .get(0);
+        Ok::<Lsn, CutoverError>(lsn)
+    }
+    .await;
+    match fence {
+        Ok(lsn) => {
+            // A record past the fence, so an idle source tells the sync it
+            // is there.
+            let _ = admin
+                .execute(
+                    "SELECT pg_logical_emit_message(false, 'pgrepl', 'fence')",
+                    &[],
+                )
+                .await;
+            Ok(Fence {
+                lock,
+                database,
+                lsn,
+                since: Instant::now(),
+            })
+        }
+        Err(e) => {
+            drop(lock);
+            undo_persistent(&admin, &database, &[]).await;
+            Err(e)
+        }
+    }
+}
+
+/// Sessions holding a lock on one of `tables` that a write takes (or
+/// stronger), other than `lock`'s.
+async fn blockers(
+    admin: &Client,
+    lock: &Client,
+    tables: &[String],
+) -> Result<Vec<i32>, CutoverError> {
+    let pid: i32 = lock
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(|e| CutoverError::source("reading the fence session", &e))?
+        .get(0);
+    let rows = admin
+        .query(
+            "SELECT DISTINCT l.pid FROM pg_locks l
+             WHERE l.pid <> $1 AND l.pid <> pg_backend_pid() AND l.granted
+               AND l.relation IN (SELECT to_regclass(t) FROM unnest($2::text[]) t)
+               AND l.mode IN ('RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareLock',
+                              'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')",
+            &[&pid, &tables],
+        )
+        .await
+        .map_err(|e| CutoverError::source("finding the sessions in the way", &e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+impl Fence {
+    /// The cutover succeeded: the triggers take over from the locks.
+    pub async fn commit(self) -> Result<(), CutoverError> {
+        exec(&self.lock, "COMMIT", "leaving the fence in place").await
+    }
+
+    /// The cutover failed: the source is writable again, as before.
+    pub async fn lift(self, source: &Endpoint) {
+        let _ = self.lock.batch_execute("ROLLBACK").await;
+        drop(self.lock);
+        match source.connect().await {
+            Ok(admin) => undo_persistent(&admin, &self.database, &[]).await,
+            Err(e) => {
+                tracing::error!(error = %e, "could not lift the fence: run `pgrepl teardown --unfence`")
+            }
+        }
+    }
+}
+
+/// Removes a committed fence (or what a failed one left): the triggers
+/// on `tables` (all pgrepl fence triggers when empty), the database
+/// default, the DDL event trigger. Best effort, each part on its own.
+pub async fn undo_persistent(admin: &Client, database: &str, tables: &[TableName]) {
+    let mut steps = vec![
+        format!(
+            "ALTER DATABASE {} RESET default_transaction_read_only",
+            quote_ident(database)
+        ),
+        "SET pgrepl.internal = 'on'; DROP EVENT TRIGGER IF EXISTS pgrepl_fence".to_string(),
+    ];
+    let targets: Vec<String> = if tables.is_empty() {
+        admin
+            .query(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.tgname = $1",
+                &[&TRIGGER],
+            )
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default()
+    } else {
+        tables.iter().map(TableName::quoted).collect()
+    };
+    for t in targets {
+        steps.push(format!(
+            "SET pgrepl.internal = 'on'; DROP TRIGGER IF EXISTS {TRIGGER} ON {t}"
+        ));
+    }
+    steps
+        .push("SET pgrepl.internal = 'on'; DROP SCHEMA IF EXISTS pgrepl_fence CASCADE".to_string());
+    for sql in steps {
+        if let Err(e) = admin.batch_execute(&sql).await {
+            tracing::warn!(error = %crate::conn::error::describe(&e), "lifting part of the fence");
+        }
+    }
+    let _ = admin.batch_execute("RESET pgrepl.internal").await;
+}
+
+/// Whether this database carries a pgrepl fence.
+pub async fn is_fenced(client: &Client) -> Result<bool, CutoverError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgrepl_fence')
+                 OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = $1)",
+            &[&TRIGGER],
+        )
+        .await
+        .map_err(|e| CutoverError::target("looking for a fence", &e))?;
+    Ok(row.get(0))
+}
+
+/// The current database's name, for `undo_persistent`.
+pub async fn database(client: &Client) -> Result<String, CutoverError> {
+    Ok(client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(|e| CutoverError::target("reading the database", &e))?
+        .get(0))
+}

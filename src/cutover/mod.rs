@@ -1,0 +1,441 @@
+//! `cutover`: a migration finished in one command. In order, each step
+//! timed: the sync's lag under the limits; the fence on the source (see
+//! `fence`); the fence LSN; the sync applying exactly through it and
+//! holding, durable; every sequence set exactly to the source's; `verify`
+//! under the fence if asked; the way back set up if asked (`reverse`);
+//! then the fence handed over to its lasting part, the sync ended, and
+//! "the target is ready".
+//!
+//! The rule: until the target is declared ready, every failure (and
+//! Ctrl-C) lifts the fence and lets the sync go on as before, saying why in
+//! one line; nothing is half done. The write downtime is measured from the
+//! fence standing to the target ready.
+//!
+//! Without a running sync, the cutover runs one itself, in this process,
+//! for as long as it takes.
+
+pub mod fence;
+mod reverse;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+use crate::conn::error::describe;
+use crate::conn::{ConnectError, Endpoint, Side};
+use crate::control::{ControlError, Listener, Request, Requester, State};
+use crate::lsn::Lsn;
+use crate::progress::ui::ProgressMode;
+use crate::source::catalog::{self, SelectedTables};
+use crate::source::selection::Selection;
+use crate::sql::{SyncName, TableName};
+use crate::verify::{self, VerifyError, VerifyRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CutoverError {
+    #[error(transparent)]
+    Connect(Box<ConnectError>),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("{side}: {what}: {message}")]
+    Query {
+        side: Side,
+        what: &'static str,
+        message: String,
+    },
+    #[error("the sync's lag stayed above the limit for {waited:?} ({lag}): wait for it to catch up, or raise --max-lag / --max-lag-time")]
+    Lag { lag: String, waited: Duration },
+    #[error("{sessions} session(s) kept writing to synced tables for {waited:?}: stop them, or pass --terminate to end them")]
+    Busy { sessions: usize, waited: Duration },
+    #[error("verify found differences under the fence:\n{0}")]
+    Differs(String),
+    #[error("interrupted")]
+    Interrupted,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<ConnectError> for CutoverError {
+    fn from(e: ConnectError) -> Self {
+        CutoverError::Connect(Box::new(e))
+    }
+}
+
+impl CutoverError {
+    pub fn source(what: &'static str, e: &tokio_postgres::Error) -> Self {
+        CutoverError::Query {
+            side: Side::Source,
+            what,
+            message: describe(e),
+        }
+    }
+
+    pub fn target(what: &'static str, e: &tokio_postgres::Error) -> Self {
+        CutoverError::Query {
+            side: Side::Target,
+            what,
+            message: describe(e),
+        }
+    }
+}
+
+/// What to cut over and how.
+pub struct CutoverRequest<'a> {
+    pub name: &'a SyncName,
+    pub source: &'a Endpoint,
+    pub target: &'a Endpoint,
+    pub selection: Option<Selection>,
+    pub max_lag_bytes: u64,
+    pub max_lag_time: Duration,
+    pub wait: Duration,
+    pub terminate: bool,
+    pub verify: bool,
+    pub reverse: bool,
+    pub jobs: usize,
+    pub progress: ProgressMode,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub step: String,
+    pub ms: u64,
+}
+
+/// What a finished cutover reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub fence_lsn: Lsn,
+    /// From the fence standing to the target ready.
+    pub write_downtime_ms: u64,
+    pub total_ms: u64,
+    pub steps: Vec<Step>,
+    pub sequences_set: usize,
+    pub verified: bool,
+    /// The reverse sync, when `--reverse` set one up.
+    pub reverse: Option<String>,
+}
+
+struct Steps {
+    list: Vec<Step>,
+    at: Instant,
+}
+
+impl Steps {
+    fn done(&mut self, step: &str) {
+        let ms = self.at.elapsed().as_millis() as u64;
+        tracing::info!(step, ms, "cutover step done");
+        eprintln!("  {step:<44} {:>7} ms", ms);
+        self.list.push(Step {
+            step: step.into(),
+            ms,
+        });
+        self.at = Instant::now();
+    }
+}
+
+/// The sync the cutover works with: the running one, or one it runs.
+enum Sync {
+    Running,
+    Own {
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    },
+}
+
+/// Cuts over; `interrupted` turns true on Ctrl-C.
+pub async fn run(
+    req: &CutoverRequest<'_>,
+    mut interrupted: watch::Receiver<bool>,
+) -> Result<Summary, CutoverError> {
+    let started = Instant::now();
+    let mut steps = Steps {
+        list: Vec::new(),
+        at: Instant::now(),
+    };
+    let (src, tgt) = tokio::try_join!(req.source.connect(), req.target.connect())?;
+    let record = crate::progress::state::load_sync(&tgt, req.name)
+        .await
+        .map_err(|e| CutoverError::target("reading pgrepl state", &e))?
+        .ok_or_else(|| {
+            CutoverError::Other(format!(
+                "target: no sync {} is recorded here: check --target and --name",
+                req.name
+            ))
+        })?;
+    if record.phase != crate::progress::state::SyncPhase::Streaming
+        && record.phase != crate::progress::state::SyncPhase::Copied
+    {
+        return Err(CutoverError::Other(format!(
+            "sync {} is {}: a cutover needs its copy done",
+            req.name, record.phase
+        )));
+    }
+    let tables = synced_tables(&src, req).await?;
+    if req.reverse {
+        reverse::check(req).await?;
+    }
+    let sync = start_sync(&src, req).await?;
+    let result = tokio::select! {
+        r = cut_over(req, &src, &tgt, &tables, &mut steps, started) => r,
+        _ = interrupted.changed() => Err(CutoverError::Interrupted),
+    };
+    match (result, sync) {
+        (Ok(summary), Sync::Own { task, .. }) => {
+            let _ = task.await;
+            Ok(summary)
+        }
+        (Ok(summary), Sync::Running) => Ok(summary),
+        (Err(e), sync) => {
+            if let Sync::Own { stop, task } = sync {
+                let _ = stop.send(true);
+                let _ = task.await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The sync's tables as the source has them now (roots and partitions).
+async fn synced_tables(
+    src: &Client,
+    req: &CutoverRequest<'_>,
+) -> Result<Vec<TableName>, CutoverError> {
+    let selection = match &req.selection {
+        Some(s) => s.clone(),
+        None => crate::ddl::capture::stored_selection(src, req.name)
+            .await
+            .map_err(|e| CutoverError::source("reading the sync's selection", &e))?
+            .unwrap_or_default(),
+    };
+    let all = catalog::list_tables(src)
+        .await
+        .map_err(|e| CutoverError::source("listing tables", &e))?;
+    let selected = SelectedTables::choose(all, &selection).map_err(|errors| {
+        CutoverError::Other(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    Ok(selected.names().cloned().collect())
+}
+
+/// The running sync, or one started here when none runs.
+async fn start_sync(src: &Client, req: &CutoverRequest<'_>) -> Result<Sync, CutoverError> {
+    let slot = crate::source::setup::settled_slot_info(src, &req.name.slot())
+        .await
+        .map_err(|e| CutoverError::Other(e.to_string()))?
+        .ok_or_else(|| CutoverError::Other(format!("source: slot {} is gone", req.name.slot())))?;
+    if slot.active_pid.is_some() {
+        return Ok(Sync::Running);
+    }
+    eprintln!("No sync is running: running one here until the cutover is done.");
+    let ddl = crate::ddl::capture::stored_selection(src, req.name)
+        .await
+        .map_err(|e| CutoverError::source("reading the DDL capture", &e))?
+        .map(|selection| crate::ddl::replay::ReplayOptions {
+            publication: req.name.publication().to_string(),
+            selection,
+            privileges: false,
+            skip: Default::default(),
+        });
+    let (stop, stop_rx) = watch::channel(false);
+    let (name, source, target) = (req.name.clone(), req.source.clone(), req.target.clone());
+    let task = tokio::spawn(async move {
+        let request = crate::apply::session::StreamRequest {
+            name: &name,
+            source: &source,
+            target: &target,
+            until_caught_up: false,
+            retry_for: Duration::from_secs(60),
+            progress: ProgressMode::Lines,
+            limits: Default::default(),
+            ddl,
+            skip_pgrepl_origins: false,
+        };
+        if let Err(e) = crate::apply::session::run(&request, stop_rx).await {
+            tracing::error!(error = %e, "the cutover's own sync stopped");
+        }
+    });
+    Ok(Sync::Own { stop, task })
+}
+
+async fn lag(src: &Client, tgt: &Client, name: &SyncName) -> Result<(u64, f64), CutoverError> {
+    let r = crate::progress::status::report(src, tgt, name)
+        .await
+        .map_err(|e| CutoverError::Other(e.to_string()))?;
+    Ok((
+        r.lag_bytes.unwrap_or(u64::MAX),
+        r.lag_seconds.unwrap_or(0.0),
+    ))
+}
+
+async fn cut_over(
+    req: &CutoverRequest<'_>,
+    src: &Client,
+    tgt: &Client,
+    tables: &[TableName],
+    steps: &mut Steps,
+    started: Instant,
+) -> Result<Summary, CutoverError> {
+    // 1. The lag under the limits.
+    let waiting = Instant::now();
+    loop {
+        let (bytes, secs) = lag(src, tgt, req.name).await?;
+        if bytes <= req.max_lag_bytes && secs <= req.max_lag_time.as_secs_f64() {
+            break;
+        }
+        if waiting.elapsed() >= req.wait {
+            return Err(CutoverError::Lag {
+                lag: format!("{} / {:.1} s", crate::progress::human_bytes(bytes), secs),
+                waited: req.wait,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    steps.done("lag under the limits");
+
+    // 2. The fence, and its LSN.
+    let fence = fence::put_up(req.source, tables, req.wait, req.terminate).await?;
+    let fenced_at = fence.since;
+    let fence_lsn = fence.lsn;
+    steps.done(&format!("source fenced at {}", fence.lsn));
+    let outcome = under_fence(req, src, tgt, &fence, steps).await;
+    match outcome {
+        Ok((mut held, sequences_set, verified, reverse)) => {
+            // 7. The fence's lasting part takes over; the sync ends.
+            fence.commit().await?;
+            held.set(&State::End).await?;
+            held.wait(Duration::from_secs(30), "the sync did not end", |s| {
+                matches!(s, State::Done { .. }).then_some(())
+            })
+            .await?;
+            if fence::is_fenced(tgt).await? {
+                // Cutting back: the old source becomes the primary again.
+                let db = fence::database(tgt).await?;
+                fence::undo_persistent(tgt, &db, &[]).await;
+            }
+            steps.done("sync ended, target ready");
+            Ok(Summary {
+                fence_lsn,
+                write_downtime_ms: fenced_at.elapsed().as_millis() as u64,
+                total_ms: started.elapsed().as_millis() as u64,
+                steps: steps.list.clone(),
+                sequences_set,
+                verified,
+                reverse,
+            })
+        }
+        Err((e, held)) => {
+            fence.lift(req.source).await;
+            if let Some(h) = held {
+                let _ = h.set(&State::Released).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+type Held<'a> = Requester<'a>;
+
+/// Steps 3 to 6, the fence standing. On error, also the request to
+/// release (if the sync holds already).
+async fn under_fence<'a>(
+    req: &CutoverRequest<'_>,
+    src: &Client,
+    tgt: &'a Client,
+    fence: &fence::Fence,
+    steps: &mut Steps,
+) -> Result<(Held<'a>, usize, bool, Option<String>), (CutoverError, Option<Held<'a>>)> {
+    // 3. The sync applies exactly through the fence, and holds.
+    let listener = Listener::start(req.target)
+        .await
+        .map_err(|e| (e.into(), None))?;
+    let mut held = Requester::send(tgt, listener, req.name, &Request::HoldAt { lsn: fence.lsn })
+        .await
+        .map_err(|e| (e.into(), None))?;
+    let r = held
+        .wait(
+            req.wait,
+            "the sync did not reach the fence in time",
+            |s| match s {
+                State::Held { at } => Some(*at),
+                _ => None,
+            },
+        )
+        .await;
+    if let Err(e) = r {
+        return Err((e.into(), Some(held)));
+    }
+    let durable = tgt
+        .query_one(
+            "SELECT pg_replication_origin_progress($1, true)",
+            &[&req.name.origin().as_str()],
+        )
+        .await;
+    if let Err(e) = durable {
+        return Err((
+            CutoverError::target("making the target durable", &e),
+            Some(held),
+        ));
+    }
+    steps.done("target applied through the fence, durable");
+
+    // 4. Sequences, exactly.
+    let set = async {
+        let values = crate::sequences::read(src, &[])
+            .await
+            .map_err(|e| CutoverError::source("reading sequences", &e))?;
+        crate::sequences::apply(tgt, &values)
+            .await
+            .map_err(|e| CutoverError::target("setting sequences", &e))
+    }
+    .await;
+    let sequences_set = match set {
+        Ok(n) => n,
+        Err(e) => return Err((e, Some(held))),
+    };
+    steps.done(&format!("{sequences_set} sequence(s) set exactly"));
+
+    // 5. Verify, with nothing moving.
+    let mut verified = false;
+    if req.verify {
+        let vreq = VerifyRequest {
+            name: req.name,
+            source: req.source,
+            target: req.target,
+            selection: req.selection.clone(),
+            jobs: req.jobs,
+            chunk_rows: 100_000,
+            mode: verify::Mode::Fenced(fence.lsn),
+            wait: req.wait,
+            progress: req.progress,
+        };
+        match verify::run(&vreq).await {
+            Ok(report) if report.equal => verified = true,
+            Ok(report) => return Err((CutoverError::Differs(report.render()), Some(held))),
+            Err(e) => return Err((e.into(), Some(held))),
+        }
+        steps.done("verified equal under the fence");
+    }
+
+    // 6. The way back.
+    let reverse = if req.reverse {
+        match reverse::set_up(req).await {
+            Ok(name) => {
+                steps.done(&format!("way back ready: sync {name}"));
+                Some(name.to_string())
+            }
+            Err(e) => return Err((e, Some(held))),
+        }
+    } else {
+        None
+    };
+    Ok((held, sequences_set, verified, reverse))
+}
