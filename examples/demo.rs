@@ -1,7 +1,10 @@
 //! `just demo`: two throwaway PostgreSQL servers on this machine, a small
-//! shop loaded into the source, then pgrepl doing its job: check, copy,
-//! and a live sync keeping up while orders keep coming in; at the end both
-//! sides are compared table by table and everything is removed.
+//! shop loaded into the source (with its application's role and a large
+//! object), then pgrepl doing its job: check, copy, a live sync keeping up
+//! while orders keep coming in, `verify` at one LSN while it runs, and the
+//! `cutover` that fences the source and hands over; the application then
+//! logs in on the target and places an order. Both sides are compared table
+//! by table and everything is removed.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -94,9 +97,10 @@ async fn main() {
         println!("  {t:<18} {n:>7} rows");
     }
 
-    say("pgrepl check: is everything ready?");
+    say("pgrepl check: is everything ready? (the application's role moves too: --roles copy)");
     let check: Vec<String> = std::iter::once("check".to_string())
         .chain(endpoints.clone())
+        .chain(["--roles".to_string(), "copy".to_string()])
         .collect();
     if !run(&check).await {
         eprintln!("demo: check failed");
@@ -113,6 +117,7 @@ async fn main() {
     ));
     let sync: Vec<String> = std::iter::once("sync".to_string())
         .chain(endpoints.clone())
+        .chain(["--roles".to_string(), "copy".to_string()])
         .collect();
     let mut running = command(&sync).spawn().expect("start pgrepl sync");
     support::wait_for_phase(&pair.target, "streaming", Duration::from_secs(120)).await;
@@ -130,32 +135,26 @@ async fn main() {
         .collect();
     run(&status).await;
 
-    say("the workload stops; pgrepl catches up, then Ctrl-C");
+    say("pgrepl verify: both sides compared at one LSN, while orders keep coming");
+    let verify: Vec<String> = std::iter::once("verify".to_string())
+        .chain(endpoints.clone())
+        .collect();
+    let verified = run(&verify).await;
+
+    say("pgrepl cutover: fence the source, catch up, sequences, large objects, verify under the fence");
+    let cutover: Vec<String> = std::iter::once("cutover".to_string())
+        .chain(endpoints.clone())
+        .chain(["--verify".to_string()])
+        .collect();
+    let cut = run(&cutover).await;
+    // The fenced source refuses the workload's next write: it stops.
     stop.store(true, Ordering::SeqCst);
     workload.await.expect("workload");
-    let last_order = pair
-        .source
-        .value("SELECT max(id)::text FROM shop.orders")
-        .await;
-    let target = pair.target.client().await;
-    wait_for("the target to catch up", Duration::from_secs(60), || {
-        let t = &target;
-        let last_order = last_order.clone();
-        async move {
-            let m: Option<String> = t
-                .query_one("SELECT max(id)::text FROM shop.orders", &[])
-                .await
-                .ok()?
-                .get(0);
-            (m == last_order).then_some(())
-        }
-    })
-    .await;
-    if let Some(pid) = running.id() {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    }
     let _ = running.wait().await;
+    if !(verified && cut) {
+        eprintln!("demo: verify or cutover failed");
+        std::process::exit(1);
+    }
 
     say("source and target compared, table by table (row count and a hash of every row)");
     let (src, tgt) = (pair.source.client().await, pair.target.client().await);
@@ -178,10 +177,54 @@ async fn main() {
         "  {} orders were placed while pgrepl ran",
         placed.load(Ordering::SeqCst)
     );
+    let invoice = |c: tokio_postgres::Client| async move {
+        c.query_one(
+            "SELECT convert_from(lo_get(min(oid)), 'UTF8') FROM pg_largeobject_metadata",
+            &[],
+        )
+        .await
+        .map(|r| r.get::<_, String>(0))
+        .unwrap_or_default()
+    };
+    let (a, b) = (invoice(src).await, invoice(tgt).await);
+    all_equal &= a == b;
+    println!("  large object: source {a:?}  target {b:?}");
 
-    say("pgrepl teardown: nothing of pgrepl's is left behind");
+    say("the application switches: it logs in on the target with its own password and places an order");
+    let app = tokio_postgres::connect(
+        &pair
+            .target
+            .tcp_conninfo("shop_app", "shop-app-pw", "postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await;
+    match app {
+        Ok((client, conn)) => {
+            tokio::spawn(conn);
+            match client
+                .query_one(
+                    "INSERT INTO shop.orders (customer_id, note) VALUES (1, 'first order on the new server') RETURNING id",
+                    &[],
+                )
+                .await
+            {
+                Ok(row) => println!("  order {} placed on the target", row.get::<_, i64>(0)),
+                Err(e) => {
+                    all_equal = false;
+                    println!("  the application could not write: {e}");
+                }
+            }
+        }
+        Err(e) => {
+            all_equal = false;
+            println!("  the application could not log in: {e}");
+        }
+    }
+
+    say("pgrepl teardown: nothing of pgrepl's is left behind (--unfence lifts the old source's fence)");
     let teardown: Vec<String> = std::iter::once("teardown".to_string())
         .chain(endpoints.clone())
+        .chain(["--unfence".to_string()])
         .collect();
     run(&teardown).await;
 

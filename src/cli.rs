@@ -45,6 +45,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// What to do with roles the synced objects need and the target lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RolesChoice {
+    /// Create them on the target (attributes, memberships, settings, and
+    /// password verifiers when the source user can read them); owners and
+    /// grants then move as on the source.
+    Copy,
+    /// Leave them out: the target user owns everything, no grants move.
+    Skip,
+}
+
+impl From<RolesChoice> for crate::carry::RolesPolicy {
+    fn from(c: RolesChoice) -> Self {
+        match c {
+            RolesChoice::Copy => crate::carry::RolesPolicy::Copy,
+            RolesChoice::Skip => crate::carry::RolesPolicy::Skip,
+        }
+    }
+}
+
 /// Which COPY format the snapshot copy uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum CopyFormatChoice {
@@ -258,6 +278,10 @@ pub struct CheckArgs {
     #[arg(long)]
     pub no_ddl: bool,
 
+    /// Check as for `sync --roles copy|skip`.
+    #[arg(long, value_enum, value_name = "copy|skip")]
+    pub roles: Option<RolesChoice>,
+
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -324,9 +348,23 @@ pub struct SyncArgs {
     #[arg(long = "skip-ddl", value_name = "ID")]
     pub skip_ddl: Vec<i64>,
 
-    /// Also replicate GRANT, REVOKE and ownership changes (the roles must
-    /// exist on the target).
-    #[arg(long)]
+    /// Roles the synced objects need that the target lacks: `copy` creates
+    /// them (with memberships, settings, passwords) and owners and grants
+    /// move as on the source, also while streaming; `skip` leaves them out
+    /// (the target user owns everything, no grants). Needed only when
+    /// roles are missing; remembered by the sync.
+    #[arg(long, value_enum, value_name = "copy|skip")]
+    pub roles: Option<RolesChoice>,
+
+    /// How often large objects (and, with `--roles copy`, roles created on
+    /// the source since) are brought in step with the source while
+    /// streaming.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub carry_interval: Duration,
+
+    /// Obsolete: GRANT, REVOKE and ownership changes are replicated unless
+    /// `--roles skip`.
+    #[arg(long, hide = true)]
     pub ddl_privileges: bool,
 }
 

@@ -15,6 +15,7 @@
 //! edge).
 
 pub mod apply;
+pub mod carry;
 pub mod check;
 pub mod cli;
 pub mod commands;

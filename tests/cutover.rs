@@ -132,7 +132,7 @@ async fn sequences(c: &tokio_postgres::Client) -> Vec<(String, i64, bool)> {
 async fn heavy_writers_are_fenced_and_the_target_takes_over_exactly() {
     let pair = Pair::start();
     pair.source.exec(SCHEMA).await;
-    let sync = spawn(&pair, "sync", &[]);
+    let sync = spawn(&pair, "sync", &["--roles", "copy"]);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
     let app = Writer::start(&pair.source, "app").await;
     let admin = Writer::start(&pair.source, "postgres").await;
@@ -214,7 +214,7 @@ async fn heavy_writers_are_fenced_and_the_target_takes_over_exactly() {
 async fn a_cutover_that_cannot_finish_leaves_the_source_writable_and_the_sync_streaming() {
     let pair = Pair::start();
     pair.source.exec(SCHEMA).await;
-    let sync = spawn(&pair, "sync", &[]);
+    let sync = spawn(&pair, "sync", &["--roles", "copy"]);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
     // 1. Verify finds a difference made behind pgrepl's back.
     pair.target
@@ -315,7 +315,7 @@ async fn a_cutover_that_cannot_finish_leaves_the_source_writable_and_the_sync_st
 async fn the_way_back_carries_writes_back_and_a_second_cutover_returns() {
     let pair = Pair::start_with(Default::default(), Default::default());
     pair.source.exec(SCHEMA).await;
-    let sync = spawn(&pair, "sync", &[]);
+    let sync = spawn(&pair, "sync", &["--roles", "copy"]);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
     let out = run(&pair, "cutover", &["--reverse"]).await;
     assert!(out.success(), "{out}");

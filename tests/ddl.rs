@@ -473,7 +473,7 @@ async fn ddl_inside_a_do_block_is_a_clear_stop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn privileges_replicate_only_when_asked() {
+async fn privileges_replicate_unless_roles_skip() {
     let pair = Pair::start();
     pair.source
         .exec(&format!("{BASE}; CREATE ROLE reader;"))
@@ -486,20 +486,39 @@ async fn privileges_replicate_only_when_asked() {
     let out = sync(&pair, &["--until-caught-up"]).await;
     assert!(out.success(), "{out}");
     let can = "SELECT has_table_privilege('reader', 'app.items', 'SELECT')::text";
-    assert_eq!(pair.target.value(can).await, Some("false".into()));
+    assert_eq!(
+        pair.target.value(can).await,
+        Some("true".into()),
+        "replayed by default"
+    );
     pair.source
         .exec("GRANT UPDATE ON app.items TO reader")
         .await;
-    let out = sync(&pair, &["--until-caught-up", "--ddl-privileges"]).await;
+    let out = sync(&pair, &["--until-caught-up", "--roles", "skip"]).await;
     assert!(out.success(), "{out}");
+    assert!(
+        out.stderr
+            .contains("privileges and ownership (--roles skip)"),
+        "{out}"
+    );
     let can = "SELECT has_table_privilege('reader', 'app.items', 'UPDATE')::text";
-    assert_eq!(pair.target.value(can).await, Some("true".into()));
+    assert_eq!(
+        pair.target.value(can).await,
+        Some("false".into()),
+        "not with --roles skip"
+    );
     pair.source
-        .exec("REVOKE UPDATE ON app.items FROM reader")
+        .exec("GRANT UPDATE ON app.items TO reader; REVOKE SELECT ON app.items FROM reader")
         .await;
-    let out = sync(&pair, &["--until-caught-up", "--ddl-privileges"]).await;
+    let out = sync(&pair, &["--until-caught-up"]).await;
     assert!(out.success(), "{out}");
-    assert_eq!(pair.target.value(can).await, Some("false".into()));
+    assert_eq!(pair.target.value(can).await, Some("true".into()));
+    let can = "SELECT has_table_privilege('reader', 'app.items', 'SELECT')::text";
+    assert_eq!(
+        pair.target.value(can).await,
+        Some("false".into()),
+        "a REVOKE stays revoked"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

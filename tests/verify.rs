@@ -195,3 +195,50 @@ async fn verify_fidelity_types_compare_equal_across_majors() {
     sync.signal(libc::SIGINT);
     assert!(sync.wait(LIMIT).await.success());
 }
+
+/// A sequence behind on the target is a note while the sync runs (it moves
+/// them up every --sequence-interval; cutover sets them exactly), and a
+/// difference once nothing moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_behind_is_a_note_while_running_and_a_difference_when_stopped() {
+    let pair = Pair::start();
+    pair.source
+        .exec("CREATE TABLE s (id serial PRIMARY KEY, v int); INSERT INTO s (v) SELECT g FROM generate_series(1, 10) g;")
+        .await;
+    let a = args("sync", &pair, &["--sequence-interval", "1h"]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let sync = pgrepl::spawn(&a);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    pair.source
+        .exec("INSERT INTO s (v) SELECT g FROM generate_series(1, 50) g")
+        .await;
+    let t = pair.target.client().await;
+    support::wait_for("the rows on the target", LIMIT, || {
+        let t = &t;
+        async move {
+            let n: i64 = t
+                .query_one("SELECT count(*) FROM s", &[])
+                .await
+                .ok()?
+                .get(0);
+            (n == 60).then_some(())
+        }
+    })
+    .await;
+    let out = run("verify", &pair, &[]).await;
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout
+            .contains("note: sequence public.s_id_seq is behind on the target"),
+        "{out}"
+    );
+    sync.signal(libc::SIGINT);
+    assert!(sync.wait(LIMIT).await.success());
+    let out = run("verify", &pair, &["--stopped"]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stdout
+            .contains("is behind on the target (11 < 61): its next value would collide"),
+        "{out}"
+    );
+}

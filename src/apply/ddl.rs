@@ -29,7 +29,7 @@ impl Applier {
                 _ => None,
             }
         })?;
-        let (sql, search_path, settings, creates) = match replayer.decide(&row)? {
+        let (sql, search_path, settings, creates, role) = match replayer.decide(&row)? {
             Action::Skip { reason } => {
                 tracing::info!(id = row.id, tag = %row.tag, %reason, ddl = %short(&row.ddl), "DDL not replicated");
                 return Ok(());
@@ -44,7 +44,8 @@ impl Applier {
                 search_path,
                 settings,
                 creates,
-            } => (sql, search_path, settings, creates),
+                role,
+            } => (sql, search_path, settings, creates, role),
         };
         for table in &creates {
             self.expected.remove(table);
@@ -70,6 +71,16 @@ impl Applier {
                 quote_literal(value)
             ));
         }
+        // As the role that ran it, when the target has that role: what it
+        // creates gets the source's owner and that role's default
+        // privileges. Set last: the settings above need none of its rights.
+        if let Some(role) = &role {
+            before.push_str(&format!(
+                ", (SELECT pg_catalog.set_config('role', r.rolname, true) FROM pg_catalog.pg_roles r
+                    WHERE r.rolname = {0} AND r.rolname <> current_user)",
+                quote_literal(role)
+            ));
+        }
         self.send_sql(
             &before,
             Meta::Control("setting the source's search_path and settings"),
@@ -83,6 +94,13 @@ impl Applier {
             },
         )
         .await?;
+        if role.is_some() {
+            self.send_sql(
+                "SELECT pg_catalog.set_config('role', 'none', true)",
+                Meta::Control("resetting the role"),
+            )
+            .await?;
+        }
         let names: Vec<String> = std::iter::once("search_path")
             .chain(settings.iter().map(|(n, _)| n.as_str()))
             .map(quote_literal)

@@ -120,6 +120,20 @@ impl Applier {
                     Meta::Row { op, .. } => ApplyError::target(op.verb(), sent.txn, &error),
                     Meta::Control(what) => ApplyError::target(what, sent.txn, &error),
                     Meta::Statement(sql) => ApplyError::target(sql, sent.txn, &error),
+                    // A role created on the source since the copy: the
+                    // carry task creates it, the command waits for it.
+                    Meta::Ddl { id, statement }
+                        if error.code == "42704"
+                            && error.message.starts_with("role \"")
+                            && self.ddl.as_ref().is_some_and(|d| d.roles_follow()) =>
+                    {
+                        ApplyError::Target {
+                            what: format!("DDL #{id} ({statement}) waits for its role to be created on the target"),
+                            txn: sent.txn,
+                            message: error.to_string(),
+                            transient: true,
+                        }
+                    }
                     Meta::Ddl { id, statement } if !super::error::transient_code(&error.code) => {
                         ApplyError::DdlRejected {
                             id,

@@ -2,6 +2,7 @@
 //! found before anything is created. `pgrepl check` prints the report;
 //! `pgrepl sync` runs the same checks and refuses to start on any error.
 
+mod carry;
 pub mod report;
 mod source;
 mod target;
@@ -48,6 +49,8 @@ pub struct CheckOptions {
     pub resuming: bool,
     /// DDL capture is wanted (event triggers need a superuser).
     pub ddl: bool,
+    /// `--roles`; a sync that exists falls back to what it recorded.
+    pub roles: Option<crate::carry::RolesPolicy>,
 }
 
 impl CheckOptions {
@@ -70,6 +73,8 @@ pub struct Preflight {
     pub selected: Option<SelectedTables>,
     /// A sync of this name already recorded on the target.
     pub existing: Option<SyncRecord>,
+    /// What moves besides rows (roles, extensions, large objects, settings).
+    pub carry: crate::carry::Plan,
 }
 
 /// Runs every check against open sessions to both sides.
@@ -101,12 +106,39 @@ pub async fn run(
     let (source_facts, selected) = source::check(source, src, opts, &mut report).await?;
     let (target_facts, existing) =
         target::check(tgt, opts, &source_facts, selected.as_ref(), &mut report).await?;
+    let policy = opts
+        .roles
+        .or_else(|| existing.as_ref().and_then(|r| r.roles));
+    let (inventory, view) = tokio::try_join!(
+        async {
+            crate::source::inventory::Inventory::read(src)
+                .await
+                .map_err(query_error(
+                    Side::Source,
+                    "reading roles, extensions and settings",
+                ))
+        },
+        async {
+            crate::carry::TargetView::read(tgt)
+                .await
+                .map_err(query_error(
+                    Side::Target,
+                    "reading roles, extensions and settings",
+                ))
+        }
+    )?;
+    let plan = crate::carry::Plan::new(&inventory, &view, policy);
+    // A sync that streams decided at its copy; new roles join while it runs.
+    if !opts.resuming {
+        carry::report(&plan, &target_facts.user, view.superuser, &mut report);
+    }
     Ok(Preflight {
         report,
         source: source_facts,
         target: target_facts,
         selected,
         existing,
+        carry: plan,
     })
 }
 

@@ -14,6 +14,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         existing_schema: args.existing_schema,
         ddl: !args.no_ddl,
         resuming: false,
+        roles: args.roles.map(Into::into),
     };
     let preflight = check::run(&source, &target, &src, &tgt, &opts).await?;
     if args.json {

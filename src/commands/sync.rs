@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 
 use crate::apply::applier::GroupLimits;
 use crate::apply::session::{self, Outcome, StreamRequest};
+use crate::carry::RolesPolicy;
 use crate::check::{self, CheckOptions, Preflight};
 use crate::cli::SyncArgs;
 use crate::conn::Endpoint;
@@ -28,6 +29,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         existing_schema: args.existing_schema,
         ddl: !args.no_ddl,
         resuming: false,
+        roles: args.roles.map(Into::into),
     };
     let mut preflight = check::run(&source, &target, &src, &tgt, &opts).await?;
 
@@ -60,16 +62,11 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             refuse_on_errors(&preflight)?;
-            return stream(
-                &args,
-                &source,
-                &target,
-                &src,
-                &tgt,
-                &rec.source_system_id,
-                json_logs,
-            )
-            .await;
+            let start = Resume {
+                system_id: rec.source_system_id.clone(),
+                roles: preflight.carry.policy,
+            };
+            return stream(&args, &source, &target, &src, &tgt, &start, json_logs).await;
         }
         None => {}
     }
@@ -143,6 +140,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         binary: args.copy_format == crate::cli::CopyFormatChoice::Auto,
         progress: ProgressMode::detect(json_logs),
         retry_for: args.retry_for,
+        carry: &preflight.carry,
     };
     let copied = tokio::select! {
         result = snapshot::run(request) => result,
@@ -181,7 +179,18 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         })?
         .map(|r| r.source_system_id)
         .unwrap_or_default();
-    stream(&args, &source, &target, &src, &tgt, &system_id, json_logs).await
+    let start = Resume {
+        system_id,
+        roles: preflight.carry.policy,
+    };
+    stream(&args, &source, &target, &src, &tgt, &start, json_logs).await
+}
+
+/// What streaming takes from the sync's record.
+struct Resume {
+    /// The source's system identifier the copy was made from ("" unknown).
+    system_id: String,
+    roles: Option<RolesPolicy>,
 }
 
 /// Streams from the slot until stopped, caught up, or a fatal error.
@@ -191,10 +200,14 @@ async fn stream(
     target: &Endpoint,
     src: &tokio_postgres::Client,
     tgt: &tokio_postgres::Client,
-    system_id: &str,
+    start: &Resume,
     json_logs: bool,
 ) -> anyhow::Result<ExitCode> {
     let name = &args.endpoints.name;
+    let (system_id, roles) = (start.system_id.as_str(), start.roles);
+    if args.ddl_privileges {
+        tracing::warn!("--ddl-privileges is obsolete: GRANT, REVOKE and ownership changes are replicated unless --roles skip");
+    }
     match setup::settled_slot_info(src, &name.slot()).await? {
         None => bail!(
             "source: slot {} is gone, so the changes since the copy are lost: run `pgrepl teardown --name {name}`, empty the target, and sync again",
@@ -261,7 +274,8 @@ async fn stream(
         .map(|selection| ReplayOptions {
             publication: name.publication().to_string(),
             selection,
-            privileges: args.ddl_privileges,
+            privileges: roles != Some(RolesPolicy::Skip),
+            roles_follow: roles == Some(RolesPolicy::Copy),
             skip: args.skip_ddl.iter().copied().collect(),
         });
     if ddl.is_none() && !args.skip_ddl.is_empty() {
@@ -317,8 +331,16 @@ async fn stream(
         args.sequence_interval,
         behind,
     ));
+    let carrying = tokio::spawn(crate::carry::keep::in_step(
+        source.clone(),
+        target.clone(),
+        name.clone(),
+        roles,
+        args.carry_interval,
+    ));
     let outcome = session::run(&request, stop_rx).await;
     sequences.abort();
+    carrying.abort();
     signals.abort();
     match outcome? {
         Outcome::Stopped { flushed } => {

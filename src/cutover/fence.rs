@@ -7,7 +7,8 @@
 //!   waits until every transaction that wrote one has ended (so each of
 //!   them commits before the fence LSN), and then blocks INSERT, UPDATE,
 //!   DELETE, TRUNCATE, COPY and DDL on them from every session, whatever
-//!   its role or settings;
+//!   its role or settings; the same lock on `pg_largeobject` holds large
+//!   object writers while cutover copies them;
 //! - sessions already open, after the cutover: statement triggers on every
 //!   synced table (`BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE`) that
 //!   refuse the write, created in the locking transaction and committed
@@ -114,7 +115,13 @@ pub async fn put_up(
             "starting the fence",
         )
         .await?;
-        let names: Vec<String> = tables.iter().map(|t| t.quoted()).collect();
+        // pg_largeobject too: large objects are not decoded, cutover copies
+        // them under the fence, so their writers must wait as well.
+        let names: Vec<String> = tables
+            .iter()
+            .map(|t| t.quoted())
+            .chain(std::iter::once("pg_catalog.pg_largeobject".to_string()))
+            .collect();
         let started = Instant::now();
         loop {
             let left = wait.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
@@ -225,6 +232,12 @@ async fn blockers(
 }
 
 impl Fence {
+    /// The session holding the fence's locks: the one session that may
+    /// still read large objects (they take a lock the fence's blocks).
+    pub fn session(&self) -> &Client {
+        &self.lock
+    }
+
     /// The cutover succeeded: the triggers take over from the locks.
     pub async fn commit(self) -> Result<(), CutoverError> {
         exec(&self.lock, "COMMIT", "leaving the fence in place").await

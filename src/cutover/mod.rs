@@ -228,7 +228,10 @@ async fn synced_tables(
 
 /// The running sync, or one started here when none runs.
 async fn start_sync(src: &Client, req: &CutoverRequest<'_>) -> Result<Sync, CutoverError> {
-    let slot = crate::source::setup::settled_slot_info(src, &req.name.slot())
+    // An active slot means a running sync (not waiting for it to settle:
+    // one that just exited would not answer the hold request, which then
+    // fails clearly after --wait).
+    let slot = crate::source::setup::slot_info(src, &req.name.slot())
         .await
         .map_err(|e| CutoverError::Other(e.to_string()))?
         .ok_or_else(|| CutoverError::Other(format!("source: slot {} is gone", req.name.slot())))?;
@@ -236,13 +239,18 @@ async fn start_sync(src: &Client, req: &CutoverRequest<'_>) -> Result<Sync, Cuto
         return Ok(Sync::Running);
     }
     eprintln!("No sync is running: running one here until the cutover is done.");
+    let roles = crate::progress::state::load_sync(&req.target.connect().await?, req.name)
+        .await
+        .map_err(|e| CutoverError::target("reading the sync", &e))?
+        .and_then(|r| r.roles);
     let ddl = crate::ddl::capture::stored_selection(src, req.name)
         .await
         .map_err(|e| CutoverError::source("reading the DDL capture", &e))?
         .map(|selection| crate::ddl::replay::ReplayOptions {
             publication: req.name.publication().to_string(),
             selection,
-            privileges: false,
+            privileges: roles != Some(crate::carry::RolesPolicy::Skip),
+            roles_follow: false,
             skip: Default::default(),
         });
     let (stop, stop_rx) = watch::channel(false);
@@ -291,6 +299,11 @@ async fn cut_over(
         if bytes <= req.max_lag_bytes && secs <= req.max_lag_time.as_secs_f64() {
             break;
         }
+        tracing::info!(
+            lag_bytes = bytes,
+            lag_seconds = secs,
+            "waiting for the sync's lag to come under --max-lag / --max-lag-time"
+        );
         if waiting.elapsed() >= req.wait {
             return Err(CutoverError::Lag {
                 lag: format!("{} / {:.1} s", crate::progress::human_bytes(bytes), secs),
@@ -402,6 +415,27 @@ async fn under_fence<'a>(
         Err(e) => return Err((e, Some(held))),
     };
     steps.done(&format!("{sequences_set} sequence(s) set exactly"));
+
+    // 4b. What the stream does not carry: roles the objects came to need,
+    // large objects (the fence locks pg_largeobject, so this is exact).
+    let policy = match crate::progress::state::load_sync(tgt, req.name).await {
+        Ok(r) => r.and_then(|r| r.roles),
+        Err(e) => return Err((CutoverError::target("reading the sync", &e), Some(held))),
+    };
+    let carried = async {
+        let mut tgt = req.target.connect().await.map_err(|e| e.to_string())?;
+        crate::carry::keep::round_on(fence.session(), &mut tgt, req.name, policy).await
+    };
+    match carried.await {
+        Ok(Some(lo)) => steps.done(&format!("{} large object(s) exact", lo.total)),
+        Ok(None) => {}
+        Err(e) => {
+            return Err((
+                CutoverError::Other(format!("bringing large objects and roles in step: {e}")),
+                Some(held),
+            ))
+        }
+    }
 
     // 5. Verify, with nothing moving.
     let mut verified = false;

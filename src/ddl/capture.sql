@@ -16,6 +16,11 @@ CREATE TABLE IF NOT EXISTS pgrepl.schema_log (
 ALTER TABLE pgrepl.schema_log ADD COLUMN IF NOT EXISTS settings jsonb;
 ALTER TABLE pgrepl.schema_log ADD COLUMN IF NOT EXISTS fixed_defaults jsonb;
 ALTER TABLE pgrepl.schema_log ADD COLUMN IF NOT EXISTS failure jsonb;
+-- The role the command ran as: SET ROLE's, else the session user's (the
+-- capture functions run as their owner, so not current_user).
+ALTER TABLE pgrepl.schema_log ADD COLUMN IF NOT EXISTS role text
+    DEFAULT CASE pg_catalog.current_setting('role') WHEN 'none' THEN session_user::text
+                                                    ELSE pg_catalog.current_setting('role') END;
 CREATE TABLE IF NOT EXISTS pgrepl.config (
     sync_name text PRIMARY KEY,
     publication text NOT NULL,

@@ -86,6 +86,8 @@ pub struct LogRow {
     /// Values ADD COLUMN computed once for every existing row, per column.
     pub fixed_defaults: HashMap<String, String>,
     pub failure: Option<Failure>,
+    /// The role the command ran as (`SET ROLE`, else the session user).
+    pub role: Option<String>,
 }
 
 impl LogRow {
@@ -152,6 +154,7 @@ impl LogRow {
             settings,
             fixed_defaults,
             failure,
+            role: get("role"),
         })
     }
 
@@ -188,6 +191,9 @@ pub enum Action {
         /// Session settings to run it under.
         settings: Vec<(String, String)>,
         creates: Vec<TableName>,
+        /// The role to run it as, so what it creates has the source's
+        /// owner (and that role's default privileges).
+        role: Option<String>,
     },
     /// A CREATE TABLE AS has begun: its table comes by its first row's
     /// relation description, or by its `table_created` row.
@@ -206,8 +212,13 @@ pub struct ReplayOptions {
     /// not this sync's business).
     pub publication: String,
     pub selection: Selection,
-    /// Replicate GRANT / REVOKE / ownership (`--ddl-privileges`).
+    /// Replicate GRANT / REVOKE / ownership, and run each command as the
+    /// role that ran it on the source (all but `--roles skip`).
     pub privileges: bool,
+    /// Roles the source's objects come to need are created on the target
+    /// while streaming (`--roles copy`): a command naming one the target
+    /// lacks yet waits for it.
+    pub roles_follow: bool,
     /// Log ids to skip (`--skip-ddl`).
     pub skip: HashSet<i64>,
 }
@@ -227,6 +238,10 @@ pub struct Replayer {
 impl Replayer {
     pub fn new(opts: ReplayOptions) -> Self {
         Replayer { opts, cursor: None }
+    }
+
+    pub fn roles_follow(&self) -> bool {
+        self.opts.roles_follow
     }
 
     /// The statement of `row`, advancing the cursor of its query string.
@@ -299,8 +314,11 @@ impl Replayer {
             Class::Temporary => Some("temporary object"),
             Class::Replication => Some("publications and subscriptions are per server"),
             Class::Privileges if !self.opts.privileges => {
-                Some("privileges and ownership (use --ddl-privileges)")
+                Some("privileges and ownership (--roles skip)")
             }
+            Class::LargeObject => Some(
+                "large objects are carried with their owner and grants by the large-object copy",
+            ),
             _ => None,
         };
         if let Some(reason) = why.or_else(|| all_temporary(row).then_some("temporary object")) {
@@ -333,6 +351,7 @@ impl Replayer {
             search_path: row.search_path.clone(),
             settings: row.settings.clone(),
             creates,
+            role: self.role(row),
         })
     }
 
@@ -384,7 +403,12 @@ impl Replayer {
             search_path: row.search_path.clone(),
             settings: row.settings.clone(),
             creates: tables,
+            role: self.role(row),
         }
+    }
+
+    fn role(&self, row: &LogRow) -> Option<String> {
+        row.role.clone().filter(|_| self.opts.privileges)
     }
 
     fn outside(&self, tables: &[TableName]) -> Option<Action> {
@@ -444,6 +468,7 @@ mod tests {
             settings: Vec::new(),
             fixed_defaults: HashMap::new(),
             failure: None,
+            role: Some("app_owner".into()),
         }
     }
 

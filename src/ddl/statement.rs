@@ -28,8 +28,11 @@ pub enum Class {
     Temporary,
     /// Publications and subscriptions belong to each server.
     Replication,
-    /// GRANT / REVOKE / ownership: only with --ddl-privileges.
+    /// GRANT / REVOKE / ownership: not with `--roles skip`.
     Privileges,
+    /// About a large object: the large-object copy carries those, with
+    /// their owner and grants (the object may not be on the target yet).
+    LargeObject,
 }
 
 /// One statement of a captured query string.
@@ -192,6 +195,11 @@ fn classify(node: &NodeEnum) -> (Class, Vec<TableName>) {
         N::CreatePublicationStmt(_) | N::AlterPublicationStmt(_) | N::CreateSubscriptionStmt(_)
         | N::AlterSubscriptionStmt(_) | N::DropSubscriptionStmt(_) => (Class::Replication, Vec::new()),
         N::DropStmt(d) if object_type(d.remove_type) == Some(ObjectType::ObjectPublication) => (Class::Replication, Vec::new()),
+        N::GrantStmt(g) if object_type(g.objtype) == Some(ObjectType::ObjectLargeobject) => (Class::LargeObject, Vec::new()),
+        N::AlterOwnerStmt(o) if object_type(o.object_type) == Some(ObjectType::ObjectLargeobject) => {
+            (Class::LargeObject, Vec::new())
+        }
+        N::CommentStmt(c) if object_type(c.objtype) == Some(ObjectType::ObjectLargeobject) => (Class::LargeObject, Vec::new()),
         N::GrantStmt(_) | N::AlterDefaultPrivilegesStmt(_) | N::AlterOwnerStmt(_) => (Class::Privileges, Vec::new()),
         N::AlterTableStmt(a) if a.cmds.iter().all(|c| {
             matches!(&c.node, Some(N::AlterTableCmd(cmd)) if cmd.subtype == protobuf::AlterTableType::AtChangeOwner as i32)
@@ -421,6 +429,11 @@ mod tests {
         assert_eq!(p[2].class, Class::Temporary);
         assert_eq!(p[3].class, Class::Replication);
         assert_eq!(p[4].class, Class::Privileges);
+        let lo = split("GRANT SELECT ON LARGE OBJECT 7 TO r; ALTER LARGE OBJECT 7 OWNER TO r; GRANT SELECT ON t TO r")
+            .expect("splits");
+        assert_eq!(lo[0].class, Class::LargeObject);
+        assert_eq!(lo[1].class, Class::LargeObject);
+        assert_eq!(lo[2].class, Class::Privileges);
     }
 
     fn target(sql: &str) -> String {

@@ -68,6 +68,8 @@ pub struct SyncRecord {
     pub started_at: String,
     /// Set for a reverse sync: the forward sync it carries writes back for.
     pub reverse_of: Option<String>,
+    /// `--roles` as the copy was told.
+    pub roles: Option<crate::carry::RolesPolicy>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,6 +124,11 @@ CREATE TABLE IF NOT EXISTS pgrepl.tables (
 );
 -- A reverse sync (cutover --reverse) names the sync it reverses.
 ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS reverse_of text;
+-- --roles as the copy was told (copy, skip; NULL: no role was missing).
+ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS roles text;
+-- Large objects: how many the source had when they were last made equal.
+ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS large_objects bigint;
+ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS large_objects_at timestamptz;
 CREATE TABLE IF NOT EXISTS pgrepl.copied_chunks (
     sync_name text NOT NULL REFERENCES pgrepl.sync (name) ON DELETE CASCADE,
     schema_name text NOT NULL,
@@ -154,7 +161,7 @@ pub async fn load_sync(
     let row = client
         .query_opt(
             "SELECT phase, consistent_lsn, schema_created, cleanup_sql, source_system_id, started_at::text,
-                    to_jsonb(s) ->> 'reverse_of'
+                    to_jsonb(s) ->> 'reverse_of', to_jsonb(s) ->> 'roles'
              FROM pgrepl.sync s WHERE name = $1",
             &[&name.as_str()],
         )
@@ -176,6 +183,9 @@ pub async fn load_sync(
             source_system_id: row.get(4),
             started_at: row.get(5),
             reverse_of: row.get(6),
+            roles: row
+                .get::<_, Option<&str>>(7)
+                .and_then(crate::carry::RolesPolicy::parse),
         })
     }))
 }
@@ -210,6 +220,37 @@ pub async fn begin_copy(
         )
         .await?;
     Ok(())
+}
+
+/// Records `--roles` as the copy was told.
+pub async fn record_roles(
+    client: &impl GenericClient,
+    name: &SyncName,
+    policy: Option<crate::carry::RolesPolicy>,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE pgrepl.sync SET roles = $2 WHERE name = $1",
+            &[&name.as_str(), &policy.map(|p| p.as_str())],
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Records that the target's large objects were made the source's
+/// (`count` of them), now.
+pub async fn record_large_objects(
+    client: &impl GenericClient,
+    name: &SyncName,
+    count: i64,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE pgrepl.sync SET large_objects = $2, large_objects_at = now() WHERE name = $1",
+            &[&name.as_str(), &count],
+        )
+        .await
+        .map(|_| ())
 }
 
 /// Marks sync `name` as the reverse of `of`.

@@ -238,6 +238,13 @@ pub struct StatusReport {
     /// furthest behind on the target is (0: none behind).
     pub sequences: usize,
     pub sequences_behind: i64,
+    /// Large objects on the source now, and when the target's were last
+    /// made equal to them (and how many there were then).
+    pub large_objects: i64,
+    pub large_objects_synced: Option<i64>,
+    pub large_objects_synced_at: Option<String>,
+    /// `--roles` as the copy was told (`copy`, `skip`; none: none missing).
+    pub roles: Option<String>,
     pub tables: Vec<TableStatus>,
 }
 
@@ -318,6 +325,24 @@ pub async fn report(
         })
         .max()
         .unwrap_or(0);
+    let large_objects: i64 = src
+        .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
+        .await
+        .map_err(serr("source", "counting large objects"))?
+        .get(0);
+    let (large_objects_synced, large_objects_synced_at) = match &record {
+        Some(_) => tgt
+            .query_opt(
+                "SELECT (to_jsonb(s) ->> 'large_objects')::int8, to_jsonb(s) ->> 'large_objects_at'
+                 FROM pgrepl.sync s WHERE name = $1",
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(serr("target", "reading pgrepl state"))?
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap_or((None, None)),
+        None => (None, None),
+    };
     let flushed = origin.and_then(|(_, f)| f);
     let lag_bytes = flushed.map(|f| source_lsn.bytes_since(f));
     // flush_lag keeps its last value while idle: no byte lag, no time lag.
@@ -345,6 +370,13 @@ pub async fn report(
         origin_flushed_lsn: flushed.map(|l| l.to_string()),
         sequences: src_seq.len(),
         sequences_behind,
+        large_objects,
+        large_objects_synced,
+        large_objects_synced_at,
+        roles: record
+            .as_ref()
+            .and_then(|r| r.roles)
+            .map(|p| p.as_str().to_string()),
         tables,
     })
 }
@@ -407,6 +439,20 @@ impl StatusReport {
                     n => format!("the furthest behind on the target by {n}"),
                 }
             );
+        }
+        if self.large_objects > 0 || self.large_objects_synced.is_some() {
+            let _ = writeln!(
+                out,
+                "  large objects: {} on the source, {}",
+                self.large_objects,
+                match (&self.large_objects_synced, &self.large_objects_synced_at) {
+                    (Some(n), Some(at)) => format!("{n} made equal on the target at {at}"),
+                    _ => "not yet copied".to_string(),
+                }
+            );
+        }
+        if let Some(r) = &self.roles {
+            let _ = writeln!(out, "  roles: --roles {r}");
         }
         if !self.tables.is_empty() {
             let mut counts: Vec<(String, usize)> = Vec::new();

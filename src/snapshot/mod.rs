@@ -20,6 +20,7 @@
 //!   does); the replication origin is set to the consistent point in the
 //!   same transaction that marks the copy done.
 
+mod carry;
 pub mod copy;
 mod discard;
 mod holder;
@@ -134,6 +135,9 @@ pub struct CopyRequest<'a> {
     /// How long a copy session that lost its connection keeps trying to
     /// reconnect (the sync's --retry-for).
     pub retry_for: Duration,
+    /// What moves besides rows: roles, extensions' versions, large
+    /// objects, the database's settings.
+    pub carry: &'a crate::carry::Plan,
 }
 
 /// What a finished copy hands to the stream.
@@ -155,13 +159,18 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
 
     let holder = Holder::open(&req, &slot.snapshot).await?;
     let excluded = &holder.selected.excluded;
-    let (pre, post, planned) = tokio::try_join!(
+    let (mut pre, post, planned) = tokio::try_join!(
         dump(&req, &slot.snapshot, "pre-data", excluded),
         dump(&req, &slot.snapshot, "post-data", excluded),
         holder.lock_and_plan(&req),
     )?;
     let mut units = planned.units;
 
+    if let Some(pre) = pre.as_mut() {
+        schema::pin_extension_versions(&mut pre.creates, |name| {
+            req.carry.extension_version(name).map(str::to_string)
+        });
+    }
     let mut tgt = req.target.connect().await?;
     let known = schema::known_settings(&tgt).await?;
     let existing = schema::existing_schemas(&tgt).await?;
@@ -174,11 +183,25 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
         state::ensure_schema(&tx)
             .await
             .map_err(|e| SnapshotError::target("creating the pgrepl schema", &e))?;
+        // Roles first: the schema names them as owners and grantees.
+        for sql in crate::carry::roles::statements(
+            req.carry,
+            &req.target_facts.database,
+            req.target_facts.major(),
+        ) {
+            tx.batch_execute(&sql)
+                .await
+                .map_err(|e| SchemaError::Rejected {
+                    statement: crate::carry::roles::redacted(&sql),
+                    message: describe(&e),
+                })?;
+        }
         let origin = match (&pre, &post) {
             (Some(pre), Some(post)) => {
                 schema::run_statements(&tx, &pre.creates, &known, &existing).await?;
                 SchemaOrigin::Created {
-                    cleanup: schema::cleanup_script(&post.drops, &pre.drops, &existing),
+                    cleanup: schema::cleanup_script(&post.drops, &pre.drops, &existing)
+                        + &crate::carry::roles::cleanup(req.carry),
                 }
             }
             _ => {
@@ -196,6 +219,9 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
         )
         .await
         .map_err(|e| SnapshotError::target("recording the sync", &e))?;
+        state::record_roles(&tx, req.name, req.carry.policy)
+            .await
+            .map_err(|e| SnapshotError::target("recording the sync", &e))?;
         tx.commit()
             .await
             .map_err(|e| SnapshotError::target("committing the schema", &e))?;
@@ -240,6 +266,7 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
     )
     .await
     .map_err(|e| SnapshotError::target("setting the replication origin", &e))?;
+    let carried = carry::finish(&req, &slot.snapshot, &tx).await?;
     state::set_phase(&tx, req.name, SyncPhase::Copied)
         .await
         .map_err(|e| SnapshotError::target("recording the copy", &e))?;
@@ -248,9 +275,10 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
         .map_err(|e| SnapshotError::target("finishing the copy", &e))?;
     drop(holder);
     drop(walsender);
+    let carried = carry::summary(&req, carried, &tgt).await;
     Ok(Copied {
         consistent_lsn: slot.consistent_point,
-        summary,
+        summary: format!("{summary}\n{carried}"),
     })
 }
 
@@ -274,6 +302,7 @@ async fn dump(
             excluded: &excluded,
             section,
             clean: true,
+            ownership: req.carry.carries_ownership(),
         })
         .await?;
     Ok(Some(schema::split_clean(schema::parse_dump(&sql)?)))

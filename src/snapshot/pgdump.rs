@@ -147,6 +147,9 @@ pub struct DumpRequest<'a> {
     pub section: &'static str,
     /// Emit `DROP ... IF EXISTS` for every object first (for cleaning).
     pub clean: bool,
+    /// Owners and privileges as on the source (else the target user owns
+    /// everything, with no grants).
+    pub ownership: bool,
 }
 
 impl PgDump {
@@ -154,23 +157,21 @@ impl PgDump {
     /// environment, so the password never shows in `ps`.
     pub async fn dump(&self, req: &DumpRequest<'_>) -> Result<String, PgDumpError> {
         let mut cmd = Command::new(&self.path);
-        cmd.args([
-            "--schema-only",
-            "--no-owner",
-            "--no-privileges",
-            "--no-publications",
-            "--no-subscriptions",
-        ])
-        .args([
-            "--no-security-labels",
-            "--no-tablespaces",
-            "--exclude-schema=pgrepl",
-            "--lock-wait-timeout=60000",
-        ])
-        .arg(format!("--section={}", req.section))
-        .arg(format!("--snapshot={}", req.snapshot));
+        cmd.args(["--schema-only", "--no-publications", "--no-subscriptions"])
+            .args([
+                "--no-security-labels",
+                "--no-tablespaces",
+                "--exclude-schema=pgrepl",
+                "--exclude-schema=pgrepl_fence",
+                "--lock-wait-timeout=60000",
+            ])
+            .arg(format!("--section={}", req.section))
+            .arg(format!("--snapshot={}", req.snapshot));
         if self.major >= 18 {
             cmd.arg("--no-statistics");
+        }
+        if !req.ownership {
+            cmd.args(["--no-owner", "--no-privileges"]);
         }
         if req.clean {
             cmd.args(["--clean", "--if-exists"]);

@@ -40,6 +40,8 @@ pub enum Kind {
     BuildsIndex(Option<TableName>),
     /// pgrepl's own event triggers on the source: never copied.
     PgreplEventTrigger,
+    /// `CREATE EXTENSION IF NOT EXISTS name ...`: given the source's version.
+    CreateExtension(String),
     Other,
 }
 
@@ -119,9 +121,12 @@ fn classify(sql: &str) -> Result<Kind, SchemaError> {
         Some(NodeEnum::AlterEventTrigStmt(t)) if t.trigname.starts_with("pgrepl_") => {
             Kind::PgreplEventTrigger
         }
-        Some(NodeEnum::CommentStmt(_)) if sql.contains("EVENT TRIGGER pgrepl_") => {
+        Some(NodeEnum::CommentStmt(_) | NodeEnum::AlterOwnerStmt(_))
+            if sql.contains("EVENT TRIGGER pgrepl_") =>
+        {
             Kind::PgreplEventTrigger
         }
+        Some(NodeEnum::CreateExtensionStmt(e)) => Kind::CreateExtension(e.extname.clone()),
         _ => Kind::Other,
     })
 }
@@ -245,6 +250,26 @@ pub async fn existing_schemas(client: &impl GenericClient) -> Result<HashSet<Str
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
+/// Settings pg_settings does not list that every server knows (pg_dump
+/// sets the grantor of a GRANT with SET SESSION AUTHORIZATION).
+const ALWAYS_KNOWN: &[&str] = &["session_authorization", "role"];
+
+/// Gives pg_dump's `CREATE EXTENSION` statements the source's versions
+/// (pg_dump names none, so the target would pick its default).
+pub fn pin_extension_versions(
+    statements: &mut [Statement],
+    version: impl Fn(&str) -> Option<String>,
+) {
+    for s in statements.iter_mut() {
+        if let Kind::CreateExtension(name) = &s.kind {
+            if let Some(v) = version(name) {
+                let body = s.sql.trim_end().trim_end_matches(';');
+                s.sql = format!("{body} VERSION {};", crate::sql::quote_literal(&v));
+            }
+        }
+    }
+}
+
 /// Runs statements one by one on `client` (inside the caller's transaction
 /// when there is one), naming the statement the target rejects.
 pub async fn run_statements(
@@ -255,7 +280,9 @@ pub async fn run_statements(
 ) -> Result<(), SchemaError> {
     for s in statements {
         let sql = match &s.kind {
-            Kind::Setting(name) if !known.contains(name) => {
+            Kind::Setting(name)
+                if !known.contains(name) && !ALWAYS_KNOWN.contains(&name.as_str()) =>
+            {
                 tracing::debug!(setting = %name, "target does not know this setting; skipped");
                 continue;
             }
@@ -365,5 +392,23 @@ CREATE FUNCTION shop.f() RETURNS int LANGUAGE sql AS $$ SELECT 1; $$;
             kinds[5],
             Kind::CreateMatView(TableName::new("public", "mv"))
         );
+    }
+
+    #[test]
+    fn extensions_get_the_source_version_and_pgrepl_owners_stay_behind() {
+        let mut s = parse_dump(
+            "CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA public;
+             ALTER EVENT TRIGGER pgrepl_ddl_end OWNER TO postgres;
+             ALTER TABLE app.t OWNER TO app_owner;",
+        )
+        .expect("parses");
+        pin_extension_versions(&mut s, |n| (n == "hstore").then(|| "1.7".to_string()));
+        assert_eq!(
+            s[0].sql,
+            "CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA public VERSION '1.7';"
+        );
+        assert!(pg_query::parse(&s[0].sql, 0).is_ok());
+        assert_eq!(s[1].kind, Kind::PgreplEventTrigger);
+        assert_eq!(s[2].kind, Kind::Other);
     }
 }

@@ -2,5 +2,6 @@
 //! covers ([`selection`]), and what pgrepl creates there ([`setup`]).
 
 pub mod catalog;
+pub mod inventory;
 pub mod selection;
 pub mod setup;

@@ -231,23 +231,30 @@ pub async fn run(req: &VerifyRequest<'_>) -> Result<Report, VerifyError> {
         }
     }
     let (src1, tgt1) = clients.ok_or_else(|| VerifyError::Other("no verify session".into()))?;
+    // Sequences are not transactional: only with nothing moving is one
+    // behind on the target a difference.
+    let exact = !matches!(req.mode, Mode::Running);
     for (i, p) in plans.iter().enumerate() {
         if matches!(reports[i].data, Data::MissingOnTarget) {
             continue;
         }
-        reports[i].schema = schema::compare(&src1, &tgt1, &p.name).await?;
+        let (differences, notes) = schema::compare(&src1, &tgt1, &p.name, exact).await?;
+        reports[i].schema = differences;
+        reports[i].notes = notes;
     }
     let (sa, sb) = tokio::try_join!(
         schema::sequences(&src1, Side::Source, None),
         schema::sequences(&tgt1, Side::Target, None)
     )?;
-    let sequences = schema::sequence_differences(&sa, &sb);
+    let found = schema::sequence_differences(&sa, &sb, exact);
+    let sequences = found.differences;
     let equal = reports.iter().all(TableReport::equal) && sequences.is_empty();
     Ok(Report {
         lsn,
         held_ms,
         tables: reports,
         sequences,
+        notes: found.notes,
         seconds: started.elapsed().as_secs_f64(),
         equal,
     })

@@ -32,6 +32,8 @@ pub struct TableReport {
     pub different_count: u64,
     /// Schema differences, one line each.
     pub schema: Vec<String>,
+    /// What a person should know that is not a difference.
+    pub notes: Vec<String>,
 }
 
 impl TableReport {
@@ -49,6 +51,7 @@ impl TableReport {
             extra_count: 0,
             different_count: 0,
             schema: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -82,6 +85,8 @@ pub struct Report {
     pub tables: Vec<TableReport>,
     /// Sequences no table owns that differ.
     pub sequences: Vec<String>,
+    /// Notes on sequences no table owns (not differences).
+    pub notes: Vec<String>,
     pub seconds: f64,
     pub equal: bool,
 }
@@ -149,9 +154,15 @@ impl Report {
             for s in &t.schema {
                 out.push_str(&format!("    schema: {s}\n"));
             }
+            for n in &t.notes {
+                out.push_str(&format!("    note: {n}\n"));
+            }
         }
         for s in &self.sequences {
             out.push_str(&format!("{s}\n"));
+        }
+        for n in &self.notes {
+            out.push_str(&format!("note: {n}\n"));
         }
         let differ = self.tables.iter().filter(|t| !t.equal()).count();
         let held = match self.held_ms {
