@@ -131,6 +131,17 @@ pub enum Command {
     /// its synced tables refuse writes from every role (pgrepl's own reverse
     /// sync excepted); `pgrepl teardown --unfence` lifts it.
     Cutover(CutoverArgs),
+
+    /// Print the source's decoded changes as JSON lines on stdout.
+    ///
+    /// One line per row change (table, operation, key, new and old values
+    /// with their Postgres types) plus begin, commit, truncate, logical
+    /// message and DDL records, for debugging a sync or piping into other
+    /// tools (`| jq`). With `--temporary` it reads from a temporary slot of
+    /// its own (changes from now on; nothing left behind); with `--slot` it
+    /// reads an existing, idle slot from its position without moving it
+    /// (unless `--advance`). Ctrl-C stops it.
+    Tail(TailArgs),
 }
 
 /// Where to connect, and which sync.
@@ -362,10 +373,59 @@ pub struct SyncArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub carry_interval: Duration,
 
+    /// Serve /metrics (Prometheus), /status (JSON), /healthz and a live
+    /// status page at this address, e.g. 127.0.0.1:9187 (off by default).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Warn when the slot holds more WAL than this on the source (e.g.
+    /// 10GB); `extended`, `unreserved` and `lost` slots are always reported.
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size)]
+    pub warn_wal: u64,
+
     /// Obsolete: GRANT, REVOKE and ownership changes are replicated unless
     /// `--roles skip`.
     #[arg(long, hide = true)]
     pub ddl_privileges: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which_slot").required(true).args(["slot", "temporary"]))]
+pub struct TailArgs {
+    /// Source database (conninfo or URI). Falls back to $PGREPL_SOURCE.
+    #[arg(
+        long,
+        env = "PGREPL_SOURCE",
+        hide_env_values = true,
+        value_name = "CONNINFO"
+    )]
+    pub source: String,
+
+    /// Read this existing logical slot (pgoutput), from where it stands.
+    #[arg(long, value_name = "NAME")]
+    pub slot: Option<String>,
+
+    /// Read from a temporary slot of tail's own: changes from now on.
+    #[arg(long)]
+    pub temporary: bool,
+
+    /// Move the existing slot on past what was printed (it then no longer
+    /// holds those changes for anyone else).
+    #[arg(long, requires = "slot")]
+    pub advance: bool,
+
+    /// Decode with this publication (default: the sync's, pgrepl_NAME,
+    /// when it exists; else one FOR ALL TABLES made for the run and
+    /// dropped at its end).
+    #[arg(long, value_name = "NAME")]
+    pub publication: Option<String>,
+
+    /// The sync whose publication to use by default.
+    #[arg(long, default_value = "pgrepl", value_name = "NAME")]
+    pub name: SyncName,
+
+    #[command(flatten)]
+    pub tables: TableArgs,
 }
 
 #[derive(Debug, Args)]

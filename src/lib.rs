@@ -25,12 +25,14 @@ pub mod cutover;
 pub mod ddl;
 pub mod logging;
 pub mod lsn;
+pub mod observe;
 pub mod progress;
 pub mod sequences;
 pub mod snapshot;
 pub mod source;
 pub mod sql;
 pub mod stream;
+pub mod tail;
 pub mod verify;
 
 pub use lsn::Lsn;

@@ -49,7 +49,11 @@ impl<'a> MakeWriter<'a> for MakeStderr {
 }
 
 /// Installs the global subscriber. `verbosity`: -1 quiet, 0 normal, 1+ more.
+/// Warnings and errors also reach the telemetry (counted, and the last
+/// ones kept for the status page).
 pub fn init(format: LogFormat, verbosity: i8) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = match verbosity {
         i8::MIN..=-1 => "warn",
         0 => "pgrepl=info,warn",
@@ -57,17 +61,17 @@ pub fn init(format: LogFormat, verbosity: i8) {
         _ => "pgrepl=trace,debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(MakeStderr)
         .with_target(false);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(crate::progress::telemetry::RecentEvents);
     // A second init (tests) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
+        LogFormat::Human => registry.with(fmt).try_init(),
+        LogFormat::Json => registry
+            .with(fmt.json().with_current_span(true).with_span_list(false))
             .try_init(),
     };
 }

@@ -28,7 +28,16 @@ fn main() -> ExitCode {
     match runtime.block_on(pgrepl::commands::run(cli.command, json_logs)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            let line = one_line(&e);
+            if json_logs {
+                // One JSON object like every other log line, with where the
+                // sync stood.
+                let t = pgrepl::progress::telemetry::telemetry();
+                let lsn = pgrepl::lsn::Lsn(t.position.load(std::sync::atomic::Ordering::Relaxed));
+                tracing::error!(sync = %t.sync, phase = t.phase(), lsn = %lsn, error = %line, "the command failed");
+            } else {
+                eprintln!("error: {line}");
+            }
             ExitCode::from(1)
         }
     }

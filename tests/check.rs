@@ -34,6 +34,30 @@ async fn a_good_pair_passes() {
     pair.source
         .exec("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');")
         .await;
+    // Unbounded slot WAL is a warning (PostgreSQL 12 cannot bound it).
+    let out = check(&pair, &[]).await;
+    assert!(out.success(), "{out}");
+    assert_eq!(level(&out, "wal_safety"), "WARN", "{out}");
+    assert!(
+        out.stdout.contains("until the source's disk is full"),
+        "{out}"
+    );
+    if pair.source.major() < 13 {
+        return;
+    }
+    pair.source
+        .exec("ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf();")
+        .await;
+    support::wait_for("the setting to load", LIMIT, || async {
+        (pair
+            .source
+            .value("SHOW max_slot_wal_keep_size")
+            .await
+            .as_deref()
+            == Some("10GB"))
+        .then_some(())
+    })
+    .await;
     let out = check(&pair, &[]).await;
     assert!(out.success(), "{out}");
     assert!(out.stdout.contains("All checks passed"), "{out}");
@@ -45,6 +69,7 @@ async fn a_good_pair_passes() {
         "replication_connection",
         "replica_identity",
         "target_tables",
+        "wal_safety",
     ] {
         assert_eq!(level(&out, c), "ok", "{c}:\n{out}");
     }

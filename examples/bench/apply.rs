@@ -29,14 +29,14 @@ const DECODE: &str = "SELECT count(*) FROM pg_logical_slot_get_binary_changes('d
 
 const TABLES: &str = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, bulk, huge, upd, marker, hb";
 
-struct Setup {
-    source: Cluster,
+pub(crate) struct Setup {
+    pub(crate) source: Cluster,
     target: Cluster,
     marker: i32,
 }
 
 impl Setup {
-    fn sync_args(&self, extra: &[&str]) -> Vec<String> {
+    pub(crate) fn sync_args(&self, extra: &[&str]) -> Vec<String> {
         let mut a: Vec<String> = vec!["sync".into(), "--name".into(), "bench".into()];
         a.extend([
             "--source".into(),
@@ -55,7 +55,7 @@ impl Setup {
     /// which CHECKPOINT writes). Untimed; every slot gets the same.
     /// `poke`: SQL run on the source each round (to read a slot nobody
     /// streams).
-    async fn settle(&mut self, slot: &str, poke: Option<&str>) {
+    pub(crate) async fn settle(&mut self, slot: &str, poke: Option<&str>) {
         let before = self
             .source
             .value("SELECT pg_current_wal_lsn()::text")
@@ -88,7 +88,7 @@ impl Setup {
 
     /// Commits a marker row on the source: once a subscriber has it, it has
     /// everything committed before.
-    async fn mark(&mut self) -> i32 {
+    pub(crate) async fn mark(&mut self) -> i32 {
         self.marker += 1;
         self.source
             .exec(&format!("INSERT INTO marker VALUES ({})", self.marker))
@@ -97,7 +97,7 @@ impl Setup {
     }
 }
 
-async fn has_marker(c: &tokio_postgres::Client, n: i32) -> bool {
+pub(crate) async fn has_marker(c: &tokio_postgres::Client, n: i32) -> bool {
     c.query_opt("SELECT 1 FROM marker WHERE id = $1", &[&n])
         .await
         .ok()
@@ -350,6 +350,7 @@ pub async fn run(env: &Env, report: &mut Report) {
         .await;
 
     keep_up(env, &mut s, &pgrepl_db, report).await;
+    crate::observe::metrics_cost(env, &mut s, &pgrepl_db, report).await;
     memory(env, &mut s, &pgrepl_db, report).await;
 }
 

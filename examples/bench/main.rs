@@ -10,6 +10,7 @@ mod apply;
 mod copy;
 mod ddl;
 mod env;
+mod observe;
 mod report;
 
 use std::path::PathBuf;

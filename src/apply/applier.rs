@@ -538,6 +538,10 @@ impl Applier {
                 .fetch_add(g.txns as u64, Ordering::Relaxed);
         }
         self.shared.rows.fetch_add(g.rows as u64, Ordering::Relaxed);
+        let watch = crate::progress::telemetry::telemetry();
+        watch.applied_transactions.inc_by(g.txns as u64);
+        watch.applied_rows.inc_by(g.rows as u64);
+        watch.apply_group_transactions.observe(g.txns as f64);
         self.shared
             .last_commit_ts
             .store(g.last_commit_ts.max(0) as u64, Ordering::Relaxed);

@@ -91,6 +91,22 @@ impl SessionError {
             SessionError::TargetBehind { .. } | SessionError::GaveUp { .. } => false,
         }
     }
+
+    /// Which side or part failed, for the retries metric and the logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SessionError::Connect(c) => match c.side {
+                Side::Source => "source_connection",
+                Side::Target => "target_connection",
+            },
+            SessionError::WalSender(_) | SessionError::Source { .. } => "source",
+            SessionError::Apply(ApplyError::Stream(_) | ApplyError::Decode(_)) => "source",
+            SessionError::Apply(_)
+            | SessionError::Target { .. }
+            | SessionError::TargetBehind { .. } => "target",
+            SessionError::GaveUp { last, .. } => last.kind(),
+        }
+    }
 }
 
 /// What to stream and how.
@@ -210,7 +226,16 @@ async fn retrying(
                 let backoff = Duration::from_millis(250 * 2u64.pow(attempt.min(7)))
                     .min(Duration::from_secs(30))
                     .min(req.retry_for.saturating_sub(since.elapsed()));
-                tracing::warn!(error = %e, retry_in = ?backoff, "streaming interrupted; resuming from the target's position");
+                crate::progress::telemetry::telemetry().retrying(e.kind());
+                tracing::warn!(
+                    sync = %req.name,
+                    phase = "streaming",
+                    lsn = %status.flushed(),
+                    kind = e.kind(),
+                    error = %e,
+                    retry_in = ?backoff,
+                    "streaming interrupted; resuming from the target's position"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => {
@@ -321,6 +346,7 @@ async fn session(
     )
     .await?;
     tracing::info!(%start, stream_large, "streaming");
+    crate::progress::telemetry::telemetry().recovered();
     let shared = Shared::counting_into(start, paths.clone());
     status.attach(StatusSource {
         shared: shared.clone(),

@@ -65,6 +65,7 @@ pub(super) async fn check(
             "run ALTER SYSTEM SET wal_level = logical; on the source, then restart it",
         ));
     }
+    wal_keep(client, report).await?;
     let (max_slots, used_slots, slot_exists): (i32, i32, bool) =
         (settings.get(1), settings.get(2), settings.get(3));
     let slot = opts.name.slot();
@@ -343,4 +344,37 @@ pub(super) async fn check(
         }
     }
     Ok((facts, Some(selected)))
+}
+
+/// A slot with no limit on the WAL it keeps fills the source's disk when
+/// the sync stops or falls behind: say so, and what bounds it.
+async fn wal_keep(client: &Client, report: &mut Report) -> Result<(), CheckError> {
+    let keep: Option<String> = client
+        .query_one(
+            "SELECT (SELECT setting FROM pg_settings WHERE name = 'max_slot_wal_keep_size')",
+            &[],
+        )
+        .await
+        .map_err(query_error(SIDE, "reading max_slot_wal_keep_size"))?
+        .get(0);
+    match keep.as_deref() {
+        Some("-1") => report.push(Finding::warn(
+            SIDE,
+            "wal_safety",
+            "max_slot_wal_keep_size is -1 (unbounded): if the sync stops or falls behind, its slot keeps WAL until the source's disk is full",
+            "set max_slot_wal_keep_size (e.g. ALTER SYSTEM SET max_slot_wal_keep_size = '100GB'; SELECT pg_reload_conf();): a slot past it is lost instead of the source, and pgrepl says the sync must start over",
+        )),
+        None => report.push(Finding::warn(
+            SIDE,
+            "wal_safety",
+            "PostgreSQL 12 cannot bound the WAL a slot keeps: if the sync stops or falls behind, the slot keeps WAL until the source's disk is full",
+            "watch the slot's WAL (`pgrepl status`, /metrics with --listen, --warn-wal) and run `pgrepl teardown` if you give up",
+        )),
+        Some(mb) => report.push(Finding::ok(
+            SIDE,
+            "wal_safety",
+            format!("max_slot_wal_keep_size = {mb} MB: a slot past it is lost, not the source"),
+        )),
+    }
+    Ok(())
 }

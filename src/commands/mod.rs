@@ -5,6 +5,7 @@ mod check;
 mod cutover;
 mod status;
 mod sync;
+mod tail;
 mod teardown;
 mod verify;
 
@@ -24,6 +25,7 @@ pub async fn run(command: Command, json_logs: bool) -> anyhow::Result<ExitCode> 
         Command::Status(args) => status::run(args).await,
         Command::Verify(args) => verify::run(args, json_logs).await,
         Command::Cutover(args) => cutover::run(args, json_logs).await,
+        Command::Tail(args) => tail::run(args).await,
     }
 }
 

@@ -22,6 +22,23 @@ use crate::source::setup;
 pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
     let (source, target) = super::endpoints(&args.endpoints)?;
     let name = args.endpoints.name.clone();
+    let watch = crate::progress::telemetry::init(name.as_str());
+    watch.set_phase("checking");
+    // The listener first: a port in use fails the sync before it changes
+    // anything.
+    if let Some(addr) = args.listen {
+        let server = crate::observe::http::bind(
+            addr,
+            crate::observe::http::Context {
+                name: name.clone(),
+                source: source.clone(),
+                target: target.clone(),
+                retry_for: args.retry_for,
+            },
+        )
+        .await?;
+        tokio::spawn(server);
+    }
     let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
     let opts = CheckOptions {
         name: name.clone(),
@@ -65,6 +82,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
             let start = Resume {
                 system_id: rec.source_system_id.clone(),
                 roles: preflight.carry.policy,
+                wal: crate::observe::watch_wal(&source, &name, args.warn_wal),
             };
             return stream(&args, &source, &target, &src, &tgt, &start, json_logs).await;
         }
@@ -142,6 +160,8 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         retry_for: args.retry_for,
         carry: &preflight.carry,
     };
+    watch.set_phase("copying");
+    let (wal_task, mut lost) = crate::observe::watch_wal(&source, &name, args.warn_wal);
     let copied = tokio::select! {
         result = snapshot::run(request) => result,
         signal = super::shutdown_signal() => {
@@ -149,6 +169,10 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
             eprintln!("{signal}: stopping the copy and removing what it wrote");
             abandon(&source, &target, &name).await;
             return Ok(ExitCode::from(130));
+        }
+        reason = lost_reason(&mut lost) => {
+            abandon(&source, &target, &name).await;
+            bail!("{reason}; the partial copy was removed");
         }
     };
     let copied = match copied {
@@ -182,15 +206,33 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
     let start = Resume {
         system_id,
         roles: preflight.carry.policy,
+        wal: (wal_task, lost),
     };
     stream(&args, &source, &target, &src, &tgt, &start, json_logs).await
 }
 
-/// What streaming takes from the sync's record.
+/// Waits until the WAL-safety watch finds the slot lost.
+async fn lost_reason(lost: &mut tokio::sync::watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(reason) = lost.borrow().clone() {
+            return reason;
+        }
+        if lost.changed().await.is_err() {
+            // The watch ended without finding it lost: never resolve.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// What streaming takes from the sync's record, and the WAL-safety watch.
 struct Resume {
     /// The source's system identifier the copy was made from ("" unknown).
     system_id: String,
     roles: Option<RolesPolicy>,
+    wal: (
+        tokio::task::JoinHandle<()>,
+        tokio::sync::watch::Receiver<Option<String>>,
+    ),
 }
 
 /// Streams from the slot until stopped, caught up, or a fatal error.
@@ -291,13 +333,28 @@ async fn stream(
         })?;
 
     println!("Streaming changes (Ctrl-C to stop; `pgrepl sync` resumes where it stopped).");
+    crate::progress::telemetry::telemetry().set_phase("streaming");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let signals = tokio::spawn(async move {
-        if let Ok(signal) = super::shutdown_signal().await {
-            eprintln!("{signal}: finishing the current transaction and stopping");
+    let mut lost = start.wal.1.clone();
+    let lost_stop = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let signals = {
+        let lost_stop = lost_stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                signal = super::shutdown_signal() => {
+                    if let Ok(signal) = signal {
+                        eprintln!("{signal}: finishing the current transaction and stopping");
+                    }
+                }
+                reason = lost_reason(&mut lost) => {
+                    if let Ok(mut l) = lost_stop.lock() {
+                        *l = Some(reason);
+                    }
+                }
+            }
             let _ = stop_tx.send(true);
-        }
-    });
+        })
+    };
     let request = StreamRequest {
         name,
         source,
@@ -342,6 +399,17 @@ async fn stream(
     sequences.abort();
     carrying.abort();
     signals.abort();
+    start.wal.0.abort();
+    let lost = lost_stop.lock().ok().and_then(|l| l.clone());
+    if let Some(reason) = lost {
+        bail!("{reason}");
+    }
+    let watch = crate::progress::telemetry::telemetry();
+    watch.set_phase(match &outcome {
+        Ok(Outcome::Finished { .. }) => "cut over",
+        Ok(_) => "stopped",
+        Err(_) => "failed",
+    });
     match outcome? {
         Outcome::Stopped { flushed } => {
             println!("Stopped. The target holds the source's changes through LSN {flushed} (durable); `pgrepl sync` resumes from there.");

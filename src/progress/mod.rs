@@ -3,6 +3,7 @@
 
 pub mod state;
 pub mod status;
+pub mod telemetry;
 pub mod ui;
 
 /// `1.5 GiB`, `312 KiB`, `17 B`.

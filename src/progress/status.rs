@@ -133,6 +133,7 @@ async fn status_loop(
     let mut source_lsn = Lsn::ZERO;
     let mut last = (Instant::now(), 0u64, 0u64);
     let mut last_line = Instant::now();
+    let mut last_flushed = Lsn::ZERO;
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     loop {
         interval.tick().await;
@@ -170,6 +171,19 @@ async fn status_loop(
         } else {
             seconds_since_pg_micros(commit_ts)
         };
+        // For whoever watches: the lag to what is durable on the target.
+        let watch = super::telemetry::telemetry();
+        if source_lsn > Lsn::ZERO && flushed_now > Lsn::ZERO {
+            let durable_lag = source_lsn.bytes_since(flushed_now);
+            watch.lag(durable_lag, if durable_lag == 0 { 0.0 } else { lag_secs });
+        }
+        if last_flushed > Lsn::ZERO && flushed_now > last_flushed {
+            watch
+                .applied_wal_bytes
+                .inc_by(flushed_now.bytes_since(last_flushed));
+        }
+        last_flushed = last_flushed.max(flushed_now);
+        watch.position.fetch_max(last_flushed.0, Ordering::Relaxed);
         let goal = until.map(|u| format!("  until {u}")).unwrap_or_default();
         let line = format!(
             "streaming  lag {} / {:.1}s  {tps:.0} txn/s  {rps:.0} rows/s  applied {applied}  flushed {flushed_now}{goal}",

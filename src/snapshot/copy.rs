@@ -312,6 +312,9 @@ impl Tally<'_> {
         self.bytes += bytes;
         self.stats.rows.fetch_add(rows, Ordering::Relaxed);
         self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        crate::progress::telemetry::telemetry()
+            .copy_bytes
+            .inc_by(bytes);
     }
 
     fn settle(&mut self, exact_rows: u64) {

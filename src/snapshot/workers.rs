@@ -54,6 +54,7 @@ pub async fn copy_rows(
         stats.insert(name, s);
     }
     ordered.sort_by(|a, b| a.name.cmp(&b.name));
+    crate::progress::telemetry::telemetry().watch_tables(ordered.clone());
     let workers = req.jobs.max(1).min(units.len().max(1));
     let all = units.clone();
     let job = Arc::new(CopyJob {

@@ -38,6 +38,11 @@ pub struct SlotInfo {
     pub retained_bytes: i64,
     /// PG 13+: `lost` once max_slot_wal_keep_size removed WAL it needed.
     pub lost: bool,
+    /// PG 13+: `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+    /// PG 13+: WAL the source may still write before the slot is lost
+    /// (`None` when unbounded).
+    pub safe_wal_size: Option<i64>,
 }
 
 pub async fn slot_info(client: &Client, slot: &SlotName) -> Result<Option<SlotInfo>, SetupError> {
@@ -45,8 +50,8 @@ pub async fn slot_info(client: &Client, slot: &SlotName) -> Result<Option<SlotIn
         .query_opt(
             "SELECT active_pid, confirmed_flush_lsn, restart_lsn,
                     coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8,
-                    CASE WHEN current_setting('server_version_num')::int >= 130000
-                         THEN (to_jsonb(s) ->> 'wal_status') = 'lost' ELSE false END
+                    coalesce(to_jsonb(s) ->> 'wal_status' = 'lost', false),
+                    to_jsonb(s) ->> 'wal_status', (to_jsonb(s) ->> 'safe_wal_size')::int8
              FROM pg_replication_slots s WHERE slot_name = $1",
             &[&slot.as_str()],
         )
@@ -58,6 +63,8 @@ pub async fn slot_info(client: &Client, slot: &SlotName) -> Result<Option<SlotIn
         restart_lsn: r.get::<_, Option<Lsn>>(2).unwrap_or(Lsn::ZERO),
         retained_bytes: r.get(3),
         lost: r.get(4),
+        wal_status: r.get(5),
+        safe_wal_size: r.get(6),
     }))
 }
 

@@ -10,6 +10,23 @@ use super::quote::{display_ident, push_ident};
 pub enum NameError {
     #[error("sync name {0:?} is not valid: use 1 to 40 lower-case letters, digits or underscores")]
     InvalidSyncName(String),
+    #[error("{kind} name {name:?} is not one pgrepl can use: 1 to 63 lower-case letters, digits or underscores")]
+    InvalidName { kind: &'static str, name: String },
+}
+
+fn plain_name(kind: &'static str, name: &str) -> Result<String, NameError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    match ok {
+        true => Ok(name.to_string()),
+        false => Err(NameError::InvalidName {
+            kind,
+            name: name.to_string(),
+        }),
+    }
 }
 
 /// A schema-qualified relation name (table, sequence, index...).
@@ -89,6 +106,26 @@ impl SyncName {
 
     pub fn publication(&self) -> PublicationName {
         PublicationName(format!("pgrepl_{}", self.0))
+    }
+
+    /// `pgrepl tail`'s temporary slot, unique per process.
+    pub fn tail_slot(&self, pid: u32) -> SlotName {
+        SlotName(format!("pgrepl_{}_tail{pid}", self.0))
+    }
+
+    /// The publication `pgrepl tail` creates when no other fits.
+    pub fn tail_publication(&self, pid: u32) -> PublicationName {
+        PublicationName(format!("pgrepl_{}_tail{pid}", self.0))
+    }
+
+    /// A slot that already exists, named by the user (`tail --slot`).
+    pub fn existing_slot(name: &str) -> Result<SlotName, NameError> {
+        plain_name("slot", name).map(SlotName)
+    }
+
+    /// A publication that already exists, named by the user.
+    pub fn existing_publication(name: &str) -> Result<PublicationName, NameError> {
+        plain_name("publication", name).map(PublicationName)
     }
 
     pub fn origin(&self) -> OriginName {

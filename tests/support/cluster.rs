@@ -575,7 +575,7 @@ impl Drop for Cluster {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use rand::Rng;
     let mut rng = rand::rng();
     loop {

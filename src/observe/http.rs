@@ -1,0 +1,186 @@
+//! `sync --listen ADDR`: what a running sync serves over HTTP (axum).
+//!
+//! - `/metrics`: the telemetry in the Prometheus text format;
+//! - `/status`: the same JSON as `pgrepl status --json`;
+//! - `/live`: what the page draws (phase, the copy's tables with ETA, the
+//!   lag history, the slot's WAL, the last warnings and errors);
+//! - `/`: one self-contained page (no external assets) that refreshes
+//!   itself;
+//! - `/healthz`: 200 while copying or streaming and not retrying for more
+//!   than half of `--retry-for`, else 503 saying why.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+
+use crate::conn::Endpoint;
+use crate::progress::telemetry::{telemetry, Event, LagPoint, SlotHealth, TableProgress};
+use crate::sql::SyncName;
+
+#[derive(Debug, thiserror::Error)]
+#[error("--listen {addr}: {message}: pick another address or port")]
+pub struct ListenError {
+    pub addr: SocketAddr,
+    pub message: String,
+}
+
+/// What the handlers need.
+pub struct Context {
+    pub name: SyncName,
+    pub source: Endpoint,
+    pub target: Endpoint,
+    pub retry_for: Duration,
+}
+
+/// Binds now (so a taken port fails the sync before it changes
+/// anything); serves once the returned future is awaited.
+pub async fn bind(
+    addr: SocketAddr,
+    ctx: Context,
+) -> Result<impl std::future::Future<Output = ()>, ListenError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ListenError {
+            addr,
+            message: e.to_string(),
+        })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(listen = %bound, "serving /metrics, /status, /healthz and the status page at http://{bound}/");
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/live", get(live_handler))
+        .route("/healthz", get(healthz))
+        .with_state(Arc::new(ctx));
+    Ok(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the HTTP listener stopped");
+        }
+    })
+}
+
+async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        telemetry().render(),
+    )
+        .into_response()
+}
+
+async fn status(State(ctx): State<Arc<Context>>) -> Response {
+    let report = async {
+        let (src, tgt) = tokio::try_join!(ctx.source.connect(), ctx.target.connect())
+            .map_err(|e| e.to_string())?;
+        crate::progress::status::report(&src, &tgt, &ctx.name)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), report).await {
+        Ok(Ok(r)) => axum::Json(r).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "error": e })),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "error": "the servers did not answer within 10 s" })),
+        )
+            .into_response(),
+    }
+}
+
+/// What the page shows.
+#[derive(Serialize)]
+pub struct Live {
+    pub sync: String,
+    pub phase: &'static str,
+    pub uptime_seconds: f64,
+    pub lag_bytes: i64,
+    pub lag_seconds: f64,
+    pub applied_transactions: u64,
+    pub applied_rows: u64,
+    pub sequences_behind: i64,
+    pub retrying_seconds: Option<f64>,
+    pub tables: Vec<TableProgress>,
+    pub history: Vec<LagPoint>,
+    pub slot: SlotHealth,
+    pub recent: Vec<Event>,
+}
+
+pub fn live(name: &SyncName) -> Live {
+    let t = telemetry();
+    Live {
+        sync: name.to_string(),
+        phase: t.phase(),
+        uptime_seconds: t.uptime_seconds(),
+        lag_bytes: t.lag_bytes.get(),
+        lag_seconds: t.lag_seconds.get(),
+        applied_transactions: t.applied_transactions.get(),
+        applied_rows: t.applied_rows.get(),
+        sequences_behind: t.sequences_behind.get(),
+        retrying_seconds: t.retrying_for().map(|d| d.as_secs_f64()),
+        tables: t.tables(),
+        history: t.history(),
+        slot: t.slot(),
+        recent: t.recent(),
+    }
+}
+
+async fn live_handler(State(ctx): State<Arc<Context>>) -> Response {
+    axum::Json(live(&ctx.name)).into_response()
+}
+
+async fn page(State(ctx): State<Arc<Context>>) -> Html<String> {
+    // The first picture is in the page itself (no request needed to
+    // draw it); the script refreshes it from /live.
+    let initial = serde_json::to_string(&live(&ctx.name))
+        .unwrap_or_else(|_| "null".into())
+        .replace("</", "<\\/");
+    Html(
+        include_str!("page.html")
+            .replace("__SYNC__", &html_escape(ctx.name.as_str()))
+            .replace("__INITIAL__", &initial),
+    )
+}
+
+async fn healthz(State(ctx): State<Arc<Context>>) -> Response {
+    let t = telemetry();
+    let phase = t.phase();
+    let retrying = t.retrying_for();
+    let healthy_phase = matches!(phase, "copying" | "streaming");
+    match (healthy_phase, retrying) {
+        (true, Some(d)) if d > ctx.retry_for / 2 => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "retrying for {} (more than half of --retry-for)\n",
+                crate::progress::human_duration(d)
+            ),
+        )
+            .into_response(),
+        (true, _) => (StatusCode::OK, format!("ok: {phase}\n")).into_response(),
+        (false, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not running: {phase}\n"),
+        )
+            .into_response(),
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
