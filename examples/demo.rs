@@ -30,6 +30,23 @@ fn command(args: &[String]) -> tokio::process::Command {
     c
 }
 
+/// One HTTP/1.1 GET; the body ("" when it fails).
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut raw = Vec::new();
+    if s.write_all(req.as_bytes()).await.is_ok() {
+        let _ = s.read_to_end(&mut raw).await;
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
 async fn run(args: &[String]) -> bool {
     command(args)
         .status()
@@ -115,9 +132,11 @@ async fn main() {
         stop.clone(),
         placed.clone(),
     ));
+    let listen = format!("127.0.0.1:{}", support::cluster::free_port());
     let sync: Vec<String> = std::iter::once("sync".to_string())
         .chain(endpoints.clone())
         .chain(["--roles".to_string(), "copy".to_string()])
+        .chain(["--listen".to_string(), listen.clone()])
         .collect();
     let mut running = command(&sync).spawn().expect("start pgrepl sync");
     support::wait_for_phase(&pair.target, "streaming", Duration::from_secs(120)).await;
@@ -134,6 +153,51 @@ async fn main() {
         .chain(endpoints.clone())
         .collect();
     run(&status).await;
+
+    say(&format!(
+        "what a dashboard scrapes: http://{listen}/metrics (a status page at http://{listen}/)"
+    ));
+    let metrics = http_get(&listen, "/metrics").await;
+    let shown = [
+        "pgrepl_phase{",
+        "pgrepl_lag_",
+        "pgrepl_applied_transactions_total",
+        "pgrepl_slot_wal_status{",
+    ];
+    // The phase and wal_status gauges: only the one that is 1.
+    let one_hot =
+        |l: &str| l.starts_with("pgrepl_phase{") || l.starts_with("pgrepl_slot_wal_status{");
+    for line in metrics
+        .lines()
+        .filter(|l| shown.iter().any(|p| l.starts_with(p)) && !(one_hot(l) && l.ends_with(" 0")))
+    {
+        println!("  {line}");
+    }
+
+    say("pgrepl tail: the decoded stream as JSON lines (a temporary slot, nothing left behind)");
+    let tail: Vec<String> = [
+        "tail",
+        "--source",
+        &endpoints[1],
+        "--temporary",
+        "--include",
+        "public.orders",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let tailing = pgrepl::spawn(&tail.iter().map(String::as_str).collect::<Vec<_>>());
+    let lines = wait_for("a few tailed changes", Duration::from_secs(60), || {
+        let out = tailing.stdout.lock().map(|s| s.clone()).unwrap_or_default();
+        async move { (out.lines().count() >= 3).then_some(out) }
+    })
+    .await;
+    for line in lines.lines().take(3) {
+        let short: String = line.chars().take(160).collect();
+        println!("  {short}");
+    }
+    tailing.signal(libc::SIGINT);
+    tailing.wait(Duration::from_secs(30)).await;
 
     say("pgrepl verify: both sides compared at one LSN, while orders keep coming");
     let verify: Vec<String> = std::iter::once("verify".to_string())

@@ -113,9 +113,10 @@ pub enum Command {
     /// moment at a transaction boundary, applies on up to P, lets the
     /// target's snapshot be taken, and goes on (the source keeps writing
     /// all along; the pause is reported). So every difference reported is
-    /// real, never a change in flight. Each table is hashed in key ranges,
-    /// on --jobs sessions per side; a range that differs is narrowed down
-    /// to the rows and columns. The schema (columns, constraints, indexes,
+    /// real, never a change in flight. Each table is hashed whole, tables
+    /// on --jobs sessions per side; one that differs is split into parts
+    /// by a hash of its key and each differing part narrowed down to the
+    /// rows and columns. The schema (columns, constraints, indexes,
     /// sequences) is compared beside the rows. Exits 0 when equal, 1 when
     /// not.
     Verify(VerifyArgs),
@@ -211,8 +212,9 @@ pub struct CutoverArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub max_lag_time: Duration,
 
-    /// How long to wait for the lag to fall, for open write transactions to
-    /// end, and for the sync to reach the fence.
+    /// How long to wait for the lag to fall, for the sync's round of large
+    /// objects and roles to end, for open write transactions to end, and
+    /// for the sync to reach the fence.
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
     pub wait: Duration,
 
@@ -249,11 +251,11 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub tables: TableArgs,
 
-    /// Sessions per side hashing key ranges in parallel (default: cores).
+    /// Sessions per side hashing tables in parallel (default: cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: Option<u16>,
 
-    /// Rows per key range hashed at once.
+    /// Rows per part when a table that differs is split to find its rows.
     #[arg(long, value_name = "ROWS", default_value_t = 100_000)]
     pub chunk_rows: u64,
 

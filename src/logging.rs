@@ -54,11 +54,13 @@ impl<'a> MakeWriter<'a> for MakeStderr {
 pub fn init(format: LogFormat, verbosity: i8) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    // tokio_postgres logs every statement it sends at debug, a role's
+    // password verifier among them: it never goes below info.
     let default = match verbosity {
         i8::MIN..=-1 => "warn",
         0 => "pgrepl=info,warn",
-        1 => "pgrepl=debug,info",
-        _ => "pgrepl=trace,debug",
+        1 => "pgrepl=debug,tokio_postgres=info,info",
+        _ => "pgrepl=trace,tokio_postgres=info,debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let fmt = tracing_subscriber::fmt::layer()

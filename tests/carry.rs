@@ -6,8 +6,10 @@
 //! table created while streaming; large objects written, rewritten and
 //! unlinked while the sync runs end equal after cutover; an extension the
 //! target cannot provide makes `check` fail naming it; `--roles skip` says
-//! what it leaves behind.
+//! what it leaves behind. What carrying must never do: `guards`.
 
+#[path = "carry/guards.rs"]
+mod guards;
 mod support;
 
 use std::time::Duration;
@@ -285,11 +287,17 @@ fn libc_sigint() -> i32 {
     2
 }
 
-/// Large objects, each side described independently of pgrepl.
+/// Large objects, each side described independently of pgrepl: content,
+/// owner, and each grant with its grant option and grantor, in one order.
 async fn large_objects(c: &tokio_postgres::Client) -> Vec<(u32, String, String, String)> {
     c.query(
-        "SELECT oid, md5(lo_get(oid)), lomowner::regrole::text, coalesce(lomacl::text, '')
-         FROM pg_largeobject_metadata ORDER BY oid",
+        "SELECT m.oid, md5(lo_get(m.oid)), m.lomowner::regrole::text,
+                coalesce((SELECT string_agg(x.item, ',' ORDER BY x.item COLLATE \"C\")
+                          FROM (SELECT a.grantee::regrole::text || '=' || a.privilege_type
+                                       || CASE WHEN a.is_grantable THEN '*' ELSE '' END
+                                       || '/' || a.grantor::regrole::text AS item
+                                FROM aclexplode(m.lomacl) a) x), '')
+         FROM pg_largeobject_metadata m ORDER BY m.oid",
         &[],
     )
     .await
@@ -312,7 +320,9 @@ async fn large_objects_written_rewritten_and_unlinked_end_equal_after_cutover() 
              SELECT lo_from_bytea(1003, 'unlinked later');
              SELECT lo_from_bytea(1004, repeat('big ', 700000)::bytea);
              ALTER LARGE OBJECT 1001 OWNER TO lo_owner;
-             GRANT SELECT ON LARGE OBJECT 1001 TO lo_reader;
+             GRANT UPDATE ON LARGE OBJECT 1001 TO PUBLIC;
+             GRANT SELECT ON LARGE OBJECT 1001 TO lo_reader WITH GRANT OPTION;
+             GRANT UPDATE ON LARGE OBJECT 1001 TO lo_reader;
              INSERT INTO docs VALUES (1, 1001), (2, 1002), (3, 1003), (4, 1004);",
         )
         .await;
@@ -347,7 +357,7 @@ async fn large_objects_written_rewritten_and_unlinked_end_equal_after_cutover() 
              SELECT lo_unlink(1003);
              SELECT lo_from_bytea(1005, 'new while streaming');
              SELECT lo_put(1004, 1500000, 'a change deep inside');
-             GRANT UPDATE ON LARGE OBJECT 1005 TO lo_reader;
+             GRANT UPDATE ON LARGE OBJECT 1005 TO lo_reader WITH GRANT OPTION;
              DELETE FROM docs WHERE id = 3;
              INSERT INTO docs VALUES (5, 1005);",
         )

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{assert_same_data, pgrepl, wait_for, wait_for_phase, Cluster, Pair};
+use support::{assert_same_data, pgrepl, wait_for, wait_for_phase, Cluster, ClusterOptions, Pair};
 
 const LIMIT: Duration = Duration::from_secs(240);
 
@@ -58,8 +58,13 @@ struct Writer {
 
 impl Writer {
     async fn start(cluster: &Cluster, user: &str) -> Writer {
+        Writer::start_with(cluster, user, "").await
+    }
+
+    /// `options`: server options for the session (libpq `options`).
+    async fn start_with(cluster: &Cluster, user: &str, options: &str) -> Writer {
         let conninfo = format!(
-            "host={} port={} user={user} dbname=postgres",
+            "host={} port={} user={user} dbname=postgres options='{options}'",
             cluster.socket_dir().display(),
             cluster.port
         );
@@ -73,6 +78,7 @@ impl Writer {
             Arc::new(AtomicU64::new(0)),
         );
         let (s, o, r) = (stop.clone(), ok.clone(), refused.clone());
+        let lazy = options.contains("synchronous_commit=off");
         let task = tokio::spawn(async move {
             let mut errors = Vec::new();
             while !s.load(Ordering::SeqCst) {
@@ -93,7 +99,11 @@ impl Writer {
                         }
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // The asynchronous writer as fast as it can: its last commits
+                // are then in WAL not yet written when the fence goes up.
+                if !lazy {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
             errors
         });
@@ -362,4 +372,42 @@ async fn the_way_back_carries_writes_back_and_a_second_cutover_returns() {
         .batch_execute("INSERT INTO a (v) VALUES ('x')")
         .await
         .is_err());
+}
+
+/// An application committing with synchronous_commit off: its last
+/// commits before the fence are in WAL the server has not written yet
+/// (the WAL writer waits 10 s here). The fence LSN must be past them, and
+/// the sync must apply them: nothing committed on the source is left
+/// behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_not_yet_written_when_the_fence_goes_up_still_cross() {
+    let source = ClusterOptions {
+        settings: vec![
+            "wal_writer_delay = 10s".into(),
+            "wal_writer_flush_after = '1GB'".into(),
+        ],
+        ..Default::default()
+    };
+    let pair = Pair::start_with(source, ClusterOptions::default());
+    pair.source.exec(SCHEMA).await;
+    let sync = spawn(&pair, "sync", &["--roles", "copy"]);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    let lazy = Writer::start_with(&pair.source, "app", "-c synchronous_commit=off").await;
+    wait_for("the writer's rows on the target", LIMIT, || {
+        let ok = lazy.ok.load(Ordering::SeqCst);
+        async move { (ok > 300).then_some(()) }
+    })
+    .await;
+    let out = run(&pair, "cutover", &["--json"]).await;
+    assert!(out.success(), "{out}");
+    let (ok, _, errors) = lazy.stop().await;
+    assert!(
+        errors.iter().any(|e| e.contains("cut over by pgrepl")),
+        "{errors:?}"
+    );
+    let out = sync.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+    let (s, t) = (pair.source.client().await, pair.target.client().await);
+    assert_same_data(&s, &t).await;
+    eprintln!("{ok} asynchronous commits, all on the target");
 }

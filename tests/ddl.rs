@@ -553,3 +553,44 @@ async fn without_ddl_a_new_column_is_a_clear_error_at_its_first_row() {
         Some("0".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrading_the_capture_leaves_the_role_of_older_log_rows_unknown() {
+    let pair = Pair::start();
+    // The log as the first release made it, with a row it recorded.
+    pair.source
+        .exec(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             CREATE SCHEMA pgrepl;
+             CREATE TABLE pgrepl.schema_log (
+                 id bigserial PRIMARY KEY,
+                 logged_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                 xid bigint NOT NULL DEFAULT txid_current(),
+                 command_tag text NOT NULL,
+                 event text NOT NULL,
+                 objects jsonb NOT NULL DEFAULT '[]',
+                 ddl text NOT NULL,
+                 search_path text NOT NULL,
+                 username text NOT NULL DEFAULT session_user,
+                 creation_schema text
+             );
+             INSERT INTO pgrepl.schema_log (command_tag, event, ddl, search_path)
+             VALUES ('CREATE TABLE', 'ddl_command_end', 'CREATE TABLE t (id int PRIMARY KEY)', 'public');",
+        )
+        .await;
+    let out = sync(&pair, &["--copy-only"]).await;
+    assert!(out.success(), "{out}");
+    let s = pair.source.client().await;
+    let row = s
+        .query_one(
+            "SELECT (SELECT role FROM pgrepl.schema_log WHERE id = 1),
+                    (SELECT column_default IS NOT NULL FROM information_schema.columns
+                     WHERE table_schema = 'pgrepl' AND table_name = 'schema_log' AND column_name = 'role')",
+            &[],
+        )
+        .await
+        .expect("the log");
+    let (role, default): (Option<String>, bool) = (row.get(0), row.get(1));
+    assert_eq!(role, None, "a row logged before the column is not stamped");
+    assert!(default, "rows logged from now on record their role");
+}

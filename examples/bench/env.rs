@@ -62,10 +62,14 @@ impl Env {
             "{} missing: build with `cargo build --release --bins`",
             pgrepl.display()
         );
-        let pgcopydb = ["/usr/bin/pgcopydb", "/usr/local/bin/pgcopydb"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file());
+        // A newer pgcopydb built into .cache (it has `compare data`) first.
+        let pgcopydb = [
+            pg::repo_root().join(".cache/pgcopydb/bin/pgcopydb"),
+            PathBuf::from("/usr/local/bin/pgcopydb"),
+            PathBuf::from("/usr/bin/pgcopydb"),
+        ]
+        .into_iter()
+        .find(|p| p.is_file());
         Env {
             quick,
             rounds,

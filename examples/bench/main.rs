@@ -10,6 +10,7 @@ mod apply;
 mod copy;
 mod ddl;
 mod env;
+mod finish;
 mod observe;
 mod report;
 
@@ -47,6 +48,12 @@ async fn main() {
     }
     if wants("ddl") {
         ddl::run(&env, &mut report).await;
+    }
+    if wants("verify") {
+        finish::verify(&env, &mut report).await;
+    }
+    if wants("cutover") {
+        finish::cutover(&env, &mut report).await;
     }
     let table = report.markdown();
     println!("\n{table}");

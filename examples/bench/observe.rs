@@ -24,7 +24,7 @@ pub async fn metrics_cost(
     report: &mut Report,
 ) {
     let rounds = if env.quick { 3 } else { 5 };
-    let load_secs = if env.quick { 6 } else { 15 };
+    let load_secs = if env.quick { 15 } else { 30 };
     println!("\n== what --listen costs the apply ({rounds} alternating rounds)");
     let mut plain = Vec::new();
     let mut listening = Vec::new();

@@ -144,8 +144,11 @@ pub async fn run(
 ) -> Result<Outcome, SessionError> {
     let until = if req.until_caught_up {
         let src = req.source.connect().await?;
+        // The insert position: commits made with synchronous_commit off
+        // and not yet written count as written (they stream once the WAL
+        // writer flushes them).
         let lsn: Lsn = src
-            .query_one("SELECT pg_current_wal_lsn()", &[])
+            .query_one("SELECT pg_current_wal_insert_lsn()", &[])
             .await
             .map_err(|e| SessionError::Target {
                 what: "reading the source position",

@@ -43,12 +43,23 @@ fn err(
     }
 }
 
+/// A large object's grants, `m` its `pg_largeobject_metadata` row: items
+/// `PRIVILEGE:g:grantee` (`g` with grant option, `-` without; the grantee
+/// empty for PUBLIC, a name no role has), the owner's own left out.
+///
+/// The rule: the order is the items' bytes (`COLLATE "C"`), the same on
+/// both sides whatever their collations, so equal grants compare equal.
+const GRANTS: &str = "coalesce((SELECT array_agg(g.item ORDER BY g.item COLLATE \"C\")
+    FROM (SELECT a.privilege_type || ':' || CASE WHEN a.is_grantable THEN 'g' ELSE '-' END || ':'
+                 || CASE WHEN a.grantee = 0 THEN '' ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END AS item
+          FROM pg_catalog.aclexplode(m.lomacl) a WHERE a.grantee <> m.lomowner) g), '{}')";
+
 /// One large object as both sides describe it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Described {
     pub owner: String,
-    /// The privileges as `grantee:privilege` items, sorted (the grantor is
-    /// left out: it differs with who ran the GRANT, not in effect).
+    /// The privileges as [`GRANTS`] items, sorted (the grantor is left
+    /// out: it differs with who ran the GRANT, not in effect).
     pub grants: Vec<String>,
     pub digest: String,
 }
@@ -61,10 +72,7 @@ pub async fn describe_all(
     let rows = client
         .query(
             &format!(
-                "SELECT m.oid::int8, pg_catalog.pg_get_userbyid(m.lomowner)::text,
-                        coalesce((SELECT array_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END
-                                                   || ':' || a.privilege_type ORDER BY 1)
-                                  FROM aclexplode(m.lomacl) a WHERE a.grantee <> m.lomowner), '{{}}'),
+                "SELECT m.oid::int8, pg_catalog.pg_get_userbyid(m.lomowner)::text, {GRANTS},
                         (SELECT md5(string_agg(md5(lo_get(m.oid, g * {PIECE}, {PIECE})), '' ORDER BY g))
                          FROM generate_series(0::int8, greatest(0::int8,
                               (lo_lseek64(lo_open(m.oid, 262144), 0, 2) - 1) / {PIECE})) g)
@@ -89,18 +97,23 @@ pub async fn describe_all(
         .collect())
 }
 
-/// `role:SELECT` (or `PUBLIC:UPDATE`) as a GRANT.
+/// A [`GRANTS`] item (`SELECT:g:app rw`, `UPDATE:-:` for PUBLIC) as a GRANT.
 fn grant_sql(oid: i64, item: &str) -> Option<String> {
-    let (grantee, privilege) = item.rsplit_once(':')?;
+    let mut parts = item.splitn(3, ':');
+    let (privilege, option, grantee) = (parts.next()?, parts.next()?, parts.next()?);
     if !matches!(privilege, "SELECT" | "UPDATE") {
         return None;
     }
     let grantee = match grantee {
-        "PUBLIC" => "PUBLIC".to_string(),
+        "" => "PUBLIC".to_string(),
         g => quote_ident(g),
     };
+    let option = match option {
+        "g" => " WITH GRANT OPTION",
+        _ => "",
+    };
     Some(format!(
-        "GRANT {privilege} ON LARGE OBJECT {oid} TO {grantee}"
+        "GRANT {privilege} ON LARGE OBJECT {oid} TO {grantee}{option}"
     ))
 }
 
@@ -146,11 +159,10 @@ pub async fn copy_one(
     if ownership {
         let row = src
             .query_one(
-                "SELECT pg_catalog.pg_get_userbyid(lomowner)::text,
-                        coalesce((SELECT array_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END
-                                                   || ':' || a.privilege_type)
-                                  FROM aclexplode(lomacl) a WHERE a.grantee <> lomowner), '{}')
-                 FROM pg_catalog.pg_largeobject_metadata WHERE oid = $1",
+                &format!(
+                    "SELECT pg_catalog.pg_get_userbyid(m.lomowner)::text, {GRANTS}
+                     FROM pg_catalog.pg_largeobject_metadata m WHERE m.oid = $1"
+                ),
                 &[&oid_param],
             )
             .await
@@ -225,13 +237,18 @@ mod tests {
     #[test]
     fn grants_become_statements() {
         assert_eq!(
-            grant_sql(42, "app rw:SELECT").as_deref(),
-            Some("GRANT SELECT ON LARGE OBJECT 42 TO \"app rw\"")
+            grant_sql(42, "SELECT:-:app rw:x").as_deref(),
+            Some("GRANT SELECT ON LARGE OBJECT 42 TO \"app rw:x\"")
         );
         assert_eq!(
-            grant_sql(42, "PUBLIC:UPDATE").as_deref(),
+            grant_sql(42, "SELECT:g:PUBLIC").as_deref(),
+            Some("GRANT SELECT ON LARGE OBJECT 42 TO \"PUBLIC\" WITH GRANT OPTION")
+        );
+        assert_eq!(
+            grant_sql(42, "UPDATE:-:").as_deref(),
             Some("GRANT UPDATE ON LARGE OBJECT 42 TO PUBLIC")
         );
-        assert_eq!(grant_sql(42, "x:DELETE"), None);
+        assert_eq!(grant_sql(42, "DELETE:-:x"), None);
+        assert_eq!(grant_sql(42, "garbage"), None);
     }
 }

@@ -25,6 +25,28 @@ use crate::sql::quote::display_ident;
 /// with it, and an inventory read under the fence would move the fence.
 const FENCE_SETTING: &str = "default_transaction_read_only";
 
+/// Settings never carried, database's or roles': they load libraries into
+/// the server's sessions, which the target may not have installed (a
+/// missing one stops every new session, the application's and pgrepl's).
+const PRELOAD_SETTINGS: &[&str] = &[
+    "local_preload_libraries",
+    "session_preload_libraries",
+    "shared_preload_libraries",
+];
+
+const PRELOAD_WHY: &str = "it loads server libraries into every new session, and one the target server lacks stops them all; install the libraries on the target, then set it by hand";
+
+/// Why a setting stays behind, or `None` when it moves.
+fn left_behind(name: &str, target: &TargetView) -> Option<String> {
+    if PRELOAD_SETTINGS.contains(&name) {
+        Some(PRELOAD_WHY.into())
+    } else if !target.accepts(name) {
+        Some(format!("PostgreSQL {} does not know it", target.major))
+    } else {
+        None
+    }
+}
+
 /// What to do with roles the target lacks (`--roles`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RolesPolicy {
@@ -189,14 +211,13 @@ impl Plan {
                 let mut role = role.clone();
                 let settings = std::mem::take(&mut role.settings);
                 for s in settings {
-                    if target.accepts(&s.setting.name) {
-                        role.settings.push(s);
-                    } else {
-                        plan.settings_left.push(LeftSetting {
+                    match left_behind(&s.setting.name, target) {
+                        None => role.settings.push(s),
+                        Some(why) => plan.settings_left.push(LeftSetting {
                             whose: format!("role {}", display_ident(&role.name)),
                             setting: s.setting,
-                            why: format!("PostgreSQL {} does not know it", target.major),
-                        });
+                            why,
+                        }),
                     }
                 }
                 plan.create.push(role);
@@ -249,14 +270,14 @@ impl Plan {
                     setting: s.clone(),
                     why: "pgrepl cutover fences the source with it; set it on the target by hand if the application needs it".into(),
                 });
-            } else if target.accepts(&s.name) {
-                plan.database_settings.push(s.clone());
-            } else {
+            } else if let Some(why) = left_behind(&s.name, target) {
                 plan.settings_left.push(LeftSetting {
                     whose: "the database".into(),
                     setting: s.clone(),
-                    why: format!("PostgreSQL {} does not know it", target.major),
+                    why,
                 });
+            } else {
+                plan.database_settings.push(s.clone());
             }
         }
         plan
@@ -414,6 +435,62 @@ mod tests {
             "an unknown setting is named, not sent"
         );
         assert_eq!(plan.passwords_unreadable(), vec!["app_owner", "app_rw"]);
+    }
+
+    #[test]
+    fn preload_libraries_stay_behind_with_the_reason() {
+        let mut inv = inventory();
+        inv.roles[1].settings.push(RoleSetting {
+            this_database: true,
+            setting: Setting {
+                name: "session_preload_libraries".into(),
+                value: "auto_explain".into(),
+            },
+        });
+        inv.database.settings = vec![
+            Setting {
+                name: "shared_preload_libraries".into(),
+                value: "pg_stat_statements".into(),
+            },
+            Setting {
+                name: "local_preload_libraries".into(),
+                value: "x".into(),
+            },
+            Setting {
+                name: "work_mem".into(),
+                value: "8MB".into(),
+            },
+        ];
+        let mut view = target();
+        view.settings.extend(
+            PRELOAD_SETTINGS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        );
+        let plan = Plan::new(&inv, &view, Some(RolesPolicy::Copy));
+        let moved: Vec<&str> = plan
+            .database_settings
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(moved, vec!["work_mem"]);
+        let app_rw = plan.create.iter().find(|r| r.name == "app_rw");
+        assert!(app_rw.is_some_and(|r| r.settings.is_empty()));
+        let left: Vec<(&str, &str)> = plan
+            .settings_left
+            .iter()
+            .filter(|l| l.why == PRELOAD_WHY)
+            .map(|l| (l.whose.as_str(), l.setting.name.as_str()))
+            .collect();
+        assert_eq!(
+            left,
+            vec![
+                ("role app_rw", "session_preload_libraries"),
+                ("the database", "shared_preload_libraries"),
+                ("the database", "local_preload_libraries"),
+            ]
+        );
     }
 
     #[test]

@@ -57,7 +57,9 @@ fn split_list(value: &str) -> Vec<String> {
     out
 }
 
-fn create_role(r: &RoleDef) -> String {
+/// `CREATE ROLE` with the role's attributes; its password verifier inline
+/// only when `with_password`.
+fn create_role(r: &RoleDef, with_password: bool) -> String {
     let flag = |on: bool, yes: &str, no: &str| if on { yes } else { no }.to_string();
     let mut sql = format!(
         "CREATE ROLE {} WITH {} {} {} {} {} {} {} CONNECTION LIMIT {}",
@@ -71,7 +73,7 @@ fn create_role(r: &RoleDef) -> String {
         flag(r.bypassrls, "BYPASSRLS", "NOBYPASSRLS"),
         r.connlimit,
     );
-    if let Password::Verifier(v) = &r.password {
+    if let (true, Password::Verifier(v)) = (with_password, &r.password) {
         sql.push_str(&format!(" PASSWORD {}", quote_literal(v)));
     }
     if let Some(until) = &r.valid_until {
@@ -101,11 +103,62 @@ fn grant_membership(m: &Membership, target_major: i32) -> String {
     sql
 }
 
+/// Settings that keep a statement out of the server's log, set for the
+/// rest of the transaction (all superuser-only): a password verifier is
+/// as good as the password to whoever reads it.
+const UNLOGGED: &[(&str, &str)] = &[
+    ("log_statement", "none"),
+    ("log_min_error_statement", "panic"),
+    ("log_min_duration_statement", "-1"),
+];
+
+/// `ALTER ROLE … PASSWORD` with the server's statement logging off around
+/// it: each its own statement (a statement is logged as it arrives, before
+/// a `SET LOCAL` sent with it would run). The caller runs them in one
+/// transaction, as every caller of [`statements`] does.
+fn set_password_unlogged(name: &str, verifier: &str) -> Vec<String> {
+    let mut out: Vec<String> = UNLOGGED
+        .iter()
+        .map(|(setting, value)| format!("SET LOCAL {setting} = {}", quote_literal(value)))
+        .collect();
+    out.push(format!(
+        "ALTER ROLE {} PASSWORD {}",
+        quote_ident(name),
+        quote_literal(verifier)
+    ));
+    out.extend(
+        UNLOGGED
+            .iter()
+            .map(|(setting, _)| format!("RESET {setting}")),
+    );
+    out
+}
+
 /// The statements that create the plan's roles, then their settings and
 /// memberships (every role first, so memberships between them resolve).
 /// `database`: the target database, for per-database role settings.
-pub fn statements(plan: &Plan, database: &str, target_major: i32) -> Vec<String> {
-    let mut out: Vec<String> = plan.create.iter().map(create_role).collect();
+/// `target_superuser`: passwords are set with the server's statement log
+/// off (see [`set_password_unlogged`]); others may not turn it off, so
+/// the verifier goes in `CREATE ROLE` as before. Run them in one
+/// transaction, each on its own (one `batch_execute` per item).
+pub fn statements(
+    plan: &Plan,
+    database: &str,
+    target_major: i32,
+    target_superuser: bool,
+) -> Vec<String> {
+    let mut out: Vec<String> = plan
+        .create
+        .iter()
+        .map(|r| create_role(r, !target_superuser))
+        .collect();
+    if target_superuser {
+        for r in &plan.create {
+            if let Password::Verifier(v) = &r.password {
+                out.extend(set_password_unlogged(&r.name, v));
+            }
+        }
+    }
     for r in &plan.create {
         for s in &r.settings {
             let scope = match s.this_database {
@@ -135,13 +188,37 @@ pub fn redacted(sql: &str) -> String {
     }
 }
 
-/// Removes the roles a copy created, if the copy is undone.
+/// Removes the roles a copy created, if the copy is undone (run after the
+/// schema's own cleanup, in its transaction).
+///
+/// The rule: one role that cannot go (it owns or was granted something in
+/// another database, or something created since) never stops the others
+/// nor the rest of the cleanup: each role in a block of its own, what it
+/// owns here handed to the cleaning user and its grants here dropped
+/// first, a failure a WARNING naming the role.
 pub fn cleanup(plan: &Plan) -> String {
     plan.create
         .iter()
         .rev()
-        .map(|r| format!("DROP ROLE IF EXISTS {};\n", quote_ident(&r.name)))
+        .map(|r| drop_role_block(&r.name))
         .collect()
+}
+
+fn drop_role_block(name: &str) -> String {
+    let role = quote_ident(name);
+    let body = format!(
+        "BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {name}) THEN
+        REASSIGN OWNED BY {role} TO CURRENT_USER;
+        DROP OWNED BY {role};
+        DROP ROLE {role};
+    END IF;
+EXCEPTION WHEN others THEN
+    RAISE WARNING 'pgrepl: role % was left on the target: %', {name}, SQLERRM;
+END",
+        name = quote_literal(name),
+    );
+    format!("DO {};\n", quote_literal(&body))
 }
 
 #[cfg(test)]
@@ -188,9 +265,26 @@ mod tests {
             settings: vec![],
         };
         assert_eq!(
-            create_role(&r),
+            create_role(&r, true),
             "CREATE ROLE \"app rw\" WITH NOSUPERUSER INHERIT NOCREATEROLE CREATEDB LOGIN NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 5 PASSWORD 'SCRAM-SHA-256$4096:abc' VALID UNTIL '2030-01-01 00:00:00+00'"
         );
+        let plan = Plan {
+            create: vec![r],
+            ..Default::default()
+        };
+        let sql = statements(&plan, "db", 17, true);
+        assert!(!sql[0].contains("PASSWORD"), "{sql:?}");
+        let at = sql
+            .iter()
+            .position(|s| s.starts_with("ALTER ROLE \"app rw\" PASSWORD 'SCRAM"))
+            .expect("the password on its own");
+        assert_eq!(sql[at - 3], "SET LOCAL log_statement = 'none'");
+        assert_eq!(sql[at - 2], "SET LOCAL log_min_error_statement = 'panic'");
+        assert_eq!(sql[at + 1], "RESET log_statement");
+        assert_eq!(redacted(&sql[at]), "ALTER ROLE \"app rw\" PASSWORD '…'");
+        let sql = statements(&plan, "db", 17, false);
+        assert_eq!(sql.len(), 1, "{sql:?}");
+        assert!(sql[0].contains(" PASSWORD 'SCRAM"), "{sql:?}");
     }
 
     #[test]
@@ -210,5 +304,13 @@ mod tests {
             grant_membership(&m, 15),
             "GRANT \"g\" TO \"u\" WITH ADMIN OPTION"
         );
+    }
+
+    #[test]
+    fn cleanup_quotes_the_role_inside_the_block() {
+        let block = drop_role_block("we'ird \"r\"");
+        assert!(block.starts_with("DO 'BEGIN"), "{block}");
+        assert!(block.contains(r#"DROP ROLE "we''ird ""r""";"#), "{block}");
+        assert!(block.contains(r#"rolname = ''we''''ird "r"'')"#), "{block}");
     }
 }

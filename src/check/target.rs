@@ -119,10 +119,36 @@ pub(super) async fn check(
         ));
         return Ok((facts, existing));
     }
+    large_objects(client, report).await?;
     if let Some(selected) = selected {
         tables(client, opts, selected, report).await?;
     }
     Ok((facts, None))
+}
+
+/// The rule: a new sync makes the target's large objects the source's,
+/// removing those the source lacks; so it starts only on a database that
+/// has none (a sync resuming holds the source's, and never gets here).
+async fn large_objects(client: &Client, report: &mut Report) -> Result<(), CheckError> {
+    let count: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata",
+            &[],
+        )
+        .await
+        .map_err(query_error(SIDE, "counting large objects"))?
+        .get(0);
+    if count > 0 {
+        report.push(Finding::error(
+            SIDE,
+            "large_objects",
+            format!(
+                "the target database already holds {count} large object(s): the sync would replace or remove them with the source's"
+            ),
+            "remove them on the target (SELECT lo_unlink(oid) FROM pg_largeobject_metadata) or sync into an empty database",
+        ));
+    }
+    Ok(())
 }
 
 async fn privileges(

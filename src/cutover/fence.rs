@@ -7,8 +7,9 @@
 //!   waits until every transaction that wrote one has ended (so each of
 //!   them commits before the fence LSN), and then blocks INSERT, UPDATE,
 //!   DELETE, TRUNCATE, COPY and DDL on them from every session, whatever
-//!   its role or settings; the same lock on `pg_largeobject` holds large
-//!   object writers while cutover copies them;
+//!   its role or settings; the same lock on `pg_largeobject` and
+//!   `pg_largeobject_metadata` holds large object writers while cutover
+//!   copies them;
 //! - sessions already open, after the cutover: statement triggers on every
 //!   synced table (`BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE`) that
 //!   refuse the write, created in the locking transaction and committed
@@ -115,12 +116,20 @@ pub async fn put_up(
             "starting the fence",
         )
         .await?;
-        // pg_largeobject too: large objects are not decoded, cutover copies
-        // them under the fence, so their writers must wait as well.
+        // pg_largeobject and pg_largeobject_metadata too: large objects
+        // are not decoded, cutover copies them under the fence, so their
+        // writers must wait as well: those of their contents (lo_write,
+        // lo_put, lo_unlink), and those of only their metadata (lo_create,
+        // ALTER LARGE OBJECT … OWNER, GRANT … ON LARGE OBJECT). Both
+        // catalogs belong to the bootstrap superuser and take the same
+        // privilege to lock, so the one fails when the other would.
         let names: Vec<String> = tables
             .iter()
             .map(|t| t.quoted())
-            .chain(std::iter::once("pg_catalog.pg_largeobject".to_string()))
+            .chain([
+                "pg_catalog.pg_largeobject".to_string(),
+                "pg_catalog.pg_largeobject_metadata".to_string(),
+            ])
             .collect();
         let started = Instant::now();
         loop {
@@ -172,8 +181,11 @@ pub async fn put_up(
             )
             .await?;
         }
+        // The insert position, not the write position: a commit made with
+        // synchronous_commit off just before the fence may sit in WAL the
+        // server has not written yet, and must be applied too.
         let lsn: Lsn = lock
-            .query_one("SELECT pg_current_wal_lsn()", &[])
+            .query_one("SELECT pg_current_wal_insert_lsn()", &[])
             .await
             .map_err(|e| CutoverError::source("reading the fence LSN", &e))?
             .get(0);
@@ -182,14 +194,23 @@ pub async fn put_up(
     .await;
     match fence {
         Ok(lsn) => {
-            // A record past the fence, so an idle source tells the sync it
-            // is there.
-            let _ = admin
-                .execute(
-                    "SELECT pg_logical_emit_message(false, 'pgrepl', 'fence')",
-                    &[],
+            // A commit past the fence, flushed: everything before it is then
+            // on disk and streams (a walsender sends flushed WAL only), and
+            // an idle source tells the sync the fence is there.
+            let flushed = admin
+                .batch_execute(
+                    "SET synchronous_commit = on;
+                     SELECT pg_logical_emit_message(true, 'pgrepl', 'fence');",
                 )
                 .await;
+            if let Err(e) = flushed {
+                drop(lock);
+                undo_persistent(&admin, &database, &[]).await;
+                return Err(CutoverError::source(
+                    "flushing the WAL through the fence",
+                    &e,
+                ));
+            }
             Ok(Fence {
                 lock,
                 database,

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
+use crate::carry::keep::Outcome;
 use crate::conn::error::describe;
 use crate::conn::{ConnectError, Endpoint, Side};
 use crate::control::{ControlError, Listener, Request, Requester, State};
@@ -314,12 +315,23 @@ async fn cut_over(
     }
     steps.done("lag under the limits");
 
-    // 2. The fence, and its LSN.
+    // 2. The sync's rounds for large objects and roles stand aside (a
+    // round running ends first; see `carry::keep`), for as long as this
+    // session lives: then the fence, and its LSN.
+    let mut carry = req.target.connect().await?;
+    crate::carry::keep::hold_off(&carry, req.name, req.wait)
+        .await
+        .map_err(|e| {
+            CutoverError::Other(format!(
+                "target: the sync's round of large objects and roles did not end in time ({}): try again, or raise --wait",
+                describe(&e)
+            ))
+        })?;
     let fence = fence::put_up(req.source, tables, req.wait, req.terminate).await?;
     let fenced_at = fence.since;
     let fence_lsn = fence.lsn;
     steps.done(&format!("source fenced at {}", fence.lsn));
-    let outcome = under_fence(req, src, tgt, &fence, steps).await;
+    let outcome = under_fence(req, src, tgt, &mut carry, &fence, steps).await;
     match outcome {
         Ok((mut held, sequences_set, verified, reverse)) => {
             // 7. The fence's lasting part takes over; the sync ends.
@@ -357,12 +369,14 @@ async fn cut_over(
 
 type Held<'a> = Requester<'a>;
 
-/// Steps 3 to 6, the fence standing. On error, also the request to
-/// release (if the sync holds already).
+/// Steps 3 to 6, the fence standing; `carry`: the target session holding
+/// the carry lock. On error, also the request to release (if the sync
+/// holds already).
 async fn under_fence<'a>(
     req: &CutoverRequest<'_>,
     src: &Client,
     tgt: &'a Client,
+    carry: &mut Client,
     fence: &fence::Fence,
     steps: &mut Steps,
 ) -> Result<(Held<'a>, usize, bool, Option<String>), (CutoverError, Option<Held<'a>>)> {
@@ -417,18 +431,27 @@ async fn under_fence<'a>(
     steps.done(&format!("{sequences_set} sequence(s) set exactly"));
 
     // 4b. What the stream does not carry: roles the objects came to need,
-    // large objects (the fence locks pg_largeobject, so this is exact).
+    // large objects (the fence locks pg_largeobject and its metadata, so
+    // this is exact), on the session holding the carry lock; a target lock
+    // in the way waits --wait at most.
     let policy = match crate::progress::state::load_sync(tgt, req.name).await {
         Ok(r) => r.and_then(|r| r.roles),
         Err(e) => return Err((CutoverError::target("reading the sync", &e), Some(held))),
     };
-    let carried = async {
-        let mut tgt = req.target.connect().await.map_err(|e| e.to_string())?;
-        crate::carry::keep::round_on(fence.session(), &mut tgt, req.name, policy).await
-    };
+    let carried =
+        crate::carry::keep::round_on(fence.session(), carry, req.name, policy, Some(req.wait));
     match carried.await {
-        Ok(Some(lo)) => steps.done(&format!("{} large object(s) exact", lo.total)),
-        Ok(None) => {}
+        Ok(Outcome::Done(Some(lo))) => steps.done(&format!("{} large object(s) exact", lo.total)),
+        Ok(Outcome::Done(None)) => {}
+        Ok(Outcome::Busy) => {
+            return Err((
+                CutoverError::Other(
+                    "target: another session holds the carry lock of this sync (another cutover?)"
+                        .into(),
+                ),
+                Some(held),
+            ))
+        }
         Err(e) => {
             return Err((
                 CutoverError::Other(format!("bringing large objects and roles in step: {e}")),

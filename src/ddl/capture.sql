@@ -17,9 +17,12 @@ ALTER TABLE pgrepl.schema_log ADD COLUMN IF NOT EXISTS settings jsonb;
 ALTER TABLE pgrepl.schema_log ADD COLUMN IF NOT EXISTS fixed_defaults jsonb;
 ALTER TABLE pgrepl.schema_log ADD COLUMN IF NOT EXISTS failure jsonb;
 -- The role the command ran as: SET ROLE's, else the session user's (the
--- capture functions run as their owner, so not current_user).
-ALTER TABLE pgrepl.schema_log ADD COLUMN IF NOT EXISTS role text
-    DEFAULT CASE pg_catalog.current_setting('role') WHEN 'none' THEN session_user::text
+-- capture functions run as their owner, so not current_user). Added
+-- without a default, then given one: rows logged before it stay NULL
+-- (unknown) rather than all stamped with whoever upgraded.
+ALTER TABLE pgrepl.schema_log ADD COLUMN IF NOT EXISTS role text;
+ALTER TABLE pgrepl.schema_log ALTER COLUMN role
+    SET DEFAULT CASE pg_catalog.current_setting('role') WHEN 'none' THEN session_user::text
                                                     ELSE pg_catalog.current_setting('role') END;
 CREATE TABLE IF NOT EXISTS pgrepl.config (
     sync_name text PRIMARY KEY,

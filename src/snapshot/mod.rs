@@ -188,6 +188,7 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
             req.carry,
             &req.target_facts.database,
             req.target_facts.major(),
+            req.target_facts.is_superuser,
         ) {
             tx.batch_execute(&sql)
                 .await

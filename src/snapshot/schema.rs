@@ -170,12 +170,67 @@ pub fn parse_dump(dump: &str) -> Result<Vec<Statement>, SchemaError> {
         if text.is_empty() {
             continue;
         }
-        out.push(Statement {
-            sql: text.to_string(),
-            kind: classify(text)?,
-        });
+        let Some(text) = without_server_stamps(text)? else {
+            continue;
+        };
+        let kind = classify(&text)?;
+        out.push(Statement { sql: text, kind });
     }
     Ok(out)
+}
+
+/// Column options a server sets itself and another server may not know.
+/// Debian's PostgreSQL 15.20 stamps every column with `pg_attver=N`
+/// (checked on these machines); pg_dump prints it as `ALTER COLUMN c SET
+/// (pg_attver=N)`, which every other server rejects ("unrecognized
+/// parameter") and which the target's own server sets for itself.
+const SERVER_STAMPS: &[&str] = &["pg_attver"];
+
+/// The statement without the server's own column stamps: `None` when
+/// nothing else was left in it, the deparsed rest when other options were
+/// set beside them, the statement as it was otherwise.
+fn without_server_stamps(sql: &str) -> Result<Option<String>, SchemaError> {
+    if !SERVER_STAMPS.iter().any(|s| sql.contains(s)) {
+        return Ok(Some(sql.to_string()));
+    }
+    let mut parsed =
+        pg_query::parse(sql, 0).map_err(|e| SchemaError::Parse(format!("{e}: {}", short(sql))))?;
+    let Some(NodeEnum::AlterTableStmt(a)) = parsed
+        .protobuf
+        .stmts
+        .first_mut()
+        .and_then(|s| s.stmt.as_mut())
+        .and_then(|n| n.node.as_mut())
+    else {
+        return Ok(Some(sql.to_string()));
+    };
+    let mut stripped = false;
+    a.cmds.retain_mut(|cmd| {
+        let Some(NodeEnum::AlterTableCmd(c)) = &mut cmd.node else {
+            return true;
+        };
+        if c.subtype != AlterTableType::AtSetOptions as i32 {
+            return true;
+        }
+        let Some(NodeEnum::List(options)) = c.def.as_deref_mut().and_then(|d| d.node.as_mut()) else {
+            return true;
+        };
+        let before = options.items.len();
+        options.items.retain(|o| {
+            !matches!(&o.node, Some(NodeEnum::DefElem(d)) if SERVER_STAMPS.contains(&d.defname.as_str()))
+        });
+        stripped |= options.items.len() != before;
+        !options.items.is_empty()
+    });
+    if !stripped {
+        return Ok(Some(sql.to_string()));
+    }
+    if a.cmds.is_empty() {
+        return Ok(None);
+    }
+    pg_query::deparse(&parsed.protobuf, Default::default())
+        .map(Some)
+        .map_err(|e| SchemaError::Parse(format!("{e}: {}", short(sql))))
 }
 
 /// A `--clean` dump cut in two: the drops it starts with, and the rest.
@@ -363,6 +418,26 @@ CREATE FUNCTION shop.f() RETURNS int LANGUAGE sql AS $$ SELECT 1; $$;
         assert!(script.contains("DROP SCHEMA IF EXISTS shop;"));
         assert!(!script.contains("EXTENSION"), "extensions are kept");
         assert!(!script.contains("public"), "schemas that existed are kept");
+    }
+
+    #[test]
+    fn the_servers_own_column_stamps_stay_behind() {
+        let dump = "CREATE TABLE public.zz (a integer, b text);
+ALTER TABLE ONLY public.zz ALTER COLUMN a SET (pg_attver=121752640);
+ALTER TABLE ONLY public.zz ALTER COLUMN b SET (n_distinct=5, pg_attver=121752640);
+ALTER TABLE ONLY public.zz REPLICA IDENTITY FULL;";
+        let sql: Vec<String> = parse_dump(dump)
+            .expect("parses")
+            .into_iter()
+            .map(|s| s.sql)
+            .collect();
+        assert_eq!(sql.len(), 3, "{sql:?}");
+        assert!(sql.iter().all(|s| !s.contains("pg_attver")), "{sql:?}");
+        assert!(
+            sql[1].contains("n_distinct") && sql[1].contains("ALTER COLUMN b"),
+            "{sql:?}"
+        );
+        assert!(sql[2].contains("REPLICA IDENTITY FULL"), "{sql:?}");
     }
 
     #[test]

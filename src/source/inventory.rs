@@ -125,7 +125,9 @@ pub struct Inventory {
 
 /// The roles the database's objects name, then their members (down) and
 /// the groups all of those belong to (up). Oid 10 is the bootstrap
-/// superuser; other oids under 16384 are predefined roles.
+/// superuser; other oids under 16384 are predefined roles. `FOLLOWED` is
+/// the condition on the memberships the recursion follows (see
+/// [`followed_memberships`]).
 const NEEDED_ROLES: &str = "
 WITH RECURSIVE schemas AS (
     SELECT n.oid FROM pg_namespace n WHERE SKIPPED
@@ -157,10 +159,10 @@ WITH RECURSIVE schemas AS (
         WHERE d.datname = current_database() AND a.grantee <> d.datdba
 ), down(role) AS (
     SELECT role FROM direct WHERE role <> 0
-    UNION SELECT m.member FROM pg_auth_members m JOIN down d ON m.roleid = d.role
+    UNION SELECT m.member FROM pg_auth_members m JOIN down d ON m.roleid = d.role WHERE FOLLOWED
 ), up(role) AS (
     SELECT role FROM down
-    UNION SELECT m.roleid FROM pg_auth_members m JOIN up u ON m.member = u.role
+    UNION SELECT m.roleid FROM pg_auth_members m JOIN up u ON m.member = u.role WHERE FOLLOWED
 )
 SELECT r.oid::int8, r.rolname::text, r.oid <> 10 AND r.oid < 16384, r.rolsuper, r.rolinherit,
        r.rolcreaterole, r.rolcreatedb, r.rolcanlogin, r.rolreplication, r.rolbypassrls,
@@ -168,10 +170,41 @@ SELECT r.oid::int8, r.rolname::text, r.oid <> 10 AND r.oid < 16384, r.rolsuper, 
 FROM pg_roles r JOIN up ON up.role = r.oid
 ORDER BY r.rolname";
 
+/// The memberships that make a role needed, as a condition on
+/// `pg_auth_members m`.
+///
+/// The rule: on PostgreSQL 16+ a membership that neither passes the
+/// group's privileges on (INHERIT) nor lets the member become the group
+/// (SET) is followed by nobody's privileges: it is the ADMIN grant 16
+/// gives a non-superuser on every role it creates. Following it would
+/// pull the creator in, then every role it ever created; so only
+/// memberships with INHERIT or SET are followed there. Older servers
+/// have no such grants and no such options: every membership counts.
+fn followed_memberships(v16: bool) -> &'static str {
+    if v16 {
+        "(m.inherit_option OR m.set_option)"
+    } else {
+        "true"
+    }
+}
+
+async fn is_v16(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int >= 160000",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 impl Inventory {
     /// Reads the inventory of the database `client` is connected to.
     pub async fn read(client: &impl GenericClient) -> Result<Inventory, tokio_postgres::Error> {
-        let sql = NEEDED_ROLES.replace("SKIPPED", SKIPPED_SCHEMAS);
+        let v16 = is_v16(client).await?;
+        let sql = NEEDED_ROLES
+            .replace("SKIPPED", SKIPPED_SCHEMAS)
+            .replace("FOLLOWED", followed_memberships(v16));
         let rows = client.query(&sql, &[]).await?;
         let mut oids = Vec::with_capacity(rows.len());
         let mut roles = Vec::with_capacity(rows.len());
@@ -195,7 +228,7 @@ impl Inventory {
         }
         read_passwords(client, &mut roles).await?;
         read_role_settings(client, &oids, &mut roles).await?;
-        let memberships = read_memberships(client, &oids).await?;
+        let memberships = read_memberships(client, &oids, v16).await?;
         let extensions = client
             .query(
                 "SELECT e.extname::text, e.extversion, n.nspname::text
@@ -293,26 +326,24 @@ async fn read_role_settings(
     Ok(())
 }
 
+/// The memberships between needed roles, one per (group, member): on 16+
+/// the same membership may be granted by several grantors, each row with
+/// its own options, and the member has an option when any grant gives it.
 async fn read_memberships(
     client: &impl GenericClient,
     oids: &[i64],
+    v16: bool,
 ) -> Result<Vec<Membership>, tokio_postgres::Error> {
-    let v16: bool = client
-        .query_one(
-            "SELECT current_setting('server_version_num')::int >= 160000",
-            &[],
-        )
-        .await?
-        .get(0);
     let options = if v16 {
-        "m.inherit_option, m.set_option"
+        "bool_or(m.inherit_option), bool_or(m.set_option)"
     } else {
         "NULL::bool, NULL::bool"
     };
     let sql = format!(
-        "SELECT g.rolname::text, u.rolname::text, m.admin_option, {options}
+        "SELECT g.rolname::text, u.rolname::text, bool_or(m.admin_option), {options}
          FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
-         WHERE m.member::int8 = ANY($1) ORDER BY 1, 2"
+         WHERE m.member::int8 = ANY($1) AND m.roleid::int8 = ANY($1)
+         GROUP BY 1, 2 ORDER BY 1, 2"
     );
     Ok(client
         .query(&sql, &[&oids])

@@ -1,6 +1,11 @@
-//! Hashing a key range on one side, in SQL: the row count and two 60-bit
-//! sums of md5 over each row's canonical text (order-free, duplicates
-//! counted), so only two numbers cross the network per range. A range
+//! Hashing a table's parts on one side, in SQL: per part, the row count
+//! and the exact (numeric) sum of a 64-bit hash of each row's canonical
+//! text in the "C" collation (`hashtextextended`, which hash partitioning relies on being
+//! the same in every major; checked equal on 12, 15 and 18): order-free,
+//! duplicates counted, two numbers per part on the wire. Six times
+//! cheaper than an md5 per row (pgbench_accounts, 500k rows: 117 ms
+//! against 704 ms); two changed rows cancel out only if their hashes'
+//! differences do, one chance in 2^64. A part
 //! whose hashes differ is narrowed down: every row's key and md5 from both
 //! sides, then, for the first rows that differ, their columns.
 
@@ -49,28 +54,67 @@ fn err(side: Side, what: &'static str) -> impl Fn(tokio_postgres::Error) -> Veri
     }
 }
 
+/// The whole table on one side, in one pass.
 pub async fn fingerprint(
     client: &Client,
     side: Side,
     plan: &TablePlan,
-    chunk: &Chunk,
 ) -> Result<Fingerprint, VerifyError> {
-    let (range, values) = plan.range(chunk);
     let sql = format!(
-        "SELECT count(*)::int8, coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::int8), 0)::text || '/'
-                || coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::int8), 0)::text
-         FROM (SELECT md5({row}) AS h FROM ONLY {table} AS t WHERE {range}) s",
+        "SELECT count(*)::int8, coalesce(sum(pg_catalog.hashtextextended({row} COLLATE \"C\", 0)), 0)::text
+         FROM ONLY {table} AS t",
         row = plan.row_text(),
         table = plan.name.quoted(),
     );
     let row = client
-        .query_one(&sql, &params(&values))
+        .query_one(&sql, &[])
         .await
         .map_err(err(side, "hashing rows"))?;
     Ok(Fingerprint {
         rows: row.get(0),
         hash: row.get(1),
     })
+}
+
+/// Every part of a table on one side, in one pass: part `i`'s fingerprint
+/// at index `i` (an empty part: no rows, sum 0). The parts come from a
+/// join with `generate_series` so the planner knows there are few groups
+/// (grouping by the expression alone, it expects one per row and sorts).
+pub async fn fingerprints(
+    client: &Client,
+    side: Side,
+    plan: &TablePlan,
+) -> Result<Vec<Fingerprint>, VerifyError> {
+    let sql = format!(
+        "SELECT g.p::int8, count(*)::int8, sum(s.h)::text
+         FROM (SELECT {part} AS p, pg_catalog.hashtextextended({row} COLLATE \"C\", 0) AS h
+               FROM ONLY {table} AS t) s
+         JOIN pg_catalog.generate_series(0, {last}) AS g(p) ON g.p = s.p
+         GROUP BY g.p",
+        part = plan.part_of(),
+        row = plan.row_text(),
+        table = plan.name.quoted(),
+        last = plan.parts.max(1) - 1,
+    );
+    let rows = client
+        .query(&sql, &[])
+        .await
+        .map_err(err(side, "hashing parts"))?;
+    let empty = Fingerprint {
+        rows: 0,
+        hash: "0".into(),
+    };
+    let mut out = vec![empty; plan.parts.max(1) as usize];
+    for r in rows {
+        let part = r.get::<_, i64>(0);
+        if let Some(slot) = usize::try_from(part).ok().and_then(|p| out.get_mut(p)) {
+            *slot = Fingerprint {
+                rows: r.get(1),
+                hash: r.get(2),
+            };
+        }
+    }
+    Ok(out)
 }
 
 /// One row's entry: its md5, how many such rows, and its key's values.

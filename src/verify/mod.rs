@@ -170,7 +170,7 @@ pub async fn run(req: &VerifyRequest<'_>) -> Result<Report, VerifyError> {
         .iter()
         .map(|p| TableReport::new(p.name.to_string()))
         .collect();
-    let mut chunks = VecDeque::new();
+    let mut tables = Vec::new();
     for (i, p) in plans.iter().enumerate() {
         let present: bool = targets[0]
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&p.name.quoted()])
@@ -181,13 +181,14 @@ pub async fn run(req: &VerifyRequest<'_>) -> Result<Report, VerifyError> {
             reports[i].data = Data::MissingOnTarget;
             continue;
         }
-        let c = p.chunks(i);
-        reports[i].chunks = c.len();
-        chunks.extend(c);
+        reports[i].chunks = p.parts as usize;
+        tables.push(i);
     }
-    let bars = Bars::new(req.progress, chunks.len());
+    // The largest first, so the last to finish is a small one.
+    tables.sort_by(|a, b| plans[*b].estimate.total_cmp(&plans[*a].estimate));
+    let bars = Bars::new(req.progress, tables.len());
     let plans = Arc::new(plans);
-    let queue = Arc::new(Mutex::new(chunks));
+    let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
     let results = Arc::new(Mutex::new(Vec::new()));
     let mut set = JoinSet::new();
     let mut pairs = sources.into_iter().zip(targets).collect::<Vec<_>>();
@@ -262,40 +263,59 @@ pub async fn run(req: &VerifyRequest<'_>) -> Result<Report, VerifyError> {
 
 type Outcome = (usize, i64, i64, Option<hash::Differences>);
 
-/// One source and one target session, hashing ranges until none is left.
+/// One source and one target session, hashing tables until none is
+/// left: every part of a table in one pass per side, then each part that
+/// differs narrowed down.
 async fn worker(
     src: Client,
     tgt: Client,
     plans: Arc<Vec<TablePlan>>,
-    queue: Arc<Mutex<VecDeque<Chunk>>>,
+    queue: Arc<Mutex<VecDeque<usize>>>,
     results: Arc<Mutex<Vec<Outcome>>>,
     bars: Bars,
 ) -> Result<(Client, Client), VerifyError> {
     loop {
         let next = queue.lock().ok().and_then(|mut q| q.pop_front());
-        let Some(chunk) = next else {
+        let Some(table) = next else {
             return Ok((src, tgt));
         };
-        let plan = &plans[chunk.table];
+        let plan = &plans[table];
         let (a, b) = tokio::try_join!(
             async {
-                let r = hash::fingerprint(&src, Side::Source, plan, &chunk).await;
+                let r = hash::fingerprint(&src, Side::Source, plan).await;
                 bars.source.inc(1);
                 r
             },
             async {
-                let r = hash::fingerprint(&tgt, Side::Target, plan, &chunk).await;
+                let r = hash::fingerprint(&tgt, Side::Target, plan).await;
                 bars.target.inc(1);
                 r
             }
         )?;
-        let diff = if a == b {
-            None
-        } else {
-            Some(hash::narrow(&src, &tgt, plan, &chunk).await?)
+        if a == b {
+            if let Ok(mut r) = results.lock() {
+                r.push((table, a.rows, b.rows, None));
+            }
+            continue;
+        }
+        // Different: split into parts, narrow the ones that differ.
+        let (parts_a, parts_b) = match plan.parts {
+            0 | 1 => (vec![a], vec![b]),
+            _ => tokio::try_join!(
+                hash::fingerprints(&src, Side::Source, plan),
+                hash::fingerprints(&tgt, Side::Target, plan)
+            )?,
         };
-        if let Ok(mut r) = results.lock() {
-            r.push((chunk.table, a.rows, b.rows, diff));
+        for (index, (a, b)) in (0u32..).zip(parts_a.iter().zip(&parts_b)) {
+            let diff = if a == b {
+                None
+            } else {
+                let chunk = Chunk { table, index };
+                Some(hash::narrow(&src, &tgt, plan, &chunk).await?)
+            };
+            if let Ok(mut r) = results.lock() {
+                r.push((table, a.rows, b.rows, diff));
+            }
         }
     }
 }
