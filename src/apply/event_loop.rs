@@ -51,6 +51,14 @@ fn control_error(e: crate::control::ControlError) -> ApplyError {
     }
 }
 
+/// Waits for the control channel's NOTIFY; never returns without a gate.
+async fn notified(gate: &mut Option<Gate>) {
+    match gate {
+        Some(g) => g.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl EventLoop<'_> {
     pub async fn run(&mut self, stop: &mut watch::Receiver<bool>) -> Result<Ended, ApplyError> {
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -88,7 +96,10 @@ impl EventLoop<'_> {
                     self.applier.finish().await?;
                     return Ok(Ended::Stopped);
                 }
-                event = self.receiver.events.recv() => event,
+                event = self.receiver.events.recv() => Some(event),
+                // A request (verify, cutover) wakes an idle stream at once:
+                // a fenced source sends nothing until its next keepalive.
+                _ = notified(&mut self.gate) => None,
                 _ = ticker.tick() => {
                     self.applier.tick().await?;
                     if let Some(g) = &mut self.gate {
@@ -96,6 +107,12 @@ impl EventLoop<'_> {
                     }
                     continue;
                 }
+            };
+            let Some(event) = event else {
+                if let Some(g) = &mut self.gate {
+                    g.poll(true).await.map_err(control_error)?;
+                }
+                continue;
             };
             match event {
                 None => return Err(ApplyError::Stream(StreamError::Ended)),

@@ -92,6 +92,11 @@ impl Gate {
         })
     }
 
+    /// Returns when a request may have come (a NOTIFY on the channel).
+    pub async fn notified(&mut self) {
+        self.listener.notified().await
+    }
+
     pub fn is_holding(&self) -> bool {
         matches!(self.phase, Phase::Held { .. })
     }

@@ -34,6 +34,15 @@ impl Listener {
         })
     }
 
+    /// Returns when a notification arrives (never, once the channel is
+    /// gone: the callers poll on a timer as well).
+    pub async fn notified(&mut self) {
+        if self.notes.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+        while self.notes.try_recv().is_ok() {}
+    }
+
     /// Returns when a notification arrives, or after `at_most`.
     pub async fn wait(&mut self, at_most: Duration) {
         let _ = tokio::time::timeout(at_most, self.notes.recv()).await;
