@@ -362,12 +362,26 @@ async fn tail_prints_changes_and_ddl_and_leaves_nothing_behind() {
     let source = pair.source.conninfo();
 
     // No sync yet: tail makes its own publication and drops it at the end.
-    let tail = pgrepl::spawn(&["tail", "--source", &source, "--temporary"]);
+    let tail = pgrepl::spawn(&[
+        "tail",
+        "--source",
+        &source,
+        "--temporary",
+        "--include",
+        "public.items",
+    ]);
     tailing(&tail).await;
+    pair.source
+        .exec("CREATE TABLE other (x int PRIMARY KEY); INSERT INTO other VALUES (1);")
+        .await;
     pair.source
         .exec("INSERT INTO items VALUES (1, 'mug', 9.90, '{\"a\": 1}', true)")
         .await;
-    let records = tail_until(&tail, &["insert"]).await;
+    let records = tail_until(&tail, &["insert", "commit"]).await;
+    // A transaction that changes nothing selected prints nothing: the
+    // first record is the begin of the INSERT's transaction.
+    let kinds: Vec<&str> = records.iter().filter_map(|r| r["kind"].as_str()).collect();
+    assert_eq!(kinds, ["begin", "insert", "commit"], "{records:?}");
     let insert = records
         .iter()
         .find(|r| r["kind"] == "insert")

@@ -210,6 +210,7 @@ async fn stream(
         relations: HashMap::new(),
         types: HashMap::new(),
         at: None,
+        begin: None,
         selection: &req.selection,
         tailed: Tailed::default(),
     };
@@ -236,8 +237,12 @@ async fn stream(
             match decoder.record(src, message).await {
                 Ok(records) => {
                     for (record, end) in records {
-                        serde_json::to_writer(&mut *out, &record).map_err(std::io::Error::from)?;
-                        out.write_all(b"\n")?;
+                        // Null: the end of a transaction nothing of was shown.
+                        if !record.is_null() {
+                            serde_json::to_writer(&mut *out, &record)
+                                .map_err(std::io::Error::from)?;
+                            out.write_all(b"\n")?;
+                        }
                         if let Some(end) = end {
                             out.flush()?;
                             if advance {
@@ -265,6 +270,9 @@ struct Decoder<'a> {
     relations: HashMap<u32, Relation>,
     types: HashMap<u32, String>,
     at: Option<At>,
+    /// The open transaction's `begin`, printed with its first shown change
+    /// (a transaction that changes nothing selected prints nothing).
+    begin: Option<serde_json::Value>,
     selection: &'a Selection,
     tailed: Tailed,
 }
@@ -295,7 +303,8 @@ impl Decoder<'_> {
                     commit_ts,
                 };
                 self.at = Some(at);
-                vec![(json::begin(&at), None)]
+                self.begin = Some(json::begin(&at));
+                Vec::new()
             }
             Message::Commit { end_lsn, .. } => {
                 self.at = None;
@@ -371,8 +380,21 @@ impl Decoder<'_> {
             )],
             _ => Vec::new(),
         })
-        .inspect(|records: &Vec<Record>| {
-            self.tailed.records += records.len() as u64;
+        .map(|mut records: Vec<Record>| {
+            let shows = records.iter().any(|(r, _)| r["kind"] != "commit");
+            if shows {
+                if let Some(begin) = self.begin.take() {
+                    records.insert(0, (begin, None));
+                }
+            } else if !records.is_empty() && self.begin.take().is_some() {
+                // A commit with nothing shown since its begin: only where
+                // it ends (for --advance).
+                for (r, _) in records.iter_mut() {
+                    *r = serde_json::Value::Null;
+                }
+            }
+            self.tailed.records += records.iter().filter(|(r, _)| !r.is_null()).count() as u64;
+            records
         })
     }
 
