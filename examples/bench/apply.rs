@@ -121,16 +121,7 @@ pub async fn run(env: &Env, report: &mut Report) {
     println!("\n== apply capacity (backlog method), keep-up, memory");
     let source = env.cluster("bench-apply-source");
     let target = env.cluster("bench-apply-target");
-    let init = env
-        .pgbench_cmd(&source, "postgres", &["-i", "-s", &scale.to_string(), "-q"])
-        .output()
-        .await
-        .expect("pgbench -i");
-    assert!(
-        init.status.success(),
-        "pgbench -i: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    env.pgbench_init(&source, scale).await;
     source.exec(SETUP).await;
     let upd_table = upd_rows * 4 / 3;
     source
@@ -202,35 +193,7 @@ pub async fn run(env: &Env, report: &mut Report) {
         for (i, w) in workloads.iter().enumerate() {
             // The load, held back by the slots.
             let units: f64 = match i {
-                0 => {
-                    let before: i64 = s
-                        .source
-                        .value("SELECT count(*) FROM pgbench_history")
-                        .await
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    let out = env
-                        .pgbench_cmd(
-                            &s.source,
-                            "postgres",
-                            &["-c", "4", "-j", "2", "-T", &pgbench_secs.to_string(), "-n"],
-                        )
-                        .output()
-                        .await
-                        .expect("pgbench");
-                    assert!(
-                        out.status.success(),
-                        "pgbench: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    let after: i64 = s
-                        .source
-                        .value("SELECT count(*) FROM pgbench_history")
-                        .await
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    (after - before) as f64
-                }
+                0 => env.pgbench_backlog(&s.source, pgbench_secs).await,
                 1 => {
                     s.source
                         .exec(&format!(

@@ -39,16 +39,7 @@ pub async fn run(env: &Env, report: &mut Report) {
     println!("\n== copy: pgbench scale {scale} + {wide_rows} wide rows");
     let source = env.cluster("bench-copy-source");
     let target = env.cluster("bench-copy-target");
-    let init = env
-        .pgbench_cmd(&source, "postgres", &["-i", "-s", &scale.to_string(), "-q"])
-        .output()
-        .await
-        .expect("pgbench -i");
-    assert!(
-        init.status.success(),
-        "pgbench -i: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    env.pgbench_init(&source, scale).await;
     source
         .exec("ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
         .await;

@@ -10,16 +10,7 @@ pub async fn run(env: &Env, report: &mut Report) {
     let (rounds, secs) = if env.quick { (2, 8) } else { (5, 15) };
     println!("\n== DDL capture overhead on source DML");
     let source = env.cluster("bench-ddl-source");
-    let init = env
-        .pgbench_cmd(&source, "postgres", &["-i", "-s", "10", "-q"])
-        .output()
-        .await
-        .expect("pgbench -i");
-    assert!(
-        init.status.success(),
-        "pgbench -i: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    env.pgbench_init(&source, 10).await;
     let client = source.client().await;
     let name = pgrepl::sql::SyncName::new("bench").expect("valid name");
     let (mut with, mut without) = (Vec::new(), Vec::new());

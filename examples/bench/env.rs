@@ -169,6 +169,45 @@ impl Env {
     }
 }
 
+impl Env {
+    /// Runs pgbench to its end; panics with its stderr when it fails.
+    pub async fn pgbench(&self, c: &Cluster, args: &[&str]) -> std::process::Output {
+        let out = self
+            .pgbench_cmd(c, "postgres", args)
+            .output()
+            .await
+            .expect("pgbench");
+        assert!(
+            out.status.success(),
+            "pgbench {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `pgbench -i` at `scale`.
+    pub async fn pgbench_init(&self, c: &Cluster, scale: u32) {
+        self.pgbench(c, &["-i", "-s", &scale.to_string(), "-q"])
+            .await;
+    }
+
+    /// pgbench with 4 clients for `secs` while the slots hold the WAL: how
+    /// many transactions the next catch-up applies.
+    pub async fn pgbench_backlog(&self, c: &Cluster, secs: u64) -> f64 {
+        let count = || async {
+            c.value("SELECT count(*) FROM pgbench_history")
+                .await
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let before = count().await;
+        self.pgbench(c, &["-c", "4", "-j", "2", "-T", &secs.to_string(), "-n"])
+            .await;
+        count().await - before
+    }
+}
+
 /// Runs a shell pipeline and returns how long it took; panics on failure.
 pub async fn timed_shell(what: &str, script: &str, env: &[(&str, String)]) -> Duration {
     let start = Instant::now();

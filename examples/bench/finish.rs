@@ -40,16 +40,7 @@ impl Live {
         let scale = if env.quick { 5 } else { 30 };
         let source = env.cluster(&format!("bench-{name}-source"));
         let target = env.cluster(&format!("bench-{name}-target"));
-        let init = env
-            .pgbench_cmd(&source, "postgres", &["-i", "-s", &scale.to_string(), "-q"])
-            .output()
-            .await
-            .expect("pgbench -i");
-        assert!(
-            init.status.success(),
-            "pgbench -i: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+        env.pgbench_init(&source, scale).await;
         source.exec(SETUP).await;
         source
             .exec("INSERT INTO docs SELECT g, string_agg(md5(g::text || i::text), '') FROM generate_series(1, 2000) g, generate_series(1, 600) i GROUP BY g")

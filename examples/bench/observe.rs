@@ -32,7 +32,7 @@ pub async fn metrics_cost(
     for round in 0..rounds {
         for turn in 0..2 {
             let listen = (turn == 0) == (round % 2 == 0);
-            let txns = backlog(env, s, load_secs).await;
+            let txns = env.pgbench_backlog(&s.source, load_secs).await;
             let n = s.mark().await;
             let port = free_port();
             let mut extra = vec![];
@@ -124,34 +124,6 @@ pub async fn metrics_cost(
             widest * 100.0
         ));
     }
-}
-
-/// pgbench on the source while the slot holds its WAL: the transactions
-/// the next catch-up applies.
-async fn backlog(env: &Env, s: &Setup, load_secs: u64) -> f64 {
-    let count = || async {
-        s.source
-            .value("SELECT count(*) FROM pgbench_history")
-            .await
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let before = count().await;
-    let out = env
-        .pgbench_cmd(
-            &s.source,
-            "postgres",
-            &["-c", "4", "-j", "2", "-T", &load_secs.to_string(), "-n"],
-        )
-        .output()
-        .await
-        .expect("pgbench");
-    assert!(
-        out.status.success(),
-        "pgbench: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    count().await - before
 }
 
 fn free_port() -> u16 {
