@@ -35,17 +35,24 @@ async fn catch_up(pair: &Pair) -> pgrepl::Output {
     // The process is gone; its sessions on the target end a moment later
     // (until then the replication origin is still theirs).
     let t = pair.target.client().await;
-    wait_for("pgrepl's target sessions to end", Duration::from_secs(60), || {
-        let t = &t;
-        async move {
-            let n: i64 = t
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgrepl'", &[])
-                .await
-                .ok()?
-                .get(0);
-            (n == 0).then_some(())
-        }
-    })
+    wait_for(
+        "pgrepl's target sessions to end",
+        Duration::from_secs(60),
+        || {
+            let t = &t;
+            async move {
+                let n: i64 = t
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgrepl'",
+                        &[],
+                    )
+                    .await
+                    .ok()?
+                    .get(0);
+                (n == 0).then_some(())
+            }
+        },
+    )
     .await;
     out
 }

@@ -180,6 +180,23 @@ async fn metrics_status_and_the_page_while_a_burst_comes_and_goes() {
     assert!(most > 0.0, "the lag never showed during the burst");
     eprintln!("largest lag seen during the burst: {most} bytes");
 
+    if pair.source.major() >= 13 {
+        wait_for("the slot's wal_status in the metrics", LIMIT, || {
+            let addr = &addr;
+            async move {
+                let m = scrape(addr).await?;
+                m.samples
+                    .iter()
+                    .any(|s| {
+                        s.metric == "pgrepl_slot_wal_status"
+                            && s.labels.get("wal_status") == Some("reserved")
+                            && s.value == prometheus_parse::Value::Gauge(1.0)
+                    })
+                    .then_some(())
+            }
+        })
+        .await;
+    }
     let (code, body) = get(&addr, "/healthz").await.expect("healthz");
     assert_eq!(code, 200, "{body}");
     let (code, body) = get(&addr, "/status").await.expect("status");

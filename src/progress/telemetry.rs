@@ -159,7 +159,7 @@ impl Telemetry {
             lag_seconds: reg(r, Gauge::new("lag_seconds", "Age of the oldest source commit not yet applied (0 when caught up)").expect("valid")),
             slot_retained_bytes: reg(r, IntGauge::new("slot_retained_wal_bytes", "WAL the replication slot keeps on the source").expect("valid")),
             slot_safe_wal_size: reg(r, IntGauge::new("slot_safe_wal_size_bytes", "WAL the source may still write before the slot is lost (PostgreSQL 13+, -1 when unbounded)").expect("valid")),
-            slot_wal_status: reg(r, IntGaugeVec::new(Opts::new("slot_wal_status", "1 for the slot's wal_status (reserved, extended, unreserved, lost)"), &["status"]).expect("valid")),
+            slot_wal_status: reg(r, IntGaugeVec::new(Opts::new("slot_wal_status", "1 for the slot's wal_status (reserved, extended, unreserved, lost)"), &["wal_status"]).expect("valid")),
             sequences_behind: reg(r, IntGauge::new("sequences_behind", "How far the furthest sequence on the target is behind the source's").expect("valid")),
             retries: reg(r, IntCounterVec::new(Opts::new("retries_total", "Sessions restarted after a transient error"), &["kind"]).expect("valid")),
             errors: reg(r, IntCounterVec::new(Opts::new("errors_total", "Errors and warnings logged"), &["level"]).expect("valid")),
