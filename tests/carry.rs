@@ -14,28 +14,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{pgrepl, wait_for, wait_for_phase, Cluster, Pair};
+use support::{wait_for, wait_for_phase, Cluster, Pair};
 
 const LIMIT: Duration = Duration::from_secs(240);
-
-fn with(pair: &Pair, cmd: &str, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = vec![cmd.into()];
-    a.extend(pair.args());
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
-}
-
-async fn run(pair: &Pair, cmd: &str, extra: &[&str]) -> pgrepl::Output {
-    let a = with(pair, cmd, extra);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    pgrepl::run(&a, LIMIT).await
-}
-
-fn spawn(pair: &Pair, cmd: &str, extra: &[&str]) -> pgrepl::Running {
-    let a = with(pair, cmd, extra);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    pgrepl::spawn(&a)
-}
 
 const APP: &str = "
     CREATE ROLE app_owner NOLOGIN;
@@ -129,7 +110,7 @@ async fn the_application_logs_in_on_the_target_and_may_do_exactly_what_it_could(
     pair.source.exec(APP).await;
 
     // Nothing is left behind silently: the missing roles stop the check.
-    let out = run(&pair, "check", &[]).await;
+    let out = pair.run("check", &[]).await;
     assert_eq!(out.code, Some(1), "{out}");
     assert!(
         out.stdout.contains("app_owner")
@@ -138,11 +119,7 @@ async fn the_application_logs_in_on_the_target_and_may_do_exactly_what_it_could(
         "{out}"
     );
 
-    let sync = spawn(
-        &pair,
-        "sync",
-        &["--roles", "copy", "--carry-interval", "1s"],
-    );
+    let sync = pair.spawn("sync", &["--roles", "copy", "--carry-interval", "1s"]);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
     // While streaming: a revoke, a table created by the owner role (its
     // default privileges apply), a role created since the copy that gets a
@@ -327,11 +304,7 @@ async fn large_objects_written_rewritten_and_unlinked_end_equal_after_cutover() 
         )
         .await;
     // A long interval: only the copy and the cutover bring them in step.
-    let sync = spawn(
-        &pair,
-        "sync",
-        &["--roles", "copy", "--carry-interval", "1h"],
-    );
+    let sync = pair.spawn("sync", &["--roles", "copy", "--carry-interval", "1h"]);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
     let (s, t) = (pair.source.client().await, pair.target.client().await);
     wait_for("the copied large objects", LIMIT, || {
@@ -343,7 +316,7 @@ async fn large_objects_written_rewritten_and_unlinked_end_equal_after_cutover() 
     })
     .await;
     assert_eq!(large_objects(&t).await.len(), 4);
-    let status = run(&pair, "status", &[]).await;
+    let status = pair.run("status", &[]).await;
     assert!(
         status
             .stdout
@@ -380,7 +353,7 @@ async fn large_objects_written_rewritten_and_unlinked_end_equal_after_cutover() 
         "nothing brought them in step yet"
     );
 
-    let out = run(&pair, "cutover", &["--verify"]).await;
+    let out = pair.run("cutover", &["--verify"]).await;
     assert!(out.success(), "{out}");
     assert!(out.stderr.contains("large object(s) exact"), "{out}");
     let out = sync.wait(LIMIT).await;
@@ -431,14 +404,14 @@ async fn an_extension_the_target_cannot_provide_fails_the_check_by_name() {
             "CREATE TABLE t (id int PRIMARY KEY); CREATE EXTENSION \"{missing}\""
         ))
         .await;
-    let out = run(&pair, "check", &[]).await;
+    let out = pair.run("check", &[]).await;
     assert_eq!(out.code, Some(1), "{out}");
     assert!(
         out.stdout.contains(&format!("extension {missing} "))
             && out.stdout.contains("not available on the target"),
         "{out}"
     );
-    let out = run(&pair, "sync", &["--copy-only"]).await;
+    let out = pair.run("sync", &["--copy-only"]).await;
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("nothing was changed"), "{out}");
     assert_eq!(
@@ -461,7 +434,7 @@ async fn roles_skip_leaves_them_out_and_says_so() {
              INSERT INTO owned VALUES (1);",
         )
         .await;
-    let out = run(&pair, "sync", &["--roles", "skip", "--copy-only"]).await;
+    let out = pair.run("sync", &["--roles", "skip", "--copy-only"]).await;
     assert!(out.success(), "{out}");
     assert!(
         out.stdout.contains("roles NOT copied (--roles skip): app_owner; postgres owns the objects, no grants moved"),
@@ -485,6 +458,6 @@ async fn roles_skip_leaves_them_out_and_says_so() {
         .await,
         None
     );
-    let status = run(&pair, "status", &[]).await;
+    let status = pair.run("status", &[]).await;
     assert!(status.stdout.contains("roles: --roles skip"), "{status}");
 }

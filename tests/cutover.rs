@@ -11,28 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{assert_same_data, pgrepl, wait_for, wait_for_phase, Cluster, ClusterOptions, Pair};
+use support::{assert_same_data, wait_for, wait_for_phase, Cluster, ClusterOptions, Pair};
 
 const LIMIT: Duration = Duration::from_secs(240);
-
-fn with(pair: &Pair, cmd: &str, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = vec![cmd.into()];
-    a.extend(pair.args());
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
-}
-
-async fn run(pair: &Pair, cmd: &str, extra: &[&str]) -> pgrepl::Output {
-    let a = with(pair, cmd, extra);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    pgrepl::run(&a, LIMIT).await
-}
-
-fn spawn(pair: &Pair, cmd: &str, extra: &[&str]) -> pgrepl::Running {
-    let a = with(pair, cmd, extra);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    pgrepl::spawn(&a)
-}
 
 const SCHEMA: &str = "
     CREATE SEQUENCE free_seq START 1000;
@@ -142,7 +123,7 @@ async fn sequences(c: &tokio_postgres::Client) -> Vec<(String, i64, bool)> {
 async fn heavy_writers_are_fenced_and_the_target_takes_over_exactly() {
     let pair = Pair::start();
     pair.source.exec(SCHEMA).await;
-    let sync = spawn(&pair, "sync", &["--roles", "copy"]);
+    let sync = pair.spawn("sync", &["--roles", "copy"]);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
     let app = Writer::start(&pair.source, "app").await;
     let admin = Writer::start(&pair.source, "postgres").await;
@@ -161,7 +142,7 @@ async fn heavy_writers_are_fenced_and_the_target_takes_over_exactly() {
     })
     .await;
     assert!(ok_before(&app) > 0 && ok_before(&admin) > 0);
-    let out = run(&pair, "cutover", &["--verify", "--json"]).await;
+    let out = pair.run("cutover", &["--verify", "--json"]).await;
     assert!(out.success(), "{out}");
     let summary: serde_json::Value = serde_json::from_str(&out.stdout).expect("json summary");
     let fence: ::pgrepl::Lsn = summary["fence_lsn"]
@@ -213,7 +194,7 @@ async fn heavy_writers_are_fenced_and_the_target_takes_over_exactly() {
     let ddl = s.batch_execute("CREATE TABLE late (x int)").await;
     assert!(ddl.is_err(), "DDL on the fenced source");
     // Teardown --unfence makes it writable again, deliberately.
-    let out = run(&pair, "teardown", &["--unfence"]).await;
+    let out = pair.run("teardown", &["--unfence"]).await;
     assert!(out.success(), "{out}");
     pair.source
         .exec("INSERT INTO a (v) VALUES ('after unfence')")
@@ -224,13 +205,13 @@ async fn heavy_writers_are_fenced_and_the_target_takes_over_exactly() {
 async fn a_cutover_that_cannot_finish_leaves_the_source_writable_and_the_sync_streaming() {
     let pair = Pair::start();
     pair.source.exec(SCHEMA).await;
-    let sync = spawn(&pair, "sync", &["--roles", "copy"]);
+    let sync = pair.spawn("sync", &["--roles", "copy"]);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
     // 1. Verify finds a difference made behind pgrepl's back.
     pair.target
         .exec("UPDATE a SET v = 'tampered' WHERE id = 7")
         .await;
-    let out = run(&pair, "cutover", &["--verify"]).await;
+    let out = pair.run("cutover", &["--verify"]).await;
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("verify found differences"), "{out}");
     assert!(out.stderr.contains("(7) in v"), "{out}");
@@ -242,7 +223,7 @@ async fn a_cutover_that_cannot_finish_leaves_the_source_writable_and_the_sync_st
         .batch_execute("BEGIN; INSERT INTO a (v) VALUES ('open')")
         .await
         .expect("open transaction");
-    let out = run(&pair, "cutover", &["--wait", "2s"]).await;
+    let out = pair.run("cutover", &["--wait", "2s"]).await;
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.error_line().contains("--terminate"), "{out}");
     blocker
@@ -273,7 +254,9 @@ async fn a_cutover_that_cannot_finish_leaves_the_source_writable_and_the_sync_st
     pair.source
         .exec("INSERT INTO a (v) SELECT repeat('x', 1000) FROM generate_series(1, 2000)")
         .await;
-    let out = run(&pair, "cutover", &["--max-lag", "1kB", "--wait", "2s"]).await;
+    let out = pair
+        .run("cutover", &["--max-lag", "1kB", "--wait", "2s"])
+        .await;
     assert_eq!(out.code, Some(1), "{out}");
     assert!(
         out.error_line().contains("lag stayed above the limit"),
@@ -313,7 +296,7 @@ async fn a_cutover_that_cannot_finish_leaves_the_source_writable_and_the_sync_st
         .batch_execute("BEGIN; INSERT INTO a (v) VALUES ('open, rolled back')")
         .await
         .expect("open transaction");
-    let out = run(&pair, "cutover", &["--wait", "2s", "--terminate"]).await;
+    let out = pair.run("cutover", &["--wait", "2s", "--terminate"]).await;
     assert!(out.success(), "{out}");
     assert!(blocker.batch_execute("COMMIT").await.is_err(), "terminated");
     assert!(sync.wait(LIMIT).await.success());
@@ -325,9 +308,9 @@ async fn a_cutover_that_cannot_finish_leaves_the_source_writable_and_the_sync_st
 async fn the_way_back_carries_writes_back_and_a_second_cutover_returns() {
     let pair = Pair::start_with(Default::default(), Default::default());
     pair.source.exec(SCHEMA).await;
-    let sync = spawn(&pair, "sync", &["--roles", "copy"]);
+    let sync = pair.spawn("sync", &["--roles", "copy"]);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
-    let out = run(&pair, "cutover", &["--reverse"]).await;
+    let out = pair.run("cutover", &["--reverse"]).await;
     assert!(out.success(), "{out}");
     assert!(out.stdout.contains("pgrepl_r"), "{out}");
     assert!(sync.wait(LIMIT).await.success());
@@ -337,7 +320,7 @@ async fn the_way_back_carries_writes_back_and_a_second_cutover_returns() {
         source: pair.target,
         target: pair.source,
     };
-    let reverse = spawn(&back, "sync", &["--name", "pgrepl_r"]);
+    let reverse = back.spawn("sync", &["--name", "pgrepl_r"]);
     back.source
         .exec("INSERT INTO a (v) VALUES ('written on the new server'); UPDATE b SET v = 'changed' WHERE id <= 10; DELETE FROM c WHERE id <= 1005;")
         .await;
@@ -358,7 +341,9 @@ async fn the_way_back_carries_writes_back_and_a_second_cutover_returns() {
     })
     .await;
     // Back again.
-    let out = run(&back, "cutover", &["--name", "pgrepl_r", "--verify"]).await;
+    let out = back
+        .run("cutover", &["--name", "pgrepl_r", "--verify"])
+        .await;
     assert!(out.success(), "{out}");
     assert!(reverse.wait(LIMIT).await.success());
     let (s, t) = (back.source.client().await, back.target.client().await);
@@ -390,7 +375,7 @@ async fn commits_not_yet_written_when_the_fence_goes_up_still_cross() {
     };
     let pair = Pair::start_with(source, ClusterOptions::default());
     pair.source.exec(SCHEMA).await;
-    let sync = spawn(&pair, "sync", &["--roles", "copy"]);
+    let sync = pair.spawn("sync", &["--roles", "copy"]);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
     let lazy = Writer::start_with(&pair.source, "app", "-c synchronous_commit=off").await;
     wait_for("the writer's rows on the target", LIMIT, || {
@@ -398,7 +383,7 @@ async fn commits_not_yet_written_when_the_fence_goes_up_still_cross() {
         async move { (ok > 300).then_some(()) }
     })
     .await;
-    let out = run(&pair, "cutover", &["--json"]).await;
+    let out = pair.run("cutover", &["--json"]).await;
     assert!(out.success(), "{out}");
     let (ok, _, errors) = lazy.stop().await;
     assert!(

@@ -14,13 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(240);
 
-fn with(pair: &Pair, cmd: &str, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = vec![cmd.into()];
-    a.extend(pair.args());
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
-}
-
 /// One HTTP/1.1 GET: (status code, body).
 async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -106,9 +99,7 @@ async fn metrics_status_and_the_page_while_a_burst_comes_and_goes() {
                INSERT INTO events SELECT g, md5(g::text) FROM generate_series(1, 20000) g;",
         )
         .await;
-    let a = with(&pair, "sync", &["--listen", "127.0.0.1:0"]);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let sync = pgrepl::spawn(&a);
+    let sync = pair.spawn("sync", &["--listen", "127.0.0.1:0"]);
     let addr = listening(&sync).await;
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
     let m = scrape(&addr).await.expect("metrics");
@@ -289,9 +280,7 @@ async fn a_lost_slot_makes_the_next_sync_refuse() {
     pair.source
         .exec("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');")
         .await;
-    let a = with(&pair, "sync", &["--copy-only"]);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    assert!(pgrepl::run(&a, LIMIT).await.success());
+    assert!(pair.run("sync", &["--copy-only"]).await.success());
     // The sync is stopped; a burst and checkpoints push the slot past its limit.
     let c = pair.source.client().await;
     wait_for("the slot to be lost", LIMIT, || {
@@ -309,22 +298,16 @@ async fn a_lost_slot_makes_the_next_sync_refuse() {
         }
     })
     .await;
-    let a = with(&pair, "status", &[]);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let out = pgrepl::run(&a, LIMIT).await;
+    let out = pair.run("status", &[]).await;
     assert!(out.stdout.contains("LOST"), "{out}");
-    let a = with(&pair, "sync", &[]);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let out = pgrepl::run(&a, LIMIT).await;
+    let out = pair.run("sync", &[]).await;
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.error_line().contains("lost WAL it needed"), "{out}");
     assert!(out.error_line().contains("teardown"), "{out}");
 
     // The same refusal as a JSON log line, with the stable field names the
     // README lists.
-    let a = with(&pair, "sync", &["--log-format", "json"]);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let out = pgrepl::run(&a, LIMIT).await;
+    let out = pair.run("sync", &["--log-format", "json"]).await;
     assert_eq!(out.code, Some(1), "{out}");
     let error = out
         .stderr
@@ -420,9 +403,7 @@ async fn tail_prints_changes_and_ddl_and_leaves_nothing_behind() {
     assert_eq!(left, 0, "tail left a slot or a publication behind");
 
     // With a sync's publication (and its DDL capture): every kind.
-    let a = with(&pair, "sync", &["--copy-only"]);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    assert!(pgrepl::run(&a, LIMIT).await.success());
+    assert!(pair.run("sync", &["--copy-only"]).await.success());
     let tail = pgrepl::spawn(&["tail", "--source", &source, "--temporary"]);
     tailing(&tail).await;
     pair.source

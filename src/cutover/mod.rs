@@ -215,15 +215,8 @@ async fn synced_tables(
     let all = catalog::list_tables(src)
         .await
         .map_err(|e| CutoverError::source("listing tables", &e))?;
-    let selected = SelectedTables::choose(all, &selection).map_err(|errors| {
-        CutoverError::Other(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })?;
+    let selected = SelectedTables::choose(all, &selection)
+        .map_err(|errors| CutoverError::Other(SelectedTables::one_line(&errors)))?;
     Ok(selected.names().cloned().collect())
 }
 

@@ -45,11 +45,7 @@ impl Holder {
             .map_err(|e| SnapshotError::source("listing tables in the snapshot", &e))?;
         let selected = SelectedTables::choose(all, req.selection).map_err(|errors| {
             SnapshotError::Changed {
-                what: errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
+                what: SelectedTables::one_line(&errors),
             }
         })?;
         let before: HashSet<&TableName> = req.selected.names().collect();

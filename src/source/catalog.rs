@@ -166,6 +166,15 @@ pub struct SelectedTables {
 impl SelectedTables {
     /// Applies `selection` to `all`; patterns match plain and partitioned
     /// tables, and partitions follow their root.
+    /// `choose`'s errors as one line.
+    pub fn one_line(errors: &[PatternError]) -> String {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     pub fn choose(all: Vec<SourceTable>, selection: &Selection) -> Result<Self, Vec<PatternError>> {
         let tops = all
             .iter()

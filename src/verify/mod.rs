@@ -154,15 +154,8 @@ pub async fn run(req: &VerifyRequest<'_>) -> Result<Report, VerifyError> {
     let all = catalog::list_tables(&sources[0])
         .await
         .map_err(|e| VerifyError::source("listing tables", &e))?;
-    let selected = SelectedTables::choose(all, &selection).map_err(|errors| {
-        VerifyError::Other(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })?;
+    let selected = SelectedTables::choose(all, &selection)
+        .map_err(|errors| VerifyError::Other(SelectedTables::one_line(&errors)))?;
     let names: Vec<_> = selected.with_storage().map(|t| t.name.clone()).collect();
     let plans = plan::plan(&sources[0], &names, req.chunk_rows).await?;
 

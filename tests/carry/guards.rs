@@ -6,7 +6,7 @@
 //! large objects. Part of the `carry` test binary.
 
 use super::support::{wait_for, wait_for_phase, Pair};
-use super::{large_objects, login, run, spawn, value, LIMIT};
+use super::{large_objects, login, value, LIMIT};
 
 /// Roles as the target has them.
 async fn role_names(c: &tokio_postgres::Client) -> Vec<String> {
@@ -48,7 +48,7 @@ async fn roles_a_creator_was_given_admin_on_are_not_pulled_in() {
             .exec("GRANT app_group TO app_owner WITH INHERIT FALSE, SET FALSE GRANTED BY creator")
             .await;
     }
-    let out = run(&pair, "check", &[]).await;
+    let out = pair.run("check", &[]).await;
     assert_eq!(out.code, Some(1), "{out}");
     let line = out
         .stdout
@@ -61,7 +61,7 @@ async fn roles_a_creator_was_given_admin_on_are_not_pulled_in() {
     );
     assert!(!line.contains("unrelated"), "{line}");
 
-    let out = run(&pair, "sync", &["--roles", "copy", "--copy-only"]).await;
+    let out = pair.run("sync", &["--roles", "copy", "--copy-only"]).await;
     assert!(out.success(), "{out}");
     let t = pair.target.client().await;
     let roles = role_names(&t).await;
@@ -99,7 +99,7 @@ async fn large_objects_already_on_the_target_fail_the_check() {
     pair.target
         .exec("SELECT lo_from_bytea(8, 'the target''s own')")
         .await;
-    let out = run(&pair, "check", &[]).await;
+    let out = pair.run("check", &[]).await;
     assert_eq!(out.code, Some(1), "{out}");
     assert!(
         out.stdout
@@ -107,7 +107,7 @@ async fn large_objects_already_on_the_target_fail_the_check() {
             && out.stdout.contains("lo_unlink"),
         "{out}"
     );
-    let out = run(&pair, "sync", &["--copy-only"]).await;
+    let out = pair.run("sync", &["--copy-only"]).await;
     assert_eq!(out.code, Some(1), "{out}");
     let t = pair.target.client().await;
     assert_eq!(
@@ -146,7 +146,9 @@ async fn password_verifiers_reach_neither_the_target_log_nor_pgrepl_logs() {
     })
     .await;
 
-    let out = run(&pair, "sync", &["--roles", "copy", "--copy-only", "-vv"]).await;
+    let out = pair
+        .run("sync", &["--roles", "copy", "--copy-only", "-vv"])
+        .await;
     assert!(out.success(), "{out}");
     let log = std::fs::read_to_string(&pair.target.log).expect("the target's log");
     assert!(
@@ -176,8 +178,7 @@ async fn a_restarted_copy_removes_roles_it_created_even_when_granted_something()
              ALTER TABLE big OWNER TO app_owner;",
         )
         .await;
-    let running = spawn(
-        &pair,
+    let running = pair.spawn(
         "sync",
         &[
             "--roles",
@@ -214,7 +215,7 @@ async fn a_restarted_copy_removes_roles_it_created_even_when_granted_something()
         )
         .await;
 
-    let out = run(&pair, "sync", &["--roles", "copy", "--copy-only"]).await;
+    let out = pair.run("sync", &["--roles", "copy", "--copy-only"]).await;
     assert!(out.success(), "{out}");
     assert!(out.stdout.contains("starting the copy over"), "{out}");
     assert_eq!(
@@ -253,7 +254,7 @@ async fn a_cutover_waits_for_the_carry_round_and_rounds_stand_aside_for_it() {
         )
         .await;
     // Rounds every second, racing the cutover.
-    let sync = spawn(&pair, "sync", &["--carry-interval", "1s"]);
+    let sync = pair.spawn("sync", &["--carry-interval", "1s"]);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
     let (s, t) = (pair.source.client().await, pair.target.client().await);
     wait_for("the copied large object", LIMIT, || {
@@ -275,7 +276,7 @@ async fn a_cutover_waits_for_the_carry_round_and_rounds_stand_aside_for_it() {
     pair.source
         .exec("SELECT lo_from_bytea(1002, 'while held'); INSERT INTO docs VALUES (2, 1002);")
         .await;
-    let out = run(&pair, "cutover", &["--wait", "2s"]).await;
+    let out = pair.run("cutover", &["--wait", "2s"]).await;
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("round of large objects"), "{out}");
     assert_eq!(
@@ -300,7 +301,7 @@ async fn a_cutover_waits_for_the_carry_round_and_rounds_stand_aside_for_it() {
     );
     drop(holder);
 
-    let out = run(&pair, "cutover", &[]).await;
+    let out = pair.run("cutover", &[]).await;
     assert!(out.success(), "{out}");
     assert!(out.stderr.contains("2 large object(s) exact"), "{out}");
     let out = sync.wait(LIMIT).await;

@@ -44,6 +44,28 @@ impl Pair {
             self.target.conninfo(),
         ]
     }
+
+    /// `pgrepl CMD --source ... --target ... EXTRA...`.
+    pub fn command(&self, cmd: &str, extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = vec![cmd.into()];
+        a.extend(self.args());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    }
+
+    /// Runs `pgrepl CMD` on this pair to its end (at most 240 s).
+    pub async fn run(&self, cmd: &str, extra: &[&str]) -> pgrepl::Output {
+        let a = self.command(cmd, extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        pgrepl::run(&a, std::time::Duration::from_secs(240)).await
+    }
+
+    /// Starts `pgrepl CMD` on this pair in the background.
+    pub fn spawn(&self, cmd: &str, extra: &[&str]) -> pgrepl::Running {
+        let a = self.command(cmd, extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        pgrepl::spawn(&a)
+    }
 }
 
 /// The server's message for a query error.
