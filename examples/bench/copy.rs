@@ -1,36 +1,30 @@
 //! Copy: pgbench data plus a wide table of TOASTed values, copied by
-//! pgrepl (binary COPY, and text for comparison), by `pg_dump -Fc |
-//! pg_restore`, by a native subscription's initial sync (schema first,
-//! then the sync), and by `pgcopydb clone`, in rotating order so the
-//! machine's drift hits all of them alike.
+//! pgrepl (binary COPY, and text for comparison) and by every tool a user
+//! would pick instead, each at its best settings (see `anchors`), in
+//! rotating order so the machine's drift hits all of them alike; beside
+//! them the target's own ingest ceiling. Medians of at least 5 runs (3
+//! with --quick), min–max beside them.
 
-use std::time::{Duration, Instant};
-
-use crate::env::{fresh_db, mib, secs, timed_shell, until, Env};
-use crate::report::{mean, Report};
-use crate::support::Cluster;
+use crate::anchors::{self, jobs};
+use crate::env::{fresh_db, mib, secs, Env};
+use crate::report::{spread_note, Report, Runs};
 
 const WIDE: &str = "
     CREATE TABLE wide (id int PRIMARY KEY, doc text NOT NULL, meta jsonb NOT NULL);
     ALTER TABLE wide ALTER COLUMN doc SET STORAGE EXTERNAL;
 ";
 
-fn shell_conn(c: &Cluster, db: &str) -> String {
-    format!(
-        "-h {} -p {} -U postgres -d {db}",
-        c.socket_dir().display(),
-        c.port
-    )
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Tool {
     Pgrepl,
     /// pgrepl with `--copy-format text`.
     PgreplText,
-    DumpRestore,
+    DumpFc,
+    DumpFd,
     Native,
     Pgcopydb,
+    /// pg_restore -j N of a dump made beforehand.
+    Ceiling,
 }
 
 pub async fn run(env: &Env, report: &mut Report) {
@@ -56,172 +50,145 @@ pub async fn run(env: &Env, report: &mut Report) {
         .await
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let jobs = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .to_string();
+    let major = crate::support::pg::major_of(&env.pg.bin_dir().join("postgres")).unwrap_or(0);
+    let native_options = anchors::native_best_options(major);
 
     let mut tools = vec![
         Tool::Pgrepl,
-        Tool::DumpRestore,
+        Tool::DumpFd,
         Tool::PgreplText,
         Tool::Native,
+        Tool::Ceiling,
+        Tool::DumpFc,
     ];
     if env.pgcopydb.is_some() {
         tools.push(Tool::Pgcopydb);
     } else {
         report.note("pgcopydb not installed (apt install pgcopydb): its column is skipped".into());
     }
-    let mut times: Vec<(Tool, f64)> = Vec::new();
+    // Untimed: the dump the ceiling restores, and the source's tables read
+    // once so no tool pays for a cold cache that the others then enjoy.
+    let dump = anchors::make_dump(env, &source).await;
+    let mut runs: std::collections::HashMap<Tool, Runs> = Default::default();
     let mut rss = Vec::new();
-    // Untimed: the source's tables read once, so no tool pays for a cold
-    // cache that the others then enjoy.
-    source
-        .exec("SELECT count(*) FROM pgbench_accounts; SELECT count(*) FROM pgbench_history; SELECT sum(length(doc)) FROM wide")
-        .await;
-    for round in 0..env.rounds {
+    let rounds = env.copy_rounds();
+    for round in 0..rounds {
         let mut order = tools.clone();
         order.rotate_left(round % tools.len());
         for tool in order {
             fresh_db(&target, "copy").await;
             let took = match tool {
-                Tool::Pgrepl | Tool::PgreplText => {
-                    let mut args: Vec<String> = vec![
-                        "sync".into(),
-                        "--copy-only".into(),
-                        "--name".into(),
-                        "bench".into(),
-                    ];
-                    args.extend([
-                        "--source".into(),
-                        source.conninfo(),
-                        "--target".into(),
-                        target.conninfo_db("copy"),
-                    ]);
-                    args.extend(["--jobs".into(), jobs.clone()]);
-                    if tool == Tool::PgreplText {
-                        args.extend(["--copy-format".into(), "text".into()]);
-                    }
-                    let (took, ok, peak, log) = env.pgrepl_measured(&args).await;
-                    assert!(ok, "pgrepl copy failed:\n{log}");
+                Tool::Pgrepl => {
+                    let (took, peak) = anchors::pgrepl(env, &source, &target, "copy", &[]).await;
                     rss.push(peak);
-                    let teardown: Vec<String> = vec![
-                        "teardown".into(),
-                        "--name".into(),
-                        "bench".into(),
-                        "--source".into(),
-                        source.conninfo(),
-                        "--target".into(),
-                        target.conninfo_db("copy"),
-                    ];
-                    let out = env.pgrepl(&teardown).output().await.expect("teardown");
-                    assert!(
-                        out.status.success(),
-                        "teardown: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
                     took
                 }
-                Tool::DumpRestore => {
-                    timed_shell(
-                        "pg_dump | pg_restore",
-                        &format!(
-                            "{} -Fc {} | {} {}",
-                            env.pg_dump.display(),
-                            shell_conn(&source, "postgres"),
-                            env.pg_restore.display(),
-                            shell_conn(&target, "copy")
-                        ),
-                        &[],
+                Tool::PgreplText => {
+                    let (took, peak) = anchors::pgrepl(
+                        env,
+                        &source,
+                        &target,
+                        "copy",
+                        &["--copy-format", "text"],
                     )
-                    .await
+                    .await;
+                    rss.push(peak);
+                    took
                 }
-                Tool::Native => native_initial_sync(env, &source, &target).await,
-                Tool::Pgcopydb => {
-                    let dir = tempfile::tempdir().expect("tmp");
-                    let uri = |c: &Cluster, db: &str| {
-                        format!(
-                            "postgresql:///{db}?host={}&port={}&user=postgres",
-                            c.socket_dir().display(),
-                            c.port
-                        )
-                    };
-                    timed_shell(
-                        "pgcopydb clone",
-                        &format!(
-                            "pgcopydb clone --source '{}' --target '{}' --dir {} --table-jobs {jobs} --index-jobs {jobs} --no-owner --no-acl >/dev/null 2>&1 || pgcopydb clone --source '{}' --target '{}' --dir {} --table-jobs {jobs} --index-jobs {jobs} --no-owner --no-acl --restart",
-                            uri(&source, "postgres"),
-                            uri(&target, "copy"),
-                            dir.path().display(),
-                            uri(&source, "postgres"),
-                            uri(&target, "copy"),
-                            dir.path().display(),
-                        ),
-                        &[("PATH", format!("{}:{}", env.pg.bin_dir().display(), std::env::var("PATH").unwrap_or_default()))],
-                    )
-                    .await
+                Tool::DumpFc => anchors::dump_fc(env, &source, &target, "copy").await,
+                Tool::DumpFd => anchors::dump_fd(env, &source, &target, "copy").await,
+                Tool::Native => {
+                    anchors::native(env, &source, &target, "copy", native_options).await
                 }
+                Tool::Pgcopydb => anchors::pgcopydb(env, &source, &target, "copy").await,
+                Tool::Ceiling => anchors::restore(env, &dump, &target, "copy").await,
             };
             println!("  round {round}: {tool:?} {:.2}s", secs(took));
-            times.push((tool, secs(took)));
+            runs.entry(tool).or_default().push(secs(took));
         }
     }
-    let avg = |t: Tool| {
-        mean(
-            &times
-                .iter()
-                .filter(|(x, _)| *x == t)
-                .map(|(_, s)| *s)
-                .collect::<Vec<_>>(),
-        )
-    };
+    let get = |t: Tool| runs.get(&t).cloned().unwrap_or_default();
     let mbps = |s: f64| bytes as f64 / 1048576.0 / s.max(0.001);
-    let ours = avg(Tool::Pgrepl);
-    let dump = avg(Tool::DumpRestore);
-    let ratio = ours / dump.max(0.001);
+    let ours = get(Tool::Pgrepl);
+    let o = ours.median();
+    let n = jobs();
+    let data = format!(
+        "copy, pgbench scale {scale} + TOAST table ({:.0} MiB), --jobs {n}",
+        bytes as f64 / 1048576.0
+    );
+    let show = |r: &Runs| format!("{} ({:.0} MiB/s)", r.show("s", 2), mbps(r.median()));
+
+    // The best anchor: the faster of pg_dump -Fd -j N and pgcopydb.
+    let mut best = (anchors::fd_label(), get(Tool::DumpFd));
+    if tools.contains(&Tool::Pgcopydb) && get(Tool::Pgcopydb).median() < best.1.median() {
+        best = (
+            format!("pgcopydb clone --table-jobs {n} --index-jobs {n}"),
+            get(Tool::Pgcopydb),
+        );
+    }
+    let ratio = o / best.1.median().max(0.001);
     report.row(
-        &format!(
-            "copy, pgbench scale {scale} + TOAST table ({:.0} MiB)",
-            bytes as f64 / 1048576.0
-        ),
-        format!("{ours:.2} s ({:.0} MiB/s)", mbps(ours)),
-        format!(
-            "pg_dump -Fc \\| pg_restore {dump:.2} s ({:.0} MiB/s)",
-            mbps(dump)
-        ),
+        &data,
+        show(&ours),
+        format!("best anchor: {} {}", best.0, show(&best.1)),
         Some(ratio),
-        "≤ 0.70 × time",
-        Some(ratio <= 0.70),
+        "≤ 0.75 × the best anchor's time",
+        Some(ratio <= 0.75),
     );
-    let native = avg(Tool::Native);
+    spread_note(report, "copy vs the best anchor", &ours, &best.1, ratio, 0.75);
+
+    let ceiling = get(Tool::Ceiling);
+    let ratio = o / ceiling.median().max(0.001);
     report.row(
-        "copy, same data",
-        format!("{ours:.2} s"),
-        format!("native subscription (schema + initial sync) {native:.2} s"),
-        Some(ours / native.max(0.001)),
-        "(time ratio)",
-        None,
+        "copy, same data, against the target's own ingest",
+        format!(
+            "{} = {:.0} % of the ceiling's speed",
+            ours.show("s", 2),
+            100.0 / ratio.max(0.001)
+        ),
+        format!("{} {}", anchors::ceiling_label(), show(&ceiling)),
+        Some(ratio),
+        "≤ 1.25 × the ceiling's time",
+        Some(ratio <= 1.25),
     );
+    spread_note(report, "copy vs the ceiling", &ours, &ceiling, ratio, 1.25);
+
+    let mut others = vec![
+        (Tool::DumpFd, anchors::fd_label()),
+        (Tool::DumpFc, anchors::FC_LABEL.to_string()),
+        (
+            Tool::Native,
+            format!(
+                "native subscription ({native_options}; schema by pg_dump -s first){}",
+                if major < 16 {
+                    "; before 16 the initial sync is text whatever the options"
+                } else {
+                    ""
+                }
+            ),
+        ),
+    ];
     if tools.contains(&Tool::Pgcopydb) {
-        let pgc = avg(Tool::Pgcopydb);
+        others.push((
+            Tool::Pgcopydb,
+            format!("pgcopydb clone --table-jobs {n} --index-jobs {n}"),
+        ));
+    }
+    others.push((
+        Tool::PgreplText,
+        "pgrepl --copy-format text (binary is pgrepl's default here)".into(),
+    ));
+    for (tool, label) in others {
+        let theirs = get(tool);
         report.row(
             "copy, same data",
-            format!("{ours:.2} s"),
-            format!("pgcopydb clone {pgc:.2} s"),
-            Some(ours / pgc.max(0.001)),
+            ours.show("s", 2),
+            format!("{label} {}", show(&theirs)),
+            Some(o / theirs.median().max(0.001)),
             "(time ratio)",
             None,
         );
     }
-    let text = avg(Tool::PgreplText);
-    report.row(
-        "copy, same data, binary COPY (pgrepl's default here)",
-        format!("{ours:.2} s"),
-        format!("pgrepl --copy-format text {text:.2} s"),
-        Some(ours / text.max(0.001)),
-        "(time ratio)",
-        None,
-    );
     let peak = rss.iter().copied().max().unwrap_or(0);
     report.row(
         "peak RSS during the copy",
@@ -231,57 +198,20 @@ pub async fn run(env: &Env, report: &mut Report) {
         "≤ 200 MiB",
         Some(mib(peak) <= 200.0),
     );
+    let mut listed: Vec<_> = runs.iter().collect();
+    listed.sort_by_key(|(t, _)| format!("{t:?}"));
     report.note(format!(
-        "copy runs (s): {}",
-        times
+        "copy runs in seconds, in the order run within each tool: {}",
+        listed
             .iter()
-            .map(|(t, s)| format!("{t:?} {s:.2}"))
+            .map(|(t, r)| format!(
+                "{t:?} {}",
+                r.0.iter()
+                    .map(|s| format!("{s:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join("; ")
     ));
-}
-
-/// Schema with pg_dump | pg_restore, then a subscription with copy_data,
-/// until every table is ready.
-async fn native_initial_sync(env: &Env, source: &Cluster, target: &Cluster) -> Duration {
-    let start = Instant::now();
-    timed_shell(
-        "native schema",
-        &format!(
-            "{} -Fc -s {} | {} {}",
-            env.pg_dump.display(),
-            shell_conn(source, "postgres"),
-            env.pg_restore.display(),
-            shell_conn(target, "copy")
-        ),
-        &[],
-    )
-    .await;
-    source.exec("DROP PUBLICATION IF EXISTS bench_native; CREATE PUBLICATION bench_native FOR ALL TABLES").await;
-    let t = target.client_db("copy").await;
-    t.batch_execute(&format!(
-        "CREATE SUBSCRIPTION bench_native CONNECTION '{}' PUBLICATION bench_native",
-        source.conninfo()
-    ))
-    .await
-    .expect("create subscription");
-    until("the native initial sync", Duration::from_secs(1800), || {
-        let t = &t;
-        async move {
-            t.query_one(
-                "SELECT count(*) > 0 AND bool_and(srsubstate = 'r') FROM pg_subscription_rel",
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false))
-            .unwrap_or(false)
-        }
-    })
-    .await;
-    let took = start.elapsed();
-    t.batch_execute("DROP SUBSCRIPTION bench_native")
-        .await
-        .expect("drop subscription");
-    source.exec("DROP PUBLICATION bench_native").await;
-    took
 }

@@ -9,7 +9,10 @@ use crate::support::{pg, Cluster, ClusterOptions, PgInstall};
 
 pub struct Env {
     pub quick: bool,
+    /// Rounds of the apply and other parts (`--rounds`).
     pub rounds: usize,
+    /// Runs per tool of the copies: at least 5 (3 with --quick).
+    copy_rounds: usize,
     pub pg: PgInstall,
     pub pg_dump: PathBuf,
     pub pg_restore: PathBuf,
@@ -38,7 +41,7 @@ fn find_tool(pg: &PgInstall, name: &str) -> PathBuf {
 }
 
 impl Env {
-    pub fn new(quick: bool, rounds: usize) -> Env {
+    pub fn new(quick: bool, rounds: Option<usize>) -> Env {
         // Default: Debian's PostgreSQL 15, whose pg_dump, pg_restore and
         // pgcopydb (Debian's build is against 15) match the servers.
         let pg = match std::env::var_os("PGREPL_PG_BIN") {
@@ -72,7 +75,8 @@ impl Env {
         .find(|p| p.is_file());
         Env {
             quick,
-            rounds,
+            rounds: rounds.unwrap_or(if quick { 1 } else { 3 }),
+            copy_rounds: rounds.unwrap_or(if quick { 3 } else { 5 }),
             pg_dump: find_tool(&pg, "pg_dump"),
             pg_restore: find_tool(&pg, "pg_restore"),
             pgbench: pg::pgbench(),
@@ -170,6 +174,10 @@ impl Env {
 }
 
 impl Env {
+    pub fn copy_rounds(&self) -> usize {
+        self.copy_rounds
+    }
+
     /// Runs pgbench to its end; panics with its stderr when it fails.
     pub async fn pgbench(&self, c: &Cluster, args: &[&str]) -> std::process::Output {
         let out = self

@@ -6,6 +6,7 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod anchors;
 mod apply;
 mod copy;
 mod ddl;
@@ -13,6 +14,7 @@ mod env;
 mod finish;
 mod observe;
 mod report;
+mod scale;
 
 use std::path::PathBuf;
 
@@ -33,8 +35,15 @@ async fn main() {
         .iter()
         .position(|a| a == "--rounds")
         .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if quick { 1 } else { 2 });
+        .and_then(|s| s.parse().ok());
+    const PARTS: [&str; 6] = ["copy", "apply", "ddl", "verify", "cutover", "scale"];
+    if let Some(bad) = only.iter().find(|o| !PARTS.contains(&o.as_str())) {
+        eprintln!(
+            "bench: unknown part `{bad}` after --only: pick from {}",
+            PARTS.join(",")
+        );
+        std::process::exit(2);
+    }
     let wants = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
     let env = env::Env::new(quick, rounds);
     let version = support::pg::major_of(&env.pg.bin_dir().join("postgres")).unwrap_or(0);
@@ -54,6 +63,9 @@ async fn main() {
     }
     if wants("cutover") {
         finish::cutover(&env, &mut report).await;
+    }
+    if wants("scale") {
+        scale::run(&env, &mut report).await;
     }
     let table = report.markdown();
     println!("\n{table}");

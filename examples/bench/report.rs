@@ -128,14 +128,6 @@ pub fn machine(pg_version: &str, quick: bool) -> String {
     )
 }
 
-pub fn mean(xs: &[f64]) -> f64 {
-    if xs.is_empty() {
-        0.0
-    } else {
-        xs.iter().sum::<f64>() / xs.len() as f64
-    }
-}
-
 pub fn percentile(xs: &[f64], p: f64) -> f64 {
     if xs.is_empty() {
         return 0.0;
@@ -144,4 +136,71 @@ pub fn percentile(xs: &[f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
     v[i.min(v.len() - 1)]
+}
+
+/// Repeated measurements of one tool: medians for the table, min–max for
+/// the spread.
+#[derive(Clone, Debug, Default)]
+pub struct Runs(pub Vec<f64>);
+
+impl Runs {
+    pub fn push(&mut self, x: f64) {
+        self.0.push(x);
+    }
+
+    pub fn median(&self) -> f64 {
+        let mut v = self.0.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        match v.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    pub fn min(&self) -> f64 {
+        self.0.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    pub fn max(&self) -> f64 {
+        self.0.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    }
+
+    /// (max − min) / median.
+    pub fn spread(&self) -> f64 {
+        if self.0.len() < 2 {
+            return 0.0;
+        }
+        (self.max() - self.min()) / self.median().max(f64::MIN_POSITIVE)
+    }
+
+    /// "2.29 s (2.11–2.47, 5 runs)" with `unit` and `digits` decimals.
+    pub fn show(&self, unit: &str, digits: usize) -> String {
+        if self.0.len() < 2 {
+            return format!("{:.digits$} {unit}", self.median());
+        }
+        format!(
+            "{:.digits$} {unit} ({:.digits$}–{:.digits$}, {} runs)",
+            self.median(),
+            self.min(),
+            self.max(),
+            self.0.len()
+        )
+    }
+}
+
+/// A note when either side's spread is wider than the distance between the
+/// ratio of medians and its target: the verdict could flip on another run.
+pub fn spread_note(report: &mut Report, what: &str, ours: &Runs, theirs: &Runs, ratio: f64, target: f64) {
+    let margin = (target - ratio).abs() / target;
+    let wider = ours.spread().max(theirs.spread());
+    if wider > margin {
+        report.note(format!(
+            "{what}: the runs spread by up to {:.0} % (pgrepl {:.0} %, anchor {:.0} %), wider than the {:.0} % between the ratio {ratio:.3} and its target {target:.2}: read the verdict as uncertain",
+            wider * 100.0,
+            ours.spread() * 100.0,
+            theirs.spread() * 100.0,
+            margin * 100.0
+        ));
+    }
 }

@@ -143,7 +143,7 @@ pub async fn worker(job: Arc<CopyJob>, id: usize) -> Result<(), SnapshotError> {
         let mut failing_since: Option<Instant> = None;
         loop {
             let result = async {
-                if started {
+                if started && shows_copying(&unit) {
                     record_state(&mut tgt, &job, &unit.table.name, &TableState::Copying)
                         .await
                         .map_err(|e| unit_error(&unit, e))?;
@@ -166,19 +166,30 @@ pub async fn worker(job: Arc<CopyJob>, id: usize) -> Result<(), SnapshotError> {
             }
         }
         if stats.units_left.fetch_sub(1, Ordering::SeqCst) == 1 {
-            let state = TableState::Copied {
-                rows: stats.rows.load(Ordering::SeqCst) as i64,
-                bytes: stats.bytes.load(Ordering::SeqCst) as i64,
-            };
-            // For `status` while the copy runs; `workers` records the
+            // For `status` while the copy runs (a table of one unit was
+            // marked in the unit's own commit); `workers` records the
             // durable counts at the end.
-            if let Err(e) = record_state(&mut tgt, &job, &unit.table.name, &state).await {
-                tracing::debug!(error = %e, "recording a table's state");
+            if unit.chunks > 1 {
+                let state = TableState::Copied {
+                    rows: stats.rows.load(Ordering::SeqCst) as i64,
+                    bytes: stats.bytes.load(Ordering::SeqCst) as i64,
+                };
+                if let Err(e) = record_state(&mut tgt, &job, &unit.table.name, &state).await {
+                    tracing::debug!(error = %e, "recording a table's state");
+                }
             }
             job.display.table_done(&stats);
         }
     }
     Ok(())
+}
+
+/// Tables smaller than this are not marked Copying on their way: a round
+/// trip and a commit each, for a state `status` would show for a moment.
+const SHOW_COPYING_FROM: i64 = 8 * 1024 * 1024;
+
+fn shows_copying(unit: &Unit) -> bool {
+    unit.chunks > 1 || unit.table.bytes >= SHOW_COPYING_FROM
 }
 
 enum UnitError {
@@ -223,11 +234,8 @@ async fn copy_unit(
         quote_literal(&table.name),
         unit.chunk
     );
-    tgt.simple_query("BEGIN")
-        .await
-        .map_err(|e| unit_error(unit, e))?;
     let done = tgt
-        .simple_query(&format!("SELECT rows FROM {marker}"))
+        .simple_query(&format!("BEGIN; SELECT rows FROM {marker}"))
         .await
         .map_err(|e| unit_error(unit, e))?;
     if let Some(rows) = done
@@ -242,12 +250,11 @@ async fn copy_unit(
             .map_err(|e| unit_error(unit, e))?;
         return Ok(());
     }
-    src.copy_out(&unit.copy_out_sql())
-        .await
-        .map_err(|e| unit_error(unit, e))?;
-    tgt.copy_in(&unit.copy_in_sql())
-        .await
-        .map_err(|e| unit_error(unit, e))?;
+    // Both sides start their COPY in the same round trip.
+    let (out_sql, in_sql) = (unit.copy_out_sql(), unit.copy_in_sql());
+    let (out, into) = tokio::join!(src.copy_out(&out_sql), tgt.copy_in(&in_sql));
+    out.map_err(|e| unit_error(unit, e))?;
+    into.map_err(|e| unit_error(unit, e))?;
     let mut tally = Tally {
         stats,
         rows: 0,
@@ -275,8 +282,17 @@ async fn copy_unit(
         }
     }
     let rows = tgt.copy_done().await.map_err(|e| unit_error(unit, e))?;
+    let copied = if unit.chunks == 1 {
+        let state = TableState::Copied {
+            rows: rows as i64,
+            bytes: tally.bytes as i64,
+        };
+        format!("{}; ", state::table_state_sql(&job.name, table, &state))
+    } else {
+        String::new()
+    };
     tgt.simple_query(&format!(
-        "INSERT INTO pgrepl.copied_chunks (sync_name, schema_name, table_name, chunk, rows) VALUES ({}, {}, {}, {}, {rows}); COMMIT",
+        "INSERT INTO pgrepl.copied_chunks (sync_name, schema_name, table_name, chunk, rows) VALUES ({}, {}, {}, {}, {rows}); {copied}COMMIT",
         quote_literal(job.name.as_str()),
         quote_literal(&table.schema),
         quote_literal(&table.name),

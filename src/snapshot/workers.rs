@@ -21,7 +21,7 @@ use super::copy::{self, CopyJob};
 use super::plan::{TablePlan, Unit};
 use super::{CopyRequest, SnapshotError};
 use crate::conn::Side;
-use crate::progress::state::{self, TableState};
+use crate::progress::state;
 use crate::progress::ui::{CopyDisplay, ProgressMode, TableStats};
 use crate::sql::TableName;
 
@@ -208,17 +208,15 @@ async fn record_tables(
     for ((table, _), n) in durable {
         *rows.entry(table).or_default() += n;
     }
-    let client = job.target.connect().await?;
+    let mut copied = Vec::with_capacity(job.stats.len());
     for (table, stats) in &job.stats {
         let n = rows.get(table).copied().unwrap_or(0);
         stats.rows.store(n, Ordering::SeqCst);
-        let state = TableState::Copied {
-            rows: n as i64,
-            bytes: stats.bytes.load(Ordering::SeqCst) as i64,
-        };
-        state::set_table_state(&client, &job.name, table, &state)
-            .await
-            .map_err(|e| SnapshotError::target("recording table state", &e))?;
+        copied.push((table.clone(), n as i64, stats.bytes.load(Ordering::SeqCst) as i64));
     }
+    let client = job.target.connect().await?;
+    state::set_tables_copied(&client, &job.name, &copied)
+        .await
+        .map_err(|e| SnapshotError::target("recording table state", &e))?;
     Ok(())
 }
