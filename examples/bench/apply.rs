@@ -24,6 +24,12 @@ const SETUP: &str = "
     INSERT INTO hb VALUES (1, clock_timestamp());
 ";
 
+/// A little WAL, not transactional and for no table: on an otherwise idle
+/// source a slot's restart point moves only at a running-xacts record its
+/// subscriber has confirmed past, and an idle server writes none (one
+/// settle waited 120 s for it once). Every subscriber's settle gets it.
+pub(crate) const WAL_POKE: &str = "SELECT pg_logical_emit_message(false, 'pgrepl-bench', 'settle')";
+
 /// The source's own decoding of the backlog, read from a slot of its own.
 const DECODE: &str = "SELECT count(*) FROM pg_logical_slot_get_binary_changes('decode', NULL, NULL, 'proto_version', '1', 'publication_names', 'native_pub')";
 
@@ -68,7 +74,7 @@ impl Setup {
             "SELECT restart_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2";
         until(
             "the slot to move past the load",
-            Duration::from_secs(120),
+            Duration::from_secs(300),
             || {
                 let src = &src;
                 let before = &before;
@@ -130,18 +136,22 @@ async fn native_stop(s: &Setup, db: &tokio_postgres::Client, name: &str) {
         .await
         .expect("disable");
     let src = s.source.client().await;
-    until("the native walsender to stop", Duration::from_secs(60), || {
-        let src = &src;
-        async move {
-            src.query_one(
-                "SELECT NOT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&name],
-            )
-            .await
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false)
-        }
-    })
+    until(
+        "the native walsender to stop",
+        Duration::from_secs(60),
+        || {
+            let src = &src;
+            async move {
+                src.query_one(
+                    "SELECT NOT active FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&name],
+                )
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false)
+            }
+        },
+    )
     .await;
 }
 
@@ -274,20 +284,23 @@ pub async fn run(env: &Env, report: &mut Report) {
             };
             let n = s.mark().await;
             let mut rate = [0.0; 3];
-            let mut order = [Subscriber::Pgrepl, Subscriber::Native, Subscriber::NativeBest];
+            let mut order = [
+                Subscriber::Pgrepl,
+                Subscriber::Native,
+                Subscriber::NativeBest,
+            ];
             order.rotate_left((round + i) % 3);
             for who in order {
                 let start = Instant::now();
                 match who {
                     Subscriber::Pgrepl => {
-                        let mut child =
-                            env.pgrepl(&s.sync_args(&[])).spawn().expect("pgrepl sync");
+                        let mut child = env.pgrepl(&s.sync_args(&[])).spawn().expect("pgrepl sync");
                         until("pgrepl to catch up", Duration::from_secs(3600), || {
                             has_marker(&pgrepl_db, n)
                         })
                         .await;
                         rate[0] = units / secs(start.elapsed());
-                        s.settle("pgrepl_bench", None).await;
+                        s.settle("pgrepl_bench", Some(WAL_POKE)).await;
                         if let Some(pid) = child.id() {
                             // SAFETY: signalling our own child.
                             unsafe { libc::kill(pid as i32, libc::SIGINT) };
@@ -302,7 +315,7 @@ pub async fn run(env: &Env, report: &mut Report) {
                         };
                         native_catch_up(db, name, n).await;
                         rate[slot] = units / secs(start.elapsed());
-                        s.settle(name, None).await;
+                        s.settle(name, Some(WAL_POKE)).await;
                         native_stop(&s, db, name).await;
                     }
                 }
@@ -321,7 +334,13 @@ pub async fn run(env: &Env, report: &mut Report) {
         }
     }
     for (i, w) in workloads.iter().enumerate() {
-        let [ours, native, best, decode] = &rates[i];
+        let [ours, native, tuned, decode] = &rates[i];
+        // Native at its best: the faster of its two settings on this load.
+        let best = if tuned.median() >= native.median() {
+            tuned
+        } else {
+            native
+        };
         let ratio = ours.median() / best.median().max(0.001);
         let what = match i {
             0 => format!(
@@ -341,12 +360,15 @@ pub async fn run(env: &Env, report: &mut Report) {
             ),
             format!(
                 "native ({best_options}) {}; native (defaults) {}; source decoding alone {}",
-                best.show(w.unit, 0),
+                tuned.show(w.unit, 0),
                 native.show(w.unit, 0),
                 decode.show(w.unit, 0)
             ),
             Some(ratio),
-            &format!("≥ {:.1} × native at its best", w.target_ratio),
+            &format!(
+                "≥ {:.1} × native at its best (the faster setting)",
+                w.target_ratio
+            ),
             Some(ratio >= w.target_ratio),
         );
         spread_note(report, &what, ours, best, ratio, w.target_ratio);

@@ -84,14 +84,9 @@ pub async fn run(env: &Env, report: &mut Report) {
                     took
                 }
                 Tool::PgreplText => {
-                    let (took, peak) = anchors::pgrepl(
-                        env,
-                        &source,
-                        &target,
-                        "copy",
-                        &["--copy-format", "text"],
-                    )
-                    .await;
+                    let (took, peak) =
+                        anchors::pgrepl(env, &source, &target, "copy", &["--copy-format", "text"])
+                            .await;
                     rss.push(peak);
                     took
                 }
@@ -135,7 +130,14 @@ pub async fn run(env: &Env, report: &mut Report) {
         "≤ 0.75 × the best anchor's time",
         Some(ratio <= 0.75),
     );
-    spread_note(report, "copy vs the best anchor", &ours, &best.1, ratio, 0.75);
+    spread_note(
+        report,
+        "copy vs the best anchor",
+        &ours,
+        &best.1,
+        ratio,
+        0.75,
+    );
 
     let ceiling = get(Tool::Ceiling);
     let ratio = o / ceiling.median().max(0.001);

@@ -73,7 +73,7 @@ pub async fn metrics_cost(
                 assert!(!took.is_empty(), "the scraper never reached {addr}");
                 scrape_ms.extend(took);
             }
-            s.settle("pgrepl_bench", None).await;
+            s.settle("pgrepl_bench", Some(crate::apply::WAL_POKE)).await;
             if let Some(pid) = child.id() {
                 // SAFETY: signalling our own child.
                 unsafe { libc::kill(pid as i32, libc::SIGINT) };

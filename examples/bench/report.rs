@@ -191,7 +191,14 @@ impl Runs {
 
 /// A note when either side's spread is wider than the distance between the
 /// ratio of medians and its target: the verdict could flip on another run.
-pub fn spread_note(report: &mut Report, what: &str, ours: &Runs, theirs: &Runs, ratio: f64, target: f64) {
+pub fn spread_note(
+    report: &mut Report,
+    what: &str,
+    ours: &Runs,
+    theirs: &Runs,
+    ratio: f64,
+    target: f64,
+) {
     let margin = (target - ratio).abs() / target;
     let wider = ours.spread().max(theirs.spread());
     if wider > margin {

@@ -61,7 +61,9 @@ async fn tables(env: &Env, report: &mut Report) {
             ))
             .await;
     }
-    source.exec("CREATE TABLE marker (id int PRIMARY KEY)").await;
+    source
+        .exec("CREATE TABLE marker (id int PRIMARY KEY)")
+        .await;
     source.exec("VACUUM ANALYZE").await;
 
     // Every run gets a database of its own, all dropped at the end: dropping
@@ -89,7 +91,10 @@ async fn tables(env: &Env, report: &mut Report) {
     }
     let [ours, fd, fc] = &runs;
     let ratio = ours.median() / fd.median().max(0.001);
-    let what = format!("copy, {count} tables × 20 rows in {schemas} schemas, --jobs {}", jobs());
+    let what = format!(
+        "copy, {count} tables × 20 rows in {schemas} schemas, --jobs {}",
+        jobs()
+    );
     report.row(
         &what,
         ours.show("s", 2),
@@ -296,7 +301,11 @@ impl CopyWatch {
 }
 
 async fn sizes(env: &Env, report: &mut Report) {
-    let scales: &[u32] = if env.quick { &[1, 3, 5] } else { &[10, 30, 100] };
+    let scales: &[u32] = if env.quick {
+        &[1, 3, 5]
+    } else {
+        &[10, 30, 100]
+    };
     let (source, target) = clusters(env, "sizes");
     let n = jobs();
     for &scale in scales {
@@ -349,7 +358,12 @@ async fn sizes(env: &Env, report: &mut Report) {
         report.row(
             &what,
             format!("{} ({:.0} MiB/s)", ours.show("s", 2), mbps(ours)),
-            format!("{} {} ({:.0} MiB/s)", anchors::fd_label(), fd.show("s", 2), mbps(fd)),
+            format!(
+                "{} {} ({:.0} MiB/s)",
+                anchors::fd_label(),
+                fd.show("s", 2),
+                mbps(fd)
+            ),
             Some(ratio),
             "(time ratio)",
             None,

@@ -145,6 +145,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) ->
 
 /// A complete message at the front of `buf`, if there is one.
 pub fn split_frame(buf: &mut BytesMut) -> io::Result<Option<Frame>> {
+    let Some(len) = whole_frame(buf)? else {
+        return Ok(None);
+    };
+    let tag = buf[0];
+    buf.advance(5);
+    let body = buf.split_to(len - 4).freeze();
+    Ok(Some(Frame { tag, body }))
+}
+
+/// The length field of the message `buf` starts with, once all of it has
+/// been read (room is made for the rest otherwise).
+fn whole_frame(buf: &mut BytesMut) -> io::Result<Option<usize>> {
     if buf.len() < 5 {
         return Ok(None);
     }
@@ -159,10 +171,22 @@ pub fn split_frame(buf: &mut BytesMut) -> io::Result<Option<Frame>> {
         buf.reserve(len + 1 - buf.len());
         return Ok(None);
     }
-    let tag = buf[0];
-    buf.advance(5);
-    let body = buf.split_to(len - 4).freeze();
-    Ok(Some(Frame { tag, body }))
+    Ok(Some(len))
+}
+
+/// Moves one whole CopyData message's payload from `buf` to `out`: false
+/// when `buf` does not start with one (another message, or not all of it
+/// read yet), which `split_frame` then handles.
+fn take_copy_data(buf: &mut BytesMut, out: &mut BytesMut) -> io::Result<bool> {
+    if buf.first() != Some(&b'd') {
+        return Ok(false);
+    }
+    let Some(len) = whole_frame(buf)? else {
+        return Ok(false);
+    };
+    out.extend_from_slice(&buf[5..len + 1]);
+    buf.advance(len + 1);
+    Ok(true)
 }
 
 /// Reads a NUL-terminated string from `body`.
@@ -499,6 +523,14 @@ impl RawSession {
     ) -> Result<CopyOut, RawError> {
         let mut messages = 0;
         loop {
+            // Rows first, straight from the read buffer: one copy per row
+            // and no buffer bookkeeping (a table has millions of them).
+            while take_copy_data(&mut self.rbuf, out).map_err(|e| self.io_error(e))? {
+                messages += 1;
+                if out.len() >= at_least {
+                    return Ok(CopyOut::Data { messages });
+                }
+            }
             // Take every whole message already read before reading more.
             while let Some(frame) = split_frame(&mut self.rbuf).map_err(|e| self.io_error(e))? {
                 match frame.tag {
@@ -760,6 +792,23 @@ mod tests {
         assert!(buf.is_empty());
         let mut partial = BytesMut::from(&b"D\x00\x00\x00\x09ab"[..]);
         assert!(split_frame(&mut partial).expect("ok").is_none());
+    }
+
+    #[test]
+    fn copy_data_moves_whole_rows_only() {
+        let mut buf = BytesMut::from(&b"d\x00\x00\x00\x06abd\x00\x00\x00\x0acdC\x00"[..]);
+        let mut out = BytesMut::new();
+        assert!(take_copy_data(&mut buf, &mut out).expect("ok"));
+        assert_eq!(&out[..], b"ab");
+        // The second row is cut short: left for the next read.
+        assert!(!take_copy_data(&mut buf, &mut out).expect("ok"));
+        assert_eq!(&out[..], b"ab");
+        assert_eq!(&buf[..], b"d\x00\x00\x00\x0acdC\x00");
+        // Another message is not taken.
+        let mut other = BytesMut::from(&b"C\x00\x00\x00\x05x"[..]);
+        assert!(!take_copy_data(&mut other, &mut out).expect("ok"));
+        let mut bad = BytesMut::from(&b"d\x00\x00\x00\x02"[..]);
+        assert!(take_copy_data(&mut bad, &mut out).is_err());
     }
 
     #[test]

@@ -212,7 +212,11 @@ async fn record_tables(
     for (table, stats) in &job.stats {
         let n = rows.get(table).copied().unwrap_or(0);
         stats.rows.store(n, Ordering::SeqCst);
-        copied.push((table.clone(), n as i64, stats.bytes.load(Ordering::SeqCst) as i64));
+        copied.push((
+            table.clone(),
+            n as i64,
+            stats.bytes.load(Ordering::SeqCst) as i64,
+        ));
     }
     let client = job.target.connect().await?;
     state::set_tables_copied(&client, &job.name, &copied)
