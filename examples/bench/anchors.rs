@@ -69,7 +69,13 @@ pub async fn pgrepl(
     args.extend(extra.iter().map(|s| s.to_string()));
     let (took, ok, peak, log) = env.pgrepl_measured(&args).await;
     assert!(ok, "pgrepl copy failed:\n{log}");
-    let teardown: Vec<String> = vec![
+    teardown(env, source, target, db).await;
+    (took, peak)
+}
+
+/// `pgrepl teardown` of the bench's sync into `db`; panics when it fails.
+pub async fn teardown(env: &Env, source: &Cluster, target: &Cluster, db: &str) {
+    let args: Vec<String> = vec![
         "teardown".into(),
         "--name".into(),
         "bench".into(),
@@ -78,13 +84,12 @@ pub async fn pgrepl(
         "--target".into(),
         target.conninfo_db(db),
     ];
-    let out = env.pgrepl(&teardown).output().await.expect("teardown");
+    let out = env.pgrepl(&args).output().await.expect("teardown");
     assert!(
         out.status.success(),
         "teardown: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (took, peak)
 }
 
 /// `pg_dump -Fc | pg_restore`: what most runbooks say.

@@ -154,19 +154,10 @@ async fn streaming(
     ];
     let mut child = env.pgrepl(&args).spawn().expect("pgrepl sync");
     let t = target.client_db("tables_stream").await;
-    let to_streaming = until(
+    let to_streaming = until_row(
+        &t,
         "the sync of every table to stream",
-        Duration::from_secs(1800),
-        || {
-            let t = &t;
-            async move {
-                t.query_opt("SELECT 1 FROM pgrepl.sync WHERE phase = 'streaming'", &[])
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-            }
-        },
+        "SELECT 1 FROM pgrepl.sync WHERE phase = 'streaming'",
     )
     .await;
     let load = Instant::now();
@@ -180,19 +171,10 @@ async fn streaming(
         .await;
     source.exec("INSERT INTO marker VALUES (1)").await;
     let committed = load.elapsed();
-    until(
+    until_row(
+        &t,
         "the streamed rows on the target",
-        Duration::from_secs(1800),
-        || {
-            let t = &t;
-            async move {
-                t.query_opt("SELECT 1 FROM marker WHERE id = 1", &[])
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-            }
-        },
+        "SELECT 1 FROM marker WHERE id = 1",
     )
     .await;
     let applied = load.elapsed();
@@ -213,16 +195,7 @@ async fn streaming(
         unsafe { libc::kill(pid as i32, libc::SIGINT) };
     }
     let _ = child.wait().await;
-    let teardown: Vec<String> = vec![
-        "teardown".into(),
-        "--name".into(),
-        "bench".into(),
-        "--source".into(),
-        source.conninfo(),
-        "--target".into(),
-        target.conninfo_db("tables_stream"),
-    ];
-    let _ = env.pgrepl(&teardown).output().await;
+    anchors::teardown(env, source, target, "tables_stream").await;
     report.row(
         &format!("streaming into all {count} tables: one transaction each, committed one after another"),
         format!(
@@ -242,6 +215,14 @@ async fn streaming(
         .await
         .batch_execute("DROP DATABASE tables_stream WITH (FORCE)")
         .await;
+}
+
+/// Waits until `sql` returns a row on `client`; the time it took.
+async fn until_row(client: &tokio_postgres::Client, what: &str, sql: &str) -> Duration {
+    until(what, Duration::from_secs(1800), || async {
+        client.query_opt(sql, &[]).await.ok().flatten().is_some()
+    })
+    .await
 }
 
 /// Counts the target's concurrent COPY sessions into `db` while a tool
