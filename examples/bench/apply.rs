@@ -33,6 +33,9 @@ pub(crate) const WAL_POKE: &str = "SELECT pg_logical_emit_message(false, 'pgrepl
 /// The source's own decoding of the backlog, read from a slot of its own.
 const DECODE: &str = "SELECT count(*) FROM pg_logical_slot_get_binary_changes('decode', NULL, NULL, 'proto_version', '1', 'publication_names', 'native_pub')";
 
+/// Consumes the null subscriber's slot where its settle needs it.
+const RECV_POKE: &str = "SELECT count(*) FROM pg_logical_slot_get_binary_changes('recv', NULL, NULL, 'proto_version', '1', 'publication_names', 'native_pub')";
+
 const TABLES: &str = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, bulk, huge, upd, marker, hb";
 
 pub(crate) struct Setup {
@@ -207,9 +210,13 @@ pub async fn run(env: &Env, report: &mut Report) {
     s.source
         .exec("SELECT pg_create_logical_replication_slot('native', 'pgoutput')")
         .await;
-    s.source
-        .exec("SELECT pg_create_logical_replication_slot('decode', 'pgoutput')")
-        .await;
+    for slot in ["decode", "recv"] {
+        s.source
+            .exec(&format!(
+                "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+            ))
+            .await;
+    }
     let major = crate::support::pg::major_of(&env.pg.bin_dir().join("postgres")).unwrap_or(0);
     let best_options = crate::anchors::native_best_options(major);
     s.target
@@ -251,8 +258,10 @@ pub async fn run(env: &Env, report: &mut Report) {
             target_ratio: 1.5,
         },
     ];
-    // Per workload: pgrepl, native, native at its best, decoding.
-    let mut rates: Vec<[Runs; 4]> = vec![Default::default(); workloads.len()];
+    // Per workload: pgrepl, native, native at its best, decoding, the
+    // walsender feeding a subscriber that discards everything.
+    let mut rates: Vec<[Runs; 5]> = vec![Default::default(); workloads.len()];
+    let mut peaks = vec![0u64; workloads.len()];
     for round in 0..env.rounds {
         for (i, w) in workloads.iter().enumerate() {
             // The load, held back by the slots.
@@ -283,6 +292,11 @@ pub async fn run(env: &Env, report: &mut Report) {
                 }
             };
             let n = s.mark().await;
+            let end_lsn = s
+                .source
+                .value("SELECT pg_current_wal_lsn()::text")
+                .await
+                .expect("wal position");
             let mut rate = [0.0; 3];
             let mut order = [
                 Subscriber::Pgrepl,
@@ -301,11 +315,7 @@ pub async fn run(env: &Env, report: &mut Report) {
                         .await;
                         rate[0] = units / secs(start.elapsed());
                         s.settle("pgrepl_bench", Some(WAL_POKE)).await;
-                        if let Some(pid) = child.id() {
-                            // SAFETY: signalling our own child.
-                            unsafe { libc::kill(pid as i32, libc::SIGINT) };
-                        }
-                        let _ = child.wait().await;
+                        peaks[i] = peaks[i].max(crate::env::interrupt(&mut child).await);
                     }
                     Subscriber::Native | Subscriber::NativeBest => {
                         let (db, name, slot) = if who == Subscriber::Native {
@@ -324,17 +334,22 @@ pub async fn run(env: &Env, report: &mut Report) {
             s.source.exec(DECODE).await;
             let decode_rate = units / secs(start.elapsed());
             s.settle("decode", Some(DECODE)).await;
+            let took = env
+                .null_subscriber(&s.source, "recv", "native_pub", &end_lsn)
+                .await;
+            let recv_rate = units / secs(took);
+            s.settle("recv", Some(RECV_POKE)).await;
             println!(
-                "  round {round} {}: pgrepl {:.0}, native {:.0}, native ({best_options}) {:.0}, decoding {decode_rate:.0} {} ({:?} first)",
+                "  round {round} {}: pgrepl {:.0}, native {:.0}, native ({best_options}) {:.0}, decoding {decode_rate:.0}, walsender to a null subscriber {recv_rate:.0} {} ({:?} first)",
                 w.name, rate[0], rate[1], rate[2], w.unit, order[0]
             );
-            for (k, r) in rate.into_iter().chain([decode_rate]).enumerate() {
+            for (k, r) in rate.into_iter().chain([decode_rate, recv_rate]).enumerate() {
                 rates[i][k].push(r);
             }
         }
     }
     for (i, w) in workloads.iter().enumerate() {
-        let [ours, native, tuned, decode] = &rates[i];
+        let [ours, native, tuned, decode, recv] = &rates[i];
         // Native at its best: the faster of its two settings on this load.
         let best = if tuned.median() >= native.median() {
             tuned
@@ -354,9 +369,10 @@ pub async fn run(env: &Env, report: &mut Report) {
         report.row(
             &what,
             format!(
-                "{} = {:.0} % of decoding",
+                "{} = {:.0} % of decoding; peak RSS {:.0} MiB",
                 ours.show(w.unit, 0),
-                of_decode * 100.0
+                of_decode * 100.0,
+                mib(peaks[i])
             ),
             format!(
                 "native ({best_options}) {}; native (defaults) {}; source decoding alone {}",
@@ -381,6 +397,22 @@ pub async fn run(env: &Env, report: &mut Report) {
                 "≥ 0.40 × decoding",
                 Some(of_decode >= 0.40),
             );
+            // What any subscriber can get on this machine: the walsender
+            // decoding and sending the same backlog to pg_recvlogical,
+            // which writes it to /dev/null and applies nothing.
+            let of_recv = ours.median() / recv.median().max(0.001);
+            report.row(
+                "apply, pgbench: pgrepl against the walsender feeding a null subscriber (pg_recvlogical -f /dev/null)",
+                format!("{:.0} {} = {:.0} % of it", ours.median(), w.unit, of_recv * 100.0),
+                format!(
+                    "walsender to pg_recvlogical {} = {:.0} % of decoding alone",
+                    recv.show(w.unit, 0),
+                    recv.median() / decode.median().max(0.001) * 100.0
+                ),
+                Some(of_recv),
+                "(no target: the ceiling a subscriber of one walsender meets)",
+                None,
+            );
         }
     }
     best_db
@@ -391,9 +423,11 @@ pub async fn run(env: &Env, report: &mut Report) {
         .batch_execute("DROP SUBSCRIPTION native")
         .await
         .expect("drop subscription");
-    s.source
-        .exec("SELECT pg_drop_replication_slot('decode')")
-        .await;
+    for slot in ["decode", "recv"] {
+        s.source
+            .exec(&format!("SELECT pg_drop_replication_slot('{slot}')"))
+            .await;
+    }
 
     keep_up(env, &mut s, &pgrepl_db, report).await;
     crate::observe::metrics_cost(env, &mut s, &pgrepl_db, report).await;
@@ -477,17 +511,14 @@ async fn keep_up(
     )
     .await;
     let catch_up = catch_up.max(ended.elapsed().min(catch_up));
-    if let Some(pid) = child.id() {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    }
-    let _ = child.wait().await;
+    let peak = crate::env::interrupt(&mut child).await;
     let (p50, p99) = (percentile(&lags, 50.0), percentile(&lags, 99.0));
     report.row(
         &format!("keep-up, pgbench 4 clients {run_secs} s ({tps:.0} txn/s on the source)"),
         format!(
-            "lag p50 {p50:.2} s, p99 {p99:.2} s; catch-up {:.2} s",
-            secs(catch_up)
+            "lag p50 {p50:.2} s, p99 {p99:.2} s; catch-up {:.2} s; peak RSS {:.0} MiB",
+            secs(catch_up),
+            mib(peak)
         ),
         "-".into(),
         None,

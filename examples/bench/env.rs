@@ -7,6 +7,15 @@ use std::time::{Duration, Instant};
 
 use crate::support::{pg, Cluster, ClusterOptions, PgInstall};
 
+/// A pgrepl run measured by the `rss` mode.
+pub struct Measured {
+    pub took: Duration,
+    pub ok: bool,
+    pub peak_kib: u64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
 pub struct Env {
     pub quick: bool,
     /// Rounds of the apply and other parts (`--rounds`).
@@ -17,6 +26,7 @@ pub struct Env {
     pub pg_dump: PathBuf,
     pub pg_restore: PathBuf,
     pub pgbench: PathBuf,
+    pub pg_recvlogical: PathBuf,
     pub pgcopydb: Option<PathBuf>,
     pub pgrepl: PathBuf,
     pub this: PathBuf,
@@ -80,6 +90,7 @@ impl Env {
             pg_dump: find_tool(&pg, "pg_dump"),
             pg_restore: find_tool(&pg, "pg_restore"),
             pgbench: pg::pgbench(),
+            pg_recvlogical: find_tool(&pg, "pg_recvlogical"),
             pgcopydb,
             pg,
             pgrepl,
@@ -127,8 +138,15 @@ impl Env {
         c
     }
 
-    /// Runs pgrepl under this binary's `rss` mode: (time, success, peak RSS in KiB).
+    /// Runs pgrepl under this binary's `rss` mode: (time, success, peak RSS in KiB, log).
     pub async fn pgrepl_measured(&self, args: &[String]) -> (Duration, bool, u64, String) {
+        let m = self.pgrepl_run(args).await;
+        let log = format!("{}{}", m.stdout, m.stderr);
+        (m.took, m.ok, m.peak_kib, log)
+    }
+
+    /// Runs pgrepl under this binary's `rss` mode, its output kept apart.
+    pub async fn pgrepl_run(&self, args: &[String]) -> Measured {
         let mut c = tokio::process::Command::new(&self.this);
         c.arg("rss")
             .arg("--")
@@ -139,17 +157,23 @@ impl Env {
         let start = Instant::now();
         let out = c.stdin(Stdio::null()).output().await.expect("run pgrepl");
         let took = start.elapsed();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let rss = stdout
-            .lines()
-            .rev()
-            .find_map(|l| {
-                l.strip_prefix("maxrss_kib=")
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0);
-        let log = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-        (took, out.status.success(), rss, log)
+        let mut stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        // The rss mode's own line comes last.
+        let mut peak_kib = 0;
+        if let Some(at) = stdout.rfind("maxrss_kib=") {
+            peak_kib = stdout[at + "maxrss_kib=".len()..]
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            stdout.truncate(at);
+        }
+        Measured {
+            took,
+            ok: out.status.success(),
+            peak_kib,
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
     /// pgbench against a cluster's database.
@@ -198,6 +222,52 @@ impl Env {
     pub async fn pgbench_init(&self, c: &Cluster, scale: u32) {
         self.pgbench(c, &["-i", "-s", &scale.to_string(), "-q"])
             .await;
+    }
+
+    /// Reads `slot` (pgoutput, `publication`) through a walsender up to
+    /// `end_lsn` with pg_recvlogical writing to /dev/null: the walsender's
+    /// decoding and sending with a subscriber that applies nothing.
+    pub async fn null_subscriber(
+        &self,
+        c: &Cluster,
+        slot: &str,
+        publication: &str,
+        end_lsn: &str,
+    ) -> Duration {
+        let start = Instant::now();
+        let out = tokio::process::Command::new(&self.pg_recvlogical)
+            .args([
+                "-h",
+                &c.socket_dir().display().to_string(),
+                "-p",
+                &c.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "--slot",
+                slot,
+                "--start",
+                "--no-loop",
+                "--endpos",
+                end_lsn,
+                "-f",
+                "/dev/null",
+                "-o",
+                "proto_version=1",
+                "-o",
+                &format!("publication_names={publication}"),
+            ])
+            .output()
+            .await
+            .expect("run pg_recvlogical");
+        let took = start.elapsed();
+        assert!(
+            out.status.success(),
+            "pg_recvlogical failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        took
     }
 
     /// pgbench with 4 clients for `secs` while the slots hold the WAL: how
@@ -273,6 +343,33 @@ pub fn rss_mode(args: &[String]) -> ! {
     };
     println!("maxrss_kib={maxrss}");
     std::process::exit(status.code().unwrap_or(1));
+}
+
+/// A running child's peak resident set so far (VmHWM, KiB; 0 once it
+/// has exited or when unreadable).
+pub fn peak_rss(child: &tokio::process::Child) -> u64 {
+    child
+        .id()
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Stops a running `pgrepl sync` the way a user does (SIGINT), waits for
+/// it, and returns its peak resident set (VmHWM, KiB; 0 if unreadable),
+/// read just before the signal.
+pub async fn interrupt(child: &mut tokio::process::Child) -> u64 {
+    let peak = peak_rss(child);
+    if let Some(pid) = child.id() {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    }
+    let _ = child.wait().await;
+    peak
 }
 
 pub fn mib(kib: u64) -> f64 {

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::env::{secs, until, Env};
+use crate::env::{mib, secs, until, Env};
 use crate::report::{percentile, Report};
 use crate::support::Cluster;
 
@@ -145,12 +145,9 @@ impl Live {
         .expect("pgbench")
     }
 
-    async fn stop(mut self) {
-        if let Some(pid) = self.sync.id() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid as i32, libc::SIGINT) };
-        }
-        let _ = self.sync.wait().await;
+    /// Stops the sync; its peak RSS (KiB).
+    async fn stop(mut self) -> u64 {
+        crate::env::interrupt(&mut self.sync).await
     }
 }
 
@@ -195,23 +192,15 @@ pub async fn verify(env: &Env, report: &mut Report) {
     );
     let (mut ours, mut theirs, mut held) = (Vec::new(), Vec::new(), Vec::new());
     let (mut our_diffs, mut their_diffs) = (0u64, 0u64);
+    let mut verify_peak = 0u64;
     for round in 0..rounds {
         for turn in 0..2 {
             if (turn == 0) == (round % 2 == 0) {
-                let start = Instant::now();
-                let out = env
-                    .pgrepl(&live.cmd_args("verify", &["--json"]))
-                    .output()
-                    .await
-                    .expect("pgrepl verify");
-                let took = secs(start.elapsed());
-                let v: serde_json::Value =
-                    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-                        panic!(
-                            "verify --json: {e}: {}",
-                            String::from_utf8_lossy(&out.stderr)
-                        )
-                    });
+                let out = env.pgrepl_run(&live.cmd_args("verify", &["--json"])).await;
+                let took = secs(out.took);
+                verify_peak = verify_peak.max(out.peak_kib);
+                let v: serde_json::Value = serde_json::from_str(&out.stdout)
+                    .unwrap_or_else(|e| panic!("verify --json: {e}: {}", out.stderr));
                 let diffs = v["tables"]
                     .as_array()
                     .map(|ts| ts.iter().filter(|t| t["data"] != "equal").count())
@@ -262,7 +251,7 @@ pub async fn verify(env: &Env, report: &mut Report) {
         .await
         .expect("pgrepl verify");
     let really_equal = out.status.success();
-    live.stop().await;
+    let sync_peak = live.stop().await;
     let (o, t) = (percentile(&ours, 50.0), percentile(&theirs, 50.0));
     let pause = held.iter().cloned().fold(0.0, f64::max);
     let ratio = o / t.max(0.001);
@@ -270,7 +259,11 @@ pub async fn verify(env: &Env, report: &mut Report) {
     let false_theirs = if really_equal { their_diffs } else { 0 };
     report.row(
         &format!("verify, pgbench scale {} + TOAST table while pgbench writes (4 clients), {rounds} runs each", if env.quick { 5 } else { 30 }),
-        format!("median {o:.2} s, {false_ours} false differences, apply held ≤ {pause:.0} ms"),
+        format!(
+            "median {o:.2} s, {false_ours} false differences, apply held ≤ {pause:.0} ms; peak RSS verify {:.0} MiB, sync {:.0} MiB",
+            mib(verify_peak),
+            mib(sync_peak)
+        ),
         format!("pgcopydb compare data median {t:.2} s, {false_theirs} false differences"),
         Some(ratio),
         "≤ 1.0 × time, 0 false differences, hold ≤ 100 ms",
@@ -303,20 +296,14 @@ pub async fn cutover(env: &Env, report: &mut Report) {
     let (a, t0) = (history_rows(&live.source).await, Instant::now());
     tokio::time::sleep(Duration::from_secs(5)).await;
     let tps = (history_rows(&live.source).await - a) / secs(t0.elapsed()) * 20.0 / 16.0;
-    let start = Instant::now();
     let out = env
-        .pgrepl(&live.cmd_args("cutover", &["--json", "--terminate"]))
-        .output()
-        .await
-        .expect("pgrepl cutover");
-    let took = secs(start.elapsed());
-    assert!(
-        out.status.success(),
-        "pgrepl cutover: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cutover --json");
+        .pgrepl_run(&live.cmd_args("cutover", &["--json", "--terminate"]))
+        .await;
+    let took = secs(out.took);
+    assert!(out.ok, "pgrepl cutover: {}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("cutover --json");
     let downtime = v["write_downtime_ms"].as_f64().unwrap_or(f64::NAN) / 1000.0;
+    let sync_peak = crate::env::peak_rss(&live.sync);
     let _ = load.kill().await;
     let _ = tokio::time::timeout(Duration::from_secs(60), live.sync.wait()).await;
     let equal = |sql: &'static str| {
@@ -345,7 +332,7 @@ pub async fn cutover(env: &Env, report: &mut Report) {
     report.row(
         &format!("cutover while pgbench writes (4 clients, {tps:.0} txn/s on the source)"),
         format!(
-            "write downtime {downtime:.3} s, command to ready {took:.2} s; {}; {}",
+            "write downtime {downtime:.3} s, command to ready {took:.2} s; {}; {}; peak RSS cutover {:.0} MiB, sync {:.0} MiB",
             if seq_exact {
                 "sequences exact"
             } else {
@@ -355,7 +342,9 @@ pub async fn cutover(env: &Env, report: &mut Report) {
                 "nothing lost"
             } else {
                 "ROWS DIFFER"
-            }
+            },
+            mib(out.peak_kib),
+            mib(sync_peak)
         ),
         "-".into(),
         None,

@@ -29,6 +29,7 @@ pub async fn metrics_cost(
     let mut plain = Vec::new();
     let mut listening = Vec::new();
     let mut scrape_ms = Vec::new();
+    let mut peak = 0u64;
     for round in 0..rounds {
         for turn in 0..2 {
             let listen = (turn == 0) == (round % 2 == 0);
@@ -74,11 +75,7 @@ pub async fn metrics_cost(
                 scrape_ms.extend(took);
             }
             s.settle("pgrepl_bench", Some(crate::apply::WAL_POKE)).await;
-            if let Some(pid) = child.id() {
-                // SAFETY: signalling our own child.
-                unsafe { libc::kill(pid as i32, libc::SIGINT) };
-            }
-            let _ = child.wait().await;
+            peak = peak.max(crate::env::interrupt(&mut child).await);
             println!(
                 "  round {round}: {} {rate:.0} txn/s",
                 if listen {
@@ -108,7 +105,10 @@ pub async fn metrics_cost(
     let share = per_scrape * 2.0 * SCRAPES_PER_SEC as f64 / 1000.0;
     report.row(
         &format!("apply with --listen, /metrics + /live read {SCRAPES_PER_SEC}×/s (pgbench backlog, {rounds} rounds each)"),
-        format!("median {l:.0} txn/s (min {llo:.0}, max {lhi:.0})"),
+        format!(
+            "median {l:.0} txn/s (min {llo:.0}, max {lhi:.0}); peak RSS {:.0} MiB",
+            crate::env::mib(peak)
+        ),
         format!(
             "without --listen median {p:.0} txn/s (min {plo:.0}, max {phi:.0}); one scrape {per_scrape:.2} ms = {:.2}% of a core",
             share * 100.0

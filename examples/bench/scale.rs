@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::anchors::{self, jobs};
-use crate::env::{fresh_db, secs, until, Env};
+use crate::env::{fresh_db, mib, secs, until, Env};
 use crate::report::{spread_note, Report, Runs};
 use crate::support::Cluster;
 
@@ -73,6 +73,7 @@ async fn tables(env: &Env, report: &mut Report) {
     let tools = [Tool::Pgrepl, Tool::DumpFd, Tool::DumpFc];
     let mut runs = [Runs::default(), Runs::default(), Runs::default()];
     let mut dbs = Vec::new();
+    let mut peak = 0u64;
     for round in 0..rounds(env) {
         let mut order = tools;
         order.rotate_left(round % tools.len());
@@ -81,7 +82,11 @@ async fn tables(env: &Env, report: &mut Report) {
             target.exec(&format!("CREATE DATABASE {db}")).await;
             dbs.push(db.clone());
             let took = match tool {
-                Tool::Pgrepl => anchors::pgrepl(env, &source, &target, &db, &[]).await.0,
+                Tool::Pgrepl => {
+                    let (took, rss) = anchors::pgrepl(env, &source, &target, &db, &[]).await;
+                    peak = peak.max(rss);
+                    took
+                }
                 Tool::DumpFd => anchors::dump_fd(env, &source, &target, &db).await,
                 Tool::DumpFc => anchors::dump_fc(env, &source, &target, &db).await,
             };
@@ -97,7 +102,7 @@ async fn tables(env: &Env, report: &mut Report) {
     );
     report.row(
         &what,
-        ours.show("s", 2),
+        format!("{}; peak RSS {:.0} MiB", ours.show("s", 2), mib(peak)),
         format!(
             "{} {}; {} {}",
             anchors::fd_label(),
@@ -190,11 +195,7 @@ async fn streaming(
         .map(|r| r.get(0))
         .unwrap_or(0);
     assert_eq!(have as usize, count, "every table has its streamed row");
-    if let Some(pid) = child.id() {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    }
-    let _ = child.wait().await;
+    let peak = crate::env::interrupt(&mut child).await;
     anchors::teardown(env, source, target, "tables_stream").await;
     report.row(
         &format!("streaming into all {count} tables: one transaction each, committed one after another"),
@@ -204,7 +205,11 @@ async fn streaming(
             count as f64 / secs(applied).max(0.001),
             secs(committed)
         ),
-        format!("`pgrepl sync` from nothing to streaming: {:.2} s", secs(to_streaming)),
+        format!(
+            "`pgrepl sync` from nothing to streaming: {:.2} s; pgrepl's peak RSS {:.0} MiB",
+            secs(to_streaming),
+            mib(peak)
+        ),
         None,
         "(every table's row checked)",
         None,
@@ -310,6 +315,7 @@ async fn sizes(env: &Env, report: &mut Report) {
         let mut runs = [Runs::default(), Runs::default()];
         let mut rows_phase = [Runs::default(), Runs::default()];
         let mut most = [0usize, 0usize];
+        let mut peak = 0u64;
         for round in 0..rounds(env) {
             let mut order = tools;
             order.rotate_left(round % 2);
@@ -317,7 +323,11 @@ async fn sizes(env: &Env, report: &mut Report) {
                 fresh_db(&target, "size").await;
                 let watch = CopyWatch::start(&target, "size").await;
                 let took = match tool {
-                    Tool::Pgrepl => anchors::pgrepl(env, &source, &target, "size", &[]).await.0,
+                    Tool::Pgrepl => {
+                        let (took, rss) = anchors::pgrepl(env, &source, &target, "size", &[]).await;
+                        peak = peak.max(rss);
+                        took
+                    }
                     _ => anchors::dump_fd(env, &source, &target, "size").await,
                 };
                 let (seen, rows_done) = watch.finish().await;
@@ -338,7 +348,12 @@ async fn sizes(env: &Env, report: &mut Report) {
         let what = format!("copy, pgbench scale {scale} ({:.0} MiB)", bytes / 1048576.0);
         report.row(
             &what,
-            format!("{} ({:.0} MiB/s)", ours.show("s", 2), mbps(ours)),
+            format!(
+                "{} ({:.0} MiB/s; peak RSS {:.0} MiB)",
+                ours.show("s", 2),
+                mbps(ours),
+                mib(peak)
+            ),
             format!(
                 "{} {} ({:.0} MiB/s)",
                 anchors::fd_label(),
