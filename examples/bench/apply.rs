@@ -57,6 +57,14 @@ impl Setup {
         a
     }
 
+    /// Untimed, before every timed catch-up: a checkpoint of the target,
+    /// so that no subscriber's catch-up is the one that runs into the
+    /// server's own (8 GB of WAL or 30 min) and pays its writes and the
+    /// full-page images of every first touch after it.
+    pub(crate) async fn checkpoint_target(&self) {
+        self.target.exec("CHECKPOINT").await;
+    }
+
     /// Keeps a subscriber running, after its timed catch-up, until its
     /// slot's restart point is past the load: otherwise the next
     /// measurement would start by decoding this load again (a slot only
@@ -305,6 +313,7 @@ pub async fn run(env: &Env, report: &mut Report) {
             ];
             order.rotate_left((round + i) % 3);
             for who in order {
+                s.checkpoint_target().await;
                 let start = Instant::now();
                 match who {
                     Subscriber::Pgrepl => {

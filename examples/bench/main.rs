@@ -1,7 +1,8 @@
 //! `just bench`: pgrepl measured side by side with what users would pick
 //! instead, on the same data, the same machine, the same run, reported as
 //! ratios. `--quick` for a short version. The table is printed and written
-//! to bench-results/ (latest.md and a dated copy).
+//! to bench-results/ (latest.md and a dated copy; latest-only.md for a
+//! `--only` run, latest-quick.md for `--quick`).
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -77,20 +78,20 @@ async fn main() {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let name = if quick {
-        "latest-quick.md"
-    } else {
-        "latest.md"
+    // latest.md stays the full run the README shows; a partial run
+    // (`--only`) or a quick one goes to a file of its own.
+    let kind = match (quick, only.is_empty()) {
+        (true, _) => "-quick",
+        (false, false) => "-only",
+        (false, true) => "",
     };
-    for file in [
-        dir.join(name),
-        dir.join(format!("{stamp}{}.md", if quick { "-quick" } else { "" })),
-    ] {
+    let name = format!("latest{kind}.md");
+    for file in [dir.join(&name), dir.join(format!("{stamp}{kind}.md"))] {
         std::fs::write(&file, &table).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
     }
     println!(
         "written to {}",
-        PathBuf::from("bench-results").join(name).display()
+        PathBuf::from("bench-results").join(&name).display()
     );
     if !quick && only.is_empty() {
         readme_table(&table);

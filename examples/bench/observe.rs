@@ -41,6 +41,7 @@ pub async fn metrics_cost(
             if listen {
                 extra = vec!["--listen", addr.as_str()];
             }
+            s.checkpoint_target().await;
             let start = Instant::now();
             let mut child = env
                 .pgrepl(&s.sync_args(&extra))
