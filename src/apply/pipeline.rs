@@ -7,7 +7,7 @@
 //! after which it skips everything up to the next Sync; so the first error
 //! belongs to the oldest statement still waiting, and nothing after it ran.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncWriteExt, WriteHalf};
@@ -57,6 +57,9 @@ pub struct Pipeline<M> {
     /// Statements sent since the last Flush or Sync.
     unflushed: usize,
     next_name: u64,
+    /// Queries prepared on this connection by [`Pipeline::query_prepared`]:
+    /// the caller's key and the statement's name on the server.
+    queries: HashMap<&'static str, String>,
     side: Side,
 }
 
@@ -123,6 +126,7 @@ impl<M> Pipeline<M> {
             executes: 0,
             unflushed: 0,
             next_name: 0,
+            queries: HashMap::new(),
             side,
         }
     }
@@ -331,15 +335,51 @@ impl<M> Pipeline<M> {
         sql: &str,
         params: &[&str],
     ) -> Result<Vec<Vec<Option<String>>>, RawError> {
-        debug_assert!(self.pending.is_empty(), "queries run between batches");
+        self.parse("", sql);
+        self.query_statement("", params).await
+    }
+
+    /// [`Pipeline::query`] for a query run again and again on this
+    /// connection (once per table, say): parsed and planned once as a
+    /// named statement, `key` standing for `sql`.
+    pub async fn query_prepared(
+        &mut self,
+        key: &'static str,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<Vec<Vec<Option<String>>>, RawError> {
+        if let Some(name) = self.queries.get(key).cloned() {
+            return self.query_statement(&name, params).await;
+        }
+        // A fresh name on every attempt: a failed attempt may or may not
+        // have left its statement behind.
+        self.next_name += 1;
+        let name = format!("pgrepl_q{}", self.next_name);
+        self.parse(&name, sql);
+        let rows = self.query_statement(&name, params).await?;
+        self.queries.insert(key, name);
+        Ok(rows)
+    }
+
+    /// Buffers a Parse of `sql` as statement `name` ("" for the unnamed one).
+    fn parse(&mut self, name: &str, sql: &str) {
         message(&mut self.wbuf, b'P', |b| {
-            b.put_u8(0);
+            put_cstr(b, name);
             put_cstr(b, sql);
             b.put_i16(0);
         });
+    }
+
+    /// Binds and runs statement `name`, then waits for its rows.
+    async fn query_statement(
+        &mut self,
+        name: &str,
+        params: &[&str],
+    ) -> Result<Vec<Vec<Option<String>>>, RawError> {
+        debug_assert!(self.pending.is_empty(), "queries run between batches");
         message(&mut self.wbuf, b'B', |b| {
             b.put_u8(0);
-            b.put_u8(0);
+            put_cstr(b, name);
             b.put_i16(1);
             b.put_i16(0);
             b.put_i16(params.len() as i16);

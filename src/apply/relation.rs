@@ -125,7 +125,8 @@ impl TargetRelation {
         let table = TableName::new(source.namespace.clone(), source.name.clone());
         let quoted = table.quoted();
         let rows = pipe
-            .query(
+            .query_prepared(
+                "target relation",
                 "SELECT c.relkind::text, a.attname::text, a.attgenerated <> '', a.attidentity = 'a',
                    (WITH RECURSIVE ty(oid, typtype, base, elem, cat) AS (
                         SELECT t.oid, t.typtype, t.typbasetype, t.typelem, t.typcategory FROM pg_type t WHERE t.oid = a.atttypid
