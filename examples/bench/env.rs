@@ -179,20 +179,13 @@ impl Env {
     /// pgbench against a cluster's database.
     pub fn pgbench_cmd(&self, c: &Cluster, db: &str, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.pgbench);
-        cmd.args([
-            "-h",
-            &c.socket_dir().display().to_string(),
-            "-p",
-            &c.port.to_string(),
-            "-U",
-            "postgres",
-        ])
-        .args(args)
-        .arg(db)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        cmd.args(login_args(c))
+            .args(args)
+            .arg(db)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         cmd
     }
 }
@@ -236,13 +229,8 @@ impl Env {
     ) -> Duration {
         let start = Instant::now();
         let out = tokio::process::Command::new(&self.pg_recvlogical)
+            .args(login_args(c))
             .args([
-                "-h",
-                &c.socket_dir().display().to_string(),
-                "-p",
-                &c.port.to_string(),
-                "-U",
-                "postgres",
                 "-d",
                 "postgres",
                 "--slot",
@@ -284,6 +272,18 @@ impl Env {
             .await;
         count().await - before
     }
+}
+
+/// How a client tool reaches a cluster: its socket, port and user.
+fn login_args(c: &Cluster) -> [String; 6] {
+    [
+        "-h".into(),
+        c.socket_dir().display().to_string(),
+        "-p".into(),
+        c.port.to_string(),
+        "-U".into(),
+        "postgres".into(),
+    ]
 }
 
 /// Runs a shell pipeline and returns how long it took; panics on failure.
