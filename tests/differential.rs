@@ -18,9 +18,12 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::gen::{self, Gen, Shape};
+use support::stops::{self, Stop, Syncs};
 use support::{assert_same_data, pgrepl, wait_for, ClusterOptions, Pair};
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -41,7 +44,7 @@ fn parse_paths(log: &str) -> (BTreeMap<String, Paths>, BTreeMap<String, u64>) {
     let mut tables = BTreeMap::new();
     let mut groups = BTreeMap::new();
     for line in log.lines() {
-        let plain = strip_ansi(line);
+        let plain = support::strip_ansi(line);
         let pairs = |from: &str| -> BTreeMap<String, String> {
             from.split_whitespace()
                 .filter_map(|kv| kv.split_once('='))
@@ -56,39 +59,22 @@ fn parse_paths(log: &str) -> (BTreeMap<String, Paths>, BTreeMap<String, u64>) {
                 .split_once("counts=")
                 .map(|(_, c)| pairs(c.trim_matches('"')))
                 .unwrap_or_default();
-            let p = Paths(
-                counts
-                    .into_iter()
-                    .filter_map(|(k, v)| v.parse().ok().map(|n| (k, n)))
-                    .collect(),
-            );
-            tables.insert(table, p);
+            // Several runs of the sync (stops): their counts add up.
+            let p: &mut Paths = tables.entry(table).or_default();
+            for (k, v) in counts {
+                if let Ok(n) = v.parse::<u64>() {
+                    *p.0.entry(k).or_default() += n;
+                }
+            }
         } else if let Some(at) = plain.find("apply groups") {
             for (k, v) in pairs(&plain[at + "apply groups".len()..]) {
-                if let Ok(n) = v.parse() {
-                    groups.insert(k, n);
+                if let Ok(n) = v.parse::<u64>() {
+                    *groups.entry(k).or_default() += n;
                 }
             }
         }
     }
     (tables, groups)
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Keeps the generated SQL of a run, for a person rerunning a seed.
@@ -205,8 +191,14 @@ fn round(g: &mut Gen) -> Vec<String> {
     // A large transaction per wide table: streamed while in progress by a
     // source at 64 kB of logical_decoding_work_mem (14+), else applied
     // whole; bulk INSERT (COPY), UPDATE and DELETE (set-based) inside.
+    // Half of them change a column between their rows (ADD, RENAME or
+    // DROP COLUMN): DDL inside a streamed transaction.
     for &i in &wide {
         let ins = g.insert(i, 1200);
+        let ddl = match g.rng.random_bool(0.5) {
+            true => g.column_ddl(i),
+            false => String::new(),
+        };
         let pred = g.slice(i, false);
         let upd = g.update(i, &pred);
         let pred = g.slice(i, false);
@@ -214,12 +206,23 @@ fn round(g: &mut Gen) -> Vec<String> {
             "DELETE FROM {} WHERE {pred};",
             gen::ident(&g.tables[i].name)
         );
-        txns.push(gen::transaction(&[ins, upd, del]));
+        txns.push(gen::transaction(&[ins, ddl, upd, del]));
     }
     txns
 }
 
-async fn run_seed(seed: u64, rounds: usize) {
+/// How the sync runs while the rounds' workload does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// One sync streams through every round.
+    Through,
+    /// The sync is stopped at random points of every round (SIGTERM,
+    /// kill -9, a run with `--until-caught-up` ending by itself, some of
+    /// them while a large transaction streams) and started again.
+    Stopped,
+}
+
+async fn run_seed(seed: u64, rounds: usize, mode: Mode) {
     let _guard = SeedGuard(seed);
     support::init_logs();
     let pair = Pair::start_with(
@@ -231,10 +234,13 @@ async fn run_seed(seed: u64, rounds: usize) {
     );
     let major = pair.source.major();
     eprintln!(
-        "differential seed {seed}: {rounds} round(s), PostgreSQL {major} -> {}",
+        "differential seed {seed} ({mode:?}): {rounds} round(s), PostgreSQL {major} -> {}",
         pair.target.major()
     );
     let mut g = Gen::new(seed, major);
+    // Where the stops come: a generator of its own, so the workload of a
+    // seed is the same in both modes.
+    let mut stop_rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed ^ 0x5709);
     let mut script = Script::new(seed);
     let schema = g.schema();
     script.add(&schema);
@@ -245,27 +251,10 @@ async fn run_seed(seed: u64, rounds: usize) {
         script.add(&s);
         pair.source.exec(&s).await;
     }
-    let out = pgrepl::run(
-        &{
-            let mut a = vec!["sync".to_string()];
-            a.extend(pair.args());
-            a.push("--copy-only".into());
-            a
-        }
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>(),
-        LIMIT,
-    )
-    .await;
+    let out = pair.run("sync", &["--copy-only"]).await;
     assert!(out.success(), "seed {seed}: copy: {out}");
-    let args = {
-        let mut a = vec!["sync".to_string()];
-        a.extend(pair.args());
-        a.push("-v".into());
-        a
-    };
-    let mut running = pgrepl::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut syncs = Syncs::new(&pair, &["-v"]);
+    syncs.start(Stop::Term);
     support::wait_for_phase(&pair.target, "streaming", LIMIT).await;
     let (src, tgt) = (pair.source.client().await, pair.target.client().await);
     for r in 0..rounds {
@@ -273,27 +262,53 @@ async fn run_seed(seed: u64, rounds: usize) {
         script.add(&format!("-- round {r}"));
         for t in &txns {
             script.add(t);
-            if let Err(e) = src.batch_execute(t).await {
-                panic!(
-                    "seed {seed}: the generated SQL failed on the source ({}): {t}",
-                    support::db_error(&e)
-                );
-            }
         }
-        caught_up(&pair, &mut running).await;
+        let count = txns.len();
+        let done = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(AtomicBool::new(false));
+        let workload = {
+            let client = pair.source.client().await;
+            let (done, finished) = (done.clone(), finished.clone());
+            tokio::spawn(async move {
+                for t in &txns {
+                    if let Err(e) = client.batch_execute(t).await {
+                        finished.store(true, Ordering::SeqCst);
+                        panic!(
+                            "seed {seed}: the generated SQL failed on the source ({}): {t}",
+                            support::db_error(&e)
+                        );
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+                finished.store(true, Ordering::SeqCst);
+            })
+        };
+        if mode == Mode::Stopped {
+            let points = stops::plan(&mut stop_rng, count, 3);
+            syncs.drive(&points, &done, &finished).await;
+        }
+        if let Err(e) = workload.await {
+            std::panic::resume_unwind(e.into_panic());
+        }
+        syncs.settle().await;
+        caught_up(&pair, syncs.running()).await;
         if let Err(e) =
             tokio::time::timeout(Duration::from_secs(120), assert_same_data(&src, &tgt)).await
         {
             panic!("seed {seed}: comparing timed out: {e}");
         }
-        eprintln!("seed {seed}: round {r} equal ({} transactions)", txns.len());
+        eprintln!("seed {seed}: round {r} equal ({count} transactions)");
     }
     support::schema::assert_same_shape(&src, &tgt).await;
-    running.signal(libc::SIGINT);
-    let out = running.wait(LIMIT).await;
-    assert!(out.success(), "seed {seed}: {}", out.stdout);
-    let (paths, groups) = parse_paths(&out.stderr);
+    let out = syncs.finish().await;
+    let t = &syncs.tally;
+    eprintln!(
+        "seed {seed}: stops: {} SIGTERM, {} kill -9, {} --until-caught-up, {} inside a streamed transaction",
+        t.term, t.kill, t.caught_up, t.inside_streamed
+    );
+    let (paths, groups) = parse_paths(&t.stderr);
     eprintln!("seed {seed}: paths {paths:?} groups {groups:?}");
+    let _ = out;
     check_paths(seed, &g, major, &paths, &groups);
 }
 
@@ -360,7 +375,7 @@ macro_rules! seeds {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                run_seed($seed, 2).await;
+                run_seed($seed, 2, Mode::Through).await;
             }
         )*
     };
@@ -375,6 +390,24 @@ seeds! {
     differential_seed_13 = 13, differential_seed_14 = 14, differential_seed_15 = 15,
     differential_seed_16 = 16, differential_seed_17 = 17, differential_seed_18 = 18,
     differential_seed_19 = 19, differential_seed_20 = 20,
+}
+
+macro_rules! stopped_seeds {
+    ($($name:ident = $seed:expr),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                run_seed($seed, 3, Mode::Stopped).await;
+            }
+        )*
+    };
+}
+
+// The same workloads with the sync stopped and started again at random
+// points (CI runs these on every pair; `just fuzz-apply --stopped` more).
+stopped_seeds! {
+    differential_stops_01 = 101, differential_stops_02 = 102, differential_stops_03 = 103,
+    differential_stops_04 = 104, differential_stops_05 = 105, differential_stops_06 = 106,
 }
 
 /// `just fuzz-apply`: the seeds in `PGREPL_DIFF_SEEDS` (`7`, `1,5,9` or
@@ -400,7 +433,11 @@ async fn differential_fuzz() {
             None => list.push(part.trim().parse().expect("seed")),
         }
     }
+    let mode = match std::env::var("PGREPL_DIFF_MODE").as_deref() {
+        Ok("stopped") => Mode::Stopped,
+        _ => Mode::Through,
+    };
     for seed in list {
-        run_seed(seed, rounds).await;
+        run_seed(seed, rounds, mode).await;
     }
 }

@@ -97,9 +97,13 @@ pub(super) struct Group {
     rows: usize,
     pub(super) last_end: Lsn,
     pub(super) last_commit_ts: i64,
+    /// The source transaction ending at `last_end` (none for an idle
+    /// stretch): recorded with it (see `resent`).
+    pub(super) last_xid: Option<u32>,
 }
 
 pub(super) struct SourceTxn {
+    pub(super) xid: u32,
     pub(super) final_lsn: Lsn,
     pub(super) changes: usize,
     /// Already applied before this session started.
@@ -196,10 +200,15 @@ impl Applier {
         let fixed = Fixed {
             begin: pipe.prepare("BEGIN"),
             commit: pipe.prepare("COMMIT"),
-            xact_setup: pipe.prepare(
-                "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn,
+            // The position and the transaction ending there, together.
+            xact_setup: pipe.prepare(&format!(
+                "WITH applied AS (
+                   INSERT INTO pgrepl.applied (sync_name, xid, end_lsn) VALUES ({name}, $3::int8, $1::text::pg_lsn)
+                   ON CONFLICT (sync_name) DO UPDATE SET xid = excluded.xid, end_lsn = excluded.end_lsn)
+                 SELECT pg_replication_origin_xact_setup($1::text::pg_lsn,
                         '2000-01-01 00:00:00+00'::timestamptz + $2::int8 * interval '1 microsecond')",
-            ),
+                name = quote_literal(sync_name.as_str())
+            )),
         };
         Applier {
             pipe,
@@ -245,7 +254,7 @@ impl Applier {
     /// already queued (then a commit may be grouped with what follows).
     pub async fn handle(&mut self, message: Message, more_waiting: bool) -> Result<(), ApplyError> {
         match message {
-            Message::Begin { final_lsn, .. } => {
+            Message::Begin { final_lsn, xid, .. } => {
                 if self.txn.is_some() {
                     return Err(ApplyError::Protocol("BEGIN inside a transaction".into()));
                 }
@@ -255,6 +264,7 @@ impl Applier {
                     }
                 }
                 self.txn = Some(SourceTxn {
+                    xid,
                     final_lsn,
                     changes: 0,
                     skip: final_lsn < self.start,
@@ -281,6 +291,7 @@ impl Applier {
                     }
                     g.last_end = end_lsn;
                     g.last_commit_ts = commit_ts;
+                    g.last_xid = Some(txn.xid);
                     let full = g.txns >= self.limits.txns
                         || g.rows >= self.limits.rows
                         || g.started.elapsed() >= self.limits.age;
@@ -373,6 +384,7 @@ impl Applier {
                 rows: 0,
                 last_end: Lsn::ZERO,
                 last_commit_ts: 0,
+                last_xid: None,
             });
             let begin = self.fixed.begin.clone();
             self.open = true;
@@ -499,6 +511,10 @@ impl Applier {
         let params = [
             Param::Text(g.last_end.to_string().into()),
             Param::Text(g.last_commit_ts.to_string().into()),
+            match g.last_xid {
+                Some(xid) => Param::Text(xid.to_string().into()),
+                None => Param::Null,
+            },
         ];
         self.send(
             &setup,

@@ -21,6 +21,7 @@ pub mod pipeline;
 mod position;
 pub mod relation;
 mod relations;
+pub mod resent;
 pub mod router;
 mod rows;
 mod sent;

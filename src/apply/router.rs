@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use super::applier::{Applier, Shared};
 use super::error::ApplyError;
+use super::resent::{Block, Resend};
 use crate::conn::raw::{RawError, RawSession};
 use crate::conn::{Endpoint, Side};
 use crate::ddl::replay::ReplayOptions;
@@ -51,6 +52,9 @@ pub struct StreamContext {
     pub unbatched: Vec<u32>,
     /// Leave out transactions pgrepl applied on the source (reverse sync).
     pub skip_pgrepl_origins: bool,
+    /// The transaction the source may stream again at the start (see
+    /// `resent`).
+    pub resend: Resend,
 }
 
 /// One open streamed transaction.
@@ -89,6 +93,21 @@ impl Router {
     /// Handles one pgoutput message; `more_waiting` as for the applier.
     pub async fn handle(&mut self, payload: Bytes, more_waiting: bool) -> Result<(), ApplyError> {
         let (xid, message) = pgoutput::decode_in(payload, self.block.is_some())?;
+        // A block of a transaction the target holds already: dropped.
+        if let Some(top) = self.block.filter(|x| self.context.resend.dropping(*x)) {
+            return match message {
+                Message::StreamStop => {
+                    self.block = None;
+                    Ok(())
+                }
+                Message::StreamStart { .. }
+                | Message::StreamCommit { .. }
+                | Message::StreamAbort { .. } => Err(ApplyError::Protocol(format!(
+                    "a stream control message inside a block of transaction {top}"
+                ))),
+                _ => Ok(()),
+            };
+        }
         match message {
             Message::StreamStart { xid, first } => self.start_block(xid, first).await,
             // What the block left batched goes to the target now, so it
@@ -105,7 +124,14 @@ impl Router {
             } => self.commit(xid, end_lsn, commit_ts).await,
             Message::StreamAbort { xid, subxid } => self.abort_streamed(xid, subxid).await,
             message => match self.block {
-                None => self.main.handle(message, more_waiting).await,
+                None => {
+                    if matches!(message, Message::Commit { .. }) {
+                        // Cannot be the one sent again: the main applier
+                        // skips what commits before its start.
+                        let _ = self.context.resend.committed(None);
+                    }
+                    self.main.handle(message, more_waiting).await
+                }
                 Some(top) => {
                     let open = self.open.get_mut(&top).ok_or_else(|| {
                         ApplyError::Protocol(format!(
@@ -131,6 +157,10 @@ impl Router {
     async fn start_block(&mut self, xid: u32, first: bool) -> Result<(), ApplyError> {
         if self.block.is_some() {
             return Err(ApplyError::Protocol("Stream Start inside a block".into()));
+        }
+        if self.context.resend.start_block(xid) == Block::Drop {
+            self.block = Some(xid);
+            return Ok(());
         }
         // The main connection keeps no locks open while the other works.
         self.main.commit_open_group().await?;
@@ -168,6 +198,11 @@ impl Router {
     }
 
     async fn commit(&mut self, xid: u32, end_lsn: Lsn, commit_ts: i64) -> Result<(), ApplyError> {
+        if let Err(held) = self.context.resend.committed(Some(xid)) {
+            return Err(ApplyError::Protocol(format!(
+                "the source committed transaction {xid} (ending at {end_lsn}) again, which the target applied through {held}; nothing of it was applied twice"
+            )));
+        }
         let Some(mut open) = self.open.remove(&xid) else {
             return Err(ApplyError::Protocol(format!(
                 "Stream Commit of unknown transaction {xid}"
@@ -201,6 +236,12 @@ impl Router {
     }
 
     async fn abort_streamed(&mut self, xid: u32, subxid: u32) -> Result<(), ApplyError> {
+        if self.context.resend.dropping(xid) {
+            if xid == subxid {
+                self.context.resend.aborted(xid);
+            }
+            return Ok(());
+        }
         if xid == subxid {
             if let Some(mut open) = self.open.remove(&xid) {
                 open.applier.abort().await;

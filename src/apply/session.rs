@@ -17,6 +17,7 @@ use tracing::Instrument;
 use super::applier::{Applier, GroupLimits, Shared};
 use super::error::{ApplyError, TxnRef};
 use super::event_loop::{Ended, EventLoop};
+use super::resent::Resend;
 use super::router::{Router, StreamContext, APPLY_SETTINGS};
 use crate::conn::error::describe;
 use crate::conn::raw::RawSession;
@@ -310,6 +311,28 @@ pub async fn apply_session(
     Ok((session, start))
 }
 
+/// What the target recorded with its origin position (see `resent`): the
+/// source transaction ending there, if any, and the position.
+async fn recorded_end(
+    session: &mut RawSession,
+    name: &SyncName,
+) -> Result<(Option<u32>, Option<Lsn>), SessionError> {
+    let rows = session
+        .simple_query(&format!(
+            "{};
+             SELECT xid, end_lsn FROM pgrepl.applied WHERE sync_name = {}",
+            crate::progress::state::APPLIED_SQL,
+            quote_literal(name.as_str())
+        ))
+        .await?;
+    let row = rows.into_iter().next().unwrap_or_default();
+    let field = |i: usize| row.get(i).cloned().flatten();
+    Ok((
+        field(0).and_then(|x| x.parse().ok()),
+        field(1).and_then(|l| l.parse().ok()),
+    ))
+}
+
 async fn origin_progress(
     client: &Client,
     origin: &OriginName,
@@ -333,8 +356,10 @@ async fn session(
     paths: &Arc<super::paths::Totals>,
 ) -> Result<Outcome, SessionError> {
     let origin = req.name.origin();
-    let (session, start) = apply_session(req.target, &origin).await?;
+    let (mut session, start) = apply_session(req.target, &origin).await?;
     refuse_a_gap(req, start).await?;
+    let (applied, recorded) = recorded_end(&mut session, req.name).await?;
+    let resend = Resend::at_start(applied, recorded, start);
     let walsender = WalSender::connect(Side::Source, &req.source.config).await?;
     let stream_large = plan.stream_large && walsender.server_version() >= 140000;
     let feedback = Feedback::new(start);
@@ -381,6 +406,7 @@ async fn session(
             sync_name: req.name.clone(),
             unbatched: plan.unbatched.clone(),
             skip_pgrepl_origins: req.skip_pgrepl_origins,
+            resend,
         },
     );
 

@@ -64,6 +64,7 @@ impl Applier {
             subxacts: Vec::new(),
         });
         a.txn = Some(SourceTxn {
+            xid,
             final_lsn: Lsn::ZERO,
             changes: 0,
             skip: false,
@@ -139,6 +140,7 @@ impl Applier {
         g.txns = 1;
         g.last_end = end_lsn;
         g.last_commit_ts = commit_ts;
+        g.last_xid = self.streamed.as_ref().map(|s| s.xid);
         self.commit_group_holding(Some(origin)).await?;
         Ok(true)
     }

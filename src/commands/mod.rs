@@ -18,6 +18,12 @@ use crate::conn::{ConnConfig, Endpoint, Side};
 
 /// Runs one command. `json_logs` tells whether logs are JSON (then no bars).
 pub async fn run(command: Command, json_logs: bool) -> anyhow::Result<ExitCode> {
+    if matches!(
+        command,
+        Command::Sync(_) | Command::Cutover(_) | Command::Tail(_)
+    ) {
+        latch_signals()?;
+    }
     match command {
         Command::Check(args) => check::run(args).await,
         Command::Sync(args) => sync::run(args, json_logs).await,
@@ -40,13 +46,46 @@ pub(crate) fn endpoints(e: &Endpoints) -> anyhow::Result<(Endpoint, Endpoint)> {
     ))
 }
 
-/// Resolves on SIGINT or SIGTERM with the signal's name.
-pub(crate) async fn shutdown_signal() -> anyhow::Result<&'static str> {
+/// SIGINT and SIGTERM, latched from the start of a command that stops
+/// cleanly on them (sync, cutover, tail): a signal that comes before the
+/// command is ready to act on it (a supervisor stopping a sync still in its
+/// preflight) is kept, not lost and not fatal.
+static SIGNALLED: std::sync::OnceLock<tokio::sync::watch::Receiver<Option<&'static str>>> =
+    std::sync::OnceLock::new();
+
+/// Starts listening for SIGINT and SIGTERM (once per process).
+fn latch_signals() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    if SIGNALLED.get().is_some() {
+        return Ok(());
+    }
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    Ok(tokio::select! {
-        _ = int.recv() => "interrupted",
-        _ = term.recv() => "terminated",
-    })
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = int.recv() => "interrupted",
+                _ = term.recv() => "terminated",
+            };
+            let _ = tx.send(Some(name));
+        }
+    });
+    let _ = SIGNALLED.set(rx);
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM with the signal's name, at once if one
+/// came already.
+pub(crate) async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    latch_signals()?;
+    let mut rx = SIGNALLED
+        .get()
+        .context("the signal latch is not installed")?
+        .clone();
+    let name = rx
+        .wait_for(Option::is_some)
+        .await
+        .context("the signal latch ended")?;
+    Ok(name.unwrap_or("interrupted"))
 }

@@ -138,9 +138,21 @@ CREATE TABLE IF NOT EXISTS pgrepl.copied_chunks (
     PRIMARY KEY (sync_name, schema_name, table_name, chunk)
 );";
 
+/// The source transaction ending where the replication origin stands,
+/// written with it, for a session to tell it when the source sends it
+/// again (see `apply::resent`). Made by every streaming session too (a
+/// sync begun by an older pgrepl lacks it).
+pub const APPLIED_SQL: &str = "
+CREATE TABLE IF NOT EXISTS pgrepl.applied (
+    sync_name text PRIMARY KEY REFERENCES pgrepl.sync (name) ON DELETE CASCADE,
+    xid bigint,
+    end_lsn pg_lsn NOT NULL
+)";
+
 /// Creates the state schema if needed.
 pub async fn ensure_schema(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute(SCHEMA_SQL).await
+    client.batch_execute(SCHEMA_SQL).await?;
+    client.batch_execute(APPLIED_SQL).await
 }
 
 async fn state_exists(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {

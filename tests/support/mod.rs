@@ -9,6 +9,7 @@ pub mod gen;
 pub mod pg;
 pub mod pgrepl;
 pub mod schema;
+pub mod stops;
 pub mod workload;
 
 pub use checksum::{assert_same_data, assert_same_tables, table_checksum, user_tables, Checksum};
@@ -85,4 +86,22 @@ pub fn init_logs() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// A log line without its terminal colours.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -426,11 +426,59 @@ impl Gen {
         }
     }
 
+    /// A column change on table `i`, the kind a large transaction may
+    /// carry between its rows: ADD COLUMN (a plain one, so the rows around
+    /// it keep their values), RENAME COLUMN, or DROP COLUMN of a column an
+    /// earlier ADD made (the kinds the table was built with stay).
+    pub fn column_ddl(&mut self, i: usize) -> String {
+        let t = self.tables[i].clone();
+        let ti = ident(&t.name);
+        let added: Vec<usize> = (0..t.columns.len())
+            .filter(|&c| t.columns[c].name.starts_with("added "))
+            .collect();
+        match self.rng.random_range(0..3) {
+            0 if !added.is_empty() => {
+                let c = added[self.rng.random_range(0..added.len())];
+                let col = self.tables[i].columns.remove(c);
+                format!("ALTER TABLE {ti} DROP COLUMN {};", ident(&col.name))
+            }
+            1 if !t.columns.is_empty() => {
+                let c = self.rng.random_range(0..t.columns.len());
+                self.column_seq += 1;
+                let old = t.columns[c].name.clone();
+                // Added columns keep their mark through a rename.
+                let new = match old.starts_with("added ") {
+                    true => format!("added r{}", self.column_seq),
+                    false => format!("r{}", self.column_seq),
+                };
+                self.tables[i].columns[c].name = new.clone();
+                format!(
+                    "ALTER TABLE {ti} RENAME COLUMN {} TO {};",
+                    ident(&old),
+                    ident(&new)
+                )
+            }
+            _ => {
+                self.column_seq += 1;
+                let name = format!("added {}", self.column_seq);
+                let kind = self.some_kinds(1).remove(0);
+                let sql = format!(
+                    "ALTER TABLE {ti} ADD COLUMN {} {};",
+                    ident(&name),
+                    kind.sql()
+                );
+                self.tables[i].columns.push(Column { name, kind });
+                sql
+            }
+        }
+    }
+
     /// A DDL statement on table `i` (changes the model accordingly).
     pub fn ddl(&mut self, i: usize) -> String {
         let t = self.tables[i].clone();
         let ti = ident(&t.name);
-        match self.rng.random_range(0..6) {
+        match self.rng.random_range(0..7) {
+            6 => self.column_ddl(i),
             0 | 1 => {
                 let mut name = self.column_name();
                 while t.columns.iter().any(|c| c.name == name) || name == "id" || name == "u" {
