@@ -181,7 +181,7 @@ async fn main() {
         &endpoints[1],
         "--temporary",
         "--include",
-        "public.orders",
+        "shop.orders",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -205,13 +205,13 @@ async fn main() {
         .collect();
     let verified = run(&verify).await;
 
-    say("pgrepl cutover: fence the source, catch up, sequences, large objects, verify under the fence");
+    say("pgrepl cutover: fence the source, catch up, end the shop's open session (--terminate: it could still call nextval), sequences, large objects, verify under the fence");
     let cutover: Vec<String> = std::iter::once("cutover".to_string())
         .chain(endpoints.clone())
-        .chain(["--verify".to_string()])
+        .chain(["--verify".to_string(), "--terminate".to_string()])
         .collect();
     let cut = run(&cutover).await;
-    // The fenced source refuses the workload's next write: it stops.
+    // The shop's session was ended; the fenced source takes no more: it stops.
     stop.store(true, Ordering::SeqCst);
     workload.await.expect("workload");
     let _ = running.wait().await;

@@ -218,8 +218,9 @@ pub struct CutoverArgs {
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
     pub wait: Duration,
 
-    /// End the sessions still writing to synced tables after --wait,
-    /// rather than giving up.
+    /// End the sessions still writing to synced tables after --wait, and,
+    /// once the fence stands, every other session of the source database
+    /// that could still call nextval(), rather than giving up.
     #[arg(long)]
     pub terminate: bool,
 

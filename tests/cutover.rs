@@ -80,6 +80,10 @@ impl Writer {
                         }
                     }
                 }
+                // Its session ended (cutover --terminate): nothing more to do.
+                if client.is_closed() {
+                    break;
+                }
                 // The asynchronous writer as fast as it can: its last commits
                 // are then in WAL not yet written when the fence goes up.
                 if !lazy {
@@ -142,7 +146,9 @@ async fn heavy_writers_are_fenced_and_the_target_takes_over_exactly() {
     })
     .await;
     assert!(ok_before(&app) > 0 && ok_before(&admin) > 0);
-    let out = pair.run("cutover", &["--verify", "--json"]).await;
+    let out = pair
+        .run("cutover", &["--verify", "--json", "--terminate"])
+        .await;
     assert!(out.success(), "{out}");
     let summary: serde_json::Value = serde_json::from_str(&out.stdout).expect("json summary");
     let fence: ::pgrepl::Lsn = summary["fence_lsn"]
@@ -152,31 +158,35 @@ async fn heavy_writers_are_fenced_and_the_target_takes_over_exactly() {
         .expect("lsn");
     assert!(summary["verified"].as_bool() == Some(true), "{out}");
     assert!(summary["write_downtime_ms"].as_u64().is_some(), "{out}");
-    // The writers' open sessions are refused from now on, superuser too.
-    let refused_at_cutover = (
-        app.refused.load(Ordering::SeqCst),
-        admin.refused.load(Ordering::SeqCst),
-    );
-    wait_for("the writers refused again", LIMIT, || {
-        let (a, b) = (
-            app.refused.load(Ordering::SeqCst),
-            admin.refused.load(Ordering::SeqCst),
-        );
-        async move { (a > refused_at_cutover.0 + 3 && b > refused_at_cutover.1 + 3).then_some(()) }
-    })
-    .await;
+    assert!(out.stderr.contains("other session(s) ended"), "{out}");
+    // The writers' sessions were ended (--terminate), superuser's too.
     let (_, _, app_errors) = app.stop().await;
     let (_, _, admin_errors) = admin.stop().await;
-    assert!(
-        app_errors.iter().any(|e| e.contains("cut over by pgrepl")),
-        "{app_errors:?}"
-    );
-    assert!(
-        admin_errors
-            .iter()
-            .any(|e| e.contains("cut over by pgrepl")),
-        "{admin_errors:?}"
-    );
+    for errors in [&app_errors, &admin_errors] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("terminating connection") || e.contains("closed")),
+            "{errors:?}"
+        );
+    }
+    // A session that turns the read-only default off on purpose, any
+    // role, meets the fence's triggers.
+    for user in ["app", "postgres"] {
+        let w =
+            Writer::start_with(&pair.source, user, "-c default_transaction_read_only=off").await;
+        wait_for("the write refused", LIMIT, || {
+            let n = w.refused.load(Ordering::SeqCst);
+            async move { (n >= 3).then_some(()) }
+        })
+        .await;
+        let (ok, _, errors) = w.stop().await;
+        assert_eq!(ok, 0, "{user} wrote to the fenced source");
+        assert!(
+            errors.iter().any(|e| e.contains("cut over by pgrepl")),
+            "{errors:?}"
+        );
+    }
     // The sync applied through the fence and ended.
     let out = sync.wait(LIMIT).await;
     assert!(out.success(), "{out}");
@@ -383,11 +393,13 @@ async fn commits_not_yet_written_when_the_fence_goes_up_still_cross() {
         async move { (ok > 300).then_some(()) }
     })
     .await;
-    let out = pair.run("cutover", &["--json"]).await;
+    let out = pair.run("cutover", &["--json", "--terminate"]).await;
     assert!(out.success(), "{out}");
     let (ok, _, errors) = lazy.stop().await;
     assert!(
-        errors.iter().any(|e| e.contains("cut over by pgrepl")),
+        errors
+            .iter()
+            .any(|e| e.contains("terminating connection") || e.contains("closed")),
         "{errors:?}"
     );
     let out = sync.wait(LIMIT).await;
@@ -395,4 +407,145 @@ async fn commits_not_yet_written_when_the_fence_goes_up_still_cross() {
     let (s, t) = (pair.source.client().await, pair.target.client().await);
     assert_same_data(&s, &t).await;
     eprintln!("{ok} asynchronous commits, all on the target");
+}
+
+/// A session that calls nextval() on a free-standing sequence and a
+/// serial's every 50 ms, reconnecting when its session is ended, until
+/// stopped; what it was refused.
+struct Nextval {
+    stop: Arc<AtomicBool>,
+    calls: Arc<AtomicU64>,
+    /// Calls refused as read-only.
+    read_only: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Nextval {
+    async fn start(cluster: &Cluster) -> Nextval {
+        let conninfo = format!(
+            "host={} port={} user=app dbname=postgres application_name=nextval-loop",
+            cluster.socket_dir().display(),
+            cluster.port
+        );
+        let (stop, calls, read_only) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (s, n, ro) = (stop.clone(), calls.clone(), read_only.clone());
+        let connect = |conninfo: String| async move {
+            let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            Ok::<_, tokio_postgres::Error>(client)
+        };
+        let mut client = connect(conninfo.clone()).await.expect("nextval session");
+        let task = tokio::spawn(async move {
+            let mut errors = Vec::new();
+            while !s.load(Ordering::SeqCst) {
+                match client
+                    .batch_execute("SELECT nextval('free_seq'), nextval('a_id_seq')")
+                    .await
+                {
+                    Ok(()) => {
+                        n.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        let e = support::db_error(&e);
+                        if e.contains("read-only transaction") {
+                            ro.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if errors.len() < 20 {
+                            errors.push(e);
+                        }
+                        if client.is_closed() {
+                            if let Ok(c) = connect(conninfo.clone()).await {
+                                client = c;
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            errors
+        });
+        Nextval {
+            stop,
+            calls,
+            read_only,
+            task,
+        }
+    }
+
+    async fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("nextval session")
+    }
+}
+
+/// Under load, with a session that keeps calling nextval(): without
+/// --terminate the cutover refuses, naming it, and changes nothing; with
+/// it, the session is ended before the sequences are read, and every
+/// sequence on the target is at or past the source's final value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_calling_nextval_is_ended_or_named_before_the_sequences_are_read() {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let sync = pair.spawn("sync", &["--roles", "copy"]);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    let writer = Writer::start(&pair.source, "app").await;
+    let caller = Nextval::start(&pair.source).await;
+    wait_for("nextval calls", LIMIT, || {
+        let n = caller.calls.load(Ordering::SeqCst);
+        async move { (n > 5).then_some(()) }
+    })
+    .await;
+    // Without --terminate: refused, naming both sessions; nothing fenced.
+    let out = pair.run("cutover", &["--wait", "2s"]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    let err = out.error_line();
+    assert!(err.contains("could still move a sequence"), "{err}");
+    assert!(err.contains("user app, nextval-loop"), "{err}");
+    assert!(err.contains("--terminate"), "{err}");
+    assert_eq!(
+        pair.source
+            .value("SELECT count(*) FROM pg_trigger WHERE tgname = 'pgrepl_fence'")
+            .await,
+        Some("0".into())
+    );
+    let calls = caller.calls.load(Ordering::SeqCst);
+    wait_for("nextval goes on", LIMIT, || {
+        let n = caller.calls.load(Ordering::SeqCst);
+        async move { (n > calls + 3).then_some(()) }
+    })
+    .await;
+    // With --terminate: the sessions end after the fence, the sequences
+    // are read once they are gone.
+    let out = pair.run("cutover", &["--terminate"]).await;
+    assert!(out.success(), "{out}");
+    // The caller reconnects and is refused: new sessions are read-only.
+    let refused_at = caller.calls.load(Ordering::SeqCst);
+    wait_for("the new session refused", LIMIT, || {
+        let n = caller.read_only.load(Ordering::SeqCst);
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    let errors = caller.stop().await;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("terminating connection") || e.contains("closed")),
+        "{errors:?}"
+    );
+    let _ = writer.stop().await;
+    assert!(sync.wait(LIMIT).await.success());
+    let (s, t) = (pair.source.client().await, pair.target.client().await);
+    let (src, tgt) = (sequences(&s).await, sequences(&t).await);
+    for ((name, sv, scalled), (_, tv, tcalled)) in src.iter().zip(&tgt) {
+        let next = |v: i64, called: bool| if called { v + 1 } else { v };
+        assert!(
+            next(*tv, *tcalled) >= next(*sv, *scalled),
+            "{name}: target {tv} behind the source's final {sv} ({refused_at} calls)"
+        );
+    }
+    assert_same_data(&s, &t).await;
 }

@@ -361,6 +361,29 @@ async fn tail_prints_changes_and_ddl_and_leaves_nothing_behind() {
         .await;
     let source = pair.source.conninfo();
 
+    // A pattern matching nothing (the schema forgotten): one error line,
+    // nothing created.
+    let out = pgrepl::run(
+        &[
+            "tail",
+            "--source",
+            &source,
+            "--temporary",
+            "--include",
+            "sales.items",
+        ],
+        LIMIT,
+    )
+    .await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.error_line().contains("matches no table"), "{out}");
+    assert_eq!(
+        pair.source
+            .value("SELECT count(*) FROM pg_publication")
+            .await,
+        Some("0".into())
+    );
+
     // No sync yet: tail makes its own publication and drops it at the end.
     let tail = pgrepl::spawn(&[
         "tail",

@@ -18,6 +18,9 @@
 //!   a reverse sync can write;
 //! - new sessions: `default_transaction_read_only` on the database (no
 //!   new table, no `nextval`);
+//! - sessions already open calling `nextval`: nothing here stops them;
+//!   cutover ends them (`--terminate`) or refuses while one is left
+//!   (see `sessions`) before it reads the sequences;
 //! - DDL anywhere in the database (a function created after the fence
 //!   would never reach the target): an event trigger refusing it.
 //!
@@ -69,6 +72,9 @@ pub struct Fence {
     database: String,
     pub lsn: Lsn,
     pub since: Instant,
+    /// The source's clock when new sessions turned read-only by default:
+    /// sessions opened before it keep a read-write default.
+    pub read_only_since: String,
 }
 
 async fn exec(c: &Client, sql: &str, what: &'static str) -> Result<(), CutoverError> {
@@ -108,6 +114,11 @@ pub async fn put_up(
         "making the database read-only for new sessions",
     )
     .await?;
+    let read_only_since: String = admin
+        .query_one("SELECT pg_catalog.clock_timestamp()::text", &[])
+        .await
+        .map_err(|e| CutoverError::source("reading the source's clock", &e))?
+        .get(0);
     let lock = source.connect().await?;
     let fence = async {
         exec(
@@ -216,6 +227,7 @@ pub async fn put_up(
                 database,
                 lsn,
                 since: Instant::now(),
+                read_only_since,
             })
         }
         Err(e) => {

@@ -16,6 +16,7 @@
 
 pub mod fence;
 mod reverse;
+mod sessions;
 
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,8 @@ pub enum CutoverError {
     Lag { lag: String, waited: Duration },
     #[error("{sessions} session(s) kept writing to synced tables for {waited:?}: stop them, or pass --terminate to end them")]
     Busy { sessions: usize, waited: Duration },
+    #[error("{count} session(s) of the source database opened before the fence could still move a sequence past the value the target gets: {named}. Stop them (the application's connections), or pass --terminate to end them")]
+    Sessions { count: usize, named: String },
     #[error("verify found differences under the fence:\n{0}")]
     Differs(String),
     #[error("interrupted")]
@@ -307,6 +310,11 @@ async fn cut_over(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     steps.done("lag under the limits");
+    // Sessions that could move a sequence past the fence (see
+    // `sessions`): without --terminate, they must end before it goes up.
+    if !req.terminate {
+        sessions::wait_gone(src, None, req.wait).await?;
+    }
 
     // 2. The sync's rounds for large objects and roles stand aside (a
     // round running ends first; see `carry::keep`), for as long as this
@@ -407,7 +415,20 @@ async fn under_fence<'a>(
     }
     steps.done("target applied through the fence, durable");
 
-    // 4. Sequences, exactly.
+    // 4. Sequences, exactly, once no session can move one any more.
+    let cleared = match req.terminate {
+        true => sessions::terminate(src, &fence.read_only_since, req.wait)
+            .await
+            .map(|n| {
+                if n > 0 {
+                    steps.done(&format!("{n} other session(s) ended (--terminate)"));
+                }
+            }),
+        false => sessions::wait_gone(src, Some(&fence.read_only_since), Duration::ZERO).await,
+    };
+    if let Err(e) = cleared {
+        return Err((e, Some(held)));
+    }
     let set = async {
         let values = crate::sequences::read(src, &[])
             .await

@@ -138,6 +138,16 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<Tailed, TailError> {
     let src = req.source.connect().await?;
+    // A pattern matching nothing is a mistake (a schema left out, say),
+    // not a quiet stream: said before anything is created.
+    if !req.selection.is_everything() {
+        let all = crate::source::catalog::list_tables(&src)
+            .await
+            .map_err(query("listing tables"))?;
+        crate::source::catalog::SelectedTables::choose(all, &req.selection).map_err(|errors| {
+            TailError::Refused(crate::source::catalog::SelectedTables::one_line(&errors))
+        })?;
+    }
     let publication = publication(&src, req).await?;
     let result = stream(req, &src, &publication.name, out, &mut stop).await;
     if publication.own {
