@@ -353,11 +353,13 @@ async fn large_objects_written_rewritten_and_unlinked_end_equal_after_cutover() 
         "nothing brought them in step yet"
     );
 
-    let out = pair.run("cutover", &["--verify"]).await;
+    // --terminate: this test's own session on the source is open.
+    let out = pair.run("cutover", &["--verify", "--terminate"]).await;
     assert!(out.success(), "{out}");
     assert!(out.stderr.contains("large object(s) exact"), "{out}");
     let out = sync.wait(LIMIT).await;
     assert!(out.success(), "{out}");
+    let s = pair.source.client().await;
     let (a, b) = (large_objects(&s).await, large_objects(&t).await);
     assert_eq!(a, b, "large objects exact after cutover");
     assert_eq!(a.len(), 4);

@@ -18,9 +18,10 @@
 //!   a reverse sync can write;
 //! - new sessions: `default_transaction_read_only` on the database (no
 //!   new table, no `nextval`);
-//! - sessions already open calling `nextval`: nothing here stops them;
-//!   cutover ends them (`--terminate`) or refuses while one is left
-//!   (see `sessions`) before it reads the sequences;
+//! - sessions already open calling `nextval` or, once the locks are gone,
+//!   writing large objects: nothing here stops them; cutover ends them
+//!   (`--terminate`) or refuses while one is left (see `sessions`) before
+//!   it reads the sequences;
 //! - DDL anywhere in the database (a function created after the fence
 //!   would never reach the target): an event trigger refusing it.
 //!

@@ -53,7 +53,7 @@ pub enum CutoverError {
     Lag { lag: String, waited: Duration },
     #[error("{sessions} session(s) kept writing to synced tables for {waited:?}: stop them, or pass --terminate to end them")]
     Busy { sessions: usize, waited: Duration },
-    #[error("{count} session(s) of the source database opened before the fence could still move a sequence past the value the target gets: {named}. Stop them (the application's connections), or pass --terminate to end them")]
+    #[error("{count} session(s) of the source database opened before the fence could still move a sequence past the value the target gets, or write a large object: {named}. Stop them (the application's connections), or pass --terminate to end them")]
     Sessions { count: usize, named: String },
     #[error("verify found differences under the fence:\n{0}")]
     Differs(String),
@@ -310,11 +310,6 @@ async fn cut_over(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     steps.done("lag under the limits");
-    // Sessions that could move a sequence past the fence (see
-    // `sessions`): without --terminate, they must end before it goes up.
-    if !req.terminate {
-        sessions::wait_gone(src, None, req.wait).await?;
-    }
 
     // 2. The sync's rounds for large objects and roles stand aside (a
     // round running ends first; see `carry::keep`), for as long as this
@@ -328,6 +323,11 @@ async fn cut_over(
                 describe(&e)
             ))
         })?;
+    // Sessions that could write past the fence (see `sessions`): without
+    // --terminate, they must end before it goes up.
+    if !req.terminate {
+        sessions::wait_gone(src, None, req.wait).await?;
+    }
     let fence = fence::put_up(req.source, tables, req.wait, req.terminate).await?;
     let fenced_at = fence.since;
     let fence_lsn = fence.lsn;

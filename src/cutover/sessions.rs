@@ -1,18 +1,18 @@
 //! The sessions the fence does not stop: a session of the old source's
 //! database opened before the fence keeps its read-write default and can
 //! still call `nextval()` (no table lock or trigger stands in its way), so
-//! a sequence read under the fence could be passed by it afterwards.
+//! a sequence read under the fence could be passed by it afterwards; and,
+//! once the fence's locks hand over to its triggers, write large objects
+//! (no trigger can fence `pg_largeobject`).
 //!
 //! The rule: the target is declared ready only when no such session is
 //! left, checked after the fence stands and before the sequences are read.
 //! With `--terminate`, every other session of the database that could move
 //! a sequence is ended and waited for; without it, the cutover refuses,
-//! naming each one (pid, user, application). Only sessions whose role may
-//! call `nextval` or `setval` on one of the database's sequences count
-//! (USAGE or UPDATE; superusers always), and pgrepl's own (application
-//! `pgrepl`) do not; nor do sessions opened after the database turned
-//! read-only by default (a pool reconnecting): they can move a sequence
-//! only by turning that default off on purpose (see the README).
+//! naming each one (pid, user, application). pgrepl's own sessions
+//! (application `pgrepl`) do not count, nor do sessions opened after the
+//! database turned read-only by default (a pool reconnecting): they can
+//! write only by turning that default off on purpose (see the README).
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 
 use super::CutoverError;
 
-/// A session that could move a sequence.
+/// A session that could still write past the fence.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
     pub pid: i32,
@@ -38,8 +38,8 @@ impl std::fmt::Display for Session {
     }
 }
 
-/// Other sessions of this database that could move a sequence; with
-/// `before` (a server timestamp), only those opened before it.
+/// Other client sessions of this database; with `before` (a server
+/// timestamp), only those opened before it.
 pub async fn open(admin: &Client, before: Option<&str>) -> Result<Vec<Session>, CutoverError> {
     let rows = admin
         .query(
@@ -48,9 +48,6 @@ pub async fn open(admin: &Client, before: Option<&str>) -> Result<Vec<Session>, 
              WHERE a.datname = pg_catalog.current_database() AND a.backend_type = 'client backend'
                AND a.pid <> pg_catalog.pg_backend_pid() AND a.application_name <> 'pgrepl'
                AND ($1::text IS NULL OR a.backend_start < $1::text::timestamptz)
-               AND EXISTS (SELECT 1 FROM pg_catalog.pg_class s
-                           WHERE s.relkind = 'S'
-                             AND pg_catalog.has_sequence_privilege(a.usesysid, s.oid, 'USAGE, UPDATE'))
              ORDER BY a.pid",
             &[&before],
         )
@@ -75,8 +72,8 @@ fn named(sessions: &[Session]) -> String {
     parts.join(", ")
 }
 
-/// Waits up to `wait` for the sessions that could move a sequence to end
-/// (opened before `before`, when given); `Err` naming those left.
+/// Waits up to `wait` for the other sessions to end (opened before
+/// `before`, when given); `Err` naming those left.
 pub async fn wait_gone(
     admin: &Client,
     before: Option<&str>,
@@ -96,16 +93,16 @@ pub async fn wait_gone(
             });
         }
         if said.elapsed() >= Duration::from_secs(5) {
-            tracing::info!(sessions = %named(&left), "waiting for the sessions that could still move a sequence to end (or pass --terminate)");
+            tracing::info!(sessions = %named(&left), "waiting for the sessions that could still move a sequence or write a large object to end (or pass --terminate)");
             said = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// Ends every other session opened before `before` that could move a
-/// sequence and waits until they are gone (at most `wait`). Those opened
-/// since are read-only by default: a pool reconnecting is let be.
+/// Ends every other session opened before `before` and waits until they
+/// are gone (at most `wait`). Those opened since are read-only by
+/// default: a pool reconnecting is let be.
 pub async fn terminate(
     admin: &Client,
     before: &str,
@@ -125,7 +122,7 @@ pub async fn terminate(
             });
         }
         for s in &left {
-            tracing::warn!(pid = s.pid, user = %s.user, application = %s.application, "terminating a session that could still move a sequence (--terminate)");
+            tracing::warn!(pid = s.pid, user = %s.user, application = %s.application, "terminating a session that could still move a sequence or write a large object (--terminate)");
             let done: bool = admin
                 .query_one("SELECT pg_catalog.pg_terminate_backend($1)", &[&s.pid])
                 .await
