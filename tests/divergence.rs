@@ -700,6 +700,10 @@ async fn an_applier_rolls_back_what_a_failed_commit_left_open() {
 
     let target = support::Cluster::start("target", support::PgInstall::for_target());
     target.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    // pgrepl's state, as a sync's copy leaves it.
+    ::pgrepl::progress::state::ensure_schema(&target.client().await)
+        .await
+        .expect("pgrepl's state schema");
     let endpoint = pgrepl::endpoint(&target, ::pgrepl::conn::Side::Target);
     let session = RawSession::connect(::pgrepl::conn::Side::Target, &endpoint.config, false)
         .await
