@@ -376,19 +376,20 @@ fn check_paths(
     );
 }
 
+/// Tests of fixed seeds: `rounds` rounds each, the sync run as `mode`.
 macro_rules! seeds {
-    ($($name:ident = $seed:expr),* $(,)?) => {
+    ($mode:expr, $rounds:expr; $($name:ident = $seed:expr),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                run_seed($seed, 2, Mode::Through).await;
+                run_seed($seed, $rounds, $mode).await;
             }
         )*
     };
 }
 
 // The fixed seeds CI runs (two rounds each); `just fuzz-apply` runs more.
-seeds! {
+seeds! { Mode::Through, 2;
     differential_seed_01 = 1, differential_seed_02 = 2, differential_seed_03 = 3,
     differential_seed_04 = 4, differential_seed_05 = 5, differential_seed_06 = 6,
     differential_seed_07 = 7, differential_seed_08 = 8, differential_seed_09 = 9,
@@ -398,20 +399,9 @@ seeds! {
     differential_seed_19 = 19, differential_seed_20 = 20,
 }
 
-macro_rules! stopped_seeds {
-    ($($name:ident = $seed:expr),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                run_seed($seed, 3, Mode::Stopped).await;
-            }
-        )*
-    };
-}
-
 // The same workloads with the sync stopped and started again at random
 // points (CI runs these on every pair; `just fuzz-apply --stopped` more).
-stopped_seeds! {
+seeds! { Mode::Stopped, 3;
     differential_stops_01 = 101, differential_stops_02 = 102, differential_stops_03 = 103,
     differential_stops_04 = 104, differential_stops_05 = 105, differential_stops_06 = 106,
 }
