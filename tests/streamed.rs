@@ -334,6 +334,17 @@ async fn sent_again_after_a_restart(key: &str, body: &str) {
     let peek = "SELECT count(*) FILTER (WHERE substr(data, 1, 1) = '\\x41'::bytea)
                 FROM pg_logical_slot_peek_binary_changes('pgrepl_pgrepl', NULL, NULL, 'proto_version', '2',
                      'streaming', 'on', 'publication_names', 'pgrepl_pgrepl')";
+    // The walsender lets go of the slot once it notices the sync gone.
+    wait_for("the slot released by the first run", LIMIT, || async {
+        let active = pair
+            .source
+            .value(
+                "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'pgrepl_pgrepl'",
+            )
+            .await;
+        (active.as_deref() == Some("false")).then_some(())
+    })
+    .await;
     let sent_again = pair.source.value(peek).await != Some("0".into());
     eprintln!(
         "source {}: streams the applied transaction again: {sent_again}",
