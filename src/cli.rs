@@ -133,6 +133,16 @@ pub enum Command {
     /// sync excepted); `pgrepl teardown --unfence` lifts it.
     Cutover(CutoverArgs),
 
+    /// Install the DDL capture and the cutover's DDL fence on the source
+    /// for a role that may not create event triggers.
+    ///
+    /// Run it once as a role that may (a superuser, or a managed service's
+    /// admin where it may), naming the role `pgrepl sync` connects as: that
+    /// role then syncs with DDL replicated and cuts over with DDL fenced,
+    /// without being a superuser. `--print` prints the SQL instead, to run
+    /// in a service's console. `pgrepl teardown` as a superuser removes it.
+    InstallCapture(InstallCaptureArgs),
+
     /// Print the source's decoded changes as JSON lines on stdout.
     ///
     /// One line per row change (table, operation, key, new and old values
@@ -390,6 +400,28 @@ pub struct SyncArgs {
     /// `--roles skip`.
     #[arg(long, hide = true)]
     pub ddl_privileges: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallCaptureArgs {
+    /// Source database (conninfo or URI), as the installing role. Falls
+    /// back to $PGREPL_SOURCE.
+    #[arg(
+        long,
+        env = "PGREPL_SOURCE",
+        hide_env_values = true,
+        value_name = "CONNINFO",
+        required_unless_present = "print"
+    )]
+    pub source: Option<String>,
+
+    /// The role `pgrepl sync` will connect to the source as.
+    #[arg(long = "for", value_name = "ROLE")]
+    pub role: String,
+
+    /// Print the SQL on stdout; connect to nothing.
+    #[arg(long)]
+    pub print: bool,
 }
 
 #[derive(Debug, Args)]

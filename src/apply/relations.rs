@@ -17,7 +17,7 @@
 use super::applier::Applier;
 use super::error::ApplyError;
 use super::relation::TargetRelation;
-use crate::source::catalog::PGREPL_SCHEMA;
+use crate::source::catalog::{FENCE_SCHEMA, PGREPL_SCHEMA};
 use crate::sql::TableName;
 use crate::stream::pgoutput::Relation;
 
@@ -42,6 +42,11 @@ impl Applier {
             } else {
                 self.ignored.insert(rel.oid);
             }
+            return Ok(());
+        }
+        if rel.namespace == FENCE_SCHEMA {
+            // The fence's flag row, published FOR ALL TABLES: not the user's.
+            self.ignored.insert(rel.oid);
             return Ok(());
         }
         // What is batched or in flight was sent under the old description.

@@ -3,6 +3,7 @@
 //! `pgrepl sync` runs the same checks and refuses to start on any error.
 
 mod carry;
+mod grants;
 pub mod report;
 mod source;
 mod target;

@@ -287,61 +287,58 @@ pub(super) async fn check(
             "publication",
             format!("can create publication {publication}"),
         ));
-    } else if opts.selection.is_everything() {
-        report.push(Finding::error(
-            SIDE,
-            "publication",
-            format!(
-                "a publication FOR ALL TABLES needs a superuser; {:?} is not one",
-                facts.user
-            ),
-            "connect as a superuser, or name the tables with --include (you must own them)",
-        ));
     } else {
+        // A role that is not a superuser publishes a table list, and
+        // adding a table to a publication needs its owner's rights.
         let foreign: Vec<_> = selected
             .tables
             .iter()
             .filter(|t| !t.owned && !matches!(t.kind, TableKind::Partition { .. }))
-            .map(|t| &t.name)
             .collect();
+        let list = if opts.selection.is_everything() {
+            "a table list (FOR ALL TABLES needs a superuser; new tables join it through the DDL capture)"
+        } else {
+            "a table list"
+        };
         if foreign.is_empty() {
             report.push(Finding::ok(
                 SIDE,
                 "publication",
-                format!("can create publication {publication}"),
+                format!("can create publication {publication} as {list}"),
             ));
         } else {
+            let mut owners: Vec<&str> = foreign.iter().map(|t| t.owner.as_str()).collect();
+            owners.sort_unstable();
+            owners.dedup();
+            let grants: Vec<String> = owners
+                .iter()
+                .map(|o| {
+                    format!(
+                        "GRANT {} TO {};",
+                        crate::sql::quote_ident(o),
+                        crate::sql::quote_ident(&facts.user)
+                    )
+                })
+                .collect();
             report.push(Finding::error(
                 SIDE,
                 "publication",
                 format!(
-                    "publishing a table needs its owner; {:?} does not own {}",
+                    "publishing a table needs its owner's rights; {:?} is not a member of {} (owning {})",
                     facts.user,
-                    name_list(foreign.iter().copied())
+                    owners.join(", "),
+                    name_list(foreign.iter().map(|t| &t.name))
                 ),
-                "connect as the tables' owner or a superuser",
+                format!(
+                    "run as a role with ADMIN on them (the service's admin): {}",
+                    grants.join(" ")
+                ),
             ));
         }
     }
 
     if opts.ddl {
-        if facts.is_superuser {
-            report.push(Finding::ok(
-                SIDE,
-                "ddl_capture",
-                "can install the DDL-capturing event triggers",
-            ));
-        } else {
-            report.push(Finding::error(
-                SIDE,
-                "ddl_capture",
-                format!(
-                    "event triggers that capture DDL need a superuser; {:?} is not one",
-                    facts.user
-                ),
-                "connect as a superuser, or pass --no-ddl (then DDL on the source stops the sync)",
-            ));
-        }
+        ddl_capture(client, &facts, report).await?;
     }
     Ok((facts, Some(selected)))
 }
@@ -376,5 +373,90 @@ async fn wal_keep(client: &Client, report: &mut Report) -> Result<(), CheckError
             format!("max_slot_wal_keep_size = {mb} MB: a slot past it is lost, not the source"),
         )),
     }
+    Ok(())
+}
+
+/// Whether the DDL capture can be had: installed by this role, or made
+/// ahead for it (`pgrepl install-capture`), since only some roles may
+/// create event triggers (superusers; on some services their admin role).
+async fn ddl_capture(
+    client: &Client,
+    facts: &ServerFacts,
+    report: &mut Report,
+) -> Result<(), CheckError> {
+    if facts.is_superuser {
+        report.push(Finding::ok(
+            SIDE,
+            "ddl_capture",
+            "can install the DDL-capturing event triggers",
+        ));
+        return Ok(());
+    }
+    let current = crate::ddl::capture::is_current(client)
+        .await
+        .map_err(query_error(SIDE, "looking for the DDL capture"))?;
+    if current {
+        let usable: bool = client
+            .query_one(
+                "SELECT has_table_privilege('pgrepl.config', 'INSERT, UPDATE, DELETE')
+                    AND pg_has_role((SELECT relowner FROM pg_class WHERE oid = 'pgrepl.schema_log'::regclass), 'USAGE')",
+                &[],
+            )
+            .await
+            .map_err(query_error(SIDE, "reading the DDL capture's privileges"))?
+            .get(0);
+        if usable {
+            report.push(Finding::ok(
+                SIDE,
+                "ddl_capture",
+                format!("the DDL capture is installed for {:?}", facts.user),
+            ));
+            return Ok(());
+        }
+    }
+    // May this role create event triggers (an admin role some services
+    // allow it)? Tried in a transaction rolled back: nothing stays.
+    let probe = client
+        .batch_execute(
+            "BEGIN;
+             CREATE FUNCTION pg_temp.pgrepl_probe() RETURNS event_trigger LANGUAGE plpgsql AS 'BEGIN END';
+             CREATE EVENT TRIGGER pgrepl_probe ON ddl_command_start EXECUTE PROCEDURE pg_temp.pgrepl_probe();",
+        )
+        .await;
+    client
+        .batch_execute("ROLLBACK")
+        .await
+        .map_err(query_error(SIDE, "rolling back the event-trigger probe"))?;
+    if probe.is_ok() && !current {
+        report.push(Finding::ok(
+            SIDE,
+            "ddl_capture",
+            "can install the DDL-capturing event triggers",
+        ));
+        return Ok(());
+    }
+    let user = crate::sql::quote_ident(&facts.user);
+    let (message, fix) = if current {
+        (
+            format!(
+                "the DDL capture is installed, but not for {:?}: it may not record its sync in pgrepl.config or publish pgrepl.schema_log",
+                facts.user
+            ),
+            format!(
+                "as a superuser: GRANT USAGE ON SCHEMA pgrepl TO {user}; GRANT SELECT, INSERT, UPDATE, DELETE ON pgrepl.config TO {user}; ALTER TABLE pgrepl.schema_log OWNER TO {user}; (or run `pgrepl install-capture --source CONNINFO --for {user}`)"
+            ),
+        )
+    } else {
+        (
+            format!(
+                "capturing DDL takes event triggers, which {:?} may not create (a superuser may; on RDS and Cloud SQL their admin role may, on Azure and older Neon nobody may)",
+                facts.user
+            ),
+            format!(
+                "have a superuser run `pgrepl install-capture --source CONNINFO --for {user}` once (`--print` gives the SQL to run in the service's console), or pass --no-ddl (then DDL on the source stops the sync)"
+            ),
+        )
+    };
+    report.push(Finding::error(SIDE, "ddl_capture", message, fix));
     Ok(())
 }

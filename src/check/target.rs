@@ -102,7 +102,7 @@ pub(super) async fn check(
         ));
     }
 
-    privileges(client, &facts, report).await?;
+    super::grants::target(client, &facts, report).await?;
 
     let existing = state::load_sync(client, &opts.name)
         .await
@@ -146,61 +146,6 @@ async fn large_objects(client: &Client, report: &mut Report) -> Result<(), Check
                 "the target database already holds {count} large object(s): the sync would replace or remove them with the source's"
             ),
             "remove them on the target (SELECT lo_unlink(oid) FROM pg_largeobject_metadata) or sync into an empty database",
-        ));
-    }
-    Ok(())
-}
-
-async fn privileges(
-    client: &Client,
-    facts: &ServerFacts,
-    report: &mut Report,
-) -> Result<(), CheckError> {
-    if facts.is_superuser {
-        report.push(Finding::ok(
-            SIDE,
-            "privileges",
-            format!("role {:?} is a superuser", facts.user),
-        ));
-        return Ok(());
-    }
-    let row = client
-        .query_one(
-            "SELECT has_function_privilege('pg_replication_origin_session_setup(text)', 'EXECUTE'),
-                    has_database_privilege(current_database(), 'CREATE'),
-                    CASE WHEN current_setting('server_version_num')::int >= 150000
-                         THEN has_parameter_privilege('session_replication_role', 'SET') ELSE false END",
-            &[],
-        )
-        .await
-        .map_err(query_error(SIDE, "reading privileges"))?;
-    let (origins, create, replica_role): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
-    let mut missing = Vec::new();
-    if !origins {
-        missing.push("EXECUTE on the pg_replication_origin_* functions");
-    }
-    if !create {
-        missing.push("CREATE on the database");
-    }
-    if !replica_role {
-        missing.push("SET on session_replication_role (PG 15+: GRANT SET ON PARAMETER)");
-    }
-    if missing.is_empty() {
-        report.push(Finding::ok(
-            SIDE,
-            "privileges",
-            "role has the grants apply needs",
-        ));
-    } else {
-        report.push(Finding::error(
-            SIDE,
-            "privileges",
-            format!(
-                "role {:?} is not a superuser and lacks {}",
-                facts.user,
-                missing.join(", ")
-            ),
-            "connect as a superuser on the target, or grant what is listed",
         ));
     }
     Ok(())

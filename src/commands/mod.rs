@@ -3,6 +3,7 @@
 
 mod check;
 mod cutover;
+mod install_capture;
 mod status;
 mod sync;
 mod tail;
@@ -31,6 +32,7 @@ pub async fn run(command: Command, json_logs: bool) -> anyhow::Result<ExitCode> 
         Command::Status(args) => status::run(args).await,
         Command::Verify(args) => verify::run(args, json_logs).await,
         Command::Cutover(args) => cutover::run(args, json_logs).await,
+        Command::InstallCapture(args) => install_capture::run(args).await,
         Command::Tail(args) => tail::run(args).await,
     }
 }

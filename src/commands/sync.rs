@@ -132,7 +132,9 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         &name.publication(),
         &preflight.source,
         &selected,
-        opts.selection.is_everything(),
+        // Only a superuser may publish FOR ALL TABLES: anyone else gets a
+        // table list, which the DDL capture extends with new tables.
+        opts.selection.is_everything() && preflight.source.is_superuser,
         &extra,
     )
     .await?;

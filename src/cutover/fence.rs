@@ -23,7 +23,11 @@
 //!   (`--terminate`) or refuses while one is left (see `sessions`) before
 //!   it reads the sequences;
 //! - DDL anywhere in the database (a function created after the fence
-//!   would never reach the target): an event trigger refusing it.
+//!   would never reach the target): an event trigger refusing it while
+//!   `pgrepl_fence.active` holds a row. The trigger stays once made (inert
+//!   without the row): a role that is not a superuser may not create one,
+//!   so `pgrepl install-capture` makes it ahead for such a role, which
+//!   then fences by writing the row.
 //!
 //! Until the cutover succeeds the locking transaction is open: lifting the
 //! fence rolls it back (no trigger ever existed) and undoes the other two.
@@ -43,17 +47,22 @@ use crate::sql::{quote_ident, TableName};
 const FENCE_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS pgrepl_fence;
 COMMENT ON SCHEMA pgrepl_fence IS 'pgrepl cutover fence: pgrepl teardown --unfence lifts it';
+CREATE TABLE IF NOT EXISTS pgrepl_fence.active (since timestamptz NOT NULL DEFAULT clock_timestamp());
+REVOKE ALL ON SCHEMA pgrepl_fence FROM PUBLIC;
 CREATE OR REPLACE FUNCTION pgrepl_fence.fenced() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     RAISE EXCEPTION 'this database was cut over by pgrepl: % is read-only here', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME
         USING HINT = 'the application now writes to the new server; `pgrepl teardown --unfence` lifts the fence';
 END
 $fn$;
-CREATE OR REPLACE FUNCTION pgrepl_fence.fenced_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $fn$
+GRANT EXECUTE ON FUNCTION pgrepl_fence.fenced() TO PUBLIC;
+CREATE OR REPLACE FUNCTION pgrepl_fence.fenced_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     -- pgrepl's own sessions keep their state and its teardown working.
     IF pg_catalog.current_setting('pgrepl.internal', true) = 'on'
-       OR pg_catalog.current_setting('application_name') = 'pgrepl' THEN
+       OR pg_catalog.current_setting('application_name') = 'pgrepl'
+       OR NOT EXISTS (SELECT 1 FROM pgrepl_fence.active) THEN
         RETURN;
     END IF;
     RAISE EXCEPTION 'this database is fenced by pgrepl for a cutover: no DDL'
@@ -63,6 +72,44 @@ $fn$;
 DROP EVENT TRIGGER IF EXISTS pgrepl_fence;
 CREATE EVENT TRIGGER pgrepl_fence ON ddl_command_start EXECUTE PROCEDURE pgrepl_fence.fenced_ddl();
 "#;
+
+/// The fence made ahead by a superuser for `role`, which may then fence
+/// (write `pgrepl_fence.active`, create the table triggers) without being
+/// one: for `pgrepl install-capture`.
+pub fn install_for(role: &str) -> String {
+    let role = quote_ident(role);
+    format!(
+        "{FENCE_SQL};
+GRANT USAGE ON SCHEMA pgrepl_fence TO {role};
+GRANT SELECT, INSERT, DELETE ON pgrepl_fence.active TO {role};
+"
+    )
+}
+
+/// Whether the fence's event trigger and table are there (made ahead).
+async fn made_ahead(admin: &Client) -> Result<bool, CutoverError> {
+    Ok(admin
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgrepl_fence' AND evtenabled <> 'D')
+                AND to_regclass('pgrepl_fence.active') IS NOT NULL
+                AND has_table_privilege('pgrepl_fence.active', 'INSERT')",
+            &[],
+        )
+        .await
+        .map_err(|e| CutoverError::source("looking for the fence", &e))?
+        .get(0))
+}
+
+async fn is_superuser(admin: &Client) -> Result<bool, CutoverError> {
+    Ok(admin
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(|e| CutoverError::source("reading the role", &e))?
+        .get(0))
+}
 
 /// The statement-trigger name on fenced tables.
 const TRIGGER: &str = "pgrepl_fence";
@@ -100,10 +147,25 @@ pub async fn put_up(
         .get(0);
     // The event trigger and the database default first: from here no DDL
     // and no new read-write session.
+    if is_superuser(&admin).await? {
+        exec(
+            &admin,
+            &format!("SET pgrepl.internal = 'on'; {FENCE_SQL}"),
+            "installing the fence",
+        )
+        .await?;
+    } else if !made_ahead(&admin).await? {
+        let user: String = admin
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .map_err(|e| CutoverError::source("reading the role", &e))?
+            .get(0);
+        return Err(CutoverError::FenceNotMade { user });
+    }
     exec(
         &admin,
-        &format!("SET pgrepl.internal = 'on'; {FENCE_SQL}"),
-        "installing the fence",
+        "SET pgrepl.internal = 'on'; DELETE FROM pgrepl_fence.active; INSERT INTO pgrepl_fence.active DEFAULT VALUES; RESET pgrepl.internal",
+        "fencing DDL",
     )
     .await?;
     exec(
@@ -135,13 +197,32 @@ pub async fn put_up(
         // ALTER LARGE OBJECT … OWNER, GRANT … ON LARGE OBJECT). Both
         // catalogs belong to the bootstrap superuser and take the same
         // privilege to lock, so the one fails when the other would.
+        // A role that is not a superuser may not lock catalogs: then only
+        // the sessions rule (every session opened before the fence ended
+        // or gone, new ones read-only) holds large objects still.
+        let (lock_lo, large_objects): (bool, i64) = lock
+            .query_one(
+                "SELECT has_table_privilege('pg_catalog.pg_largeobject', 'UPDATE'),
+                        (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata)",
+                &[],
+            )
+            .await
+            .map(|r| (r.get(0), r.get(1)))
+            .map_err(|e| CutoverError::source("reading the large-object privileges", &e))?;
+        if !lock_lo && large_objects > 0 {
+            tracing::warn!(
+                large_objects,
+                "the role may not lock pg_largeobject (only a superuser may): large objects are held still only by ending the sessions opened before the fence; a session opened later that turns default_transaction_read_only off could still write one"
+            );
+        }
+        let lo_catalogs = [
+            "pg_catalog.pg_largeobject".to_string(),
+            "pg_catalog.pg_largeobject_metadata".to_string(),
+        ];
         let names: Vec<String> = tables
             .iter()
             .map(|t| t.quoted())
-            .chain([
-                "pg_catalog.pg_largeobject".to_string(),
-                "pg_catalog.pg_largeobject_metadata".to_string(),
-            ])
+            .chain(lo_catalogs.into_iter().filter(|_| lock_lo))
             .collect();
         let started = Instant::now();
         loop {
@@ -299,8 +380,17 @@ pub async fn undo_persistent(admin: &Client, database: &str, tables: &[TableName
             "ALTER DATABASE {} RESET default_transaction_read_only",
             quote_ident(database)
         ),
-        "SET pgrepl.internal = 'on'; DROP EVENT TRIGGER IF EXISTS pgrepl_fence".to_string(),
+        "SET pgrepl.internal = 'on'; DO $$ BEGIN IF to_regclass('pgrepl_fence.active') IS NOT NULL THEN DELETE FROM pgrepl_fence.active; END IF; END $$"
+            .to_string(),
     ];
+    // A fence made ahead for a role that is not a superuser stays, inert:
+    // only a superuser may drop an event trigger.
+    let superuser = is_superuser(admin).await.unwrap_or(false);
+    if superuser {
+        steps.push(
+            "SET pgrepl.internal = 'on'; DROP EVENT TRIGGER IF EXISTS pgrepl_fence".to_string(),
+        );
+    }
     let targets: Vec<String> = if tables.is_empty() {
         admin
             .query(
@@ -319,8 +409,11 @@ pub async fn undo_persistent(admin: &Client, database: &str, tables: &[TableName
             "SET pgrepl.internal = 'on'; DROP TRIGGER IF EXISTS {TRIGGER} ON {t}"
         ));
     }
-    steps
-        .push("SET pgrepl.internal = 'on'; DROP SCHEMA IF EXISTS pgrepl_fence CASCADE".to_string());
+    if superuser {
+        steps.push(
+            "SET pgrepl.internal = 'on'; DROP SCHEMA IF EXISTS pgrepl_fence CASCADE".to_string(),
+        );
+    }
     for sql in steps {
         if let Err(e) = admin.batch_execute(&sql).await {
             tracing::warn!(error = %crate::conn::error::describe(&e), "lifting part of the fence");
@@ -333,13 +426,21 @@ pub async fn undo_persistent(admin: &Client, database: &str, tables: &[TableName
 pub async fn is_fenced(client: &Client) -> Result<bool, CutoverError> {
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgrepl_fence')
-                 OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = $1)",
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = $1), to_regclass('pgrepl_fence.active') IS NOT NULL",
             &[&TRIGGER],
         )
         .await
         .map_err(|e| CutoverError::target("looking for a fence", &e))?;
-    Ok(row.get(0))
+    let (tables, active_table): (bool, bool) = (row.get(0), row.get(1));
+    if tables || !active_table {
+        return Ok(tables);
+    }
+    let active: i64 = client
+        .query_one("SELECT count(*) FROM pgrepl_fence.active", &[])
+        .await
+        .map_err(|e| CutoverError::target("looking for a fence", &e))?
+        .get(0);
+    Ok(active > 0)
 }
 
 /// The current database's name, for `undo_persistent`.

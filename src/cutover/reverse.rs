@@ -107,7 +107,7 @@ pub async fn set_up(req: &CutoverRequest<'_>) -> Result<SyncName, CutoverError> 
         &publication,
         &facts,
         &selected,
-        selection.is_everything(),
+        selection.is_everything() && facts.is_superuser,
         &[TableName::new("pgrepl", "schema_log")],
     )
     .await

@@ -61,7 +61,57 @@ fn regexes(patterns: &[Pattern]) -> String {
     serde_json::Value::Array(items).to_string()
 }
 
-/// Installs (or refreshes) the capture and records this sync's patterns.
+/// What the schema's comment says of the capture installed: this
+/// pgrepl's, byte for byte, when it ends with this fingerprint of the SQL.
+fn marker() -> String {
+    // FNV-1a: a fingerprint, not a defence (whoever may replace the
+    // functions may replace the comment).
+    let hash = INSTALL.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("pgrepl DDL capture {hash:016x}: remove with pgrepl teardown")
+}
+
+/// The capture, installed (or refreshed) in one statement batch, marked.
+fn install_sql() -> String {
+    format!(
+        "{INSTALL};\nCOMMENT ON SCHEMA pgrepl IS {};\n",
+        quote_literal(&marker())
+    )
+}
+
+/// The capture made by a role that may create event triggers for `role`,
+/// which may not: `role` then records its syncs in `pgrepl.config` and
+/// owns `pgrepl.schema_log` (publishing a table takes its owner), while the
+/// functions and triggers stay the installer's. For `pgrepl install-capture`.
+pub fn install_for(role: &str) -> String {
+    let role = crate::sql::quote_ident(role);
+    format!(
+        "{}GRANT USAGE ON SCHEMA pgrepl TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON pgrepl.config TO {role};
+ALTER TABLE pgrepl.schema_log OWNER TO {role};
+",
+        install_sql()
+    )
+}
+
+/// Whether the capture installed is this pgrepl's, whole and enabled.
+pub async fn is_current(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT coalesce((SELECT obj_description(oid, 'pg_namespace') = $1 FROM pg_namespace WHERE nspname = 'pgrepl'), false)
+                AND (SELECT count(*) FROM pg_event_trigger
+                     WHERE evtname IN ('pgrepl_ddl_start', 'pgrepl_ddl_end', 'pgrepl_sql_drop', 'pgrepl_rewrite')
+                       AND evtenabled <> 'D') = 4",
+            &[&marker()],
+        )
+        .await?
+        .get(0))
+}
+
+/// Installs (or refreshes) the capture unless this pgrepl's is there, and
+/// records this sync's patterns. A role that may not create event triggers
+/// uses one made for it ahead (`install_for`); `check` has made sure.
 pub async fn install(
     client: &impl GenericClient,
     name: &SyncName,
@@ -70,11 +120,14 @@ pub async fn install(
 ) -> Result<(), tokio_postgres::Error> {
     // In one transaction, unseen by a capture already installed (another
     // sync's): pgrepl's own DDL is never replicated.
-    client
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL pgrepl.internal = 'on'; {INSTALL}; COMMIT;"
-        ))
-        .await?;
+    if !is_current(client).await? {
+        client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL pgrepl.internal = 'on'; {}; COMMIT;",
+                install_sql()
+            ))
+            .await?;
+    }
     client
         .batch_execute(&format!(
             "INSERT INTO pgrepl.config (sync_name, publication, include, exclude, patterns) VALUES ({}, {}, {}::jsonb, {}::jsonb, {}::jsonb)
@@ -160,6 +213,23 @@ pub async fn remove(
         if others > 0 {
             return Ok(removed);
         }
+    }
+    // Only a superuser may drop an event trigger: one made ahead for a
+    // role that is not stays, for the admin who made it to remove.
+    let superuser: bool = client
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !superuser {
+        if config {
+            removed.push(format!(
+                "this sync's DDL capture settings (the capture itself stays: a superuser removes it with `pgrepl teardown`, or DROP EVENT TRIGGER pgrepl_ddl_start, pgrepl_ddl_end, pgrepl_sql_drop, pgrepl_rewrite; DROP SCHEMA pgrepl CASCADE)"
+            ));
+        }
+        return Ok(removed);
     }
     let triggers: i64 = client
         .query_one("SELECT count(*) FROM pg_event_trigger WHERE evtname IN ('pgrepl_ddl_start', 'pgrepl_ddl_end', 'pgrepl_sql_drop', 'pgrepl_rewrite')", &[])

@@ -9,6 +9,8 @@ use crate::sql::TableName;
 /// pgrepl's own schema, on both sides: never copied, never published
 /// (except `pgrepl.schema_log`, which carries DDL).
 pub const PGREPL_SCHEMA: &str = "pgrepl";
+/// The cutover fence's schema on a source (its table flags a fence).
+pub const FENCE_SCHEMA: &str = "pgrepl_fence";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TableKind {
@@ -64,6 +66,8 @@ pub struct SourceTable {
     pub can_select: bool,
     /// The connected role owns it (or is a member of its owner).
     pub owned: bool,
+    /// Its owner role.
+    pub owner: String,
 }
 
 impl SourceTable {
@@ -97,18 +101,18 @@ pub async fn list_tables(client: &Client) -> Result<Vec<SourceTable>, tokio_post
                     c.reltuples::int8,
                     CASE WHEN c.relkind = 'r' THEN pg_relation_size(c.oid) ELSE 0 END,
                     has_table_privilege(c.oid, 'SELECT'),
-                    pg_has_role(c.relowner, 'USAGE')
+                    pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text
              FROM pg_class c
              JOIN pg_namespace n ON n.oid = c.relnamespace
              LEFT JOIN pg_class r ON c.relispartition AND r.oid = pg_partition_root(c.oid)
              LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace
              WHERE c.relkind IN ('r', 'p')
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1)
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1, $2)
                AND n.nspname !~ '^pg_(toast|temp_)'
                AND NOT EXISTS (SELECT 1 FROM pg_depend d
                                WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
              ORDER BY n.nspname, c.relname",
-            &[&PGREPL_SCHEMA],
+            &[&PGREPL_SCHEMA, &FENCE_SCHEMA],
         )
         .await?;
     Ok(rows
@@ -149,6 +153,7 @@ pub async fn list_tables(client: &Client) -> Result<Vec<SourceTable>, tokio_post
                 bytes: row.get(12),
                 can_select: row.get(13),
                 owned: row.get(14),
+                owner: row.get(15),
             }
         })
         .collect())

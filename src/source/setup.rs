@@ -115,8 +115,9 @@ pub async fn drop_slot(client: &Client, slot: &SlotName, name: &str) -> Result<b
 }
 
 /// Creates the publication unless it exists: `FOR ALL TABLES` when nothing
-/// was filtered, else the selected tables plus `pgrepl.schema_log` when DDL
-/// capture is installed.
+/// was filtered and the role may (a superuser), else the selected tables
+/// plus `pgrepl.schema_log` when DDL capture is installed (the capture
+/// adds tables created later that the selection covers).
 ///
 /// Partitions publish as themselves, not through their root: Postgres
 /// publishes no TRUNCATE of a single partition through its root, and the

@@ -30,13 +30,13 @@ pub async fn table_checksum(client: &Client, quoted_table: &str) -> Checksum {
 }
 
 /// User tables holding rows (plain tables, leaf partitions and populated
-/// materialized views), quoted, pgrepl's own schema left out.
+/// materialized views), quoted, pgrepl's own schemas (its state, DDL capture and fence) left out.
 pub async fn user_tables(client: &Client) -> Vec<String> {
     client
         .query(
             "SELECT format('%I.%I', n.nspname, c.relname)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE (c.relkind = 'r' OR (c.relkind = 'm' AND c.relispopulated)) AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgrepl')
+             WHERE (c.relkind = 'r' OR (c.relkind = 'm' AND c.relispopulated)) AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgrepl', 'pgrepl_fence')
                AND n.nspname !~ '^pg_'
              ORDER BY 1",
             &[],

@@ -1,0 +1,134 @@
+//! The target's privileges, for a role that is not a superuser: each one
+//! the sync needs and lacks is named with what would break without it and
+//! the exact statement that grants it.
+
+use tokio_postgres::Client;
+
+use super::{query_error, CheckError, Finding, Report};
+use crate::conn::Side;
+use crate::source::catalog::ServerFacts;
+use crate::sql::quote_ident;
+
+const SIDE: Side = Side::Target;
+
+/// The replication-origin functions apply and cutover call: the position
+/// of the target is recorded with them, in the same transaction as the
+/// rows (exactly once). They are per database: granted in the target one.
+pub const ORIGIN_FUNCTIONS: &[&str] = &[
+    "pg_replication_origin_create(text)",
+    "pg_replication_origin_drop(text)",
+    "pg_replication_origin_session_setup(text)",
+    "pg_replication_origin_session_reset()",
+    "pg_replication_origin_xact_setup(pg_lsn, timestamp with time zone)",
+    "pg_replication_origin_advance(text, pg_lsn)",
+    "pg_replication_origin_progress(text, boolean)",
+];
+
+pub(super) async fn target(
+    client: &Client,
+    facts: &ServerFacts,
+    report: &mut Report,
+) -> Result<(), CheckError> {
+    if facts.is_superuser {
+        report.push(Finding::ok(
+            SIDE,
+            "privileges",
+            format!("role {:?} is a superuser", facts.user),
+        ));
+        return Ok(());
+    }
+    let user = quote_ident(&facts.user);
+    let lacking: Vec<String> = client
+        .query_one(
+            "SELECT coalesce(array_agg(f ORDER BY o), '{}')
+             FROM unnest($1::text[]) WITH ORDINALITY AS w(f, o)
+             WHERE to_regprocedure(f) IS NOT NULL AND NOT has_function_privilege(f, 'EXECUTE')",
+            &[&ORIGIN_FUNCTIONS],
+        )
+        .await
+        .map_err(query_error(SIDE, "reading function privileges"))?
+        .get(0);
+    if lacking.is_empty() {
+        report.push(Finding::ok(
+            SIDE,
+            "origin_functions",
+            "may record the applied position with the replication-origin functions",
+        ));
+    } else {
+        report.push(Finding::error(
+            SIDE,
+            "origin_functions",
+            format!(
+                "exactly-once apply records the source position with the replication-origin functions; {:?} may not execute {}",
+                facts.user,
+                lacking.join(", ")
+            ),
+            format!(
+                "as a superuser (the service's admin), connected to database {}: GRANT EXECUTE ON FUNCTION {} TO {user};",
+                quote_ident(&facts.database),
+                lacking.join(", ")
+            ),
+        ));
+    }
+
+    let row = client
+        .query_one(
+            "SELECT has_database_privilege(current_database(), 'CREATE'),
+                    CASE WHEN current_setting('server_version_num')::int >= 150000
+                         THEN has_parameter_privilege('session_replication_role', 'SET') ELSE false END",
+            &[],
+        )
+        .await
+        .map_err(query_error(SIDE, "reading privileges"))?;
+    let (create, replica_role): (bool, bool) = (row.get(0), row.get(1));
+    if create {
+        report.push(Finding::ok(
+            SIDE,
+            "create_schema",
+            "may create schemas in the database",
+        ));
+    } else {
+        report.push(Finding::error(
+            SIDE,
+            "create_schema",
+            format!(
+                "the copy creates the source's schemas and pgrepl's state schema; {:?} may not create schemas in {}",
+                facts.user, facts.database
+            ),
+            format!(
+                "as the database's owner: GRANT CREATE ON DATABASE {} TO {user};",
+                quote_ident(&facts.database)
+            ),
+        ));
+    }
+    if replica_role {
+        report.push(Finding::ok(
+            SIDE,
+            "replica_role",
+            "may set session_replication_role (triggers and foreign-key checks stay off while applying)",
+        ));
+    } else if facts.major() >= 15 {
+        report.push(Finding::error(
+            SIDE,
+            "replica_role",
+            format!(
+                "apply runs with session_replication_role = replica so the target's triggers and foreign-key checks do not fire a second time on rows the source already checked; {:?} may not set it",
+                facts.user
+            ),
+            format!(
+                "as a superuser (the service's admin): GRANT SET ON PARAMETER session_replication_role TO {user};"
+            ),
+        ));
+    } else {
+        report.push(Finding::error(
+            SIDE,
+            "replica_role",
+            format!(
+                "apply runs with session_replication_role = replica so the target's triggers and foreign-key checks do not fire a second time; before PostgreSQL 15 only a superuser may set it ({:?} is not one)",
+                facts.user
+            ),
+            "connect to the target as a superuser (on a managed service, its admin role usually may: rds_superuser, cloudsqlsuperuser, azure_pg_admin), or use a PostgreSQL 15+ target and GRANT SET ON PARAMETER session_replication_role",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! Managed services: pgrepl run by an admin role that is not a superuser,
+//! made on a vanilla server with exactly the privileges a cloud gives its
+//! admin (RDS-like), and profiles that lack one thing each.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{assert_same_data, pgrepl, wait_for, Cluster, Pair};
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+/// The application's schema, owned by `app`, in database `shop`.
+const SCHEMA: &str = "
+    CREATE SCHEMA shop AUTHORIZATION app;
+    SET ROLE app;
+    CREATE TABLE shop.customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE);
+    CREATE TABLE shop.orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        customer int NOT NULL REFERENCES shop.customers, total numeric(12,2), placed timestamptz DEFAULT now(),
+        note jsonb);
+    CREATE FUNCTION shop.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.note := coalesce(NEW.note, '{}'::jsonb) || '{\"t\": 1}'; RETURN NEW; END $$;
+    CREATE TRIGGER orders_touch BEFORE INSERT ON shop.orders FOR EACH ROW EXECUTE FUNCTION shop.touch();
+    INSERT INTO shop.customers (name, email) SELECT 'c' || g, 'c' || g || '@x' FROM generate_series(1, 500) g;
+    INSERT INTO shop.orders (customer, total) SELECT 1 + g % 500, g * 1.5 FROM generate_series(1, 3000) g;
+    RESET ROLE;
+";
+
+/// Makes `admin` as an RDS-like service makes its admin role: no
+/// superuser; CREATEDB CREATEROLE REPLICATION; pg_monitor,
+/// pg_signal_backend, pg_read_all_data, pg_write_all_data; the application's
+/// owner role `app` with ADMIN; on a target also SET on
+/// session_replication_role and EXECUTE on the origin functions. The
+/// database `shop` is the admin's.
+async fn rds_like(c: &Cluster, target: bool) {
+    c.exec(
+        "CREATE ROLE app LOGIN;
+         CREATE ROLE admin LOGIN NOSUPERUSER CREATEDB CREATEROLE REPLICATION;
+         GRANT pg_monitor, pg_signal_backend, pg_read_all_data, pg_write_all_data TO admin;
+         GRANT app TO admin WITH ADMIN OPTION;",
+    )
+    .await;
+    c.exec("CREATE DATABASE shop OWNER admin").await;
+    if target {
+        c.exec("GRANT SET ON PARAMETER session_replication_role TO admin")
+            .await;
+        // Function privileges live in each database.
+        let grants = format!(
+            "GRANT EXECUTE ON FUNCTION {} TO admin",
+            ORIGIN_FUNCTIONS.join(", ")
+        );
+        c.client_db("shop")
+            .await
+            .batch_execute(&grants)
+            .await
+            .unwrap();
+    }
+}
+
+/// What apply and cutover call on the target.
+const ORIGIN_FUNCTIONS: &[&str] = &[
+    "pg_replication_origin_create(text)",
+    "pg_replication_origin_drop(text)",
+    "pg_replication_origin_session_setup(text)",
+    "pg_replication_origin_session_reset()",
+    "pg_replication_origin_xact_setup(pg_lsn, timestamptz)",
+    "pg_replication_origin_advance(text, pg_lsn)",
+    "pg_replication_origin_progress(text, boolean)",
+];
+
+fn admin(c: &Cluster) -> String {
+    format!(
+        "host={} port={} user=admin dbname=shop",
+        c.socket_dir().display(),
+        c.port
+    )
+}
+
+async fn connect(c: &Cluster, user: &str) -> tokio_postgres::Client {
+    let conninfo = format!(
+        "host={} port={} user={user} dbname=shop",
+        c.socket_dir().display(),
+        c.port
+    );
+    let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+async fn phase(c: &Cluster) -> Option<String> {
+    let client = c.client_db("shop").await;
+    client
+        .query_one("SELECT phase FROM pgrepl.sync", &[])
+        .await
+        .ok()
+        .map(|r| r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rds_like_admin_on_both_ends_syncs_verifies_and_cuts_over() {
+    let pair = Pair::start();
+    if pair.source.major() < 15 || pair.target.major() < 15 {
+        eprintln!("skipped: the RDS-like profile needs 15+ (GRANT SET ON PARAMETER)");
+        return;
+    }
+    rds_like(&pair.source, false).await;
+    rds_like(&pair.target, true).await;
+    pair.source
+        .client_db("shop")
+        .await
+        .batch_execute(SCHEMA)
+        .await
+        .unwrap();
+    let (src, tgt) = (admin(&pair.source), admin(&pair.target));
+    let ends = ["--source", src.as_str(), "--target", tgt.as_str()];
+    // Without the capture made ahead, check names it and sync refuses.
+    let check = pgrepl::run(&[&["check"], &ends[..]].concat(), LIMIT).await;
+    assert!(!check.success(), "{check}");
+    assert!(check.stdout.contains("pgrepl install-capture"), "{check}");
+    // The service's superuser makes it, as its console would.
+    let superuser = pair.source.conninfo_db("shop");
+    let made = pgrepl::run(
+        &["install-capture", "--source", &superuser, "--for", "admin"],
+        LIMIT,
+    )
+    .await;
+    assert!(made.success(), "{made}");
+    let check = pgrepl::run(&[&["check"], &ends[..]].concat(), LIMIT).await;
+    assert!(check.success(), "{check}");
+    let sync = pgrepl::spawn(&[&["sync"], &ends[..]].concat());
+    wait_for("streaming", LIMIT, || async {
+        (phase(&pair.target).await.as_deref() == Some("streaming")).then_some(())
+    })
+    .await;
+    // The application, as its owner role (a superuser's session would
+    // be beyond the admin's --terminate).
+    let app = connect(&pair.source, "app").await;
+    app.batch_execute(
+        "INSERT INTO shop.customers (name) VALUES ('late');
+         UPDATE shop.orders SET total = total + 1 WHERE id % 7 = 0;
+         DELETE FROM shop.orders WHERE id % 11 = 0;
+         ALTER TABLE shop.customers ADD COLUMN tier int DEFAULT 1;
+         CREATE TABLE shop.returns (id int PRIMARY KEY, order_id bigint, reason text);
+         INSERT INTO shop.returns SELECT g, g, 'r' FROM generate_series(1, 50) g;
+         UPDATE shop.customers SET tier = 2 WHERE id < 10;",
+    )
+    .await
+    .unwrap();
+    let verify = pgrepl::run(&[&["verify"], &ends[..]].concat(), LIMIT).await;
+    assert!(verify.success(), "{verify}");
+    let cutover = pgrepl::run(&[&["cutover"], &ends[..], &["--terminate"]].concat(), LIMIT).await;
+    assert!(cutover.success(), "{cutover}");
+    let _ = sync.wait(LIMIT).await;
+    let target = pair.target.client_db("shop").await;
+    assert_same_data(&pair.source.client_db("shop").await, &target).await;
+    let next: i64 = target
+        .query_one("SELECT nextval('shop.customers_id_seq')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(next > 501, "sequence set past the source's: {next}");
+    // The old source is fenced for the application: rows and DDL.
+    let app = connect(&pair.source, "app").await;
+    let write = app
+        .batch_execute("INSERT INTO shop.returns VALUES (1000, 1, 'late')")
+        .await;
+    assert!(write.is_err(), "a write after the cutover went through");
+    let ddl = app
+        .batch_execute("BEGIN READ WRITE; CREATE TABLE shop.after (id int); COMMIT")
+        .await;
+    let ddl = ddl.expect_err("DDL after the cutover went through");
+    assert!(
+        support::db_error(&ddl).contains("fenced by pgrepl"),
+        "{}",
+        support::db_error(&ddl)
+    );
+    // Teardown as the admin: its state goes, the capture made for it stays.
+    let down = pgrepl::run(&[&["teardown"], &ends[..]].concat(), LIMIT).await;
+    assert!(down.success(), "{down}");
+    assert!(down.stdout.contains("the capture itself stays"), "{down}");
+}
