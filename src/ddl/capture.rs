@@ -225,9 +225,10 @@ pub async fn remove(
         .get(0);
     if !superuser {
         if config {
-            removed.push(format!(
+            removed.push(
                 "this sync's DDL capture settings (the capture itself stays: a superuser removes it with `pgrepl teardown`, or DROP EVENT TRIGGER pgrepl_ddl_start, pgrepl_ddl_end, pgrepl_sql_drop, pgrepl_rewrite; DROP SCHEMA pgrepl CASCADE)"
-            ));
+                    .to_string(),
+            );
         }
         return Ok(removed);
     }
