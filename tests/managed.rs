@@ -6,6 +6,8 @@ mod support;
 
 use std::time::Duration;
 
+use tokio_postgres::Client;
+
 use support::{assert_same_data, pgrepl, wait_for, Cluster, Pair};
 
 const LIMIT: Duration = Duration::from_secs(240);
@@ -179,4 +181,143 @@ async fn rds_like_admin_on_both_ends_syncs_verifies_and_cuts_over() {
     let down = pgrepl::run(&[&["teardown"], &ends[..]].concat(), LIMIT).await;
     assert!(down.success(), "{down}");
     assert!(down.stdout.contains("the capture itself stays"), "{down}");
+}
+
+/// Nothing of pgrepl's on either side: no slot, no publication, no state.
+async fn nothing_created(pair: &Pair) {
+    let slots = pair
+        .source
+        .value("SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)")
+        .await;
+    assert_eq!(
+        slots.as_deref(),
+        Some("0"),
+        "a slot or publication was made"
+    );
+    let state = connect(&pair.target, "postgres")
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname IN ('pgrepl', 'shop')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(state, 0, "the target was changed");
+}
+
+/// Each privilege the RDS-like admin has, taken away on its own: `check`
+/// names it with the statement that grants it, and `sync` refuses with
+/// nothing created on either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing() {
+    let pair = Pair::start();
+    if pair.source.major() < 15 || pair.target.major() < 15 {
+        eprintln!("skipped: the RDS-like profile needs 15+ (GRANT SET ON PARAMETER)");
+        return;
+    }
+    rds_like(&pair.source, false).await;
+    rds_like(&pair.target, true).await;
+    connect(&pair.source, "postgres")
+        .await
+        .batch_execute(SCHEMA)
+        .await
+        .unwrap();
+    let (src, tgt) = (admin(&pair.source), admin(&pair.target));
+    let ends = ["--source", src.as_str(), "--target", tgt.as_str()];
+    let refused = |check: &'static str, fix: &'static str| {
+        let ends = ends.clone();
+        let pair = &pair;
+        async move {
+            let out = pgrepl::run(&[&["check"], &ends[..]].concat(), LIMIT).await;
+            assert!(!out.success(), "check passed without it ({check}): {out}");
+            let line = out
+                .stdout
+                .lines()
+                .position(|l| l.starts_with("ERROR") && l.contains(check))
+                .unwrap_or_else(|| panic!("check does not name {check}: {out}"));
+            let fix_line = out.stdout.lines().nth(line + 1).unwrap_or_default();
+            assert!(
+                fix_line.contains(fix),
+                "the fix for {check} is not {fix:?}: {out}"
+            );
+            let sync = pgrepl::run(&[&["sync"], &ends[..]].concat(), LIMIT).await;
+            assert!(!sync.success(), "sync ran without it ({check}): {sync}");
+            nothing_created(pair).await;
+        }
+    };
+    // The capture not made ahead (a role that may not create event triggers).
+    refused(
+        "ddl_capture",
+        "pgrepl install-capture --source CONNINFO --for \"admin\"",
+    )
+    .await;
+    let made = pgrepl::run(
+        &[
+            "install-capture",
+            "--source",
+            &pair.source.conninfo_db("shop"),
+            "--for",
+            "admin",
+        ],
+        LIMIT,
+    )
+    .await;
+    assert!(made.success(), "{made}");
+
+    let source = connect(&pair.source, "postgres").await;
+    let target = connect(&pair.target, "postgres").await;
+    let cases: [(&Client, &str, &str, &'static str, &'static str); 6] = [
+        (
+            &source,
+            "ALTER ROLE admin NOREPLICATION",
+            "ALTER ROLE admin REPLICATION",
+            "replication_role",
+            "ALTER ROLE \"admin\" REPLICATION;",
+        ),
+        (
+            &source,
+            "REVOKE app FROM admin",
+            "GRANT app TO admin WITH ADMIN OPTION",
+            "publication",
+            "GRANT \"app\" TO \"admin\";",
+        ),
+        // (pg_write_all_data writes pgrepl.config whatever its grants.)
+        (
+            &source,
+            "ALTER TABLE pgrepl.schema_log OWNER TO postgres",
+            "ALTER TABLE pgrepl.schema_log OWNER TO admin",
+            "ddl_capture",
+            "ALTER TABLE pgrepl.schema_log OWNER TO \"admin\";",
+        ),
+        (
+            &target,
+            "REVOKE EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) FROM admin",
+            "GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) TO admin",
+            "origin_functions",
+            "GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) TO \"admin\";",
+        ),
+        (
+            &target,
+            "REVOKE SET ON PARAMETER session_replication_role FROM admin",
+            "GRANT SET ON PARAMETER session_replication_role TO admin",
+            "replica_role",
+            "GRANT SET ON PARAMETER session_replication_role TO \"admin\";",
+        ),
+        (
+            &target,
+            "ALTER DATABASE shop OWNER TO postgres",
+            "ALTER DATABASE shop OWNER TO admin",
+            "create_schema",
+            "GRANT CREATE ON DATABASE \"shop\" TO \"admin\";",
+        ),
+    ];
+    for (side, take, give, check, fix) in cases {
+        side.batch_execute(take).await.unwrap();
+        refused(check, fix).await;
+        side.batch_execute(give).await.unwrap();
+    }
+    // All given back: the check passes.
+    let out = pgrepl::run(&[&["check"], &ends[..]].concat(), LIMIT).await;
+    assert!(out.success(), "{out}");
 }

@@ -1,6 +1,6 @@
-//! The target's privileges, for a role that is not a superuser: each one
-//! the sync needs and lacks is named with what would break without it and
-//! the exact statement that grants it.
+//! Privileges, for a role that is not a superuser: each one the sync (or
+//! its cutover) needs and lacks is named with what would break without it
+//! and the exact statement that grants it.
 
 use tokio_postgres::Client;
 
@@ -10,6 +10,63 @@ use crate::source::catalog::ServerFacts;
 use crate::sql::quote_ident;
 
 const SIDE: Side = Side::Target;
+
+/// How to give `user` the REPLICATION attribute on this source: RDS and
+/// Aurora do it by membership in their own role (the attribute itself is
+/// theirs to set), everywhere else with ALTER ROLE.
+pub(super) async fn replication_fix(client: &Client, user: &str) -> Result<String, CheckError> {
+    let rds: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication')",
+            &[],
+        )
+        .await
+        .map_err(query_error(Side::Source, "reading roles"))?
+        .get(0);
+    let user = quote_ident(user);
+    Ok(if rds {
+        format!("on RDS / Aurora, as the master user: GRANT rds_replication TO {user};")
+    } else {
+        format!("as a superuser on the source: ALTER ROLE {user} REPLICATION;")
+    })
+}
+
+/// The cutover's fence makes new sessions of the source database
+/// read-only by default (`ALTER DATABASE … SET`), which takes the
+/// database's owner: said before the sync, not at cutover time.
+pub(super) async fn source_database(
+    client: &Client,
+    facts: &ServerFacts,
+    report: &mut Report,
+) -> Result<(), CheckError> {
+    if facts.is_superuser {
+        return Ok(());
+    }
+    let owner: bool = client
+        .query_one(
+            "SELECT pg_has_role(datdba, 'USAGE') FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(query_error(Side::Source, "reading the database's owner"))?
+        .get(0);
+    if !owner {
+        report.push(Finding::warn(
+            Side::Source,
+            "cutover_fence",
+            format!(
+                "cutover's fence makes new sessions of {} read-only (ALTER DATABASE … SET default_transaction_read_only), which takes the database's owner; {:?} is not its owner or a member of it",
+                facts.database, facts.user
+            ),
+            format!(
+                "before the cutover, as the owner: ALTER DATABASE {} OWNER TO {}; (or cut over as the owner)",
+                quote_ident(&facts.database),
+                quote_ident(&facts.user)
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// The replication-origin functions apply and cutover call: the position
 /// of the target is recorded with them, in the same transaction as the

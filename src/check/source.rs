@@ -66,6 +66,7 @@ pub(super) async fn check(
         ));
     }
     wal_keep(client, report).await?;
+    super::grants::source_database(client, &facts, report).await?;
     let (max_slots, used_slots, slot_exists): (i32, i32, bool) =
         (settings.get(1), settings.get(2), settings.get(3));
     let slot = opts.name.slot();
@@ -130,10 +131,7 @@ pub(super) async fn check(
                 "role {:?} has neither REPLICATION nor superuser",
                 facts.user
             ),
-            format!(
-                "run ALTER ROLE {} REPLICATION; on the source",
-                crate::sql::quote_ident(&facts.user)
-            ),
+            super::grants::replication_fix(client, &facts.user).await?,
         ));
     }
     match WalSender::connect(SIDE, &ep.config).await {
@@ -398,7 +396,9 @@ async fn ddl_capture(
     if current {
         let usable: bool = client
             .query_one(
-                "SELECT has_table_privilege('pgrepl.config', 'INSERT, UPDATE, DELETE')
+                // (Several privileges in one call means any of them.)
+                "SELECT has_table_privilege('pgrepl.config', 'SELECT') AND has_table_privilege('pgrepl.config', 'INSERT')
+                    AND has_table_privilege('pgrepl.config', 'UPDATE') AND has_table_privilege('pgrepl.config', 'DELETE')
                     AND pg_has_role((SELECT relowner FROM pg_class WHERE oid = 'pgrepl.schema_log'::regclass), 'USAGE')",
                 &[],
             )

@@ -47,7 +47,12 @@ use crate::sql::{quote_ident, TableName};
 const FENCE_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS pgrepl_fence;
 COMMENT ON SCHEMA pgrepl_fence IS 'pgrepl cutover fence: pgrepl teardown --unfence lifts it';
-CREATE TABLE IF NOT EXISTS pgrepl_fence.active (since timestamptz NOT NULL DEFAULT clock_timestamp());
+-- One row while a fence stands. A key: a FOR ALL TABLES publication
+-- publishes it, and deleting the row takes a replica identity.
+CREATE TABLE IF NOT EXISTS pgrepl_fence.active (
+    fenced boolean PRIMARY KEY DEFAULT true CHECK (fenced),
+    since timestamptz NOT NULL DEFAULT clock_timestamp()
+);
 REVOKE ALL ON SCHEMA pgrepl_fence FROM PUBLIC;
 CREATE OR REPLACE FUNCTION pgrepl_fence.fenced() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -164,7 +169,7 @@ pub async fn put_up(
     }
     exec(
         &admin,
-        "SET pgrepl.internal = 'on'; DELETE FROM pgrepl_fence.active; INSERT INTO pgrepl_fence.active DEFAULT VALUES; RESET pgrepl.internal",
+        "SET pgrepl.internal = 'on'; INSERT INTO pgrepl_fence.active DEFAULT VALUES ON CONFLICT DO NOTHING; RESET pgrepl.internal",
         "fencing DDL",
     )
     .await?;
