@@ -27,6 +27,14 @@ const SCHEMA: &str = "
     RESET ROLE;
 ";
 
+/// A login role of the application's with a password, on the source only:
+/// the admin may not read pg_authid, so the password cannot come along.
+const REPORTING: &str = "
+    CREATE ROLE reporting LOGIN PASSWORD 'secret-r';
+    GRANT USAGE ON SCHEMA shop TO reporting;
+    GRANT SELECT ON shop.orders TO reporting;
+";
+
 /// Makes `admin` as an RDS-like service makes its admin role: no
 /// superuser; CREATEDB CREATEROLE REPLICATION; pg_monitor,
 /// pg_signal_backend, pg_read_all_data, pg_write_all_data; the application's
@@ -114,6 +122,11 @@ async fn rds_like_admin_on_both_ends_syncs_verifies_and_cuts_over() {
         .batch_execute(SCHEMA)
         .await
         .unwrap();
+    connect(&pair.source, "postgres")
+        .await
+        .batch_execute(REPORTING)
+        .await
+        .unwrap();
     let (src, tgt) = (admin(&pair.source), admin(&pair.target));
     let ends = ["--source", src.as_str(), "--target", tgt.as_str()];
     // Without the capture made ahead, check names it and sync refuses.
@@ -128,9 +141,13 @@ async fn rds_like_admin_on_both_ends_syncs_verifies_and_cuts_over() {
     )
     .await;
     assert!(made.success(), "{made}");
-    let check = pgrepl::run(&[&["check"], &ends[..]].concat(), LIMIT).await;
+    let check = pgrepl::run(
+        &[&["check"], &ends[..], &["--roles", "copy"]].concat(),
+        LIMIT,
+    )
+    .await;
     assert!(check.success(), "{check}");
-    let sync = pgrepl::spawn(&[&["sync"], &ends[..]].concat());
+    let sync = pgrepl::spawn(&[&["sync"], &ends[..], &["--roles", "copy"]].concat());
     wait_for("streaming", LIMIT, || async {
         (phase(&pair.target).await.as_deref() == Some("streaming")).then_some(())
     })
@@ -162,6 +179,22 @@ async fn rds_like_admin_on_both_ends_syncs_verifies_and_cuts_over() {
         .unwrap()
         .get(0);
     assert!(next > 501, "sequence set past the source's: {next}");
+    let reporting: (bool, bool) = target
+        .query_one(
+            "SELECT rolcanlogin, has_table_privilege('reporting', 'shop.orders', 'SELECT') FROM pg_roles WHERE rolname = 'reporting'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(reporting, (true, true));
+    // pg_read_all_data reads pg_authid too (vanilla PostgreSQL): the
+    // password came along, as its verifier.
+    let verifier = "SELECT rolpassword FROM pg_authid WHERE rolname = 'reporting'";
+    assert_eq!(
+        pair.target.value(verifier).await,
+        pair.source.value(verifier).await
+    );
     // The old source is fenced for the application: rows and DDL.
     let app = connect(&pair.source, "app").await;
     let write = app
@@ -226,7 +259,6 @@ async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing
     let (src, tgt) = (admin(&pair.source), admin(&pair.target));
     let ends = ["--source", src.as_str(), "--target", tgt.as_str()];
     let refused = |check: &'static str, fix: &'static str| {
-        let ends = ends.clone();
         let pair = &pair;
         async move {
             let out = pgrepl::run(&[&["check"], &ends[..]].concat(), LIMIT).await;
@@ -320,4 +352,97 @@ async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing
     // All given back: the check passes.
     let out = pgrepl::run(&[&["check"], &ends[..]].concat(), LIMIT).await;
     assert!(out.success(), "{out}");
+}
+
+/// A source where nobody may create event triggers (Azure, Neon before
+/// 2025) and pg_authid is unreadable: check says DDL capture is
+/// impossible; with `--no-ddl` the sync runs, installs no capture, creates
+/// the roles without their passwords (naming each with the statement that
+/// sets it), and a DDL on the source stops it rather than applying past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_event_triggers_or_pg_authid_the_sync_runs_with_no_ddl_and_stops_at_a_ddl() {
+    let pair = Pair::start();
+    if pair.source.major() < 15 || pair.target.major() < 15 {
+        eprintln!("skipped: the RDS-like profile needs 15+ (GRANT SET ON PARAMETER)");
+        return;
+    }
+    rds_like(&pair.source, false).await;
+    rds_like(&pair.target, true).await;
+    let source = connect(&pair.source, "postgres").await;
+    source.batch_execute(SCHEMA).await.unwrap();
+    source.batch_execute(REPORTING).await.unwrap();
+    // Nor may the admin read every table (pg_authid among them): it reads
+    // the application's as a member of their owner.
+    source
+        .batch_execute("REVOKE pg_read_all_data FROM admin")
+        .await
+        .unwrap();
+    let (src, tgt) = (admin(&pair.source), admin(&pair.target));
+    let ends = ["--source", src.as_str(), "--target", tgt.as_str()];
+    let check = pgrepl::run(&[&["check"], &ends[..]].concat(), LIMIT).await;
+    assert!(
+        !check.success() && check.stdout.contains("ddl_capture"),
+        "{check}"
+    );
+    let no_ddl = ["--no-ddl", "--roles", "copy"];
+    let check = pgrepl::run(&[&["check"], &ends[..], &no_ddl[..]].concat(), LIMIT).await;
+    assert!(check.success(), "{check}");
+    assert!(
+        check.stdout.contains("ALTER ROLE \"reporting\" PASSWORD"),
+        "check names the password it cannot copy, with the statement: {check}"
+    );
+    let sync = pgrepl::spawn(&[&["sync"], &ends[..], &no_ddl[..]].concat());
+    wait_for("streaming", LIMIT, || async {
+        (phase(&pair.target).await.as_deref() == Some("streaming")).then_some(())
+    })
+    .await;
+    let capture = pair
+        .source
+        .value("SELECT count(*) FROM pg_event_trigger")
+        .await;
+    assert_eq!(capture.as_deref(), Some("0"), "an event trigger was made");
+    let app = connect(&pair.source, "app").await;
+    app.batch_execute("INSERT INTO shop.customers (name) VALUES ('before')")
+        .await
+        .unwrap();
+    let target = pair.target.client_db("shop").await;
+    let count = |name: &'static str| {
+        let target = &target;
+        async move {
+            target
+                .query_one(
+                    "SELECT count(*) FROM shop.customers WHERE name = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    wait_for("the row before the DDL", LIMIT, || async {
+        (count("before").await == 1).then_some(())
+    })
+    .await;
+    app.batch_execute(
+        "ALTER TABLE shop.customers ADD COLUMN tier int; INSERT INTO shop.customers (name, tier) VALUES ('after', 3)",
+    )
+    .await
+    .unwrap();
+    let out = sync.wait(LIMIT).await;
+    assert!(
+        !out.success(),
+        "the sync went on past a DDL it could not follow: {out}"
+    );
+    assert!(
+        out.stderr.contains("tier"),
+        "the error names the column: {out}"
+    );
+    assert_eq!(count("after").await, 0, "a row past the DDL was applied");
+    assert!(
+        out.stdout.contains("passwords NOT copied")
+            && out.stdout.contains("ALTER ROLE \"reporting\" PASSWORD"),
+        "the sync says which password it left behind: {out}"
+    );
+    let no_password = "SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = 'reporting'";
+    assert_eq!(pair.target.value(no_password).await.as_deref(), Some("t"));
 }

@@ -298,6 +298,16 @@ impl Plan {
             .collect()
     }
 
+    /// The statements that set the passwords a source user could not read
+    /// (`\password name` in psql does it without the server logging it).
+    pub fn password_statements(names: &[&str]) -> String {
+        names
+            .iter()
+            .map(|n| format!("ALTER ROLE {} PASSWORD '...';", crate::sql::quote_ident(n)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Roles to create that only a superuser may create.
     pub fn need_superuser(&self) -> Vec<&str> {
         self.create

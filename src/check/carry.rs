@@ -122,7 +122,10 @@ fn roles(plan: &Plan, target_user: &str, target_superuser: bool, report: &mut Re
                 "the passwords of {} cannot be copied: the source user may not read pg_authid",
                 names(&unreadable)
             ),
-            "connect to the source as a superuser, or set them on the target after the copy: ALTER ROLE name PASSWORD '...'",
+            format!(
+                "connect to the source as a superuser, or set them on the target after the copy (psql's \\password, or {})",
+                crate::carry::Plan::password_statements(&unreadable)
+            ),
         ));
     }
     let privileged = plan.need_superuser();

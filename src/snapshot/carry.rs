@@ -88,8 +88,9 @@ pub async fn summary(req: &CopyRequest<'_>, done: Finished, tgt: &Client) -> Str
     let unreadable = plan.passwords_unreadable();
     if !unreadable.is_empty() {
         lines.push(format!(
-            "passwords NOT copied (the source user may not read pg_authid): {}; set them with ALTER ROLE name PASSWORD '...'",
-            names(&unreadable)
+            "passwords NOT copied (the source user may not read pg_authid): {}; set them on the target (psql's \\password, or {})",
+            names(&unreadable),
+            crate::carry::Plan::password_statements(&unreadable)
         ));
     }
     if !plan.memberships_left.is_empty() {
