@@ -47,7 +47,10 @@ pub async fn open(admin: &Client, before: Option<&str>) -> Result<Vec<Session>, 
              FROM pg_catalog.pg_stat_activity a
              WHERE a.datname = pg_catalog.current_database() AND a.backend_type = 'client backend'
                AND a.pid <> pg_catalog.pg_backend_pid() AND a.application_name <> 'pgrepl'
-               AND ($1::text IS NULL OR a.backend_start < $1::text::timestamptz)
+               -- A role without pg_read_all_stats sees no start time of
+               -- other roles' sessions: such a session counts as opened
+               -- before (ended or waited for, never overlooked).
+               AND ($1::text IS NULL OR a.backend_start IS NULL OR a.backend_start < $1::text::timestamptz)
              ORDER BY a.pid",
             &[&before],
         )
