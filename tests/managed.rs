@@ -349,6 +349,27 @@ async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing
         refused(check, fix).await;
         side.batch_execute(give).await.unwrap();
     }
+    // Without the replica role, the tables whose triggers and foreign
+    // keys would fire are named.
+    target
+        .batch_execute("REVOKE SET ON PARAMETER session_replication_role FROM admin")
+        .await
+        .unwrap();
+    let out = pgrepl::run(&[&["check"], &ends[..]].concat(), LIMIT).await;
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("replica_role_tables"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("shop.customers") && line.contains("shop.orders"),
+        "{out}"
+    );
+    target
+        .batch_execute("GRANT SET ON PARAMETER session_replication_role TO admin")
+        .await
+        .unwrap();
     // All given back: the check passes.
     let out = pgrepl::run(&[&["check"], &ends[..]].concat(), LIMIT).await;
     assert!(out.success(), "{out}");

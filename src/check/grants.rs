@@ -189,3 +189,57 @@ pub(super) async fn target(
     }
     Ok(())
 }
+
+/// When the target may not apply with `session_replication_role =
+/// replica`: the selected tables whose triggers or foreign keys would fire
+/// there on rows the source already checked, named so the user sees what
+/// the refusal protects.
+pub(super) async fn fires_on_target(
+    src: &Client,
+    selected: &crate::source::catalog::SelectedTables,
+    report: &mut Report,
+) -> Result<(), CheckError> {
+    let blocked = report
+        .findings
+        .iter()
+        .any(|f| f.side == SIDE && f.check == "replica_role" && f.level == super::Level::Error);
+    if !blocked {
+        return Ok(());
+    }
+    let oids: Vec<u32> = selected.tables.iter().map(|t| t.oid).collect();
+    let rows = src
+        .query(
+            "SELECT n.nspname::text, c.relname::text,
+                    EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal),
+                    EXISTS (SELECT 1 FROM pg_constraint k WHERE c.oid IN (k.conrelid, k.confrelid) AND k.contype = 'f')
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = ANY($1::oid[])
+             ORDER BY 1, 2",
+            &[&oids],
+        )
+        .await
+        .map_err(query_error(Side::Source, "reading triggers and foreign keys"))?;
+    let mut firing = Vec::new();
+    for row in rows {
+        let (triggers, keys): (bool, bool) = (row.get(2), row.get(3));
+        if triggers || keys {
+            firing.push(crate::sql::TableName::new(
+                row.get::<_, String>(0),
+                row.get::<_, String>(1),
+            ));
+        }
+    }
+    if !firing.is_empty() {
+        report.push(Finding::error(
+            SIDE,
+            "replica_role_tables",
+            format!(
+                "without session_replication_role = replica, the triggers or foreign keys of {} table(s) would fire on the target for rows the source already checked (a trigger could change them): {}",
+                firing.len(),
+                super::name_list(firing.iter())
+            ),
+            "grant what the replica_role line says, or connect to the target as a superuser",
+        ));
+    }
+    Ok(())
+}

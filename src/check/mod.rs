@@ -107,6 +107,9 @@ pub async fn run(
     let (source_facts, selected) = source::check(source, src, opts, &mut report).await?;
     let (target_facts, existing) =
         target::check(tgt, opts, &source_facts, selected.as_ref(), &mut report).await?;
+    if let Some(selected) = &selected {
+        grants::fires_on_target(src, selected, &mut report).await?;
+    }
     let policy = opts
         .roles
         .or_else(|| existing.as_ref().and_then(|r| r.roles));
