@@ -141,6 +141,19 @@ async fn rds_like_admin_on_both_ends_syncs_verifies_and_cuts_over() {
     )
     .await;
     assert!(made.success(), "{made}");
+    // The admin owns nothing the installer's SECURITY DEFINER code runs.
+    let owner =
+        "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'pgrepl.schema_log'::regclass";
+    assert_eq!(
+        pair.source
+            .client_db("shop")
+            .await
+            .query_one(owner, &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        "postgres"
+    );
     let check = pgrepl::run(
         &[&["check"], &ends[..], &["--roles", "copy"]].concat(),
         LIMIT,
@@ -317,10 +330,10 @@ async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing
         // (pg_write_all_data writes pgrepl.config whatever its grants.)
         (
             &source,
-            "ALTER TABLE pgrepl.schema_log OWNER TO postgres",
-            "ALTER TABLE pgrepl.schema_log OWNER TO admin",
+            "REVOKE EXECUTE ON FUNCTION pgrepl.publish_schema_log(text) FROM admin",
+            "GRANT EXECUTE ON FUNCTION pgrepl.publish_schema_log(text) TO admin",
             "ddl_capture",
-            "ALTER TABLE pgrepl.schema_log OWNER TO \"admin\";",
+            "GRANT EXECUTE ON FUNCTION pgrepl.publish_schema_log(text) TO \"admin\";",
         ),
         (
             &target,
@@ -405,7 +418,14 @@ async fn without_event_triggers_or_pg_authid_the_sync_runs_with_no_ddl_and_stops
         !check.success() && check.stdout.contains("ddl_capture"),
         "{check}"
     );
-    let no_ddl = ["--no-ddl", "--roles", "copy"];
+    // Everything with --no-ddl would be a table list that never grows:
+    // refused. Named tables go.
+    let out = pgrepl::run(&[&["check"], &ends[..], &["--no-ddl"]].concat(), LIMIT).await;
+    assert!(
+        !out.success() && out.stdout.contains("never be replicated"),
+        "{out}"
+    );
+    let no_ddl = ["--no-ddl", "--roles", "copy", "--include", "shop.*"];
     let check = pgrepl::run(&[&["check"], &ends[..], &no_ddl[..]].concat(), LIMIT).await;
     assert!(check.success(), "{check}");
     assert!(

@@ -298,7 +298,19 @@ pub(super) async fn check(
         } else {
             "a table list"
         };
-        if foreign.is_empty() {
+        if opts.selection.is_everything() && !opts.ddl {
+            // Rule: a table list grows only through the DDL capture; without
+            // it a table created later would never be replicated, silently.
+            report.push(Finding::error(
+                SIDE,
+                "publication",
+                format!(
+                    "{:?} is not a superuser, so every table is published as a list (not FOR ALL TABLES); with --no-ddl nothing adds tables created later, which would then never be replicated",
+                    facts.user
+                ),
+                "install the DDL capture (drop --no-ddl; `pgrepl install-capture` by a superuser), or name the tables with --include (tables created later are then not replicated)",
+            ));
+        } else if foreign.is_empty() {
             report.push(Finding::ok(
                 SIDE,
                 "publication",
@@ -399,7 +411,8 @@ async fn ddl_capture(
                 // (Several privileges in one call means any of them.)
                 "SELECT has_table_privilege('pgrepl.config', 'SELECT') AND has_table_privilege('pgrepl.config', 'INSERT')
                     AND has_table_privilege('pgrepl.config', 'UPDATE') AND has_table_privilege('pgrepl.config', 'DELETE')
-                    AND pg_has_role((SELECT relowner FROM pg_class WHERE oid = 'pgrepl.schema_log'::regclass), 'USAGE')",
+                    AND (pg_has_role((SELECT relowner FROM pg_class WHERE oid = 'pgrepl.schema_log'::regclass), 'USAGE')
+                         OR coalesce(has_function_privilege(to_regprocedure('pgrepl.publish_schema_log(text)'), 'EXECUTE'), false))",
                 &[],
             )
             .await
@@ -439,11 +452,11 @@ async fn ddl_capture(
     let (message, fix) = if current {
         (
             format!(
-                "the DDL capture is installed, but not for {:?}: it may not record its sync in pgrepl.config or publish pgrepl.schema_log",
+                "the DDL capture is installed, but not for {:?}: it may not record its sync in pgrepl.config or publish pgrepl.schema_log (pgrepl.publish_schema_log)",
                 facts.user
             ),
             format!(
-                "as a superuser: GRANT USAGE ON SCHEMA pgrepl TO {user}; GRANT SELECT, INSERT, UPDATE, DELETE ON pgrepl.config TO {user}; ALTER TABLE pgrepl.schema_log OWNER TO {user}; (or run `pgrepl install-capture --source CONNINFO --for {user}`)"
+                "as a superuser: GRANT USAGE ON SCHEMA pgrepl TO {user}; GRANT SELECT, INSERT, UPDATE, DELETE ON pgrepl.config TO {user}; GRANT EXECUTE ON FUNCTION pgrepl.publish_schema_log(text) TO {user}; (`pgrepl install-capture --source CONNINFO --for {user}` does it all)"
             ),
         )
     } else {

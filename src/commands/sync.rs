@@ -118,7 +118,11 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
                     crate::conn::error::describe(&e)
                 )
             })?;
-        extra.push(crate::sql::TableName::new("pgrepl", "schema_log"));
+        // A superuser publishes the log with the tables; anyone else adds
+        // it once the publication is theirs (see `capture::publish_log`).
+        if preflight.source.is_superuser {
+            extra.push(crate::sql::TableName::new("pgrepl", "schema_log"));
+        }
     } else {
         capture::remove(&src, &name).await.map_err(|e| {
             anyhow::anyhow!(
@@ -138,6 +142,16 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         &extra,
     )
     .await?;
+    if !args.no_ddl && !preflight.source.is_superuser {
+        capture::publish_log(&src, &name.publication())
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "source: publishing the DDL log: {}",
+                    crate::conn::error::describe(&e)
+                )
+            })?;
+    }
 
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()

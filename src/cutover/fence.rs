@@ -95,7 +95,7 @@ GRANT SELECT, INSERT, DELETE ON pgrepl_fence.active TO {role};
 async fn made_ahead(admin: &Client) -> Result<bool, CutoverError> {
     Ok(admin
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgrepl_fence' AND evtenabled <> 'D')
+            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgrepl_fence' AND evtenabled IN ('O', 'A'))
                 AND to_regclass('pgrepl_fence.active') IS NOT NULL
                 AND has_table_privilege('pgrepl_fence.active', 'INSERT')",
             &[],
@@ -151,43 +151,60 @@ pub async fn put_up(
         .map_err(|e| CutoverError::source("reading the database", &e))?
         .get(0);
     // The event trigger and the database default first: from here no DDL
-    // and no new read-write session.
-    if is_superuser(&admin).await? {
+    // and no new read-write session. A role that is not a superuser
+    // installs the fence where it may (some services' admin roles), else
+    // uses one made ahead for it.
+    if !is_superuser(&admin).await? && made_ahead(&admin).await? {
+        tracing::debug!("the fence's event trigger was made ahead");
+    } else if let Err(e) = admin
+        .batch_execute(&format!("SET pgrepl.internal = 'on'; {FENCE_SQL}"))
+        .await
+    {
+        let _ = admin.batch_execute("RESET pgrepl.internal").await;
+        if e.code().map(|c| c.code()) == Some("42501") {
+            let user: String = admin
+                .query_one("SELECT current_user::text", &[])
+                .await
+                .map_err(|e| CutoverError::source("reading the role", &e))?
+                .get(0);
+            return Err(CutoverError::FenceNotMade { user });
+        }
+        return Err(CutoverError::source("installing the fence", &e));
+    }
+    // Rule: once any part of the fence persists, every way out of here
+    // takes it down again (the caller lifts only a fence it was given).
+    let persistent = async {
         exec(
             &admin,
-            &format!("SET pgrepl.internal = 'on'; {FENCE_SQL}"),
-            "installing the fence",
+            &format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = on",
+                quote_ident(&database)
+            ),
+            "making the database read-only for new sessions",
         )
         .await?;
-    } else if !made_ahead(&admin).await? {
-        let user: String = admin
-            .query_one("SELECT current_user::text", &[])
+        exec(
+            &admin,
+            "SET pgrepl.internal = 'on'; INSERT INTO pgrepl_fence.active DEFAULT VALUES ON CONFLICT DO NOTHING; RESET pgrepl.internal",
+            "fencing DDL",
+        )
+        .await?;
+        let read_only_since: String = admin
+            .query_one("SELECT pg_catalog.clock_timestamp()::text", &[])
             .await
-            .map_err(|e| CutoverError::source("reading the role", &e))?
+            .map_err(|e| CutoverError::source("reading the source's clock", &e))?
             .get(0);
-        return Err(CutoverError::FenceNotMade { user });
+        let lock = source.connect().await?;
+        Ok::<_, CutoverError>((read_only_since, lock))
     }
-    exec(
-        &admin,
-        "SET pgrepl.internal = 'on'; INSERT INTO pgrepl_fence.active DEFAULT VALUES ON CONFLICT DO NOTHING; RESET pgrepl.internal",
-        "fencing DDL",
-    )
-    .await?;
-    exec(
-        &admin,
-        &format!(
-            "ALTER DATABASE {} SET default_transaction_read_only = on",
-            quote_ident(&database)
-        ),
-        "making the database read-only for new sessions",
-    )
-    .await?;
-    let read_only_since: String = admin
-        .query_one("SELECT pg_catalog.clock_timestamp()::text", &[])
-        .await
-        .map_err(|e| CutoverError::source("reading the source's clock", &e))?
-        .get(0);
-    let lock = source.connect().await?;
+    .await;
+    let (read_only_since, lock) = match persistent {
+        Ok(v) => v,
+        Err(e) => {
+            undo_persistent(&admin, &database, &[]).await;
+            return Err(e);
+        }
+    };
     let fence = async {
         exec(
             &lock,
@@ -431,14 +448,20 @@ pub async fn undo_persistent(admin: &Client, database: &str, tables: &[TableName
 pub async fn is_fenced(client: &Client) -> Result<bool, CutoverError> {
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = $1), to_regclass('pgrepl_fence.active') IS NOT NULL",
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = $1), to_regclass('pgrepl_fence.active') IS NOT NULL,
+                    EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgrepl_fence')",
             &[&TRIGGER],
         )
         .await
         .map_err(|e| CutoverError::target("looking for a fence", &e))?;
-    let (tables, active_table): (bool, bool) = (row.get(0), row.get(1));
-    if tables || !active_table {
-        return Ok(tables);
+    let (tables, active_table, event_trigger): (bool, bool, bool) =
+        (row.get(0), row.get(1), row.get(2));
+    if tables {
+        return Ok(true);
+    }
+    if !active_table {
+        // An earlier pgrepl's fence: its event trigger refused DDL always.
+        return Ok(event_trigger);
     }
     let active: i64 = client
         .query_one("SELECT count(*) FROM pgrepl_fence.active", &[])

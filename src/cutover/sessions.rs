@@ -45,11 +45,12 @@ pub async fn open(admin: &Client, before: Option<&str>) -> Result<Vec<Session>, 
         .query(
             "SELECT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, '')
              FROM pg_catalog.pg_stat_activity a
-             WHERE a.datname = pg_catalog.current_database() AND a.backend_type = 'client backend'
+             -- A role without pg_read_all_stats sees neither the type nor
+             -- the start of other roles' sessions: a session with a user
+             -- counts as a client opened before the fence.
+             WHERE a.datname = pg_catalog.current_database()
+               AND (a.backend_type = 'client backend' OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL))
                AND a.pid <> pg_catalog.pg_backend_pid() AND a.application_name <> 'pgrepl'
-               -- A role without pg_read_all_stats sees no start time of
-               -- other roles' sessions: such a session counts as opened
-               -- before (ended or waited for, never overlooked).
                AND ($1::text IS NULL OR a.backend_start IS NULL OR a.backend_start < $1::text::timestamptz)
              ORDER BY a.pid",
             &[&before],

@@ -81,18 +81,72 @@ fn install_sql() -> String {
 }
 
 /// The capture made by a role that may create event triggers for `role`,
-/// which may not: `role` then records its syncs in `pgrepl.config` and
-/// owns `pgrepl.schema_log` (publishing a table takes its owner), while the
-/// functions and triggers stay the installer's. For `pgrepl install-capture`.
+/// which may not: `role` then records its syncs in `pgrepl.config`, and
+/// adds `pgrepl.schema_log` to its own pgrepl publications through
+/// `pgrepl.publish_schema_log` (publishing a table takes its owner). The
+/// rule: everything the installer's SECURITY DEFINER code runs stays the
+/// installer's; `role` owns nothing there (an owner of schema_log could
+/// hang a trigger on it and run code as the installer).
+/// For `pgrepl install-capture`.
 pub fn install_for(role: &str) -> String {
     let role = crate::sql::quote_ident(role);
     format!(
-        "{}GRANT USAGE ON SCHEMA pgrepl TO {role};
+        r#"{}CREATE OR REPLACE FUNCTION pgrepl.publish_schema_log(p_publication text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF p_publication !~ '^pgrepl_[a-z0-9_]+$' OR NOT EXISTS (
+           SELECT 1 FROM pg_publication p
+           WHERE p.pubname = p_publication AND NOT p.puballtables
+             AND pg_has_role(session_user, p.pubowner, 'USAGE')) THEN
+        RAISE EXCEPTION 'publication % is not a pgrepl table-list publication of yours', p_publication;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+                   WHERE p.pubname = p_publication AND r.prrelid = 'pgrepl.schema_log'::regclass) THEN
+        PERFORM set_config('pgrepl.internal', 'on', true);
+        EXECUTE format('ALTER PUBLICATION %I ADD TABLE pgrepl.schema_log', p_publication);
+    END IF;
+END
+$fn$;
+REVOKE ALL ON FUNCTION pgrepl.publish_schema_log(text) FROM PUBLIC;
+GRANT USAGE ON SCHEMA pgrepl TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgrepl.config TO {role};
-ALTER TABLE pgrepl.schema_log OWNER TO {role};
-",
+GRANT EXECUTE ON FUNCTION pgrepl.publish_schema_log(text) TO {role};
+"#,
         install_sql()
     )
+}
+
+/// Adds `pgrepl.schema_log` to a table-list publication this role made:
+/// through the installer's function when the capture was made for it,
+/// else directly (the role owns the log).
+pub async fn publish_log(
+    client: &impl GenericClient,
+    publication: &PublicationName,
+) -> Result<(), tokio_postgres::Error> {
+    let helper: bool = client
+        .query_one(
+            "SELECT to_regprocedure('pgrepl.publish_schema_log(text)') IS NOT NULL
+                AND NOT pg_has_role((SELECT relowner FROM pg_class WHERE oid = 'pgrepl.schema_log'::regclass), 'USAGE')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if helper {
+        client
+            .execute(
+                "SELECT pgrepl.publish_schema_log($1)",
+                &[&publication.as_str()],
+            )
+            .await?;
+    } else {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} ADD TABLE pgrepl.schema_log",
+                publication.quoted()
+            ))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Whether the capture installed is this pgrepl's, whole and enabled.
@@ -102,7 +156,7 @@ pub async fn is_current(client: &impl GenericClient) -> Result<bool, tokio_postg
             "SELECT coalesce((SELECT obj_description(oid, 'pg_namespace') = $1 FROM pg_namespace WHERE nspname = 'pgrepl'), false)
                 AND (SELECT count(*) FROM pg_event_trigger
                      WHERE evtname IN ('pgrepl_ddl_start', 'pgrepl_ddl_end', 'pgrepl_sql_drop', 'pgrepl_rewrite')
-                       AND evtenabled <> 'D') = 4",
+                       AND evtenabled IN ('O', 'A')) = 4",
             &[&marker()],
         )
         .await?

@@ -271,6 +271,9 @@ BEGIN
         FOR s IN SELECT * FROM pgrepl.config LOOP
             IF (jsonb_array_length(s.include) = 0 OR pgrepl.matches(s.include, r.top_schema, r.top_name))
                AND NOT pgrepl.matches(s.exclude, r.top_schema, r.top_name)
+               -- pgrepl's publications only: whoever may write pgrepl.config
+               -- must not have the capture's owner alter anyone else's.
+               AND s.publication LIKE 'pgrepl\_%'
                AND EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = s.publication AND NOT p.puballtables) THEN
                 BEGIN
                     -- Our own DDL fires these triggers again: not logged.
