@@ -105,7 +105,19 @@ pub(super) async fn target(
         .await
         .map_err(query_error(SIDE, "reading function privileges"))?
         .get(0);
-    if lacking.is_empty() {
+    if facts.major() < 14 {
+        // Before 14 the functions check for a superuser themselves,
+        // whatever EXECUTE says.
+        report.push(Finding::error(
+            SIDE,
+            "origin_functions",
+            format!(
+                "exactly-once apply records the source position with the replication-origin functions, which before PostgreSQL 14 only a superuser may call ({:?} is not one)",
+                facts.user
+            ),
+            "connect to the target as a superuser, or use a PostgreSQL 14+ target and GRANT EXECUTE on the functions",
+        ));
+    } else if lacking.is_empty() {
         report.push(Finding::ok(
             SIDE,
             "origin_functions",
