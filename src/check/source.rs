@@ -431,7 +431,7 @@ async fn ddl_capture(
     // allow it)? Tried in a transaction rolled back: nothing stays.
     let probe = client
         .batch_execute(
-            "BEGIN;
+            "BEGIN READ WRITE;
              CREATE FUNCTION pg_temp.pgrepl_probe() RETURNS event_trigger LANGUAGE plpgsql AS 'BEGIN END';
              CREATE EVENT TRIGGER pgrepl_probe ON ddl_command_start EXECUTE PROCEDURE pg_temp.pgrepl_probe();",
         )
