@@ -98,6 +98,24 @@ async fn connect(c: &Cluster, user: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Two servers made RDS-like, the application's schema on the source;
+/// `None` (said on stderr) below 15, which cannot grant SET ON PARAMETER.
+async fn rds_like_pair() -> Option<Pair> {
+    let pair = Pair::start();
+    if pair.source.major() < 15 || pair.target.major() < 15 {
+        eprintln!("skipped: the RDS-like profile needs 15+ (GRANT SET ON PARAMETER)");
+        return None;
+    }
+    rds_like(&pair.source, false).await;
+    rds_like(&pair.target, true).await;
+    connect(&pair.source, "postgres")
+        .await
+        .batch_execute(SCHEMA)
+        .await
+        .unwrap();
+    Some(pair)
+}
+
 async fn phase(c: &Cluster) -> Option<String> {
     let client = c.client_db("shop").await;
     client
@@ -109,19 +127,9 @@ async fn phase(c: &Cluster) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rds_like_admin_on_both_ends_syncs_verifies_and_cuts_over() {
-    let pair = Pair::start();
-    if pair.source.major() < 15 || pair.target.major() < 15 {
-        eprintln!("skipped: the RDS-like profile needs 15+ (GRANT SET ON PARAMETER)");
+    let Some(pair) = rds_like_pair().await else {
         return;
-    }
-    rds_like(&pair.source, false).await;
-    rds_like(&pair.target, true).await;
-    pair.source
-        .client_db("shop")
-        .await
-        .batch_execute(SCHEMA)
-        .await
-        .unwrap();
+    };
     connect(&pair.source, "postgres")
         .await
         .batch_execute(REPORTING)
@@ -257,18 +265,9 @@ async fn nothing_created(pair: &Pair) {
 /// nothing created on either side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing() {
-    let pair = Pair::start();
-    if pair.source.major() < 15 || pair.target.major() < 15 {
-        eprintln!("skipped: the RDS-like profile needs 15+ (GRANT SET ON PARAMETER)");
+    let Some(pair) = rds_like_pair().await else {
         return;
-    }
-    rds_like(&pair.source, false).await;
-    rds_like(&pair.target, true).await;
-    connect(&pair.source, "postgres")
-        .await
-        .batch_execute(SCHEMA)
-        .await
-        .unwrap();
+    };
     let (src, tgt) = (admin(&pair.source), admin(&pair.target));
     let ends = ["--source", src.as_str(), "--target", tgt.as_str()];
     let refused = |check: &'static str, fix: &'static str| {
@@ -395,15 +394,10 @@ async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing
 /// sets it), and a DDL on the source stops it rather than applying past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_event_triggers_or_pg_authid_the_sync_runs_with_no_ddl_and_stops_at_a_ddl() {
-    let pair = Pair::start();
-    if pair.source.major() < 15 || pair.target.major() < 15 {
-        eprintln!("skipped: the RDS-like profile needs 15+ (GRANT SET ON PARAMETER)");
+    let Some(pair) = rds_like_pair().await else {
         return;
-    }
-    rds_like(&pair.source, false).await;
-    rds_like(&pair.target, true).await;
+    };
     let source = connect(&pair.source, "postgres").await;
-    source.batch_execute(SCHEMA).await.unwrap();
     source.batch_execute(REPORTING).await.unwrap();
     // Nor may the admin read every table (pg_authid among them): it reads
     // the application's as a member of their owner.

@@ -33,19 +33,16 @@ pub(super) enum Internal {
 impl Applier {
     /// A relation description arrived: kept until a change needs it.
     pub(super) async fn describe_relation(&mut self, rel: Relation) -> Result<(), ApplyError> {
-        if rel.namespace == PGREPL_SCHEMA {
-            if rel.name == "schema_log" {
-                self.schema_log = Some((
-                    rel.oid,
-                    rel.columns.iter().map(|c| c.name.clone()).collect(),
-                ));
-            } else {
-                self.ignored.insert(rel.oid);
-            }
+        if rel.namespace == PGREPL_SCHEMA && rel.name == "schema_log" {
+            self.schema_log = Some((
+                rel.oid,
+                rel.columns.iter().map(|c| c.name.clone()).collect(),
+            ));
             return Ok(());
         }
-        if rel.namespace == FENCE_SCHEMA {
-            // The fence's flag row, published FOR ALL TABLES: not the user's.
+        // pgrepl's own tables (the fence's flag among them, published FOR
+        // ALL TABLES) are not the user's.
+        if rel.namespace == PGREPL_SCHEMA || rel.namespace == FENCE_SCHEMA {
             self.ignored.insert(rel.oid);
             return Ok(());
         }
