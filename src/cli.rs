@@ -367,6 +367,13 @@ pub struct SyncArgs {
     #[arg(long)]
     pub no_ddl: bool,
 
+    /// Keep the applied position in table pgrepl.applied (written by the
+    /// same transaction as the rows) rather than in a replication origin.
+    /// Chosen by itself when the target role may not call the
+    /// replication-origin functions; decided when the sync starts.
+    #[arg(long)]
+    pub progress_table: bool,
+
     /// Skip the captured DDL command with this id (from the error that
     /// stopped the sync) and go on; repeatable.
     #[arg(long = "skip-ddl", value_name = "ID")]

@@ -114,9 +114,10 @@ impl Drop for SeedGuard {
     }
 }
 
-/// Waits until the target's origin is past everything the source wrote
-/// (failing at once if the sync stopped).
-async fn caught_up(pair: &Pair, running: &mut pgrepl::Running) {
+/// Waits until the target's recorded position (its origin, or the progress
+/// table in that mode) is past everything the source wrote (failing at once
+/// if the sync stopped).
+async fn caught_up(pair: &Pair, running: &mut pgrepl::Running, mode: Mode) {
     let lsn: ::pgrepl::Lsn = pair
         .source
         .value("SELECT pg_current_wal_lsn()::text")
@@ -125,6 +126,10 @@ async fn caught_up(pair: &Pair, running: &mut pgrepl::Running) {
         .parse()
         .expect("lsn");
     let t = pair.target.client().await;
+    let position = match mode {
+        Mode::StoppedInTable => "SELECT end_lsn FROM pgrepl.applied WHERE sync_name = 'pgrepl'",
+        _ => "SELECT pg_replication_origin_progress('pgrepl_pgrepl', false)",
+    };
     let running = std::sync::Mutex::new(running);
     wait_for("the target caught up", LIMIT, || {
         let t = &t;
@@ -132,14 +137,7 @@ async fn caught_up(pair: &Pair, running: &mut pgrepl::Running) {
             r.assert_running();
         }
         async move {
-            let at: Option<::pgrepl::Lsn> = t
-                .query_one(
-                    "SELECT pg_replication_origin_progress('pgrepl_pgrepl', false)",
-                    &[],
-                )
-                .await
-                .ok()?
-                .get(0);
+            let at: Option<::pgrepl::Lsn> = t.query_one(position, &[]).await.ok()?.get(0);
             (at? >= lsn).then_some(())
         }
     })
@@ -220,6 +218,23 @@ enum Mode {
     /// kill -9, a run with `--until-caught-up` ending by itself, some of
     /// them while a large transaction streams) and started again.
     Stopped,
+    /// Stopped so, the target keeping its position in the progress table
+    /// rather than a replication origin (`--progress-table`).
+    StoppedInTable,
+}
+
+impl Mode {
+    fn stops(self) -> bool {
+        self != Mode::Through
+    }
+
+    /// The sync's arguments besides the connections.
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Mode::StoppedInTable => &["--progress-table"],
+            _ => &[],
+        }
+    }
 }
 
 async fn run_seed(seed: u64, rounds: usize, mode: Mode) {
@@ -251,8 +266,21 @@ async fn run_seed(seed: u64, rounds: usize, mode: Mode) {
         script.add(&s);
         pair.source.exec(&s).await;
     }
-    let out = pair.run("sync", &["--copy-only"]).await;
+    let out = pair
+        .run("sync", &[&["--copy-only"], mode.args()].concat())
+        .await;
     assert!(out.success(), "seed {seed}: copy: {out}");
+    if mode == Mode::StoppedInTable {
+        let origins = pair
+            .target
+            .value("SELECT count(*) FROM pg_replication_origin")
+            .await;
+        assert_eq!(
+            origins.as_deref(),
+            Some("0"),
+            "seed {seed}: an origin was made"
+        );
+    }
     let mut syncs = Syncs::new(&pair, &["-v"]);
     syncs.start(Stop::Term);
     support::wait_for_phase(&pair.target, "streaming", LIMIT).await;
@@ -283,7 +311,7 @@ async fn run_seed(seed: u64, rounds: usize, mode: Mode) {
                 finished.store(true, Ordering::SeqCst);
             })
         };
-        if mode == Mode::Stopped {
+        if mode.stops() {
             let points = stops::plan(&mut stop_rng, count, 3);
             syncs.drive(&points, &done, &finished).await;
         }
@@ -291,7 +319,7 @@ async fn run_seed(seed: u64, rounds: usize, mode: Mode) {
             std::panic::resume_unwind(e.into_panic());
         }
         syncs.settle().await;
-        caught_up(&pair, syncs.running()).await;
+        caught_up(&pair, syncs.running(), mode).await;
         if let Err(e) =
             tokio::time::timeout(Duration::from_secs(120), assert_same_data(&src, &tgt)).await
         {
@@ -307,7 +335,7 @@ async fn run_seed(seed: u64, rounds: usize, mode: Mode) {
         t.term, t.kill, t.caught_up, t.inside_streamed
     );
     // The dimension drove what it is for: stops inside streamed ones.
-    if mode == Mode::Stopped && major >= 14 {
+    if mode.stops() && major >= 14 {
         assert!(
             t.inside_streamed > 0,
             "seed {seed}: no stop came while a streamed transaction was open"
@@ -406,6 +434,12 @@ seeds! { Mode::Stopped, 3;
     differential_stops_04 = 104, differential_stops_05 = 105, differential_stops_06 = 106,
 }
 
+// Stopped so, with the position in the progress table.
+seeds! { Mode::StoppedInTable, 3;
+    differential_stops_table_01 = 201, differential_stops_table_02 = 202,
+    differential_stops_table_03 = 203,
+}
+
 /// `just fuzz-apply`: the seeds in `PGREPL_DIFF_SEEDS` (`7`, `1,5,9` or
 /// `100-140`) for `PGREPL_DIFF_ROUNDS` rounds each (default 5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,6 +465,7 @@ async fn differential_fuzz() {
     }
     let mode = match std::env::var("PGREPL_DIFF_MODE").as_deref() {
         Ok("stopped") => Mode::Stopped,
+        Ok("stopped-table") => Mode::StoppedInTable,
         _ => Mode::Through,
     };
     for seed in list {

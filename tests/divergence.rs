@@ -216,7 +216,8 @@ async fn the_start_position_is_durable_when_it_is_read() {
     .expect("an asynchronous commit under the origin");
     let endpoint = pgrepl::endpoint(&target, ::pgrepl::conn::Side::Target);
     let name = ::pgrepl::sql::SyncName::default();
-    let (session, start) = ::pgrepl::apply::session::apply_session(&endpoint, &name.origin())
+    let ledger = ::pgrepl::progress::ledger::Ledger::Origin(name.origin());
+    let (session, start) = ::pgrepl::apply::session::apply_session(&endpoint, &ledger, &name)
         .await
         .expect("apply session");
     assert_eq!(start.to_string(), "0/ABCDEF0");
@@ -226,6 +227,53 @@ async fn the_start_position_is_durable_when_it_is_read() {
     assert_eq!(
         target
             .value("SELECT pg_replication_origin_progress('pgrepl_pgrepl', false)::text")
+            .await,
+        Some("0/ABCDEF0".into()),
+        "what the session started from (and reports as flushed) survived a crash"
+    );
+}
+
+/// 6b. The same with the position kept in the progress table: the row an
+/// asynchronous commit wrote is made durable before it is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_position_in_the_progress_table_is_durable_when_it_is_read() {
+    let mut target = support::Cluster::start_with(
+        "target",
+        support::PgInstall::for_target(),
+        ClusterOptions {
+            settings: vec!["wal_writer_delay = '10s'".into()],
+            ..Default::default()
+        },
+    );
+    let c = target.client().await;
+    ::pgrepl::progress::state::ensure_schema(&c)
+        .await
+        .expect("pgrepl's state schema");
+    c.batch_execute(
+        "INSERT INTO pgrepl.sync (name, phase, schema_created, ledger) VALUES ('pgrepl', 'streaming', false, 'table');
+         INSERT INTO pgrepl.applied VALUES ('pgrepl', NULL, '0/1000');
+         CHECKPOINT;
+         SET synchronous_commit = off;
+         UPDATE pgrepl.applied SET end_lsn = '0/ABCDEF0';",
+    )
+    .await
+    .expect("an asynchronous commit of the position");
+    let endpoint = pgrepl::endpoint(&target, ::pgrepl::conn::Side::Target);
+    let name = ::pgrepl::sql::SyncName::default();
+    let ledger = ::pgrepl::progress::ledger::Ledger::of(&c, &name)
+        .await
+        .expect("the sync's ledger");
+    assert_eq!(ledger, ::pgrepl::progress::ledger::Ledger::Table);
+    let (session, start) = ::pgrepl::apply::session::apply_session(&endpoint, &ledger, &name)
+        .await
+        .expect("apply session");
+    assert_eq!(start.to_string(), "0/ABCDEF0");
+    drop(session);
+    target.stop_mode("immediate");
+    target.start_again();
+    assert_eq!(
+        target
+            .value("SELECT end_lsn::text FROM pgrepl.applied")
             .await,
         Some("0/ABCDEF0".into()),
         "what the session started from (and reports as flushed) survived a crash"
@@ -717,6 +765,7 @@ async fn an_applier_rolls_back_what_a_failed_commit_left_open() {
         GroupLimits::default(),
         None,
         ::pgrepl::sql::SyncName::default(),
+        &::pgrepl::progress::ledger::Ledger::Origin(::pgrepl::sql::SyncName::default().origin()),
     );
     let relation = Message::Relation(Relation {
         oid: 1,

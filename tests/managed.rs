@@ -311,7 +311,7 @@ async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing
 
     let source = connect(&pair.source, "postgres").await;
     let target = connect(&pair.target, "postgres").await;
-    let cases: [(&Client, &str, &str, &'static str, &'static str); 6] = [
+    let cases: [(&Client, &str, &str, &'static str, &'static str); 5] = [
         (
             &source,
             "ALTER ROLE admin NOREPLICATION",
@@ -336,13 +336,6 @@ async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing
         ),
         (
             &target,
-            "REVOKE EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) FROM admin",
-            "GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) TO admin",
-            "origin_functions",
-            "GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) TO \"admin\";",
-        ),
-        (
-            &target,
             "REVOKE SET ON PARAMETER session_replication_role FROM admin",
             "GRANT SET ON PARAMETER session_replication_role TO admin",
             "replica_role",
@@ -361,6 +354,43 @@ async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing
         refused(check, fix).await;
         side.batch_execute(give).await.unwrap();
     }
+    // Without an origin function the sync still runs, exactly once, with
+    // its position in the progress table: check says so and names the
+    // GRANT that would give it the origin back.
+    let revoke = "REVOKE EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) FROM admin";
+    pair.target
+        .client_db("shop")
+        .await
+        .batch_execute(revoke)
+        .await
+        .unwrap();
+    let out = pgrepl::run(&[&["check"], &ends[..]].concat(), LIMIT).await;
+    assert!(out.success(), "{out}");
+    let line = out
+        .stdout
+        .lines()
+        .position(|l| l.starts_with("WARN") && l.contains("ledger"))
+        .unwrap_or_else(|| panic!("check does not say where the position goes: {out}"));
+    assert!(
+        out.stdout
+            .lines()
+            .nth(line)
+            .unwrap()
+            .contains("pgrepl.applied"),
+        "{out}"
+    );
+    assert!(
+        out.stdout.lines().nth(line + 1).unwrap().contains(
+            "GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) TO \"admin\";"
+        ),
+        "{out}"
+    );
+    pair.target
+        .client_db("shop")
+        .await
+        .batch_execute(&revoke.replace("REVOKE", "GRANT").replace("FROM", "TO"))
+        .await
+        .unwrap();
     // Without the replica role, the tables whose triggers and foreign
     // keys would fire are named.
     target
@@ -480,4 +510,142 @@ async fn without_event_triggers_or_pg_authid_the_sync_runs_with_no_ddl_and_stops
     );
     let no_password = "SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = 'reporting'";
     assert_eq!(pair.target.value(no_password).await.as_deref(), Some("t"));
+}
+
+/// A target where the admin may not call the replication-origin functions
+/// (Neon; before PostgreSQL 14 only a superuser may): the position goes
+/// to the progress table, written by the same transaction as the rows. The
+/// sync is killed (-9) while the application writes and started again:
+/// nothing lost or applied twice; then verify and cutover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_origin_functions_the_progress_table_keeps_it_exactly_once() {
+    let Some(pair) = rds_like_pair().await else {
+        return;
+    };
+    let revoke = format!(
+        "REVOKE EXECUTE ON FUNCTION {} FROM admin",
+        ORIGIN_FUNCTIONS.join(", ")
+    );
+    pair.target
+        .client_db("shop")
+        .await
+        .batch_execute(&revoke)
+        .await
+        .unwrap();
+    let made = pgrepl::run(
+        &[
+            "install-capture",
+            "--source",
+            &pair.source.conninfo_db("shop"),
+            "--for",
+            "admin",
+        ],
+        LIMIT,
+    )
+    .await;
+    assert!(made.success(), "{made}");
+    let (src, tgt) = (admin(&pair.source), admin(&pair.target));
+    let ends = ["--source", src.as_str(), "--target", tgt.as_str()];
+    let check = pgrepl::run(&[&["check"], &ends[..]].concat(), LIMIT).await;
+    assert!(check.success(), "{check}");
+    assert!(check.stdout.contains("pgrepl.applied"), "{check}");
+
+    // The application writes in small transactions all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let app = connect(&pair.source, "app").await;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                app.batch_execute(&format!(
+                    "BEGIN;
+                     INSERT INTO shop.orders (customer, total) VALUES ({c}, {n});
+                     UPDATE shop.customers SET name = name || '.' WHERE id = {c};
+                     DELETE FROM shop.orders WHERE id = (SELECT min(id) FROM shop.orders WHERE customer = {c});
+                     COMMIT;",
+                    c = 1 + n % 500
+                ))
+                .await
+                .unwrap();
+            }
+            n
+        })
+    };
+    let sync = pgrepl::spawn(&[&["sync"], &ends[..]].concat());
+    wait_for("streaming", LIMIT, || async {
+        (phase(&pair.target).await.as_deref() == Some("streaming")).then_some(())
+    })
+    .await;
+    let target = pair.target.client_db("shop").await;
+    let applied = "SELECT end_lsn::text FROM pgrepl.applied";
+    let first = target
+        .query_one(applied, &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    wait_for(
+        "the position to move in the progress table",
+        LIMIT,
+        || async {
+            let now: String = target.query_one(applied, &[]).await.ok()?.get(0);
+            (now != first).then_some(())
+        },
+    )
+    .await;
+    let said = sync.output_so_far();
+    sync.kill().await;
+    assert!(
+        said.contains("keeps its position in table pgrepl.applied"),
+        "the sync says which ledger it uses: {said}"
+    );
+    let origins = pair
+        .target
+        .value("SELECT count(*) FROM pg_replication_origin")
+        .await;
+    assert_eq!(origins.as_deref(), Some("0"), "an origin was made");
+    // Started again while the writes go on, then DDL.
+    let sync = pgrepl::spawn(&[&["sync"], &ends[..]].concat());
+    let app = connect(&pair.source, "app").await;
+    app.batch_execute(
+        "ALTER TABLE shop.customers ADD COLUMN tier int DEFAULT 1;
+         UPDATE shop.customers SET tier = 2 WHERE id < 10;",
+    )
+    .await
+    .unwrap();
+    wait_for("the column to arrive", LIMIT, || async {
+        target
+            .query_one("SELECT count(*) FROM shop.customers WHERE tier = 2", &[])
+            .await
+            .ok()
+            .filter(|r| r.get::<_, i64>(0) == 9)
+            .map(|_| ())
+    })
+    .await;
+    let status = pgrepl::run(&[&["status"], &ends[..]].concat(), LIMIT).await;
+    assert!(
+        status.success()
+            && status
+                .stdout
+                .contains("kept in the progress table pgrepl.applied"),
+        "{status}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.await.unwrap();
+    assert!(written > 0);
+    let verify = pgrepl::run(&[&["verify"], &ends[..]].concat(), LIMIT).await;
+    assert!(verify.success(), "{verify}");
+    let cutover = pgrepl::run(&[&["cutover"], &ends[..], &["--terminate"]].concat(), LIMIT).await;
+    assert!(cutover.success(), "{cutover}");
+    let _ = sync.wait(LIMIT).await;
+    assert_same_data(&pair.source.client_db("shop").await, &target).await;
+    let next: i64 = target
+        .query_one("SELECT nextval('shop.customers_id_seq')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(next > 500, "sequence set past the source's: {next}");
+    let down = pgrepl::run(&[&["teardown"], &ends[..]].concat(), LIMIT).await;
+    assert!(down.success(), "{down}");
 }

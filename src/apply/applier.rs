@@ -1,8 +1,9 @@
 //! Applies decoded source transactions to the target, exactly once.
 //!
 //! The rule: a target transaction holds whole source transactions only,
-//! and records with `pg_replication_origin_xact_setup` the end LSN of the
-//! last one, so the data and the position commit together or not at all.
+//! and records in the sync's ledger (see `progress::ledger`) the end LSN of
+//! the last one, so the data and the position commit together or not at
+//! all.
 //! Nothing is acknowledged to the source that the target has not made
 //! durable (that is the flush watcher's job, see `session`).
 //!
@@ -29,7 +30,8 @@ use super::sent::{Meta, Op, Sent};
 use crate::conn::raw::RawSession;
 use crate::ddl::replay::{ReplayOptions, Replayer};
 use crate::lsn::Lsn;
-use crate::sql::{quote_literal, ObjectName, OriginName, SyncName, TableName};
+use crate::progress::ledger::{origin_session_sql, Ledger};
+use crate::sql::{ObjectName, OriginName, SyncName, TableName};
 use crate::stream::pgoutput::{Message, Relation};
 
 /// Limits on grouping source transactions into one target transaction.
@@ -175,19 +177,8 @@ pub struct Applier {
     pub(super) expected: HashSet<TableName>,
 }
 
-/// Sets up (`Some`) or resets the session's replication origin.
-fn origin_sql(origin: Option<&OriginName>) -> String {
-    match origin {
-        Some(o) => format!(
-            "SELECT pg_catalog.pg_replication_origin_session_setup({})",
-            quote_literal(o.as_str())
-        ),
-        None => "SELECT pg_catalog.pg_replication_origin_session_reset()".into(),
-    }
-}
-
 impl Applier {
-    /// `session` must hold the replication origin and be idle.
+    /// `session` must be idle and, with an origin ledger, hold the origin.
     pub fn new(
         session: RawSession,
         shared: Arc<Shared>,
@@ -195,20 +186,14 @@ impl Applier {
         limits: GroupLimits,
         ddl: Option<ReplayOptions>,
         sync_name: SyncName,
+        ledger: &Ledger,
     ) -> Self {
         let mut pipe = Pipeline::new(session);
         let fixed = Fixed {
             begin: pipe.prepare("BEGIN"),
             commit: pipe.prepare("COMMIT"),
             // The position and the transaction ending there, together.
-            xact_setup: pipe.prepare(&format!(
-                "WITH applied AS (
-                   INSERT INTO pgrepl.applied (sync_name, xid, end_lsn) VALUES ({name}, $3::int8, $1::text::pg_lsn)
-                   ON CONFLICT (sync_name) DO UPDATE SET xid = excluded.xid, end_lsn = excluded.end_lsn)
-                 SELECT pg_replication_origin_xact_setup($1::text::pg_lsn,
-                        '2000-01-01 00:00:00+00'::timestamptz + $2::int8 * interval '1 microsecond')",
-                name = quote_literal(sync_name.as_str())
-            )),
+            xact_setup: pipe.prepare(&ledger.xact_setup_sql(&sync_name)),
         };
         Applier {
             pipe,
@@ -501,7 +486,7 @@ impl Applier {
         };
         if let Some(origin) = baton {
             self.send_sql(
-                &origin_sql(Some(origin)),
+                &origin_session_sql(Some(origin)),
                 Meta::Control("taking the replication origin"),
             )
             .await?;
@@ -519,13 +504,13 @@ impl Applier {
         self.send(
             &setup,
             &params,
-            Meta::Control("recording the replication origin position"),
+            Meta::Control("recording the applied position"),
         )
         .await?;
         self.send(&commit, &[], Meta::Control("COMMIT")).await?;
         if baton.is_some() {
             self.send_sql(
-                &origin_sql(None),
+                &origin_session_sql(None),
                 Meta::Control("handing the replication origin back"),
             )
             .await?;
@@ -572,7 +557,7 @@ impl Applier {
         &mut self,
         origin: Option<&OriginName>,
     ) -> Result<(), ApplyError> {
-        self.run_now(&origin_sql(origin), "moving the replication origin")
+        self.run_now(&origin_session_sql(origin), "moving the replication origin")
             .await
     }
 

@@ -18,7 +18,8 @@ use crate::conn::raw::{RawError, RawSession};
 use crate::conn::{Endpoint, Side};
 use crate::ddl::replay::ReplayOptions;
 use crate::lsn::Lsn;
-use crate::sql::{OriginName, SyncName};
+use crate::progress::ledger::Ledger;
+use crate::sql::SyncName;
 use crate::stream::pgoutput::{self, Message, Relation};
 
 /// Settings of every apply connection: replica role (no user triggers, no
@@ -44,7 +45,7 @@ pub async fn apply_connection(target: &Endpoint) -> Result<RawSession, RawError>
 /// What a streamed transaction's applier needs besides its connection.
 pub struct StreamContext {
     pub target: Endpoint,
-    pub origin: OriginName,
+    pub ledger: Ledger,
     pub ddl: Option<ReplayOptions>,
     pub sync_name: SyncName,
     /// Streamed transactions to apply without batching (a batch of
@@ -179,6 +180,7 @@ impl Router {
                 batching,
                 self.context.ddl.clone(),
                 self.context.sync_name.clone(),
+                &self.context.ledger,
             );
             applier.skip_pgrepl_origins = self.context.skip_pgrepl_origins;
             tracing::debug!(xid, batching, "a large transaction is streamed while in progress; applying it on a connection of its own");
@@ -210,16 +212,21 @@ impl Router {
         };
         // Transactions the main connection holds committed before this one.
         self.main.commit_open_group().await?;
-        self.main.hold_origin(None).await?;
+        let baton = self.context.ledger.baton();
+        if baton.is_some() {
+            self.main.hold_origin(None).await?;
+        }
         let committed = open
             .applier
-            .commit_streamed(end_lsn, commit_ts, &self.context.origin)
+            .commit_streamed(end_lsn, commit_ts, baton)
             .await;
         if committed.is_err() {
             open.applier.abort().await;
         }
         let committed = committed?;
-        self.main.hold_origin(Some(&self.context.origin)).await?;
+        if baton.is_some() {
+            self.main.hold_origin(baton).await?;
+        }
         if self.open.is_empty() {
             self.guard_main(false).await?;
         }

@@ -1,10 +1,11 @@
-//! Streaming sessions: an apply connection holding the replication origin,
-//! a walsender stream starting at the origin's position, the applier
-//! between them, and a flush watcher that tells the source what the target
-//! made durable. A session that breaks for a transient reason (a server
-//! restarting, a dropped connection) is replaced, with backoff, until
-//! `--retry-for` has passed without success; each new session resumes
-//! from the origin, so nothing is applied twice or skipped.
+//! Streaming sessions: an apply connection (holding the replication origin
+//! when the sync's ledger is one), a walsender stream starting at the
+//! ledger's durable position, the applier between them, and a flush
+//! watcher that tells the source what the target made durable. A session
+//! that breaks for a transient reason (a server restarting, a dropped
+//! connection) is replaced, with backoff, until `--retry-for` has passed
+//! without success; each new session resumes from the ledger, so nothing
+//! is applied twice or skipped.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,10 +25,11 @@ use crate::conn::raw::RawSession;
 use crate::conn::walsender::{WalSender, WalSenderError};
 use crate::conn::{ConnectError, ConnectFailure, Endpoint, Side};
 use crate::lsn::Lsn;
+use crate::progress::ledger::{Ledger, TableFlush};
 use crate::progress::status::{LiveStatus, StatusSource};
 use crate::progress::ui::ProgressMode;
 use crate::sql::quote_literal;
-use crate::sql::{OriginName, SyncName};
+use crate::sql::SyncName;
 use crate::stream::receiver::{Feedback, Receiver};
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +127,8 @@ pub struct StreamRequest<'a> {
     /// A reverse sync: changes pgrepl itself applied on this source are
     /// not sent back (PG 16+: `origin 'none'`; older: left out here).
     pub skip_pgrepl_origins: bool,
+    /// Where the target keeps the applied position.
+    pub ledger: Ledger,
 }
 
 #[derive(Debug)]
@@ -284,23 +288,29 @@ impl Plan {
     }
 }
 
-/// The main apply connection ([`APPLY_SETTINGS`]) holding the replication
-/// origin. Returns the session and the origin's durable position: where to
-/// start, and what may be reported as flushed from the first status update
-/// on (`progress(.., true)` flushes the target's WAL through the origin's
-/// last commit before it answers; the in-memory position of an earlier
-/// session in this process may be ahead of what a crash would keep).
+/// The main apply connection ([`APPLY_SETTINGS`]), holding the replication
+/// origin with an origin ledger. Returns the session and the ledger's
+/// durable position: where to start, and what may be reported as flushed
+/// from the first status update on (the target's WAL is flushed through
+/// the last recorded position before it answers; the in-memory position of
+/// an earlier session in this process may be ahead of what a crash would
+/// keep).
 pub async fn apply_session(
     target: &Endpoint,
-    origin: &OriginName,
+    ledger: &Ledger,
+    name: &SyncName,
 ) -> Result<(RawSession, Lsn), SessionError> {
     let mut session = RawSession::connect(Side::Target, &target.config, false).await?;
+    let setup = ledger
+        .session_setup_sql()
+        .map(|s| format!("{s};"))
+        .unwrap_or_default();
     let rows = session
         .simple_query(&format!(
             "{APPLY_SETTINGS}
-             SELECT pg_replication_origin_session_setup({lit});
-             SELECT pg_replication_origin_progress({lit}, true)",
-            lit = quote_literal(origin.as_str())
+             {setup}
+             {}",
+            ledger.make_durable_sql(name)
         ))
         .await?;
     let start = rows
@@ -333,20 +343,6 @@ async fn recorded_end(
     ))
 }
 
-async fn origin_progress(
-    client: &Client,
-    origin: &OriginName,
-    flushed: bool,
-) -> Result<Lsn, tokio_postgres::Error> {
-    let row = client
-        .query_one(
-            "SELECT pg_replication_origin_progress($1, $2)",
-            &[&origin.as_str(), &flushed],
-        )
-        .await?;
-    Ok(row.get::<_, Option<Lsn>>(0).unwrap_or(Lsn::ZERO))
-}
-
 async fn session(
     req: &StreamRequest<'_>,
     stop: &mut watch::Receiver<bool>,
@@ -355,8 +351,7 @@ async fn session(
     plan: &Plan,
     paths: &Arc<super::paths::Totals>,
 ) -> Result<Outcome, SessionError> {
-    let origin = req.name.origin();
-    let (mut session, start) = apply_session(req.target, &origin).await?;
+    let (mut session, start) = apply_session(req.target, &req.ledger, req.name).await?;
     refuse_a_gap(req, start).await?;
     let (applied, recorded) = recorded_end(&mut session, req.name).await?;
     let resend = Resend::at_start(applied, recorded, start);
@@ -382,7 +377,9 @@ async fn session(
     });
     let watcher = tokio::spawn(flush_watcher(
         req.target.clone(),
-        origin.clone(),
+        req.ledger.clone(),
+        req.name.clone(),
+        start,
         shared.clone(),
         feedback.clone(),
     ));
@@ -393,6 +390,7 @@ async fn session(
         req.limits.clone(),
         req.ddl.clone(),
         req.name.clone(),
+        &req.ledger,
     );
     main.ungroup_through(plan.ungroup);
     main.skip_pgrepl_origins = req.skip_pgrepl_origins;
@@ -401,7 +399,7 @@ async fn session(
         shared.clone(),
         StreamContext {
             target: req.target.clone(),
-            origin: origin.clone(),
+            ledger: req.ledger.clone(),
             ddl: req.ddl.clone(),
             sync_name: req.name.clone(),
             unbatched: plan.unbatched.clone(),
@@ -441,12 +439,16 @@ async fn session(
     let written = Lsn(shared.written_end.load(Ordering::SeqCst));
     let deadline = Instant::now() + Duration::from_secs(3);
     let client = req.target.connect().await?;
-    let mut durable = origin_progress(&client, &origin, true)
+    let mut durable = req
+        .ledger
+        .make_durable(&client, req.name)
         .await
         .unwrap_or(Lsn::ZERO);
     while durable < written && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        durable = origin_progress(&client, &origin, true)
+        durable = req
+            .ledger
+            .make_durable(&client, req.name)
             .await
             .unwrap_or(durable);
     }
@@ -491,10 +493,13 @@ async fn refuse_a_gap(req: &StreamRequest<'_>, durable: Lsn) -> Result<(), Sessi
 /// writer report it.
 async fn flush_watcher(
     target: Endpoint,
-    origin: OriginName,
+    ledger: Ledger,
+    name: SyncName,
+    start: Lsn,
     shared: Arc<Shared>,
     feedback: Arc<Feedback>,
 ) {
+    let mut table = TableFlush::new(start);
     let mut client: Option<Client> = None;
     let mut interval = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -504,7 +509,11 @@ async fn flush_watcher(
         }
         let Some(c) = &client else { continue };
         let written = Lsn(shared.written_end.load(Ordering::SeqCst));
-        match origin_progress(c, &origin, true).await {
+        let durable = match &ledger {
+            Ledger::Origin(_) => ledger.make_durable(c, &name).await,
+            Ledger::Table => table.poll(c, &name).await,
+        };
+        match durable {
             Ok(durable) => {
                 feedback.set_flushed(durable);
                 feedback.set_applied(written);

@@ -12,10 +12,10 @@
 //! subtransaction begun after it, which it contains), the whole
 //! transaction's abort rolls everything back. At the Stream Commit, the
 //! main connection first commits what it holds (those transactions
-//! committed earlier on the source), hands the replication origin over,
-//! this connection commits with the origin recording the transaction's end
-//! LSN, and the origin goes back: position and data commit together here
-//! too, exactly once.
+//! committed earlier on the source), hands the replication origin over
+//! (an origin ledger), this connection commits recording the transaction's
+//! end LSN, and the origin goes back: position and data commit together
+//! here too, exactly once.
 
 use std::sync::Arc;
 
@@ -25,6 +25,7 @@ use super::sent::Meta;
 use crate::conn::raw::RawSession;
 use crate::ddl::replay::ReplayOptions;
 use crate::lsn::Lsn;
+use crate::progress::ledger::Ledger;
 use crate::sql::{OriginName, SyncName};
 
 /// What an applier of one streamed transaction knows about it.
@@ -49,6 +50,7 @@ impl Applier {
         batching: bool,
         ddl: Option<ReplayOptions>,
         sync_name: SyncName,
+        ledger: &Ledger,
     ) -> Applier {
         let mut a = Applier::new(
             session,
@@ -57,6 +59,7 @@ impl Applier {
             GroupLimits::default(),
             ddl,
             sync_name,
+            ledger,
         );
         a.streamed = Some(Streamed {
             xid,
@@ -125,14 +128,15 @@ impl Applier {
         Ok(())
     }
 
-    /// Commits the streamed transaction with its end LSN as the origin's
-    /// position; the main connection must have given the origin up.
+    /// Commits the streamed transaction with its end LSN as the recorded
+    /// position; with an origin (`baton`), the main connection must have
+    /// given it up.
     /// Returns whether there was anything to commit.
     pub async fn commit_streamed(
         &mut self,
         end_lsn: Lsn,
         commit_ts: i64,
-        origin: &OriginName,
+        baton: Option<&OriginName>,
     ) -> Result<bool, ApplyError> {
         let Some(g) = &mut self.group else {
             return Ok(false);
@@ -141,7 +145,7 @@ impl Applier {
         g.last_end = end_lsn;
         g.last_commit_ts = commit_ts;
         g.last_xid = self.streamed.as_ref().map(|s| s.xid);
-        self.commit_group_holding(Some(origin)).await?;
+        self.commit_group_holding(baton).await?;
         Ok(true)
     }
 }

@@ -68,19 +68,6 @@ pub(super) async fn source_database(
     Ok(())
 }
 
-/// The replication-origin functions apply and cutover call: the position
-/// of the target is recorded with them, in the same transaction as the
-/// rows (exactly once). They are per database: granted in the target one.
-pub const ORIGIN_FUNCTIONS: &[&str] = &[
-    "pg_replication_origin_create(text)",
-    "pg_replication_origin_drop(text)",
-    "pg_replication_origin_session_setup(text)",
-    "pg_replication_origin_session_reset()",
-    "pg_replication_origin_xact_setup(pg_lsn, timestamp with time zone)",
-    "pg_replication_origin_advance(text, pg_lsn)",
-    "pg_replication_origin_progress(text, boolean)",
-];
-
 pub(super) async fn target(
     client: &Client,
     facts: &ServerFacts,
@@ -95,48 +82,43 @@ pub(super) async fn target(
         return Ok(());
     }
     let user = quote_ident(&facts.user);
-    let lacking: Vec<String> = client
-        .query_one(
-            "SELECT coalesce(array_agg(f ORDER BY o), '{}')
-             FROM unnest($1::text[]) WITH ORDINALITY AS w(f, o)
-             WHERE to_regprocedure(f) IS NOT NULL AND NOT has_function_privilege(f, 'EXECUTE')",
-            &[&ORIGIN_FUNCTIONS],
-        )
+    let lacking = crate::progress::ledger::origins_allowed(client)
         .await
-        .map_err(query_error(SIDE, "reading function privileges"))?
-        .get(0);
-    if facts.major() < 14 {
-        // Before 14 the functions check for a superuser themselves,
-        // whatever EXECUTE says.
-        report.push(Finding::error(
-            SIDE,
-            "origin_functions",
-            format!(
-                "exactly-once apply records the source position with the replication-origin functions, which before PostgreSQL 14 only a superuser may call ({:?} is not one)",
-                facts.user
-            ),
-            "connect to the target as a superuser, or use a PostgreSQL 14+ target and GRANT EXECUTE on the functions",
-        ));
-    } else if lacking.is_empty() {
+        .map_err(query_error(SIDE, "reading function privileges"))?;
+    if lacking.is_empty() {
         report.push(Finding::ok(
             SIDE,
-            "origin_functions",
-            "may record the applied position with the replication-origin functions",
+            "ledger",
+            "exactly-once apply keeps its position in a replication origin",
         ));
     } else {
-        report.push(Finding::error(
-            SIDE,
-            "origin_functions",
+        // Not an error: the position goes to the progress table instead,
+        // written by the same transaction as the rows (see
+        // `progress::ledger`).
+        let why = if facts.major() < 14 {
             format!(
-                "exactly-once apply records the source position with the replication-origin functions; {:?} may not execute {}",
-                facts.user,
-                lacking.join(", ")
-            ),
+                "before PostgreSQL 14 only a superuser may call the replication-origin functions ({:?} is not one)",
+                facts.user
+            )
+        } else {
+            format!("{:?} may not execute {}", facts.user, lacking.join(", "))
+        };
+        let fix = if facts.major() < 14 {
+            "to use a replication origin instead: connect to the target as a superuser".to_string()
+        } else {
             format!(
-                "as a superuser (the service's admin), connected to database {}: GRANT EXECUTE ON FUNCTION {} TO {user};",
+                "to use a replication origin instead, as a superuser (the service's admin), connected to database {}: GRANT EXECUTE ON FUNCTION {} TO {user};",
                 quote_ident(&facts.database),
                 lacking.join(", ")
+            )
+        };
+        report.push(Finding::warn(
+            SIDE,
+            "ledger",
+            format!(
+                "exactly-once apply will keep its position in table pgrepl.applied, written by the same transaction as the rows: {why}"
             ),
+            fix,
         ));
     }
 

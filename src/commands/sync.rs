@@ -14,6 +14,7 @@ use crate::cli::SyncArgs;
 use crate::conn::Endpoint;
 use crate::ddl::capture;
 use crate::ddl::replay::ReplayOptions;
+use crate::progress::ledger::Ledger;
 use crate::progress::state::SyncPhase;
 use crate::progress::ui::ProgressMode;
 use crate::snapshot::{self, pgdump, CopyRequest};
@@ -90,6 +91,21 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
     }
     refuse_on_errors(&preflight)?;
 
+    // Decided before anything is made; the sync keeps it (see
+    // `progress::ledger`).
+    let choice = match args.progress_table {
+        true => crate::progress::ledger::Choice::Table,
+        false => crate::progress::ledger::Choice::Auto,
+    };
+    let ledger = Ledger::choose(&tgt, &name, choice).await.map_err(|e| {
+        anyhow::anyhow!(
+            "target: reading function privileges: {}",
+            crate::conn::error::describe(&e)
+        )
+    })?;
+    if ledger == Ledger::Table {
+        println!("Exactly-once apply keeps its position in table pgrepl.applied on the target, written by the same transaction as the rows{}.", if args.progress_table { "" } else { " (this role may not call the replication-origin functions)" });
+    }
     let selected = preflight.selected.clone().context("no table selection")?;
     let pg_dump = if args.existing_schema {
         None
@@ -175,6 +191,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         progress: ProgressMode::detect(json_logs),
         retry_for: args.retry_for,
         carry: &preflight.carry,
+        ledger: ledger.clone(),
     };
     watch.set_phase("copying");
     let (wal_task, mut lost) = crate::observe::watch_wal(&source, &name, args.warn_wal);
@@ -284,6 +301,17 @@ async fn stream(
             }
         }
     }
+    let record = crate::progress::state::load_sync(tgt, name)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "target: reading pgrepl state: {}",
+                crate::conn::error::describe(&e)
+            )
+        })?
+        .with_context(|| format!("target: sync {name} is not recorded there"))?;
+    ledger_usable(args, tgt, name, &record.ledger).await?;
+    tracing::info!(ledger = %record.ledger, "exactly-once: the applied position is kept in the {}", record.ledger);
     let mut ws =
         crate::conn::walsender::WalSender::connect(crate::conn::Side::Source, &source.config)
             .await?;
@@ -380,11 +408,8 @@ async fn stream(
         progress: ProgressMode::detect(json_logs),
         limits: GroupLimits::default(),
         ddl,
-        skip_pgrepl_origins: crate::progress::state::load_sync(tgt, name)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.reverse_of.is_some()),
+        skip_pgrepl_origins: record.reverse_of.is_some(),
+        ledger: record.ledger.clone(),
     };
     let excluded: Vec<u32> = crate::source::catalog::list_tables(src)
         .await
@@ -438,6 +463,40 @@ async fn stream(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A sync keeps the ledger it started with: refused when `--progress-table`
+/// asks for another, or when its origin may no longer be used.
+async fn ledger_usable(
+    args: &SyncArgs,
+    tgt: &tokio_postgres::Client,
+    name: &crate::sql::SyncName,
+    ledger: &Ledger,
+) -> anyhow::Result<()> {
+    let Ledger::Origin(origin) = ledger else {
+        return Ok(());
+    };
+    if args.progress_table {
+        bail!(
+            "sync {name} keeps its applied position in replication origin {origin} (decided when it started): run it without --progress-table, or `pgrepl teardown --name {name}` and sync again"
+        );
+    }
+    let lacking = crate::progress::ledger::origins_allowed(tgt)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "target: reading function privileges: {}",
+                crate::conn::error::describe(&e)
+            )
+        })?;
+    if !lacking.is_empty() {
+        bail!(
+            "target: sync {name} keeps its applied position in replication origin {origin}, but this role may no longer execute {}: as a superuser, GRANT EXECUTE ON FUNCTION {} TO the role (nothing was applied)",
+            lacking.join(", "),
+            lacking.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn refuse_on_errors(preflight: &Preflight) -> anyhow::Result<()> {

@@ -103,15 +103,14 @@ async fn clean_target(
     removed: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let origin = name.origin();
-    let dropped_origin = tgt
-        .query_one(
-            "SELECT count(pg_replication_origin_drop(roname)) FROM pg_replication_origin WHERE roname = $1",
-            &[&origin.as_str()],
-        )
+    let dropped_origin = crate::progress::ledger::Ledger::remove(tgt, name)
         .await
-        .map_err(|e| anyhow::anyhow!("target: dropping replication origin {origin}: {}", crate::conn::error::describe(&e)))?
-        .get::<_, i64>(0)
-        > 0;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "target: dropping replication origin {origin}: {}",
+                crate::conn::error::describe(&e)
+            )
+        })?;
     if dropped_origin {
         removed.push(format!("target: replication origin {origin}"));
     }

@@ -238,10 +238,13 @@ async fn start_sync(src: &Client, req: &CutoverRequest<'_>) -> Result<Sync, Cuto
         return Ok(Sync::Running);
     }
     eprintln!("No sync is running: running one here until the cutover is done.");
-    let roles = crate::progress::state::load_sync(&req.target.connect().await?, req.name)
+    let record = crate::progress::state::load_sync(&req.target.connect().await?, req.name)
         .await
-        .map_err(|e| CutoverError::target("reading the sync", &e))?
-        .and_then(|r| r.roles);
+        .map_err(|e| CutoverError::target("reading the sync", &e))?;
+    let roles = record.as_ref().and_then(|r| r.roles);
+    let ledger = record
+        .map(|r| r.ledger)
+        .unwrap_or_else(|| crate::progress::ledger::Ledger::Origin(req.name.origin()));
     let ddl = crate::ddl::capture::stored_selection(src, req.name)
         .await
         .map_err(|e| CutoverError::source("reading the DDL capture", &e))?
@@ -265,6 +268,7 @@ async fn start_sync(src: &Client, req: &CutoverRequest<'_>) -> Result<Sync, Cuto
             limits: Default::default(),
             ddl,
             skip_pgrepl_origins: false,
+            ledger,
         };
         if let Err(e) = crate::apply::session::run(&request, stop_rx).await {
             tracing::error!(error = %e, "the cutover's own sync stopped");
@@ -403,12 +407,10 @@ async fn under_fence<'a>(
     if let Err(e) = r {
         return Err((e.into(), Some(held)));
     }
-    let durable = tgt
-        .query_one(
-            "SELECT pg_replication_origin_progress($1, true)",
-            &[&req.name.origin().as_str()],
-        )
-        .await;
+    let durable = match crate::progress::ledger::Ledger::of(tgt, req.name).await {
+        Ok(ledger) => ledger.make_durable(tgt, req.name).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = durable {
         return Err((
             CutoverError::target("making the target durable", &e),

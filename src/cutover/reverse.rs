@@ -11,12 +11,17 @@
 //! The rule: what pgrepl applied is never sent back. Changes the forward
 //! sync applied carry its replication origin; a reverse sync asks for
 //! `origin 'none'` (16+) and leaves out transactions under a pgrepl origin
-//! itself on older majors.
+//! itself on older majors. A forward sync keeping its position in the
+//! progress table (see `progress::ledger`) leaves no origin on what it
+//! applied; none of that commits after the reverse slot is made: the
+//! forward sync is held at the fence with everything applied, and the
+//! fenced source writes nothing more.
 
 use super::{CutoverError, CutoverRequest};
 use crate::conn::walsender::WalSender;
 use crate::conn::Side;
 use crate::ddl::capture;
+use crate::progress::ledger::{Choice, Ledger};
 use crate::progress::state::{self, SchemaOrigin, SyncPhase};
 use crate::source::catalog::{self, SelectedTables, ServerFacts};
 use crate::source::setup;
@@ -149,19 +154,13 @@ pub async fn set_up(req: &CutoverRequest<'_>) -> Result<SyncName, CutoverError> 
     state::mark_reverse(&tgt, &name, req.name)
         .await
         .map_err(|e| CutoverError::source("recording the reverse sync", &e))?;
-    let origin = name.origin();
-    tgt.execute(
-        "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
-        &[&origin.as_str()],
-    )
-    .await
-    .map_err(|e| CutoverError::source("creating the reverse origin", &e))?;
-    tgt.execute(
-        "SELECT pg_replication_origin_advance($1, $2)",
-        &[&origin.as_str(), &slot.consistent_point],
-    )
-    .await
-    .map_err(|e| CutoverError::source("setting the reverse origin", &e))?;
+    let ledger = Ledger::choose(&tgt, &name, Choice::Auto)
+        .await
+        .map_err(|e| CutoverError::source("reading function privileges", &e))?;
+    ledger
+        .start_at(&tgt, &name, slot.consistent_point)
+        .await
+        .map_err(|e| CutoverError::source("recording where the reverse sync starts", &e))?;
     state::set_phase(&tgt, &name, SyncPhase::Copied)
         .await
         .map_err(|e| CutoverError::source("recording the reverse sync", &e))?;

@@ -28,7 +28,7 @@ pub enum SyncPhase {
     Copying,
     /// Every table is copied as of `consistent_lsn`; streaming starts there.
     Copied,
-    /// Streaming; the replication origin holds the position.
+    /// Streaming; the sync's ledger holds the position.
     Streaming,
 }
 
@@ -70,6 +70,8 @@ pub struct SyncRecord {
     pub reverse_of: Option<String>,
     /// `--roles` as the copy was told.
     pub roles: Option<crate::carry::RolesPolicy>,
+    /// Where the applied position is kept.
+    pub ledger: super::ledger::Ledger,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +131,8 @@ ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS roles text;
 -- Large objects: how many the source had when they were last made equal.
 ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS large_objects bigint;
 ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS large_objects_at timestamptz;
+-- Where the applied position is kept (origin, table; NULL: origin).
+ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS ledger text;
 CREATE TABLE IF NOT EXISTS pgrepl.copied_chunks (
     sync_name text NOT NULL REFERENCES pgrepl.sync (name) ON DELETE CASCADE,
     schema_name text NOT NULL,
@@ -173,7 +177,7 @@ pub async fn load_sync(
     let row = client
         .query_opt(
             "SELECT phase, consistent_lsn, schema_created, cleanup_sql, source_system_id, started_at::text,
-                    to_jsonb(s) ->> 'reverse_of', to_jsonb(s) ->> 'roles'
+                    to_jsonb(s) ->> 'reverse_of', to_jsonb(s) ->> 'roles', to_jsonb(s) ->> 'ledger'
              FROM pgrepl.sync s WHERE name = $1",
             &[&name.as_str()],
         )
@@ -198,6 +202,7 @@ pub async fn load_sync(
             roles: row
                 .get::<_, Option<&str>>(7)
                 .and_then(crate::carry::RolesPolicy::parse),
+            ledger: super::ledger::Ledger::named(row.get::<_, Option<&str>>(8), name),
         })
     }))
 }

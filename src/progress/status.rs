@@ -246,6 +246,8 @@ pub struct StatusReport {
     pub slot: Option<SlotStatus>,
     pub origin_lsn: Option<String>,
     pub origin_flushed_lsn: Option<String>,
+    /// Where the target keeps the applied position (see `ledger`).
+    pub ledger: Option<String>,
     pub lag_bytes: Option<u64>,
     pub lag_seconds: Option<f64>,
     /// Sequences on both sides, and how far (in `nextval` steps) the
@@ -307,15 +309,28 @@ pub async fn report(
     let record = state::load_sync(tgt, name)
         .await
         .map_err(serr("target", "reading pgrepl state"))?;
-    let origin = tgt
-        .query_opt(
-            "SELECT pg_replication_origin_progress(roname, false), pg_replication_origin_progress(roname, true)
-             FROM pg_replication_origin WHERE roname = $1",
-            &[&name.origin().as_str()],
-        )
-        .await
-        .map_err(serr("target", "reading the replication origin"))?
-        .map(|r| (r.get::<_, Option<Lsn>>(0), r.get::<_, Option<Lsn>>(1)));
+    let ledger = record
+        .as_ref()
+        .map(|r| r.ledger.clone())
+        .unwrap_or_else(|| super::ledger::Ledger::Origin(name.origin()));
+    // (applied, durable): the origin knows both; the table only what is
+    // committed (the flush is not asked for here: status writes nothing).
+    let origin = match &ledger {
+        super::ledger::Ledger::Origin(o) => tgt
+            .query_opt(
+                "SELECT pg_replication_origin_progress(roname, false), pg_replication_origin_progress(roname, true)
+                 FROM pg_replication_origin WHERE roname = $1",
+                &[&o.as_str()],
+            )
+            .await
+            .map_err(serr("target", "reading the replication origin"))?
+            .map(|r| (r.get::<_, Option<Lsn>>(0), r.get::<_, Option<Lsn>>(1))),
+        super::ledger::Ledger::Table => ledger
+            .applied(tgt, name)
+            .await
+            .map_err(serr("target", "reading pgrepl.applied"))?
+            .map(|l| (Some(l), None)),
+    };
     let tables = state::load_tables(tgt, name)
         .await
         .map_err(serr("target", "reading table states"))?
@@ -358,7 +373,9 @@ pub async fn report(
         None => (None, None),
     };
     let flushed = origin.and_then(|(_, f)| f);
-    let lag_bytes = flushed.map(|f| source_lsn.bytes_since(f));
+    let lag_bytes = flushed
+        .or(origin.and_then(|(l, _)| l))
+        .map(|f| source_lsn.bytes_since(f));
     // flush_lag keeps its last value while idle: no byte lag, no time lag.
     let lag_seconds = if lag_bytes == Some(0) {
         lag_seconds.map(|_| 0.0)
@@ -382,6 +399,7 @@ pub async fn report(
         }),
         origin_lsn: origin.and_then(|(l, _)| l).map(|l| l.to_string()),
         origin_flushed_lsn: flushed.map(|l| l.to_string()),
+        ledger: record.as_ref().map(|_| ledger.to_string()),
         sequences: src_seq.len(),
         sequences_behind,
         large_objects,
@@ -432,8 +450,9 @@ impl StatusReport {
         if let Some(o) = &self.origin_lsn {
             let _ = writeln!(
                 out,
-                "  target applied through {o} (durable: {})",
-                self.origin_flushed_lsn.as_deref().unwrap_or("-")
+                "  target applied through {o} (durable: {}; kept in the {})",
+                self.origin_flushed_lsn.as_deref().unwrap_or("-"),
+                self.ledger.as_deref().unwrap_or("replication origin")
             );
         }
         if let Some(b) = self.lag_bytes {

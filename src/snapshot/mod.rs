@@ -138,6 +138,8 @@ pub struct CopyRequest<'a> {
     /// What moves besides rows: roles, extensions' versions, large
     /// objects, the database's settings.
     pub carry: &'a crate::carry::Plan,
+    /// Where the target keeps the applied position from the copy on.
+    pub ledger: crate::progress::ledger::Ledger,
 }
 
 /// What a finished copy hands to the stream.
@@ -254,19 +256,10 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
         .transaction()
         .await
         .map_err(|e| SnapshotError::target("finishing the copy", &e))?;
-    let origin = req.name.origin();
-    tx.execute(
-        "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
-        &[&origin.as_str()],
-    )
-    .await
-    .map_err(|e| SnapshotError::target("creating the replication origin", &e))?;
-    tx.execute(
-        "SELECT pg_replication_origin_advance($1, $2)",
-        &[&origin.as_str(), &slot.consistent_point],
-    )
-    .await
-    .map_err(|e| SnapshotError::target("setting the replication origin", &e))?;
+    req.ledger
+        .start_at(&tx, req.name, slot.consistent_point)
+        .await
+        .map_err(|e| SnapshotError::target("recording where streaming starts", &e))?;
     let carried = carry::finish(&req, &slot.snapshot, &tx).await?;
     state::set_phase(&tx, req.name, SyncPhase::Copied)
         .await

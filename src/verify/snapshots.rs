@@ -210,15 +210,14 @@ pub async fn while_stopped(
             "the sync is running (its slot is in use by process {pid}): verify without --stopped"
         )));
     }
-    let applied: Option<Lsn> = tgt
-        .query_one(
-            "SELECT pg_replication_origin_progress($1, true)",
-            &[&name.origin().as_str()],
-        )
+    let ledger = crate::progress::ledger::Ledger::of(tgt, name)
+        .await
+        .map_err(|e| VerifyError::target("reading the sync", &e))?;
+    let applied = ledger
+        .applied(tgt, name)
         .await
         .map_err(|e| VerifyError::target("reading the target's position", &e))?
-        .get(0);
-    let applied = applied.unwrap_or(Lsn::ZERO);
+        .unwrap_or(Lsn::ZERO);
     let (exporter, created) = source_snapshot(source, name).await?;
     let lsn = created.consistent_point;
     // Changes the sync's slot holds before P, that the target lacks.
