@@ -354,6 +354,63 @@ async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing
         refused(check, fix).await;
         side.batch_execute(give).await.unwrap();
     }
+    // What only the cutover needs: named as warnings (the sync may run),
+    // each with its statement.
+    let warned: [(&Client, &str, &str, &'static str, &'static str); 4] = [
+        (
+            &source,
+            "REVOKE pg_signal_backend FROM admin",
+            "GRANT pg_signal_backend TO admin",
+            "cutover_sessions",
+            "GRANT pg_signal_backend TO \"admin\";",
+        ),
+        (
+            &source,
+            "REVOKE pg_monitor FROM admin",
+            "GRANT pg_monitor TO admin",
+            "cutover_sessions",
+            "GRANT pg_read_all_stats TO \"admin\";",
+        ),
+        (
+            &source,
+            "ALTER DATABASE shop OWNER TO postgres",
+            "ALTER DATABASE shop OWNER TO admin",
+            "cutover_fence",
+            "ALTER DATABASE \"shop\" OWNER TO \"admin\";",
+        ),
+        (
+            &source,
+            "REVOKE TRIGGER ON shop.orders FROM app",
+            "GRANT TRIGGER ON shop.orders TO app",
+            "cutover_tables",
+            "GRANT UPDATE, TRIGGER ON TABLE \"shop\".\"orders\" TO \"admin\";",
+        ),
+    ];
+    let source_shop = connect(&pair.source, "postgres").await;
+    for (side, take, give, check, fix) in warned {
+        // Table privileges live in the application's database.
+        let side = if take.contains("shop.") {
+            &source_shop
+        } else {
+            side
+        };
+        side.batch_execute(take).await.unwrap();
+        let out = pgrepl::run(&[&["check"], &ends[..]].concat(), LIMIT).await;
+        assert!(out.success(), "check refused for {check}: {out}");
+        let line = out
+            .stdout
+            .lines()
+            .position(|l| l.starts_with("WARN") && l.contains(check))
+            .unwrap_or_else(|| panic!("check does not name {check}: {out}"));
+        let fix_at = out
+            .stdout
+            .lines()
+            .skip(line + 1)
+            .take(3)
+            .any(|l| l.contains(fix));
+        assert!(fix_at, "the fix for {check} is not {fix:?}: {out}");
+        side.batch_execute(give).await.unwrap();
+    }
     // Without an origin function the sync still runs, exactly once, with
     // its position in the progress table: check says so and names the
     // GRANT that would give it the origin back.
@@ -423,7 +480,8 @@ async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing
 /// the roles without their passwords (naming each with the statement that
 /// sets it), and a DDL on the source stops it rather than applying past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_event_triggers_or_pg_authid_the_sync_runs_with_no_ddl_and_stops_at_a_ddl() {
+async fn without_event_triggers_or_pg_authid_the_sync_runs_with_no_ddl_stops_at_a_ddl_and_cuts_over(
+) {
     let Some(pair) = rds_like_pair().await else {
         return;
     };
@@ -452,6 +510,10 @@ async fn without_event_triggers_or_pg_authid_the_sync_runs_with_no_ddl_and_stops
     let no_ddl = ["--no-ddl", "--roles", "copy", "--include", "shop.*"];
     let check = pgrepl::run(&[&["check"], &ends[..], &no_ddl[..]].concat(), LIMIT).await;
     assert!(check.success(), "{check}");
+    assert!(
+        check.stdout.contains("cutover_ddl_fence"),
+        "check says what the cutover's fence will lack: {check}"
+    );
     assert!(
         check.stdout.contains("ALTER ROLE \"reporting\" PASSWORD"),
         "check names the password it cannot copy, with the statement: {check}"
@@ -510,6 +572,51 @@ async fn without_event_triggers_or_pg_authid_the_sync_runs_with_no_ddl_and_stops
     );
     let no_password = "SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = 'reporting'";
     assert_eq!(pair.target.value(no_password).await.as_deref(), Some("t"));
+    // What the error says: the column added on the target by hand (as the
+    // admin, a member of the owner), the sync started again, and on to a
+    // cutover, whose fence holds DDL without an event trigger.
+    assert!(out.stderr.contains("add them on the target"), "{out}");
+    connect(&pair.target, "admin")
+        .await
+        .batch_execute("SET ROLE app; ALTER TABLE shop.customers ADD COLUMN tier int")
+        .await
+        .unwrap();
+    let sync = pgrepl::spawn(&[&["sync"], &ends[..], &no_ddl[..]].concat());
+    wait_for("the row after the DDL", LIMIT, || async {
+        (count("after").await == 1).then_some(())
+    })
+    .await;
+    let verify = pgrepl::run(&[&["verify"], &ends[..]].concat(), LIMIT).await;
+    assert!(verify.success(), "{verify}");
+    // The superuser's own session is beyond the admin's --terminate.
+    drop(source);
+    wait_for("the superuser's session to end", LIMIT, || async {
+        let left = pair
+            .source
+            .value("SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop' AND usename = 'postgres'")
+            .await;
+        (left.as_deref() == Some("0")).then_some(())
+    })
+    .await;
+    let cutover = pgrepl::run(&[&["cutover"], &ends[..], &["--terminate"]].concat(), LIMIT).await;
+    assert!(cutover.success(), "{cutover}");
+    assert!(
+        cutover.stderr.contains("may not create event triggers"),
+        "the cutover says its fence holds DDL with less: {cutover}"
+    );
+    let _ = sync.wait(LIMIT).await;
+    assert_same_data(&pair.source.client_db("shop").await, &target).await;
+    // New sessions of the old source are read-only: no DDL there either.
+    let ddl = connect(&pair.source, "app")
+        .await
+        .batch_execute("CREATE TABLE shop.after (id int)")
+        .await
+        .expect_err("DDL after the cutover went through");
+    assert!(
+        support::db_error(&ddl).contains("read-only"),
+        "{}",
+        support::db_error(&ddl)
+    );
 }
 
 /// A target where the admin may not call the replication-origin functions

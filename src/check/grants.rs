@@ -6,7 +6,7 @@ use tokio_postgres::Client;
 
 use super::{query_error, CheckError, Finding, Report};
 use crate::conn::Side;
-use crate::source::catalog::ServerFacts;
+use crate::source::catalog::{SelectedTables, ServerFacts};
 use crate::sql::quote_ident;
 
 const SIDE: Side = Side::Target;
@@ -31,25 +31,51 @@ pub(super) async fn replication_fix(client: &Client, user: &str) -> Result<Strin
     })
 }
 
-/// The cutover's fence makes new sessions of the source database
-/// read-only by default (`ALTER DATABASE … SET`), which takes the
-/// database's owner: said before the sync, not at cutover time.
-pub(super) async fn source_database(
+/// May this role create event triggers (superusers; an admin role some
+/// services allow it)? Tried in a transaction rolled back: nothing stays.
+pub(super) async fn may_create_event_triggers(client: &Client) -> Result<bool, CheckError> {
+    let probe = client
+        .batch_execute(
+            "BEGIN READ WRITE;
+             CREATE FUNCTION pg_temp.pgrepl_probe() RETURNS event_trigger LANGUAGE plpgsql AS 'BEGIN END';
+             CREATE EVENT TRIGGER pgrepl_probe ON ddl_command_start EXECUTE PROCEDURE pg_temp.pgrepl_probe();",
+        )
+        .await;
+    client.batch_execute("ROLLBACK").await.map_err(query_error(
+        Side::Source,
+        "rolling back the event-trigger probe",
+    ))?;
+    Ok(probe.is_ok())
+}
+
+/// What `cutover` takes on the source beyond what the sync does, for a
+/// role that is not a superuser. Each lack is a warning, said before the
+/// sync rather than at cutover time: the sync runs, and the cutover
+/// refuses (nothing fenced) or holds with less.
+pub(super) async fn cutover(
     client: &Client,
     facts: &ServerFacts,
+    selected: &SelectedTables,
     report: &mut Report,
 ) -> Result<(), CheckError> {
     if facts.is_superuser {
         return Ok(());
     }
-    let owner: bool = client
+    let user = quote_ident(&facts.user);
+    let row = client
         .query_one(
-            "SELECT pg_has_role(datdba, 'USAGE') FROM pg_database WHERE datname = current_database()",
+            "SELECT (SELECT pg_has_role(datdba, 'USAGE') FROM pg_database WHERE datname = current_database()),
+                    pg_has_role('pg_signal_backend', 'USAGE'),
+                    pg_has_role('pg_read_all_stats', 'USAGE'),
+                    EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgrepl_fence' AND evtenabled IN ('O', 'A')),
+                    has_database_privilege(current_database(), 'CREATE')",
             &[],
         )
         .await
-        .map_err(query_error(Side::Source, "reading the database's owner"))?
-        .get(0);
+        .map_err(query_error(Side::Source, "reading the cutover's privileges"))?;
+    let (owner, signal, stats, fence_made, create): (bool, bool, bool, bool, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let database = quote_ident(&facts.database);
     if !owner {
         report.push(Finding::warn(
             Side::Source,
@@ -59,9 +85,90 @@ pub(super) async fn source_database(
                 facts.database, facts.user
             ),
             format!(
-                "before the cutover, as the owner: ALTER DATABASE {} OWNER TO {}; (or cut over as the owner)",
-                quote_ident(&facts.database),
-                quote_ident(&facts.user)
+                "before the cutover, as the owner: ALTER DATABASE {database} OWNER TO {user}; (or cut over as the owner)"
+            ),
+        ));
+    }
+    if !fence_made && !create {
+        report.push(Finding::warn(
+            Side::Source,
+            "cutover_fence",
+            format!(
+                "cutover's fence keeps its flag and triggers in schema pgrepl_fence, which {:?} may not create",
+                facts.user
+            ),
+            format!(
+                "have a superuser run `pgrepl install-capture --source CONNINFO --for {user}` once, or GRANT CREATE ON DATABASE {database} TO {user};"
+            ),
+        ));
+    } else if !fence_made && !may_create_event_triggers(client).await? {
+        report.push(Finding::warn(
+            Side::Source,
+            "cutover_ddl_fence",
+            format!(
+                "cutover refuses DDL on the old source with an event trigger, which {:?} may not create and none was made ahead: DDL is then held back only by the read-only default of new sessions and by ending the sessions opened before the fence",
+                facts.user
+            ),
+            format!(
+                "have a superuser run `pgrepl install-capture --source CONNINFO --for {user}` once (it makes the fence's trigger ahead, inert until a cutover)"
+            ),
+        ));
+    }
+    if !signal {
+        report.push(Finding::warn(
+            Side::Source,
+            "cutover_sessions",
+            format!(
+                "cutover --terminate ends the sessions opened before the fence; {:?} may end only those of roles it is a member of (pg_signal_backend: any but a superuser's)",
+                facts.user
+            ),
+            format!("as a superuser (the service's admin): GRANT pg_signal_backend TO {user};"),
+        ));
+    }
+    if !stats {
+        report.push(Finding::warn(
+            Side::Source,
+            "cutover_sessions",
+            format!(
+                "{:?} cannot see when other roles' sessions started (pg_read_all_stats): cutover counts each as opened before the fence, to be ended (--terminate) or waited out",
+                facts.user
+            ),
+            format!("as a superuser (the service's admin): GRANT pg_read_all_stats TO {user}; (pg_monitor includes it)"),
+        ));
+    }
+    // The fence locks every synced table (UPDATE, DELETE or TRUNCATE lets
+    // a role lock it: one call with several privileges means any) and
+    // leaves a statement trigger on each (TRIGGER).
+    let oids: Vec<u32> = selected.tables.iter().map(|t| t.oid).collect();
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = ANY($1::oid[])
+               AND NOT (has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE') AND has_table_privilege(c.oid, 'TRIGGER'))
+             ORDER BY 1, 2",
+            &[&oids],
+        )
+        .await
+        .map_err(query_error(Side::Source, "reading table privileges"))?;
+    if !rows.is_empty() {
+        let names: Vec<crate::sql::TableName> = rows
+            .iter()
+            .map(|r| crate::sql::TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        let quoted: Vec<String> = names.iter().map(|t| t.quoted()).collect();
+        report.push(Finding::warn(
+            Side::Source,
+            "cutover_tables",
+            format!(
+                "cutover's fence locks every synced table and leaves a trigger refusing writes on it; {:?} may not on {} table(s): {}",
+                facts.user,
+                names.len(),
+                super::name_list(names.iter())
+            ),
+            format!(
+                "as their owner: GRANT UPDATE, TRIGGER ON TABLE {} TO {user}; (or GRANT the owner role to {user})",
+                quoted.join(", ")
             ),
         ));
     }

@@ -109,6 +109,7 @@ pub async fn run(
         target::check(tgt, opts, &source_facts, selected.as_ref(), &mut report).await?;
     if let Some(selected) = &selected {
         grants::fires_on_target(src, selected, &mut report).await?;
+        grants::cutover(src, &source_facts, selected, &mut report).await?;
     }
     let policy = opts
         .roles

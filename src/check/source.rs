@@ -66,7 +66,6 @@ pub(super) async fn check(
         ));
     }
     wal_keep(client, report).await?;
-    super::grants::source_database(client, &facts, report).await?;
     let (max_slots, used_slots, slot_exists): (i32, i32, bool) =
         (settings.get(1), settings.get(2), settings.get(3));
     let slot = opts.name.slot();
@@ -427,20 +426,7 @@ async fn ddl_capture(
             return Ok(());
         }
     }
-    // May this role create event triggers (an admin role some services
-    // allow it)? Tried in a transaction rolled back: nothing stays.
-    let probe = client
-        .batch_execute(
-            "BEGIN READ WRITE;
-             CREATE FUNCTION pg_temp.pgrepl_probe() RETURNS event_trigger LANGUAGE plpgsql AS 'BEGIN END';
-             CREATE EVENT TRIGGER pgrepl_probe ON ddl_command_start EXECUTE PROCEDURE pg_temp.pgrepl_probe();",
-        )
-        .await;
-    client
-        .batch_execute("ROLLBACK")
-        .await
-        .map_err(query_error(SIDE, "rolling back the event-trigger probe"))?;
-    if probe.is_ok() && !current {
+    if !current && super::grants::may_create_event_triggers(client).await? {
         report.push(Finding::ok(
             SIDE,
             "ddl_capture",

@@ -41,10 +41,10 @@ use crate::conn::Endpoint;
 use crate::lsn::Lsn;
 use crate::sql::{quote_ident, TableName};
 
-/// The trigger function and event trigger, in a schema of their own
-/// (`pgrepl_fence`): removing a sync's state or DDL capture (schema
+/// The flag table and the tables' trigger function, in a schema of their
+/// own (`pgrepl_fence`): removing a sync's state or DDL capture (schema
 /// `pgrepl`) must never take the fence with it.
-const FENCE_SQL: &str = r#"
+const FENCE_TABLE_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS pgrepl_fence;
 COMMENT ON SCHEMA pgrepl_fence IS 'pgrepl cutover fence: pgrepl teardown --unfence lifts it';
 -- One row while a fence stands. A key: a FOR ALL TABLES publication
@@ -61,6 +61,11 @@ BEGIN
 END
 $fn$;
 GRANT EXECUTE ON FUNCTION pgrepl_fence.fenced() TO PUBLIC;
+"#;
+
+/// The fence against DDL: an event trigger, which only some roles may
+/// create (superusers; some services' admin roles).
+const FENCE_DDL_SQL: &str = r#"
 CREATE OR REPLACE FUNCTION pgrepl_fence.fenced_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
@@ -84,7 +89,8 @@ CREATE EVENT TRIGGER pgrepl_fence ON ddl_command_start EXECUTE PROCEDURE pgrepl_
 pub fn install_for(role: &str) -> String {
     let role = quote_ident(role);
     format!(
-        "{FENCE_SQL};
+        "{FENCE_TABLE_SQL};
+{FENCE_DDL_SQL};
 GRANT USAGE ON SCHEMA pgrepl_fence TO {role};
 GRANT SELECT, INSERT, DELETE ON pgrepl_fence.active TO {role};
 "
@@ -157,19 +163,38 @@ pub async fn put_up(
     if !is_superuser(&admin).await? && made_ahead(&admin).await? {
         tracing::debug!("the fence's event trigger was made ahead");
     } else if let Err(e) = admin
-        .batch_execute(&format!("SET pgrepl.internal = 'on'; {FENCE_SQL}"))
+        .batch_execute(&format!(
+            "SET pgrepl.internal = 'on'; {FENCE_TABLE_SQL}; {FENCE_DDL_SQL}"
+        ))
         .await
     {
-        let _ = admin.batch_execute("RESET pgrepl.internal").await;
-        if e.code().map(|c| c.code()) == Some("42501") {
-            let user: String = admin
-                .query_one("SELECT current_user::text", &[])
-                .await
-                .map_err(|e| CutoverError::source("reading the role", &e))?
-                .get(0);
-            return Err(CutoverError::FenceNotMade { user });
+        if e.code().map(|c| c.code()) != Some("42501") {
+            let _ = admin.batch_execute("RESET pgrepl.internal").await;
+            return Err(CutoverError::source("installing the fence", &e));
         }
-        return Err(CutoverError::source("installing the fence", &e));
+        // No event trigger may be made here (Azure, Neon before 2025): DDL
+        // is then held by the read-only default of new sessions and by
+        // ending (or waiting out) every session opened before the fence.
+        let tables = admin
+            .batch_execute(&format!(
+                "SET pgrepl.internal = 'on'; {FENCE_TABLE_SQL}; RESET pgrepl.internal"
+            ))
+            .await;
+        let _ = admin.batch_execute("RESET pgrepl.internal").await;
+        if let Err(e) = tables {
+            if e.code().map(|c| c.code()) == Some("42501") {
+                let user: String = admin
+                    .query_one("SELECT current_user::text", &[])
+                    .await
+                    .map_err(|e| CutoverError::source("reading the role", &e))?
+                    .get(0);
+                return Err(CutoverError::FenceNotMade { user });
+            }
+            return Err(CutoverError::source("installing the fence", &e));
+        }
+        tracing::warn!(
+            "this role may not create event triggers and none was made ahead (`pgrepl install-capture`): DDL is held back by the read-only default of new sessions and by the sessions rule only; a session that turns default_transaction_read_only off could still run DDL"
+        );
     }
     // Rule: once any part of the fence persists, every way out of here
     // takes it down again (the caller lifts only a fence it was given).

@@ -55,7 +55,7 @@ pub enum CutoverError {
     Busy { sessions: usize, waited: Duration },
     #[error("{count} session(s) of the source database opened before the fence could still move a sequence past the value the target gets, or write a large object: {named}. Stop them (the application's connections), or pass --terminate to end them")]
     Sessions { count: usize, named: String },
-    #[error("the fence refuses DDL on the source with an event trigger, which {user:?} may not create: have one run `pgrepl install-capture --source CONNINFO --for {user}` once (it makes the fence's trigger ahead, inert until a cutover), then cut over again")]
+    #[error("the fence needs schema pgrepl_fence on the source, which {user:?} may not create: have a superuser run `pgrepl install-capture --source CONNINFO --for {user}` once (it makes the fence ahead, inert until a cutover), or GRANT CREATE ON DATABASE to {user:?}, then cut over again")]
     FenceNotMade { user: String },
     #[error("verify found differences under the fence:\n{0}")]
     Differs(String),
