@@ -311,7 +311,7 @@ async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing
 
     let source = connect(&pair.source, "postgres").await;
     let target = connect(&pair.target, "postgres").await;
-    let cases: [(&Client, &str, &str, &'static str, &'static str); 5] = [
+    let cases: [(&Client, &str, &str, &'static str, &'static str); 6] = [
         (
             &source,
             "ALTER ROLE admin NOREPLICATION",
@@ -333,6 +333,13 @@ async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing
             "GRANT EXECUTE ON FUNCTION pgrepl.publish_schema_log(text) TO admin",
             "ddl_capture",
             "GRANT EXECUTE ON FUNCTION pgrepl.publish_schema_log(text) TO \"admin\";",
+        ),
+        (
+            &source,
+            "ALTER DATABASE shop OWNER TO postgres",
+            "ALTER DATABASE shop OWNER TO admin",
+            "publication",
+            "GRANT CREATE ON DATABASE \"shop\" TO \"admin\";",
         ),
         (
             &target,
@@ -373,7 +380,7 @@ async fn each_missing_privilege_is_named_with_its_grant_and_sync_changes_nothing
         ),
         (
             &source,
-            "ALTER DATABASE shop OWNER TO postgres",
+            "ALTER DATABASE shop OWNER TO postgres; GRANT CREATE ON DATABASE shop TO admin",
             "ALTER DATABASE shop OWNER TO admin",
             "cutover_fence",
             "ALTER DATABASE \"shop\" OWNER TO \"admin\";",
@@ -755,4 +762,100 @@ async fn without_origin_functions_the_progress_table_keeps_it_exactly_once() {
     assert!(next > 500, "sequence set past the source's: {next}");
     let down = pgrepl::run(&[&["teardown"], &ends[..]].concat(), LIMIT).await;
     assert!(down.success(), "{down}");
+}
+
+/// The least a role needs, on a vanilla server: on the source LOGIN
+/// REPLICATION, the database's owner, a member of the application's owner
+/// role (and the DDL capture made ahead by a superuser); on the target the
+/// database's owner, a member of the owner role, and SET on
+/// session_replication_role. No pg_monitor, no pg_read_all_data, no
+/// pg_write_all_data, no pg_signal_backend, no CREATEROLE, no origin
+/// functions. Copy, streaming, DDL, verify and cutover all run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_least_privileges_are_enough_for_sync_verify_and_cutover() {
+    let pair = Pair::start();
+    if pair.target.major() < 15 {
+        eprintln!(
+            "skipped: a target role that is not a superuser needs 15+ (GRANT SET ON PARAMETER)"
+        );
+        return;
+    }
+    for (c, target) in [(&pair.source, false), (&pair.target, true)] {
+        c.exec(&format!(
+            "CREATE ROLE app LOGIN;
+             CREATE ROLE mover LOGIN{};
+             GRANT app TO mover;",
+            if target { "" } else { " REPLICATION" }
+        ))
+        .await;
+        c.exec("CREATE DATABASE shop OWNER mover").await;
+        if target {
+            c.exec("GRANT SET ON PARAMETER session_replication_role TO mover")
+                .await;
+        }
+    }
+    connect(&pair.source, "postgres")
+        .await
+        .batch_execute(SCHEMA)
+        .await
+        .unwrap();
+    let made = pgrepl::run(
+        &[
+            "install-capture",
+            "--source",
+            &pair.source.conninfo_db("shop"),
+            "--for",
+            "mover",
+        ],
+        LIMIT,
+    )
+    .await;
+    assert!(made.success(), "{made}");
+    let login = |c: &Cluster| {
+        format!(
+            "host={} port={} user=mover dbname=shop",
+            c.socket_dir().display(),
+            c.port
+        )
+    };
+    let (src, tgt) = (login(&pair.source), login(&pair.target));
+    let ends = ["--source", src.as_str(), "--target", tgt.as_str()];
+    let check = pgrepl::run(&[&["check"], &ends[..]].concat(), LIMIT).await;
+    assert!(check.success(), "{check}");
+    let sync = pgrepl::spawn(&[&["sync"], &ends[..]].concat());
+    wait_for("streaming", LIMIT, || async {
+        (phase(&pair.target).await.as_deref() == Some("streaming")).then_some(())
+    })
+    .await;
+    let app = connect(&pair.source, "app").await;
+    app.batch_execute(
+        "INSERT INTO shop.customers (name) VALUES ('late');
+         UPDATE shop.orders SET total = total + 1 WHERE id % 7 = 0;
+         DELETE FROM shop.orders WHERE id % 11 = 0;
+         ALTER TABLE shop.customers ADD COLUMN tier int DEFAULT 1;
+         CREATE TABLE shop.returns (id int PRIMARY KEY, order_id bigint, reason text);
+         INSERT INTO shop.returns SELECT g, g, 'r' FROM generate_series(1, 50) g;",
+    )
+    .await
+    .unwrap();
+    let status = pgrepl::run(&[&["status"], &ends[..]].concat(), LIMIT).await;
+    assert!(status.success(), "{status}");
+    let verify = pgrepl::run(&[&["verify"], &ends[..]].concat(), LIMIT).await;
+    assert!(verify.success(), "{verify}");
+    let cutover = pgrepl::run(&[&["cutover"], &ends[..], &["--terminate"]].concat(), LIMIT).await;
+    assert!(cutover.success(), "{cutover}");
+    let _ = sync.wait(LIMIT).await;
+    let target = pair.target.client_db("shop").await;
+    assert_same_data(&pair.source.client_db("shop").await, &target).await;
+    let next: i64 = target
+        .query_one("SELECT nextval('shop.customers_id_seq')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(next > 501, "sequence set past the source's: {next}");
+    let write = connect(&pair.source, "app")
+        .await
+        .batch_execute("INSERT INTO shop.returns VALUES (1000, 1, 'late')")
+        .await;
+    assert!(write.is_err(), "a write after the cutover went through");
 }

@@ -309,6 +309,20 @@ pub(super) async fn check(
                 ),
                 "install the DDL capture (drop --no-ddl; `pgrepl install-capture` by a superuser), or name the tables with --include (tables created later are then not replicated)",
             ));
+        } else if !may_create_in_database(client).await? {
+            report.push(Finding::error(
+                SIDE,
+                "publication",
+                format!(
+                    "creating a publication takes CREATE on the database; {:?} may not create in {}",
+                    facts.user, facts.database
+                ),
+                format!(
+                    "as the database's owner: GRANT CREATE ON DATABASE {} TO {};",
+                    crate::sql::quote_ident(&facts.database),
+                    crate::sql::quote_ident(&facts.user)
+                ),
+            ));
         } else if foreign.is_empty() {
             report.push(Finding::ok(
                 SIDE,
@@ -383,6 +397,17 @@ async fn wal_keep(client: &Client, report: &mut Report) -> Result<(), CheckError
         )),
     }
     Ok(())
+}
+
+async fn may_create_in_database(client: &Client) -> Result<bool, CheckError> {
+    Ok(client
+        .query_one(
+            "SELECT has_database_privilege(current_database(), 'CREATE')",
+            &[],
+        )
+        .await
+        .map_err(query_error(SIDE, "reading database privileges"))?
+        .get(0))
 }
 
 /// Whether the DDL capture can be had: installed by this role, or made
