@@ -430,13 +430,22 @@ async fn ddl_capture(
         .await
         .map_err(query_error(SIDE, "looking for the DDL capture"))?;
     if current {
+        let config = crate::sql::TableName::new("pgrepl", "config").oid_sql();
+        let log = crate::sql::TableName::new("pgrepl", "schema_log").oid_sql();
         let usable: bool = client
             .query_one(
-                // (Several privileges in one call means any of them.)
-                "SELECT has_table_privilege('pgrepl.config', 'SELECT') AND has_table_privilege('pgrepl.config', 'INSERT')
-                    AND has_table_privilege('pgrepl.config', 'UPDATE') AND has_table_privilege('pgrepl.config', 'DELETE')
-                    AND (pg_has_role((SELECT relowner FROM pg_class WHERE oid = 'pgrepl.schema_log'::regclass), 'USAGE')
-                         OR coalesce(has_function_privilege(to_regprocedure('pgrepl.publish_schema_log(text)'), 'EXECUTE'), false))",
+                // (Several privileges in one call means any of them.) Looked
+                // up in the catalog: a role without USAGE on the schema gets
+                // false here, not an error.
+                &format!(
+                    "SELECT coalesce(EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgrepl' AND has_schema_privilege(oid, 'USAGE'))
+                        AND has_table_privilege({config}, 'SELECT') AND has_table_privilege({config}, 'INSERT')
+                        AND has_table_privilege({config}, 'UPDATE') AND has_table_privilege({config}, 'DELETE')
+                        AND (pg_has_role((SELECT relowner FROM pg_class WHERE oid = {log}), 'USAGE')
+                             OR EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                                        WHERE n.nspname = 'pgrepl' AND p.proname = 'publish_schema_log'
+                                          AND has_function_privilege(p.oid, 'EXECUTE'))), false)"
+                ),
                 &[],
             )
             .await

@@ -101,9 +101,12 @@ GRANT SELECT, INSERT, DELETE ON pgrepl_fence.active TO {role};
 async fn made_ahead(admin: &Client) -> Result<bool, CutoverError> {
     Ok(admin
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgrepl_fence' AND evtenabled IN ('O', 'A'))
-                AND to_regclass('pgrepl_fence.active') IS NOT NULL
-                AND has_table_privilege('pgrepl_fence.active', 'INSERT')",
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgrepl_fence' AND evtenabled IN ('O', 'A'))
+                    AND coalesce(has_table_privilege({}, 'INSERT'), false)
+                    AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgrepl_fence' AND has_schema_privilege(oid, 'USAGE'))",
+                TableName::new("pgrepl_fence", "active").oid_sql()
+            ),
             &[],
         )
         .await

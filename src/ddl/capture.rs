@@ -45,7 +45,7 @@
 use tokio_postgres::GenericClient;
 
 use crate::source::selection::{Pattern, Selection};
-use crate::sql::{quote_literal, PublicationName, SyncName};
+use crate::sql::{quote_literal, PublicationName, SyncName, TableName};
 
 const INSTALL: &str = include_str!("capture.sql");
 
@@ -125,8 +125,12 @@ pub async fn publish_log(
 ) -> Result<(), tokio_postgres::Error> {
     let helper: bool = client
         .query_one(
-            "SELECT to_regprocedure('pgrepl.publish_schema_log(text)') IS NOT NULL
-                AND NOT pg_has_role((SELECT relowner FROM pg_class WHERE oid = 'pgrepl.schema_log'::regclass), 'USAGE')",
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                                WHERE n.nspname = 'pgrepl' AND p.proname = 'publish_schema_log')
+                    AND NOT pg_has_role((SELECT relowner FROM pg_class WHERE oid = {}), 'USAGE')",
+                TableName::new("pgrepl", "schema_log").oid_sql()
+            ),
             &[],
         )
         .await?
@@ -237,7 +241,14 @@ pub async fn stored_selection(
 /// Whether the capture is installed.
 pub async fn installed(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
     Ok(client
-        .query_one("SELECT to_regclass('pgrepl.config') IS NOT NULL AND to_regclass('pgrepl.schema_log') IS NOT NULL", &[])
+        .query_one(
+            &format!(
+                "SELECT {} IS NOT NULL AND {} IS NOT NULL",
+                TableName::new("pgrepl", "config").oid_sql(),
+                TableName::new("pgrepl", "schema_log").oid_sql()
+            ),
+            &[],
+        )
         .await?
         .get(0))
 }
@@ -250,7 +261,13 @@ pub async fn remove(
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let mut removed = Vec::new();
     let config: bool = client
-        .query_one("SELECT to_regclass('pgrepl.config') IS NOT NULL", &[])
+        .query_one(
+            &format!(
+                "SELECT {} IS NOT NULL",
+                TableName::new("pgrepl", "config").oid_sql()
+            ),
+            &[],
+        )
         .await?
         .get(0);
     if config {

@@ -161,7 +161,13 @@ pub async fn ensure_schema(client: &impl GenericClient) -> Result<(), tokio_post
 
 async fn state_exists(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
     let row = client
-        .query_one("SELECT to_regclass('pgrepl.sync') IS NOT NULL", &[])
+        .query_one(
+            &format!(
+                "SELECT {} IS NOT NULL",
+                TableName::new("pgrepl", "sync").oid_sql()
+            ),
+            &[],
+        )
         .await?;
     Ok(row.get(0))
 }

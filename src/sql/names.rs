@@ -57,6 +57,18 @@ impl ObjectName {
         push_ident(&mut out, &self.name);
         out
     }
+
+    /// A SQL expression giving the relation's oid, NULL when there is none.
+    /// Unlike `to_regclass` or a `::regclass` cast it looks in the catalog
+    /// only, so a role without USAGE on the schema gets NULL (or its
+    /// privileges, through `has_table_privilege(oid, …)`), not an error.
+    pub fn oid_sql(&self) -> String {
+        format!(
+            "(SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = {} AND c.relname = {})",
+            super::quote_literal(&self.schema),
+            super::quote_literal(&self.name)
+        )
+    }
 }
 
 /// Human form: `public.orders`, `"Sales"."we""ird tbl"`.
