@@ -302,6 +302,10 @@ pub struct CheckArgs {
     #[arg(long)]
     pub no_ddl: bool,
 
+    /// Check as for `sync --failover-slot BOOL` (PostgreSQL 17+ sources).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub failover_slot: bool,
+
     /// Check as for `sync --roles copy|skip`.
     #[arg(long, value_enum, value_name = "copy|skip")]
     pub roles: Option<RolesChoice>,
@@ -366,6 +370,12 @@ pub struct SyncArgs {
     /// column added on the source then stops the sync at its first row.
     #[arg(long)]
     pub no_ddl: bool,
+
+    /// Make the slot a failover slot (PostgreSQL 17+ sources; ignored
+    /// before): a standby with sync_replication_slots = on keeps a copy, so
+    /// the sync survives the standby's promotion. Decided at the copy.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub failover_slot: bool,
 
     /// Keep the applied position in table pgrepl.applied (written by the
     /// same transaction as the rows) rather than in a replication origin.

@@ -6,7 +6,8 @@
 //! in place (`ddl`);
 //! large transactions streamed while in progress applied on connections
 //! of their own ([`router`], `streamed`); all of it inside streaming
-//! sessions with retries ([`session`]).
+//! sessions with retries ([`session`]), each started only after the
+//! checks of `guard` (the source's timeline, the slot's position).
 
 pub mod applier;
 pub mod batch;
@@ -14,6 +15,7 @@ mod ddl;
 pub mod error;
 mod event_loop;
 mod flush;
+mod guard;
 mod identity;
 pub mod params;
 pub mod paths;

@@ -55,6 +55,27 @@ pub enum SessionError {
         target_at: Lsn,
         name: String,
     },
+    #[error("source: the server now answering ({server}, system {system}) is not the one the target was copied from (system {expected}): check --source")]
+    OtherSystem {
+        server: String,
+        system: String,
+        expected: String,
+    },
+    #[error("source: the server now primary ({server}) runs timeline {current}, which left timeline {recorded} at {ended_at}; the target already holds the source's changes through {target_at}, past that point: they were acknowledged by the old primary and never reached the new one (a failover without synchronized_standby_slots). Nothing was applied from the new timeline. The target cannot follow this primary: rebuild it (`pgrepl teardown --name {name}`, then `pgrepl sync`), or bring the old primary back")]
+    TargetAhead {
+        server: String,
+        current: u32,
+        recorded: u32,
+        ended_at: Lsn,
+        target_at: Lsn,
+        name: String,
+    },
+    #[error("source: the server now answering ({server}) runs timeline {current}, which does not descend from timeline {recorded} the sync streamed from: it is another branch of the source's history. Nothing was applied; check --source")]
+    OtherTimeline {
+        server: String,
+        current: u32,
+        recorded: u32,
+    },
     #[error("gave up after retrying for {after}: {last}")]
     GaveUp {
         after: String,
@@ -78,20 +99,18 @@ impl SessionError {
     pub fn is_transient(&self) -> bool {
         match self {
             SessionError::Apply(e) => e.is_transient(),
-            SessionError::Connect(c) => matches!(
-                c.failure,
-                ConnectFailure::Refused
-                    | ConnectFailure::NoSocket
-                    | ConnectFailure::TimedOut
-                    | ConnectFailure::NotReady(_)
-                    | ConnectFailure::TooMany
-                    | ConnectFailure::Other(_)
-            ),
+            SessionError::Connect(c) => {
+                c.failure.is_transient() || matches!(c.failure, ConnectFailure::Other(_))
+            }
             SessionError::WalSender(w) => w.is_transient(),
             SessionError::Target { transient, .. } => *transient,
             // A source that cannot answer now may later.
             SessionError::Source { .. } => true,
-            SessionError::TargetBehind { .. } | SessionError::GaveUp { .. } => false,
+            SessionError::TargetBehind { .. }
+            | SessionError::GaveUp { .. }
+            | SessionError::OtherSystem { .. }
+            | SessionError::TargetAhead { .. }
+            | SessionError::OtherTimeline { .. } => false,
         }
     }
 
@@ -102,7 +121,11 @@ impl SessionError {
                 Side::Source => "source_connection",
                 Side::Target => "target_connection",
             },
-            SessionError::WalSender(_) | SessionError::Source { .. } => "source",
+            SessionError::WalSender(_)
+            | SessionError::Source { .. }
+            | SessionError::OtherSystem { .. }
+            | SessionError::TargetAhead { .. }
+            | SessionError::OtherTimeline { .. } => "source",
             SessionError::Apply(ApplyError::Stream(_) | ApplyError::Decode(_)) => "source",
             SessionError::Apply(_)
             | SessionError::Target { .. }
@@ -352,10 +375,11 @@ async fn session(
     paths: &Arc<super::paths::Totals>,
 ) -> Result<Outcome, SessionError> {
     let (mut session, start) = apply_session(req.target, &req.ledger, req.name).await?;
-    refuse_a_gap(req, start).await?;
+    let mut walsender = WalSender::connect(Side::Source, &req.source.config).await?;
+    super::guard::follow_timeline(req, &mut walsender, start).await?;
+    super::guard::refuse_a_gap(req, start).await?;
     let (applied, recorded) = recorded_end(&mut session, req.name).await?;
     let resend = Resend::at_start(applied, recorded, start);
-    let walsender = WalSender::connect(Side::Source, &req.source.config).await?;
     let stream_large = plan.stream_large && walsender.server_version() >= 140000;
     let feedback = Feedback::new(start);
     let mut receiver = Receiver::start(
@@ -463,30 +487,6 @@ async fn session(
         Ended::Finished { at } => Outcome::Finished { at, flushed },
         Ended::Stopped => Outcome::Stopped { flushed },
     })
-}
-
-/// Refuses to stream when the slot was confirmed past what the target
-/// holds: the source would start at its confirmed position and the
-/// transactions between would never be applied. pgrepl never confirms more
-/// than the target made durable (see `position`), so the target lost them:
-/// restored from a backup, or its last transactions lost in a crash.
-async fn refuse_a_gap(req: &StreamRequest<'_>, durable: Lsn) -> Result<(), SessionError> {
-    let src = req.source.connect().await?;
-    let slot = crate::source::setup::slot_info(&src, &req.name.slot())
-        .await
-        .map_err(|e| SessionError::Source {
-            what: "reading the replication slot",
-            message: e.to_string(),
-        })?;
-    match slot {
-        Some(s) if s.confirmed_flush > durable => Err(SessionError::TargetBehind {
-            slot: req.name.slot().to_string(),
-            confirmed: s.confirmed_flush,
-            target_at: durable,
-            name: req.name.to_string(),
-        }),
-        _ => Ok(()),
-    }
 }
 
 /// Every half second: reads what the target made durable and lets the

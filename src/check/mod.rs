@@ -3,6 +3,7 @@
 //! `pgrepl sync` runs the same checks and refuses to start on any error.
 
 mod carry;
+mod failover;
 mod grants;
 pub mod report;
 mod source;
@@ -52,6 +53,8 @@ pub struct CheckOptions {
     pub ddl: bool,
     /// `--roles`; a sync that exists falls back to what it recorded.
     pub roles: Option<crate::carry::RolesPolicy>,
+    /// `--failover-slot`: the slot is to be a failover slot (17+).
+    pub failover_slot: bool,
 }
 
 impl CheckOptions {
@@ -105,6 +108,7 @@ pub async fn run(
         opts
     };
     let (source_facts, selected) = source::check(source, src, opts, &mut report).await?;
+    failover::check(source, src, opts, &mut report).await?;
     let (target_facts, existing) =
         target::check(tgt, opts, &source_facts, selected.as_ref(), &mut report).await?;
     if let Some(selected) = &selected {

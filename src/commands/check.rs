@@ -15,6 +15,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         ddl: !args.no_ddl,
         resuming: false,
         roles: args.roles.map(Into::into),
+        failover_slot: args.failover_slot,
     };
     let preflight = check::run(&source, &target, &src, &tgt, &opts).await?;
     if args.json {

@@ -40,7 +40,15 @@ pub async fn run(command: Command, json_logs: bool) -> anyhow::Result<ExitCode> 
 /// Resolves `--source` / `--target` into endpoints.
 pub(crate) fn endpoints(e: &Endpoints) -> anyhow::Result<(Endpoint, Endpoint)> {
     let env = crate::conn::config::ProcessEnv;
-    let source = ConnConfig::resolve(&e.source, &env).context("--source")?;
+    let mut source = ConnConfig::resolve(&e.source, &env).context("--source")?;
+    // A source named by several hosts is followed to its primary: pgrepl
+    // publishes, makes slots and fences there. (libpq would take the first
+    // that answers.)
+    if !source.more_hosts.is_empty()
+        && source.session_attrs == crate::conn::config::SessionAttrs::Any
+    {
+        source.session_attrs = crate::conn::config::SessionAttrs::ReadWrite;
+    }
     let target = ConnConfig::resolve(&e.target, &env).context("--target")?;
     Ok((
         Endpoint::new(Side::Source, source),

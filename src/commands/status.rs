@@ -8,7 +8,10 @@ use crate::progress::status;
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (source, target) = super::endpoints(&args.endpoints)?;
     let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
-    let report = status::report(&src, &tgt, &args.endpoints.name).await?;
+    let report = status::report(&src, &tgt, &args.endpoints.name)
+        .await?
+        .with_failover(&source, &src, &args.endpoints.name)
+        .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -48,6 +48,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         ddl: !args.no_ddl,
         resuming: false,
         roles: args.roles.map(Into::into),
+        failover_slot: args.failover_slot,
     };
     let mut preflight = check::run(&source, &target, &src, &tgt, &opts).await?;
 
@@ -192,6 +193,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         retry_for: args.retry_for,
         carry: &preflight.carry,
         ledger: ledger.clone(),
+        failover_slot: args.failover_slot,
     };
     watch.set_phase("copying");
     let (wal_task, mut lost) = crate::observe::watch_wal(&source, &name, args.warn_wal);

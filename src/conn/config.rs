@@ -27,8 +27,14 @@ pub enum ConfigError {
     BadHostAddr(String),
     #[error("invalid connect_timeout {0:?}: expected whole seconds")]
     BadTimeout(String),
-    #[error("several hosts ({0}) are not supported: name the primary server")]
-    SeveralHosts(String),
+    #[error("{hosts} host(s) but {ports} ports: give one port for all, or one per host")]
+    PortCount { hosts: usize, ports: usize },
+    #[error("hostaddr goes with one host only (host={0})")]
+    HostAddrWithSeveralHosts(String),
+    #[error(
+        "invalid target_session_attrs {0:?}: use any, read-write, primary, read-only or standby"
+    )]
+    BadSessionAttrs(String),
     #[error("no {0} connection given: pass --{0} or set PGREPL_{1}")]
     Missing(&'static str, &'static str),
 }
@@ -75,6 +81,56 @@ impl SslMode {
     }
 }
 
+/// What a session's server must be (libpq's `target_session_attrs`),
+/// checked on each host in turn until one is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionAttrs {
+    Any,
+    /// `read-write` or `primary`: a server not in recovery. (pgrepl's
+    /// sessions override `default_transaction_read_only`, so the two are
+    /// the same here.)
+    ReadWrite,
+    /// `read-only` or `standby`: a hot standby.
+    ReadOnly,
+}
+
+impl SessionAttrs {
+    fn parse(s: &str) -> Result<Self, ConfigError> {
+        Ok(match s {
+            "any" => SessionAttrs::Any,
+            "read-write" | "primary" => SessionAttrs::ReadWrite,
+            "read-only" | "standby" => SessionAttrs::ReadOnly,
+            other => return Err(ConfigError::BadSessionAttrs(other.to_string())),
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionAttrs::Any => "any",
+            SessionAttrs::ReadWrite => "read-write",
+            SessionAttrs::ReadOnly => "read-only",
+        }
+    }
+
+    /// Whether a server whose `transaction_read_only` is `read_only` fits.
+    pub fn accepts(self, read_only: bool) -> bool {
+        match self {
+            SessionAttrs::Any => true,
+            SessionAttrs::ReadWrite => !read_only,
+            SessionAttrs::ReadOnly => read_only,
+        }
+    }
+}
+
+/// A further host of a multi-host conninfo (`host=a,b port=1,2`), with the
+/// password `~/.pgpass` gives for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtherHost {
+    pub host: Host,
+    pub port: u16,
+    pub password: Option<Password>,
+}
+
 /// A password that does not print itself.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Password(String);
@@ -91,7 +147,10 @@ impl fmt::Debug for Password {
     }
 }
 
-/// Everything needed to open a session, resolved and validated.
+/// Everything needed to open a session, resolved and validated. `host`,
+/// `port` and `password` are the first (or only) server's; `more_hosts`
+/// the others of a multi-host conninfo, tried in order until one is what
+/// `session_attrs` asks for.
 #[derive(Clone, Debug)]
 pub struct ConnConfig {
     pub host: Host,
@@ -107,6 +166,8 @@ pub struct ConnConfig {
     pub connect_timeout: Option<Duration>,
     /// Extra server options (`-c name=value ...`), as libpq's `options`.
     pub options: Option<String>,
+    pub more_hosts: Vec<OtherHost>,
+    pub session_attrs: SessionAttrs,
 }
 
 /// Where environment variables come from: the process, or a map in tests.
@@ -141,25 +202,55 @@ impl ConnConfig {
             |key: &str, var: &str| info.get(key).map(str::to_string).or_else(|| env.var(var));
 
         let host_str = pick("host", "PGHOST").unwrap_or_else(default_socket_dir);
-        if host_str.contains(',') {
-            return Err(ConfigError::SeveralHosts(host_str));
-        }
-        let host = if host_str.starts_with('/') || host_str.starts_with('@') {
-            Host::Unix(PathBuf::from(host_str))
-        } else {
-            Host::Tcp(host_str)
-        };
+        let hosts: Vec<Host> = host_str
+            .split(',')
+            .map(|h| {
+                let h = h.trim();
+                if h.is_empty() {
+                    Host::Unix(PathBuf::from(default_socket_dir()))
+                } else if h.starts_with('/') || h.starts_with('@') {
+                    Host::Unix(PathBuf::from(h))
+                } else {
+                    Host::Tcp(h.to_string())
+                }
+            })
+            .collect();
         let hostaddr = match pick("hostaddr", "PGHOSTADDR") {
+            Some(_) if hosts.len() > 1 => {
+                return Err(ConfigError::HostAddrWithSeveralHosts(host_str))
+            }
             Some(a) => Some(a.parse().map_err(|_| ConfigError::BadHostAddr(a))?),
             None => None,
         };
-        let port = match pick("port", "PGPORT") {
-            Some(p) => match p.parse::<u16>() {
-                Ok(n) if n > 0 => n,
-                _ => return Err(ConfigError::BadPort(p)),
-            },
-            None => 5432,
+        let ports: Vec<u16> = match pick("port", "PGPORT") {
+            Some(list) => list
+                .split(',')
+                .map(|p| match p.trim() {
+                    "" => Ok(5432),
+                    t => match t.parse::<u16>() {
+                        Ok(n) if n > 0 => Ok(n),
+                        _ => Err(ConfigError::BadPort(p.to_string())),
+                    },
+                })
+                .collect::<Result<_, _>>()?,
+            None => vec![5432],
         };
+        if ports.len() != 1 && ports.len() != hosts.len() {
+            return Err(ConfigError::PortCount {
+                hosts: hosts.len(),
+                ports: ports.len(),
+            });
+        }
+        let port_of = |i: usize| ports.get(i).copied().unwrap_or(ports[0]);
+        let session_attrs = match pick("target_session_attrs", "PGTARGETSESSIONATTRS") {
+            Some(a) => SessionAttrs::parse(&a)?,
+            None => SessionAttrs::Any,
+        };
+        let mut hosts = hosts.into_iter();
+        let host = hosts
+            .next()
+            .unwrap_or_else(|| Host::Tcp("localhost".into()));
+        let port = port_of(0);
         let user = pick("user", "PGUSER").unwrap_or_else(os_user);
         let dbname = pick("dbname", "PGDATABASE").unwrap_or_else(|| user.clone());
         let sslmode = match pick("sslmode", "PGSSLMODE") {
@@ -187,20 +278,60 @@ impl ConnConfig {
             sslkey: pick("sslkey", "PGSSLKEY").map(PathBuf::from),
             connect_timeout,
             options: pick("options", "PGOPTIONS"),
+            more_hosts: Vec::new(),
+            session_attrs,
         };
-        cfg.password = match info.get("password") {
-            Some(p) => Some(Password(p.to_string())),
-            None => match env.var("PGPASSWORD") {
-                Some(p) => Some(Password(p)),
-                None => cfg.password_from_file(
-                    info.get("passfile")
-                        .map(str::to_string)
-                        .or_else(|| env.var("PGPASSFILE")),
-                    env,
-                ),
-            },
-        };
+        // The password of each host: given, or ~/.pgpass's for that host.
+        let passfile = info
+            .get("passfile")
+            .map(str::to_string)
+            .or_else(|| env.var("PGPASSFILE"));
+        let given = info
+            .get("password")
+            .map(str::to_string)
+            .or_else(|| env.var("PGPASSWORD"))
+            .map(Password);
+        cfg.password = given
+            .clone()
+            .or_else(|| cfg.password_from_file(passfile.clone(), env));
+        for (i, host) in hosts.enumerate() {
+            let mut one = cfg.clone();
+            one.host = host;
+            one.port = port_of(i + 1);
+            let password = given
+                .clone()
+                .or_else(|| one.password_from_file(passfile.clone(), env));
+            cfg.more_hosts.push(OtherHost {
+                host: one.host,
+                port: one.port,
+                password,
+            });
+        }
         Ok(cfg)
+    }
+
+    /// Each server to try, in order, as a config of its own (one host).
+    pub fn candidates(&self) -> Vec<ConnConfig> {
+        let first = ConnConfig {
+            more_hosts: Vec::new(),
+            ..self.clone()
+        };
+        let mut all = vec![first.clone()];
+        for h in &self.more_hosts {
+            all.push(ConnConfig {
+                host: h.host.clone(),
+                port: h.port,
+                password: h.password.clone(),
+                ..first.clone()
+            });
+        }
+        all
+    }
+
+    /// Whether sessions must look for the right server among several, or
+    /// check the one they reach.
+    pub fn needs_choosing(&self) -> bool {
+        !self.more_hosts.is_empty() || self.session_attrs != SessionAttrs::Any
     }
 
     fn password_from_file(&self, passfile: Option<String>, env: &dyn Env) -> Option<Password> {
@@ -265,22 +396,33 @@ impl ConnConfig {
         opts
     }
 
-    /// The options for a `tokio_postgres` connection.
+    /// The options for a `tokio_postgres` connection (which tries the hosts
+    /// in order itself and checks `target_session_attrs` as libpq does). A
+    /// multi-host config is given one password: the first host's.
     pub fn to_tokio(&self) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
-        match &self.host {
-            Host::Tcp(h) => {
-                c.host(h);
+        let hosts = std::iter::once((&self.host, self.port))
+            .chain(self.more_hosts.iter().map(|h| (&h.host, h.port)));
+        for (host, port) in hosts {
+            match host {
+                Host::Tcp(h) => {
+                    c.host(h);
+                }
+                Host::Unix(p) => {
+                    c.host_path(p);
+                }
             }
-            Host::Unix(p) => {
-                c.host_path(p);
-            }
+            c.port(port);
         }
         if let Some(addr) = self.hostaddr {
             c.hostaddr(addr);
         }
-        c.port(self.port)
-            .user(&self.user)
+        c.target_session_attrs(match self.session_attrs {
+            SessionAttrs::Any => tokio_postgres::config::TargetSessionAttrs::Any,
+            SessionAttrs::ReadWrite => tokio_postgres::config::TargetSessionAttrs::ReadWrite,
+            SessionAttrs::ReadOnly => tokio_postgres::config::TargetSessionAttrs::ReadOnly,
+        });
+        c.user(&self.user)
             .dbname(&self.dbname)
             .application_name(APPLICATION_NAME)
             .options(self.session_options())
@@ -304,14 +446,26 @@ impl ConnConfig {
 /// `host=… port=… dbname=… user=…`: safe to log, never holds the password.
 impl fmt::Display for ConnConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut hosts = self.host_display();
+        let mut ports = self.port.to_string();
+        for h in &self.more_hosts {
+            hosts.push(',');
+            hosts.push_str(&match &h.host {
+                Host::Tcp(t) => t.clone(),
+                Host::Unix(p) => p.display().to_string(),
+            });
+            ports.push(',');
+            ports.push_str(&h.port.to_string());
+        }
         write!(
             f,
-            "host={} port={} dbname={} user={}",
-            self.host_display(),
-            self.port,
-            self.dbname,
-            self.user
-        )
+            "host={hosts} port={ports} dbname={} user={}",
+            self.dbname, self.user
+        )?;
+        if self.session_attrs != SessionAttrs::Any {
+            write!(f, " target_session_attrs={}", self.session_attrs.as_str())?;
+        }
+        Ok(())
     }
 }
 
@@ -434,8 +588,50 @@ mod tests {
             Err(ConfigError::BadSslMode(_))
         ));
         assert!(matches!(
-            ConnConfig::resolve("host=a,b", &env(&[])),
-            Err(ConfigError::SeveralHosts(_))
+            ConnConfig::resolve("host=a,b,c port=1,2", &env(&[])),
+            Err(ConfigError::PortCount { hosts: 3, ports: 2 })
         ));
+        assert!(matches!(
+            ConnConfig::resolve("host=a,b hostaddr=127.0.0.1", &env(&[])),
+            Err(ConfigError::HostAddrWithSeveralHosts(_))
+        ));
+        assert!(matches!(
+            ConnConfig::resolve("host=a target_session_attrs=prefer-primary", &env(&[])),
+            Err(ConfigError::BadSessionAttrs(_))
+        ));
+    }
+
+    #[test]
+    fn several_hosts_are_tried_in_order_with_their_ports() {
+        let cfg = ConnConfig::resolve(
+            "host=a,/tmp/s,b port=1,2,3 user=u dbname=d target_session_attrs=primary",
+            &env(&[]),
+        )
+        .expect("resolves");
+        let tried: Vec<(Host, u16)> = cfg
+            .candidates()
+            .into_iter()
+            .map(|c| {
+                assert!(c.more_hosts.is_empty());
+                (c.host, c.port)
+            })
+            .collect();
+        assert_eq!(
+            tried,
+            vec![
+                (Host::Tcp("a".into()), 1),
+                (Host::Unix("/tmp/s".into()), 2),
+                (Host::Tcp("b".into()), 3)
+            ]
+        );
+        assert_eq!(cfg.session_attrs, SessionAttrs::ReadWrite);
+        assert!(cfg.needs_choosing());
+        assert_eq!(
+            cfg.to_string(),
+            "host=a,/tmp/s,b port=1,2,3 dbname=d user=u target_session_attrs=read-write"
+        );
+        // One port for every host.
+        let cfg = ConnConfig::resolve("postgresql://u@a,b:7/d", &env(&[])).expect("resolves");
+        assert_eq!(cfg.candidates().len(), 2);
     }
 }

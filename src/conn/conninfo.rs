@@ -202,34 +202,40 @@ fn parse_uri(input: &str) -> Result<ConnInfo, ConnInfoError> {
         }
         None => authority,
     };
-    if hostport.contains(',') {
-        return Err(ConnInfoError::BadUri(
-            "several hosts are not supported: name the primary server".into(),
-        ));
-    }
-    if let Some(v6) = hostport.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| ConnInfoError::BadUri("unclosed '[' in IPv6 host".into()))?;
-        info.set("host", host.to_string())?;
-        if let Some(port) = after.strip_prefix(':') {
-            info.set("port", port.to_string())?;
-        } else if !after.is_empty() {
-            return Err(ConnInfoError::BadUri(
-                "unexpected text after IPv6 host".into(),
-            ));
-        }
-    } else if !hostport.is_empty() {
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
+    // `host1:port1,host2:port2`: one host and port list each, as the
+    // keyword form writes them (an empty port is the default).
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    for one in hostport.split(',').filter(|h| !h.is_empty()) {
+        let (host, port) = if let Some(v6) = one.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| ConnInfoError::BadUri("unclosed '[' in IPv6 host".into()))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => {
+                    return Err(ConnInfoError::BadUri(
+                        "unexpected text after IPv6 host".into(),
+                    ))
+                }
+            };
+            (host.to_string(), port)
+        } else {
+            let (host, port) = match one.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (one, None),
+            };
+            (decode(host, "the host")?, port)
         };
-        if !host.is_empty() {
-            info.set("host", decode(host, "the host")?)?;
-        }
-        if let Some(p) = port {
-            info.set("port", p.to_string())?;
-        }
+        hosts.push(host);
+        ports.push(port.unwrap_or("").to_string());
+    }
+    if hosts.iter().any(|h| !h.is_empty()) {
+        info.set("host", hosts.join(","))?;
+    }
+    if ports.iter().any(|p| !p.is_empty()) {
+        info.set("port", ports.join(","))?;
     }
     if let Some(db) = path.filter(|p| !p.is_empty()) {
         info.set("dbname", decode(db, "the database name")?)?;
@@ -345,11 +351,10 @@ mod tests {
     }
 
     #[test]
-    fn uri_rejects_host_lists_and_unknown_params() {
-        assert!(matches!(
-            parse("postgres://a,b/db"),
-            Err(ConnInfoError::BadUri(_))
-        ));
+    fn uri_host_lists_and_unknown_params() {
+        let info = parse("postgres://a:1,[::1]:2,b/db?target_session_attrs=read-write").unwrap();
+        assert_eq!(info.get("host"), Some("a,::1,b"));
+        assert_eq!(info.get("port"), Some("1,2,"));
         assert_eq!(
             parse("postgres://h/db?nope=1"),
             Err(ConnInfoError::UnknownKey("nope".into()))

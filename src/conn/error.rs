@@ -74,6 +74,11 @@ pub enum ConnectFailure {
     NoTlsOnServer,
     Tls(String),
     Config(String),
+    /// Several servers (or a `target_session_attrs`), none of them fit.
+    NoneFits {
+        wanted: &'static str,
+        tried: String,
+    },
     Other(String),
 }
 
@@ -136,6 +141,10 @@ impl fmt::Display for ConnectError {
             ),
             ConnectFailure::Tls(msg) => write!(f, "{side}: TLS with {place} failed: {msg}"),
             ConnectFailure::Config(msg) => write!(f, "{side}: {msg}"),
+            ConnectFailure::NoneFits { wanted, tried } => write!(
+                f,
+                "{side}: no server of {place} is {wanted} now ({tried}): during a failover, wait for the standby's promotion (--retry-for rides it out)"
+            ),
             ConnectFailure::Other(msg) => write!(f, "{side}: cannot connect to {place}: {msg}"),
         }
     }
@@ -143,6 +152,20 @@ impl fmt::Display for ConnectError {
 
 impl ConnectError {
     pub fn new(side: Side, cfg: &ConnConfig, failure: ConnectFailure) -> Self {
+        if !cfg.more_hosts.is_empty() {
+            let places: Vec<String> = cfg
+                .candidates()
+                .iter()
+                .map(|one| Self::new(side, one, ConnectFailure::Refused).place)
+                .collect();
+            return ConnectError {
+                side,
+                place: places.join(", "),
+                user: cfg.user.clone(),
+                dbname: cfg.dbname.clone(),
+                failure,
+            };
+        }
         let place = match &cfg.host {
             Host::Tcp(h) if h.contains(':') => format!("[{h}]:{}", cfg.port),
             Host::Tcp(h) => format!("{h}:{}", cfg.port),
@@ -162,6 +185,20 @@ impl ConnectError {
 }
 
 impl ConnectFailure {
+    /// Worth trying again: the server is down, starting, full, or (several
+    /// servers) none is what is wanted yet, as during a failover.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ConnectFailure::Refused
+                | ConnectFailure::NoSocket
+                | ConnectFailure::TimedOut
+                | ConnectFailure::NotReady(_)
+                | ConnectFailure::TooMany
+                | ConnectFailure::NoneFits { .. }
+        )
+    }
+
     /// A server's refusal during startup, by SQLSTATE.
     pub fn from_server(e: &ServerError) -> Self {
         match e.code.as_str() {

@@ -46,14 +46,7 @@ impl RawError {
     pub fn is_transient(&self) -> bool {
         match self {
             RawError::Io { .. } => true,
-            RawError::Connect(c) => matches!(
-                c.failure,
-                ConnectFailure::Refused
-                    | ConnectFailure::NoSocket
-                    | ConnectFailure::TimedOut
-                    | ConnectFailure::NotReady(_)
-                    | ConnectFailure::TooMany
-            ),
+            RawError::Connect(c) => c.failure.is_transient(),
             RawError::Server { error, .. } => {
                 error.code.starts_with("08")
                     || error.code.starts_with("57P")
@@ -253,12 +246,39 @@ pub struct RawSession {
     side: Side,
     /// `server_version_num`, e.g. 150004.
     pub server_version: u32,
+    /// The server this session reached: one host, even when it was chosen
+    /// among several.
+    pub server: Box<ConnConfig>,
 }
 
 impl RawSession {
     /// Connects and authenticates; `replication` opens a walsender session
-    /// (`replication=database`).
+    /// (`replication=database`). With several hosts, or a
+    /// `target_session_attrs`, the first server that fits (see `choose`).
     pub async fn connect(
+        side: Side,
+        cfg: &ConnConfig,
+        replication: bool,
+    ) -> Result<Self, RawError> {
+        if !cfg.needs_choosing() {
+            return Self::connect_one(side, cfg, replication).await;
+        }
+        super::choose::first_fitting(side, cfg, |one| async move {
+            Self::connect_one(side, &one, replication).await
+        })
+        .await
+    }
+
+    /// Whether the server takes only reads (a hot standby).
+    pub async fn read_only(&mut self) -> Result<bool, RawError> {
+        let rows = self.simple_query("SHOW transaction_read_only").await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .is_some_and(|v| v == "on"))
+    }
+
+    async fn connect_one(
         side: Side,
         cfg: &ConnConfig,
         replication: bool,
@@ -279,6 +299,10 @@ impl RawSession {
             wbuf: BytesMut::with_capacity(256 * 1024),
             side,
             server_version: 0,
+            server: Box::new(ConnConfig {
+                more_hosts: Vec::new(),
+                ..cfg.clone()
+            }),
         };
         session.startup(cfg, replication).await?;
         Ok(session)

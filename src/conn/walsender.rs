@@ -52,6 +52,11 @@ impl WalSender {
         self.session.server_version
     }
 
+    /// The server this session reached (one of several, maybe).
+    pub fn server(&self) -> &ConnConfig {
+        &self.session.server
+    }
+
     pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Row>, WalSenderError> {
         self.session.simple_query(sql).await
     }
@@ -73,12 +78,17 @@ impl WalSender {
 
     /// Creates a pgoutput slot and exports a snapshot of the database as of
     /// its consistent point. The snapshot lives until the next command on
-    /// this session: import it everywhere first.
+    /// this session: import it everywhere first. `failover` (PostgreSQL
+    /// 17+, ignored before): standbys with `sync_replication_slots` keep a
+    /// copy of the slot, so it survives a promotion. It is set here, at
+    /// creation: ALTER_REPLICATION_SLOT would be a second command on this
+    /// session, and end the exported snapshot.
     pub async fn create_slot_exporting_snapshot(
         &mut self,
         slot: &SlotName,
+        failover: bool,
     ) -> Result<CreatedSlot, WalSenderError> {
-        self.create_slot(slot, false).await
+        self.create_slot(slot, false, failover).await
     }
 
     /// The same with a TEMPORARY slot, gone with this session: its exported
@@ -88,20 +98,31 @@ impl WalSender {
         &mut self,
         slot: &SlotName,
     ) -> Result<CreatedSlot, WalSenderError> {
-        self.create_slot(slot, true).await
+        self.create_slot(slot, true, false).await
+    }
+
+    /// Whether this server makes failover slots (PostgreSQL 17+).
+    pub fn has_failover_slots(&self) -> bool {
+        self.session.server_version >= 170000
     }
 
     async fn create_slot(
         &mut self,
         slot: &SlotName,
         temporary: bool,
+        failover: bool,
     ) -> Result<CreatedSlot, WalSenderError> {
         let temp = if temporary { " TEMPORARY" } else { "" };
+        let failover = if failover && self.has_failover_slots() {
+            "FAILOVER true, "
+        } else {
+            ""
+        };
         // The parenthesised option list is PG 15+; the keyword form works on
         // every version pgrepl supports, but 15+ warns it is deprecated.
         let sql = if self.session.server_version >= 150000 {
             format!(
-                "CREATE_REPLICATION_SLOT {}{temp} LOGICAL pgoutput (SNAPSHOT 'export')",
+                "CREATE_REPLICATION_SLOT {}{temp} LOGICAL pgoutput ({failover}SNAPSHOT 'export')",
                 slot.as_str()
             )
         } else {
@@ -132,6 +153,21 @@ impl WalSender {
             consistent_point,
             snapshot,
         })
+    }
+
+    /// The history file of `timeline` (TIMELINE_HISTORY): the timelines it
+    /// descends from and where each ended.
+    pub async fn timeline_history(&mut self, timeline: u32) -> Result<String, WalSenderError> {
+        let rows = self
+            .session
+            .simple_query(&format!("TIMELINE_HISTORY {timeline}"))
+            .await?;
+        rows.first()
+            .and_then(|r| r.get(1).cloned().flatten())
+            .ok_or_else(|| {
+                self.session
+                    .protocol("TIMELINE_HISTORY returned no content")
+            })
     }
 
     /// Sends START_REPLICATION and waits for the server to switch to

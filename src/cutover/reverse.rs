@@ -125,7 +125,7 @@ pub async fn set_up(req: &CutoverRequest<'_>) -> Result<SyncName, CutoverError> 
         .await
         .map_err(|e| CutoverError::Other(e.to_string()))?;
     let slot = ws
-        .create_slot_exporting_snapshot(&name.slot())
+        .create_slot_exporting_snapshot(&name.slot(), false)
         .await
         .map_err(|e| CutoverError::Other(format!("target: creating the reverse slot: {e}")))?;
     drop(ws);
@@ -145,7 +145,7 @@ pub async fn set_up(req: &CutoverRequest<'_>) -> Result<SyncName, CutoverError> 
         &tgt,
         &name,
         slot.consistent_point,
-        &system.system_id,
+        &system,
         &SchemaOrigin::Existing,
         &tables,
     )

@@ -84,6 +84,9 @@ async fn status(State(ctx): State<Arc<Context>>) -> Response {
             .map_err(|e| e.to_string())?;
         crate::progress::status::report(&src, &tgt, &ctx.name)
             .await
+            .map_err(|e| e.to_string())?
+            .with_failover(&ctx.source, &src, &ctx.name)
+            .await
             .map_err(|e| e.to_string())
     };
     match tokio::time::timeout(Duration::from_secs(10), report).await {

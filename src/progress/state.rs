@@ -72,6 +72,9 @@ pub struct SyncRecord {
     pub roles: Option<crate::carry::RolesPolicy>,
     /// Where the applied position is kept.
     pub ledger: super::ledger::Ledger,
+    /// The source's timeline the sync streams from (None: not recorded,
+    /// a sync of an older pgrepl).
+    pub source_timeline: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +136,8 @@ ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS large_objects bigint;
 ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS large_objects_at timestamptz;
 -- Where the applied position is kept (origin, table; NULL: origin).
 ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS ledger text;
+-- The source's timeline the sync streams from (see source::timeline).
+ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS source_timeline bigint;
 CREATE TABLE IF NOT EXISTS pgrepl.copied_chunks (
     sync_name text NOT NULL REFERENCES pgrepl.sync (name) ON DELETE CASCADE,
     schema_name text NOT NULL,
@@ -183,7 +188,8 @@ pub async fn load_sync(
     let row = client
         .query_opt(
             "SELECT phase, consistent_lsn, schema_created, cleanup_sql, source_system_id, started_at::text,
-                    to_jsonb(s) ->> 'reverse_of', to_jsonb(s) ->> 'roles', to_jsonb(s) ->> 'ledger'
+                    to_jsonb(s) ->> 'reverse_of', to_jsonb(s) ->> 'roles', to_jsonb(s) ->> 'ledger',
+                    (to_jsonb(s) ->> 'source_timeline')::bigint
              FROM pgrepl.sync s WHERE name = $1",
             &[&name.as_str()],
         )
@@ -209,6 +215,9 @@ pub async fn load_sync(
                 .get::<_, Option<&str>>(7)
                 .and_then(crate::carry::RolesPolicy::parse),
             ledger: super::ledger::Ledger::named(row.get::<_, Option<&str>>(8), name),
+            source_timeline: row
+                .get::<_, Option<i64>>(9)
+                .and_then(|t| u32::try_from(t).ok()),
         })
     }))
 }
@@ -218,7 +227,7 @@ pub async fn begin_copy(
     client: &impl GenericClient,
     name: &SyncName,
     consistent_lsn: Lsn,
-    source_system_id: &str,
+    source: &crate::conn::walsender::SystemInfo,
     schema: &SchemaOrigin,
     tables: &[TableName],
 ) -> Result<(), tokio_postgres::Error> {
@@ -228,9 +237,16 @@ pub async fn begin_copy(
     };
     client
         .execute(
-            "INSERT INTO pgrepl.sync (name, phase, consistent_lsn, schema_created, cleanup_sql, source_system_id)
-             VALUES ($1, 'copying', $2, $3, $4, $5)",
-            &[&name.as_str(), &consistent_lsn, &created, &cleanup, &source_system_id],
+            "INSERT INTO pgrepl.sync (name, phase, consistent_lsn, schema_created, cleanup_sql, source_system_id, source_timeline)
+             VALUES ($1, 'copying', $2, $3, $4, $5, $6)",
+            &[
+                &name.as_str(),
+                &consistent_lsn,
+                &created,
+                &cleanup,
+                &source.system_id,
+                &i64::from(source.timeline),
+            ],
         )
         .await?;
     let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
@@ -240,6 +256,21 @@ pub async fn begin_copy(
             "INSERT INTO pgrepl.tables (sync_name, schema_name, table_name, state)
              SELECT $1, s, n, 'pending' FROM unnest($2::text[], $3::text[]) AS u(s, n)",
             &[&name.as_str(), &schemas, &names],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records the source's timeline the sync now streams from.
+pub async fn record_timeline(
+    client: &impl GenericClient,
+    name: &SyncName,
+    timeline: u32,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE pgrepl.sync SET source_timeline = $2 WHERE name = $1",
+            &[&name.as_str(), &i64::from(timeline)],
         )
         .await?;
     Ok(())

