@@ -177,6 +177,20 @@ pub struct Endpoints {
     )]
     pub target: String,
 
+    /// Decode on this standby of the source (PostgreSQL 16+) rather than on
+    /// the primary: the slot lives there and the copy reads there, sparing
+    /// the primary; --source stays the primary (publication, DDL capture,
+    /// sequences, cutover). The standby needs wal_level = logical,
+    /// hot_standby_feedback = on and a physical slot on the primary. Give it
+    /// to every command of the sync. Falls back to $PGREPL_SOURCE_STANDBY.
+    #[arg(
+        long,
+        env = "PGREPL_SOURCE_STANDBY",
+        hide_env_values = true,
+        value_name = "CONNINFO"
+    )]
+    pub source_standby: Option<String>,
+
     /// Name of the sync: its slot, publication and origin are pgrepl_NAME.
     /// Lower-case letters, digits and underscores.
     #[arg(long, default_value = "pgrepl", value_name = "NAME")]

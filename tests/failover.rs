@@ -19,13 +19,17 @@ const LIMIT: Duration = Duration::from_secs(180);
 /// Primary, standby (keeping failover slots), target; `None` (said on
 /// stderr) below 17, which has no failover slots.
 async fn servers() -> Option<(Cluster, Cluster, Cluster)> {
+    servers_from(17, "failover slots").await
+}
+
+async fn servers_from(major: u32, what: &str) -> Option<(Cluster, Cluster, Cluster)> {
     let primary = Cluster::start_with(
         "primary",
         support::PgInstall::for_source(),
         ClusterOptions::default(),
     );
-    if primary.major() < 17 {
-        eprintln!("skipped: failover slots need PostgreSQL 17+");
+    if primary.major() < major {
+        eprintln!("skipped: {what} need PostgreSQL {major}+");
         return None;
     }
     let standby =
@@ -287,4 +291,115 @@ async fn a_standby_promoted_behind_the_target_stops_the_sync_naming_both_positio
         Some("0"),
         "something of the new timeline was applied"
     );
+}
+
+/// `--source-standby`: the slot made on a standby (PostgreSQL 16+), the
+/// copy read there under its exported snapshot, the changes decoded there;
+/// the primary only publishes and captures DDL. Every type of the fidelity
+/// fixture, DDL while streaming; the target ends equal to the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoding_on_a_standby_ends_equal_to_the_primary() {
+    let Some((primary, standby, target)) = servers_from(12, "standbys").await else {
+        return;
+    };
+    let refused = |standby: String| {
+        let (primary, target) = (primary.conninfo(), target.conninfo());
+        async move {
+            let out = pgrepl::run(
+                &[
+                    "check",
+                    "--source",
+                    &primary,
+                    "--source-standby",
+                    &standby,
+                    "--target",
+                    &target,
+                ],
+                LIMIT,
+            )
+            .await;
+            assert!(!out.success(), "{out}");
+            out.stdout
+        }
+    };
+    // The primary itself is no standby to decode on.
+    let said = refused(primary.conninfo()).await;
+    assert!(said.contains("is not a standby"), "{said}");
+    if primary.major() < 16 {
+        let said = refused(standby.conninfo()).await;
+        assert!(said.contains("cannot decode on a standby"), "{said}");
+        return;
+    }
+    primary.exec(include_str!("../fixtures/fidelity.sql")).await;
+    let ends = [
+        "--source",
+        &primary.conninfo(),
+        "--source-standby",
+        &standby.conninfo(),
+        "--target",
+        &target.conninfo(),
+    ]
+    .map(String::from);
+    let with = |cmd: &str, extra: &[&str]| -> Vec<String> {
+        std::iter::once(cmd.to_string())
+            .chain(ends.iter().cloned())
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let run = |args: Vec<String>| async move {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        pgrepl::run(&a, LIMIT).await
+    };
+    let check = run(with("check", &[])).await;
+    assert!(
+        check.success() && check.stdout.contains("decoding on standby"),
+        "{check}"
+    );
+    let args = with("sync", &[]);
+    let mut sync = pgrepl::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    support::wait_for_phase(&target, "streaming", LIMIT).await;
+    let slot = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgrepl_pgrepl'";
+    assert_eq!(
+        standby.value(slot).await.as_deref(),
+        Some("1"),
+        "the slot is on the standby"
+    );
+    assert_eq!(
+        primary.value(slot).await.as_deref(),
+        Some("0"),
+        "no slot on the primary"
+    );
+    primary
+        .exec(
+            "CREATE TEMP TABLE tmp AS SELECT * FROM fidelity.types;
+             UPDATE tmp SET id = id + 100;
+             INSERT INTO fidelity.types SELECT * FROM tmp;
+             DELETE FROM fidelity.types WHERE id = 4;
+             UPDATE fidelity.big SET small = 'changed ' || id;
+             ALTER TABLE fidelity.types ADD COLUMN added text DEFAULT 'new column';
+             CREATE TABLE fidelity.later (id int PRIMARY KEY, v text);
+             INSERT INTO fidelity.later SELECT g, md5(g::text) FROM generate_series(1, 500) g;",
+        )
+        .await;
+    caught_up(&primary, &target, &mut sync).await;
+    let (p, t) = (primary.client().await, target.client().await);
+    support::schema::assert_same_shape(&p, &t).await;
+    let rows = assert_same_data(&p, &t).await;
+    assert!(rows > 500, "{rows}");
+    let verify = run(with("verify", &[])).await;
+    assert!(verify.success(), "{verify}");
+    let status = run(with("status", &[])).await;
+    assert!(
+        status.success() && status.stdout.contains("streaming (pid"),
+        "{status}"
+    );
+    sync.signal(libc::SIGTERM);
+    let out = sync.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+    let down = run(with("teardown", &[])).await;
+    assert!(
+        down.success() && down.stdout.contains("source's standby: replication slot"),
+        "{down}"
+    );
+    assert_eq!(standby.value(slot).await.as_deref(), Some("0"));
 }

@@ -89,7 +89,7 @@ pub async fn follow_timeline(
 /// than the target made durable (see `position`), so the target lost them:
 /// restored from a backup, or its last transactions lost in a crash.
 pub async fn refuse_a_gap(req: &StreamRequest<'_>, durable: Lsn) -> Result<(), SessionError> {
-    let src = req.source.connect().await?;
+    let src = req.source.decoder().connect().await?;
     let slot = crate::source::setup::slot_info(&src, &req.name.slot())
         .await
         .map_err(|e| SessionError::Source {

@@ -375,7 +375,7 @@ async fn session(
     paths: &Arc<super::paths::Totals>,
 ) -> Result<Outcome, SessionError> {
     let (mut session, start) = apply_session(req.target, &req.ledger, req.name).await?;
-    let mut walsender = WalSender::connect(Side::Source, &req.source.config).await?;
+    let mut walsender = WalSender::connect(Side::Source, &req.source.decoder().config).await?;
     super::guard::follow_timeline(req, &mut walsender, start).await?;
     super::guard::refuse_a_gap(req, start).await?;
     let (applied, recorded) = recorded_end(&mut session, req.name).await?;

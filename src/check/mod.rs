@@ -7,6 +7,7 @@ mod failover;
 mod grants;
 pub mod report;
 mod source;
+mod standby;
 mod target;
 
 pub use report::{Finding, Level, Report};
@@ -108,7 +109,11 @@ pub async fn run(
         opts
     };
     let (source_facts, selected) = source::check(source, src, opts, &mut report).await?;
-    failover::check(source, src, opts, &mut report).await?;
+    if source.standby.is_some() {
+        standby::check(source, &source_facts, &mut report).await?;
+    } else {
+        failover::check(source, src, opts, &mut report).await?;
+    }
     let (target_facts, existing) =
         target::check(tgt, opts, &source_facts, selected.as_ref(), &mut report).await?;
     if let Some(selected) = &selected {

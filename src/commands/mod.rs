@@ -50,10 +50,13 @@ pub(crate) fn endpoints(e: &Endpoints) -> anyhow::Result<(Endpoint, Endpoint)> {
         source.session_attrs = crate::conn::config::SessionAttrs::ReadWrite;
     }
     let target = ConnConfig::resolve(&e.target, &env).context("--target")?;
-    Ok((
-        Endpoint::new(Side::Source, source),
-        Endpoint::new(Side::Target, target),
-    ))
+    let mut source = Endpoint::new(Side::Source, source);
+    if let Some(standby) = &e.source_standby {
+        source.standby = Some(Box::new(
+            ConnConfig::resolve(standby, &env).context("--source-standby")?,
+        ));
+    }
+    Ok((source, Endpoint::new(Side::Target, target)))
 }
 
 /// SIGINT and SIGTERM, latched from the start of a command that stops

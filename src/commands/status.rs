@@ -8,7 +8,8 @@ use crate::progress::status;
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (source, target) = super::endpoints(&args.endpoints)?;
     let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
-    let report = status::report(&src, &tgt, &args.endpoints.name)
+    let decoder = source.connect_decoder().await?;
+    let report = status::report(&src, decoder.as_ref(), &tgt, &args.endpoints.name)
         .await?
         .with_failover(&source, &src, &args.endpoints.name)
         .await?;

@@ -61,7 +61,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
             println!(
                 "A copy started at {started} was interrupted; its snapshot is gone. Removing what it wrote and starting the copy over."
             );
-            let gone = snapshot::discard(&src, &tgt, &name)
+            let gone = snapshot::discard(&source.decoder().connect().await?, &tgt, &name)
                 .await
                 .context("cleaning the interrupted copy")?;
             tracing::info!(
@@ -121,7 +121,13 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
     }
     // A slot without state on the target is left by a run that died before
     // recording anything: nothing depends on it.
-    if setup::drop_slot(&src, &name.slot(), name.as_str()).await? {
+    if setup::drop_slot(
+        &source.decoder().connect().await?,
+        &name.slot(),
+        name.as_str(),
+    )
+    .await?
+    {
         tracing::warn!(slot = %name.slot(), "dropped a slot left by an interrupted run");
     }
     setup::drop_publication(&src, &name.publication()).await?;
@@ -285,7 +291,8 @@ async fn stream(
     if args.ddl_privileges {
         tracing::warn!("--ddl-privileges is obsolete: GRANT, REVOKE and ownership changes are replicated unless --roles skip");
     }
-    match setup::settled_slot_info(src, &name.slot()).await? {
+    let decoder = source.decoder().connect().await?;
+    match setup::settled_slot_info(&decoder, &name.slot()).await? {
         None => bail!(
             "source: slot {} is gone, so the changes since the copy are lost: run `pgrepl teardown --name {name}`, empty the target, and sync again",
             name.slot()
@@ -520,7 +527,7 @@ fn refuse_on_errors(preflight: &Preflight) -> anyhow::Result<()> {
 async fn abandon(source: &Endpoint, target: &Endpoint, name: &crate::sql::SyncName) {
     let result = async {
         let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
-        snapshot::discard(&src, &tgt, name).await?;
+        snapshot::discard(&source.decoder().connect().await?, &tgt, name).await?;
         setup::drop_publication(&src, &name.publication()).await?;
         capture::remove(&src, name).await?;
         Ok::<(), anyhow::Error>(())

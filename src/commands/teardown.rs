@@ -24,7 +24,7 @@ pub async fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
 
     match src {
         Ok(src) => {
-            if let Err(e) = clean_source(&src, name, &mut removed).await {
+            if let Err(e) = clean_source(&source, &src, name, &mut removed).await {
                 failed.push(format!("{e:#}"));
             }
             if args.unfence {
@@ -75,12 +75,17 @@ pub async fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
 /// The slot (first: it is what fills the source's disk), the publication,
 /// the DDL capture.
 async fn clean_source(
+    source: &crate::conn::Endpoint,
     src: &tokio_postgres::Client,
     name: &SyncName,
     removed: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    if setup::drop_slot(src, &name.slot(), name.as_str()).await? {
-        removed.push(format!("source: replication slot {}", name.slot()));
+    let (decoder, place) = match &source.standby {
+        Some(_) => (source.decoder().connect().await?, "source's standby"),
+        None => (source.connect().await?, "source"),
+    };
+    if setup::drop_slot(&decoder, &name.slot(), name.as_str()).await? {
+        removed.push(format!("{place}: replication slot {}", name.slot()));
     }
     if setup::drop_publication(src, &name.publication()).await? {
         removed.push(format!("source: publication {}", name.publication()));

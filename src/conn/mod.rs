@@ -22,11 +22,37 @@ use tokio_postgres::Client;
 pub struct Endpoint {
     pub side: Side,
     pub config: ConnConfig,
+    /// A source decoded on its standby (`--source-standby`): the server
+    /// where the slot lives and the copy reads.
+    pub standby: Option<Box<ConnConfig>>,
 }
 
 impl Endpoint {
     pub fn new(side: Side, config: ConnConfig) -> Self {
-        Self { side, config }
+        Self {
+            side,
+            config,
+            standby: None,
+        }
+    }
+
+    /// A session on the standby that decodes, when there is one
+    /// (`--source-standby`); `None`: the slot is on this server.
+    pub async fn connect_decoder(&self) -> Result<Option<Client>, ConnectError> {
+        match &self.standby {
+            Some(_) => Ok(Some(self.decoder().connect().await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The server that decodes: the standby with `--source-standby`, else
+    /// this one. The slot lives there; replication sessions, the copy
+    /// and everything reading the slot go there.
+    pub fn decoder(&self) -> Endpoint {
+        match &self.standby {
+            Some(s) => Endpoint::new(self.side, (**s).clone()),
+            None => Endpoint::new(self.side, self.config.clone()),
+        }
     }
 
     /// Opens a normal session; its connection task runs in the background

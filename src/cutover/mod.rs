@@ -230,10 +230,13 @@ async fn start_sync(src: &Client, req: &CutoverRequest<'_>) -> Result<Sync, Cuto
     // An active slot means a running sync (not waiting for it to settle:
     // one that just exited would not answer the hold request, which then
     // fails clearly after --wait).
-    let slot = crate::source::setup::slot_info(src, &req.name.slot())
-        .await
-        .map_err(|e| CutoverError::Other(e.to_string()))?
-        .ok_or_else(|| CutoverError::Other(format!("source: slot {} is gone", req.name.slot())))?;
+    let slot =
+        crate::source::setup::slot_info(&req.source.decoder().connect().await?, &req.name.slot())
+            .await
+            .map_err(|e| CutoverError::Other(e.to_string()))?
+            .ok_or_else(|| {
+                CutoverError::Other(format!("source: slot {} is gone", req.name.slot()))
+            })?;
     if slot.active_pid.is_some() {
         return Ok(Sync::Running);
     }
@@ -277,8 +280,13 @@ async fn start_sync(src: &Client, req: &CutoverRequest<'_>) -> Result<Sync, Cuto
     Ok(Sync::Own { stop, task })
 }
 
-async fn lag(src: &Client, tgt: &Client, name: &SyncName) -> Result<(u64, f64), CutoverError> {
-    let r = crate::progress::status::report(src, tgt, name)
+async fn lag(
+    src: &Client,
+    decoder: Option<&Client>,
+    tgt: &Client,
+    name: &SyncName,
+) -> Result<(u64, f64), CutoverError> {
+    let r = crate::progress::status::report(src, decoder, tgt, name)
         .await
         .map_err(|e| CutoverError::Other(e.to_string()))?;
     Ok((
@@ -297,8 +305,9 @@ async fn cut_over(
 ) -> Result<Summary, CutoverError> {
     // 1. The lag under the limits.
     let waiting = Instant::now();
+    let decoder = req.source.connect_decoder().await?;
     loop {
-        let (bytes, secs) = lag(src, tgt, req.name).await?;
+        let (bytes, secs) = lag(src, decoder.as_ref(), tgt, req.name).await?;
         if bytes <= req.max_lag_bytes && secs <= req.max_lag_time.as_secs_f64() {
             break;
         }

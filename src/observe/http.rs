@@ -82,7 +82,12 @@ async fn status(State(ctx): State<Arc<Context>>) -> Response {
     let report = async {
         let (src, tgt) = tokio::try_join!(ctx.source.connect(), ctx.target.connect())
             .map_err(|e| e.to_string())?;
-        crate::progress::status::report(&src, &tgt, &ctx.name)
+        let decoder = ctx
+            .source
+            .connect_decoder()
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::progress::status::report(&src, decoder.as_ref(), &tgt, &ctx.name)
             .await
             .map_err(|e| e.to_string())?
             .with_failover(&ctx.source, &src, &ctx.name)

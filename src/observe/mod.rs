@@ -20,7 +20,7 @@ pub fn watch_wal(
 ) -> (tokio::task::JoinHandle<()>, watch::Receiver<Option<String>>) {
     let (tx, rx) = watch::channel(None);
     let task = tokio::spawn(wal::watch_slot(
-        source.clone(),
+        source.decoder(),
         name.clone(),
         warn_bytes,
         tx,

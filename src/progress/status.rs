@@ -284,8 +284,11 @@ fn serr(side: &'static str, what: &'static str) -> impl Fn(tokio_postgres::Error
     }
 }
 
+/// `decoder`: a session where the slot lives when that is not `src` (a
+/// source decoded on its standby).
 pub async fn report(
     src: &Client,
+    decoder: Option<&Client>,
     tgt: &Client,
     name: &SyncName,
 ) -> Result<StatusReport, StatusError> {
@@ -294,7 +297,7 @@ pub async fn report(
         .await
         .map_err(serr("source", "reading the WAL position"))?
         .get(0);
-    let slot = setup::slot_info(src, &name.slot())
+    let slot = setup::slot_info(decoder.unwrap_or(src), &name.slot())
         .await
         .map_err(|e| StatusError {
             side: "source",

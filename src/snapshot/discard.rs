@@ -20,13 +20,15 @@ pub struct Discarded {
 /// schema step created (or empties the tables with `--existing-schema`),
 /// and forgets the sync. The rows of tables pgrepl did not create are left
 /// alone.
+/// `decoder`: a session on the server where the slot lives (the source, or
+/// its standby with `--source-standby`).
 pub async fn discard(
-    src: &Client,
+    decoder: &Client,
     tgt: &Client,
     name: &SyncName,
 ) -> Result<Discarded, SnapshotError> {
     let mut out = Discarded {
-        slot: crate::source::setup::drop_slot(src, &name.slot(), name.as_str()).await?,
+        slot: crate::source::setup::drop_slot(decoder, &name.slot(), name.as_str()).await?,
         ..Default::default()
     };
     if let Some(record) = state::load_sync(tgt, name)

@@ -154,19 +154,33 @@ pub struct Copied {
 /// Creates the slot and copies everything under its snapshot. On error the
 /// caller discards the partial copy (see [`discard`]).
 pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
-    let mut walsender = WalSender::connect(Side::Source, &req.source.config).await?;
+    // The slot lives where the source decodes: the primary, or its standby
+    // (`--source-standby`).
+    let on_standby = req.source.standby.is_some();
+    let mut walsender = WalSender::connect(Side::Source, &req.source.decoder().config).await?;
     // The exported snapshot lives on the server that made the slot: every
     // session of the copy (and pg_dump) goes there, whichever server of a
-    // multi-host conninfo that was.
+    // multi-host conninfo that was, or the standby.
     let pinned = crate::conn::Endpoint::new(Side::Source, walsender.server().clone());
+    let primary = req.source;
     let req = CopyRequest {
         source: &pinned,
         ..req
     };
     let system = walsender.identify_system().await?;
-    let slot = walsender
-        .create_slot_exporting_snapshot(&req.name.slot(), req.failover_slot)
-        .await?;
+    let slot = {
+        // On a standby the slot is ready at the next running-xacts record
+        // from the primary, which the primary writes every 15 s by itself:
+        // asked for now and again meanwhile (where the role may).
+        let kick = on_standby.then(|| tokio::spawn(log_standby_snapshots(primary.clone())));
+        let created = walsender
+            .create_slot_exporting_snapshot(&req.name.slot(), req.failover_slot && !on_standby)
+            .await;
+        if let Some(k) = kick {
+            k.abort();
+        }
+        created?
+    };
     tracing::info!(slot = %req.name.slot(), consistent_lsn = %slot.consistent_point, snapshot = %slot.snapshot, "replication slot created");
 
     let holder = Holder::open(&req, &slot.snapshot).await?;
@@ -310,4 +324,24 @@ async fn dump(
         })
         .await?;
     Ok(Some(schema::split_clean(schema::parse_dump(&sql)?)))
+}
+
+/// Asks the primary for a running-xacts record every second (PostgreSQL
+/// 16+ `pg_log_standby_snapshot()`), so a slot being made on its standby
+/// need not wait for the next one the primary writes by itself. A role
+/// that may not call it leaves the waiting to the primary.
+async fn log_standby_snapshots(primary: crate::conn::Endpoint) {
+    let Ok(client) = primary.connect().await else {
+        return;
+    };
+    loop {
+        if let Err(e) = client
+            .batch_execute("SELECT pg_catalog.pg_log_standby_snapshot()")
+            .await
+        {
+            tracing::debug!(error = %describe(&e), "pg_log_standby_snapshot refused: the slot waits for the primary's own running-xacts record (up to 15 s)");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }

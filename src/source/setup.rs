@@ -49,7 +49,8 @@ pub async fn slot_info(client: &Client, slot: &SlotName) -> Result<Option<SlotIn
     let row = client
         .query_opt(
             "SELECT active_pid, confirmed_flush_lsn, restart_lsn,
-                    coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8,
+                    coalesce(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                                                  ELSE pg_current_wal_lsn() END, restart_lsn), 0)::int8,
                     coalesce(to_jsonb(s) ->> 'wal_status' = 'lost', false),
                     to_jsonb(s) ->> 'wal_status', (to_jsonb(s) ->> 'safe_wal_size')::int8
              FROM pg_replication_slots s WHERE slot_name = $1",

@@ -129,9 +129,7 @@ pub async fn run(req: &VerifyRequest<'_>) -> Result<Report, VerifyError> {
             .unwrap_or_default(),
     };
     let snaps = match req.mode {
-        Mode::Stopped => {
-            snapshots::while_stopped(req.source, req.target, &src, &tgt, req.name).await?
-        }
+        Mode::Stopped => snapshots::while_stopped(req.source, req.target, &tgt, req.name).await?,
         Mode::Running => {
             snapshots::while_running(req.source, req.target, &src, &tgt, req.name, req.wait).await?
         }

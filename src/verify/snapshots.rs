@@ -195,11 +195,10 @@ pub async fn while_running(
 pub async fn while_stopped(
     source: &Endpoint,
     target: &Endpoint,
-    src: &Client,
     tgt: &Client,
     name: &SyncName,
 ) -> Result<Snapshots, VerifyError> {
-    let slot = crate::source::setup::slot_info(src, &name.slot())
+    let slot = crate::source::setup::slot_info(&source.decoder().connect().await?, &name.slot())
         .await
         .map_err(|e| VerifyError::Other(e.to_string()))?
         .ok_or_else(|| {
@@ -221,7 +220,10 @@ pub async fn while_stopped(
     let (exporter, created) = source_snapshot(source, name).await?;
     let lsn = created.consistent_point;
     // Changes the sync's slot holds before P, that the target lacks.
-    let pending: i64 = src
+    let pending: i64 = source
+        .decoder()
+        .connect()
+        .await?
         .query_one(
             &format!(
                 "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, $2::text::pg_lsn, NULL,
