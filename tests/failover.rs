@@ -403,3 +403,56 @@ async fn decoding_on_a_standby_ends_equal_to_the_primary() {
     );
     assert_eq!(standby.value(slot).await.as_deref(), Some("0"));
 }
+
+/// Without a failover slot (PostgreSQL 12–16, or `--failover-slot false`)
+/// the promoted standby has no slot: the sync stops and says so, rather
+/// than retrying for ever or starting anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_failover_slot_a_failover_stops_the_sync_with_what_to_do() {
+    let Some((mut primary, standby, target)) = servers_from(12, "standbys").await else {
+        return;
+    };
+    primary
+        .exec("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)")
+        .await;
+    let source = both(&primary, &standby);
+    let check = pgrepl::run(
+        &[
+            "check",
+            "--source",
+            &source,
+            "--target",
+            &target.conninfo(),
+            "--failover-slot",
+            "false",
+        ],
+        LIMIT,
+    )
+    .await;
+    assert!(check.success(), "{check}");
+    assert!(
+        check.stdout.contains("WARN   source failover"),
+        "check warns that a failover loses the sync: {check}"
+    );
+    let sync = pgrepl::spawn(&[
+        "sync",
+        "--source",
+        &source,
+        "--target",
+        &target.conninfo(),
+        "--failover-slot",
+        "false",
+        "--retry-for",
+        "150s",
+    ]);
+    support::wait_for_phase(&target, "streaming", LIMIT).await;
+    primary.stop_mode("immediate");
+    standby.promote().await;
+    let out = sync.wait(LIMIT).await;
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.error_line()
+            .contains("does not exist on the server now answering"),
+        "{out}"
+    );
+}

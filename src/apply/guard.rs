@@ -103,6 +103,13 @@ pub async fn refuse_a_gap(req: &StreamRequest<'_>, durable: Lsn) -> Result<(), S
             target_at: durable,
             name: req.name.to_string(),
         }),
+        // Checked when the sync started: gone since, it was dropped, or
+        // the source failed over to a server without it.
+        None => Err(SessionError::SlotGone {
+            slot: req.name.slot().to_string(),
+            server: req.source.decoder().config.to_string(),
+            name: req.name.to_string(),
+        }),
         _ => Ok(()),
     }
 }

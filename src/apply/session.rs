@@ -76,6 +76,12 @@ pub enum SessionError {
         current: u32,
         recorded: u32,
     },
+    #[error("source: slot {slot} does not exist on the server now answering ({server}): it was dropped, or the source failed over to a server without it (failover slots need PostgreSQL 17+ and a standby with sync_replication_slots). The changes since the target's position cannot be streamed: start over (`pgrepl teardown --name {name}`, then `pgrepl sync`)")]
+    SlotGone {
+        slot: String,
+        server: String,
+        name: String,
+    },
     #[error("gave up after retrying for {after}: {last}")]
     GaveUp {
         after: String,
@@ -110,6 +116,7 @@ impl SessionError {
             | SessionError::GaveUp { .. }
             | SessionError::OtherSystem { .. }
             | SessionError::TargetAhead { .. }
+            | SessionError::SlotGone { .. }
             | SessionError::OtherTimeline { .. } => false,
         }
     }
@@ -125,6 +132,7 @@ impl SessionError {
             | SessionError::Source { .. }
             | SessionError::OtherSystem { .. }
             | SessionError::TargetAhead { .. }
+            | SessionError::SlotGone { .. }
             | SessionError::OtherTimeline { .. } => "source",
             SessionError::Apply(ApplyError::Stream(_) | ApplyError::Decode(_)) => "source",
             SessionError::Apply(_)

@@ -329,9 +329,10 @@ impl Cluster {
         std::fs::write(&signal, "").expect("write standby.signal");
         chown_ids(&signal, owner);
         let mut settings = vec![
+            // Over TCP: a container sees only its own folder, not the
+            // primary's socket.
             format!(
-                "primary_conninfo = 'host={} port={} user=postgres dbname=postgres application_name={name}'",
-                primary.root.display(),
+                "primary_conninfo = 'host=127.0.0.1 port={} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres application_name={name}'",
                 primary.port
             ),
             format!("primary_slot_name = '{slot}'"),
