@@ -116,6 +116,34 @@ async fn rds_like_pair() -> Option<Pair> {
     Some(pair)
 }
 
+/// The end of every profile's run: verify while the sync streams, cut
+/// over (`--terminate`), the sync ends; the target equals the source and
+/// its sequence is past the source's. Returns a session on the target.
+async fn verify_and_cut_over(pair: &Pair, ends: &[&str], sync: pgrepl::Running) -> Client {
+    let verify = pgrepl::run(&[&["verify"], ends].concat(), LIMIT).await;
+    assert!(verify.success(), "{verify}");
+    let cutover = pgrepl::run(&[&["cutover"], ends, &["--terminate"]].concat(), LIMIT).await;
+    assert!(cutover.success(), "{cutover}");
+    let _ = sync.wait(LIMIT).await;
+    let target = pair.target.client_db("shop").await;
+    assert_same_data(&pair.source.client_db("shop").await, &target).await;
+    let seq = |c: Client, sql: &'static str| async move {
+        c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0)
+    };
+    let last = seq(
+        pair.source.client_db("shop").await,
+        "SELECT last_value FROM shop.customers_id_seq",
+    )
+    .await;
+    let next = seq(
+        pair.target.client_db("shop").await,
+        "SELECT nextval('shop.customers_id_seq')",
+    )
+    .await;
+    assert!(next > last, "sequence set past the source's {last}: {next}");
+    target
+}
+
 async fn phase(c: &Cluster) -> Option<String> {
     let client = c.client_db("shop").await;
     client
@@ -187,19 +215,7 @@ async fn rds_like_admin_on_both_ends_syncs_verifies_and_cuts_over() {
     )
     .await
     .unwrap();
-    let verify = pgrepl::run(&[&["verify"], &ends[..]].concat(), LIMIT).await;
-    assert!(verify.success(), "{verify}");
-    let cutover = pgrepl::run(&[&["cutover"], &ends[..], &["--terminate"]].concat(), LIMIT).await;
-    assert!(cutover.success(), "{cutover}");
-    let _ = sync.wait(LIMIT).await;
-    let target = pair.target.client_db("shop").await;
-    assert_same_data(&pair.source.client_db("shop").await, &target).await;
-    let next: i64 = target
-        .query_one("SELECT nextval('shop.customers_id_seq')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(next > 501, "sequence set past the source's: {next}");
+    let target = verify_and_cut_over(&pair, &ends, sync).await;
     let reporting: (bool, bool) = target
         .query_one(
             "SELECT rolcanlogin, has_table_privilege('reporting', 'shop.orders', 'SELECT') FROM pg_roles WHERE rolname = 'reporting'",
@@ -748,18 +764,7 @@ async fn without_origin_functions_the_progress_table_keeps_it_exactly_once() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let written = writer.await.unwrap();
     assert!(written > 0);
-    let verify = pgrepl::run(&[&["verify"], &ends[..]].concat(), LIMIT).await;
-    assert!(verify.success(), "{verify}");
-    let cutover = pgrepl::run(&[&["cutover"], &ends[..], &["--terminate"]].concat(), LIMIT).await;
-    assert!(cutover.success(), "{cutover}");
-    let _ = sync.wait(LIMIT).await;
-    assert_same_data(&pair.source.client_db("shop").await, &target).await;
-    let next: i64 = target
-        .query_one("SELECT nextval('shop.customers_id_seq')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(next > 500, "sequence set past the source's: {next}");
+    verify_and_cut_over(&pair, &ends, sync).await;
     let down = pgrepl::run(&[&["teardown"], &ends[..]].concat(), LIMIT).await;
     assert!(down.success(), "{down}");
 }
@@ -855,19 +860,7 @@ async fn the_least_privileges_are_enough_for_sync_verify_and_cutover() {
     .unwrap();
     let status = pgrepl::run(&[&["status"], &ends[..]].concat(), LIMIT).await;
     assert!(status.success(), "{status}");
-    let verify = pgrepl::run(&[&["verify"], &ends[..]].concat(), LIMIT).await;
-    assert!(verify.success(), "{verify}");
-    let cutover = pgrepl::run(&[&["cutover"], &ends[..], &["--terminate"]].concat(), LIMIT).await;
-    assert!(cutover.success(), "{cutover}");
-    let _ = sync.wait(LIMIT).await;
-    let target = pair.target.client_db("shop").await;
-    assert_same_data(&pair.source.client_db("shop").await, &target).await;
-    let next: i64 = target
-        .query_one("SELECT nextval('shop.customers_id_seq')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(next > 501, "sequence set past the source's: {next}");
+    verify_and_cut_over(&pair, &ends, sync).await;
     let write = connect(&pair.source, "app")
         .await
         .batch_execute("INSERT INTO shop.returns VALUES (1000, 1, 'late')")

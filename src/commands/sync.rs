@@ -82,7 +82,6 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
             }
             refuse_on_errors(&preflight)?;
             let start = Resume {
-                system_id: rec.source_system_id.clone(),
                 roles: preflight.carry.policy,
                 wal: crate::observe::watch_wal(&source, &name, args.warn_wal),
             };
@@ -234,18 +233,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let system_id = crate::progress::state::load_sync(&tgt, &name)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "target: reading pgrepl state: {}",
-                crate::conn::error::describe(&e)
-            )
-        })?
-        .map(|r| r.source_system_id)
-        .unwrap_or_default();
     let start = Resume {
-        system_id,
         roles: preflight.carry.policy,
         wal: (wal_task, lost),
     };
@@ -267,8 +255,6 @@ async fn lost_reason(lost: &mut tokio::sync::watch::Receiver<Option<String>>) ->
 
 /// What streaming takes from the sync's record, and the WAL-safety watch.
 struct Resume {
-    /// The source's system identifier the copy was made from ("" unknown).
-    system_id: String,
     roles: Option<RolesPolicy>,
     wal: (
         tokio::task::JoinHandle<()>,
@@ -287,7 +273,7 @@ async fn stream(
     json_logs: bool,
 ) -> anyhow::Result<ExitCode> {
     let name = &args.endpoints.name;
-    let (system_id, roles) = (start.system_id.as_str(), start.roles);
+    let roles = start.roles;
     if args.ddl_privileges {
         tracing::warn!("--ddl-privileges is obsolete: GRANT, REVOKE and ownership changes are replicated unless --roles skip");
     }
@@ -321,17 +307,8 @@ async fn stream(
         .with_context(|| format!("target: sync {name} is not recorded there"))?;
     ledger_usable(args, tgt, name, &record.ledger).await?;
     tracing::info!(ledger = %record.ledger, "exactly-once: the applied position is kept in the {}", record.ledger);
-    let mut ws =
-        crate::conn::walsender::WalSender::connect(crate::conn::Side::Source, &source.config)
-            .await?;
-    let sys = ws.identify_system().await?;
-    drop(ws);
-    if !system_id.is_empty() && sys.system_id != system_id {
-        bail!(
-            "source: this server (system {}) is not the one the target was copied from (system {system_id}): check --source",
-            sys.system_id
-        );
-    }
+    // (That the source is the server the target was copied from, on its
+    // timeline, is checked at every streaming session: `apply::guard`.)
     let exists: bool = src
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",

@@ -234,23 +234,32 @@ impl Cluster {
             std::fs::write(&path, format!("{}\n{old}", opts.hba.join("\n")))
                 .expect("write pg_hba.conf");
         }
+        cluster.start_on_a_free_port(&opts);
+        cluster
+    }
+
+    /// Writes the configuration and starts, on another port while the one
+    /// picked turns out taken.
+    fn start_on_a_free_port(&mut self, opts: &ClusterOptions) {
         for attempt in 0..8 {
-            cluster.port = free_port();
-            cluster.write_config(&opts);
-            if cluster.try_start() {
-                return cluster;
+            self.port = free_port();
+            self.write_config(opts);
+            if self.try_start() {
+                return;
             }
-            let tail = cluster.log_tail(5);
+            let tail = self.log_tail(5);
             assert!(
                 tail.contains("could not bind")
                     || tail.contains("could not create")
                     || attempt == 7,
-                "{name}: server failed to start:\n{tail}"
+                "{}: server failed to start:\n{tail}",
+                self.name
             );
         }
         panic!(
-            "{name}: server failed to start after 8 ports:\n{}",
-            cluster.log_tail(20)
+            "{}: server failed to start after 8 ports:\n{}",
+            self.name,
+            self.log_tail(20)
         );
     }
 
@@ -358,21 +367,8 @@ impl Cluster {
                 Backend::Docker => Runner::Docker(None),
             },
         };
-        for attempt in 0..8 {
-            cluster.port = free_port();
-            cluster.write_config(&opts);
-            if cluster.try_start() {
-                return cluster;
-            }
-            let tail = cluster.log_tail(5);
-            assert!(
-                tail.contains("could not bind")
-                    || tail.contains("could not create")
-                    || attempt == 7,
-                "{name}: standby failed to start:\n{tail}"
-            );
-        }
-        panic!("{name}: standby failed to start:\n{}", cluster.log_tail(20));
+        cluster.start_on_a_free_port(&opts);
+        cluster
     }
 
     /// Promotes a standby (waits until it takes writes).
