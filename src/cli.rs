@@ -195,6 +195,40 @@ pub struct Endpoints {
     /// Lower-case letters, digits and underscores.
     #[arg(long, default_value = "pgrepl", value_name = "NAME")]
     pub name: SyncName,
+
+    #[command(flatten)]
+    pub databases: DatabaseArgs,
+}
+
+/// A whole server: several databases, each with a sync of its own
+/// (`NAME_DATABASE`), in one process. --source and --target then name the
+/// servers (their dbname is where pgrepl connects first, e.g. postgres).
+#[derive(Clone, Debug, Default, Args)]
+pub struct DatabaseArgs {
+    /// Every database of the source server but template0 and template1
+    /// (and those that take no connections).
+    #[arg(long, conflicts_with = "databases")]
+    pub all_databases: bool,
+
+    /// These databases of the source server (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "DB,...")]
+    pub databases: Vec<String>,
+
+    /// With --all-databases: leave these out (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "DB,...",
+        requires = "all_databases"
+    )]
+    pub exclude_databases: Vec<String>,
+}
+
+impl DatabaseArgs {
+    /// Whether a whole-server command was asked for.
+    pub fn any(&self) -> bool {
+        self.all_databases || !self.databases.is_empty()
+    }
 }
 
 /// Which tables a sync covers.
@@ -219,7 +253,7 @@ impl TableArgs {
     }
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct CutoverArgs {
     #[command(flatten)]
     pub endpoints: Endpoints,
@@ -267,7 +301,7 @@ pub struct CutoverArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub endpoints: Endpoints,
@@ -299,7 +333,7 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
     pub endpoints: Endpoints,
@@ -329,7 +363,7 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct SyncArgs {
     #[command(flatten)]
     pub endpoints: Endpoints,
@@ -337,9 +371,16 @@ pub struct SyncArgs {
     #[command(flatten)]
     pub tables: TableArgs,
 
-    /// Parallel sessions for the copy and the index builds (default: CPUs).
+    /// Parallel sessions for the copy and the index builds (default: CPUs);
+    /// with several databases, one pool for all of them.
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: Option<u16>,
+
+    /// With several databases: connections pgrepl may open on each side,
+    /// all databases together (checked against the servers'
+    /// max_connections; default: what the servers have free).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u32>,
 
     /// Split tables larger than this into chunks copied in parallel
     /// (e.g. 64MB, 1GiB; 0 never splits).
@@ -494,7 +535,7 @@ pub struct TailArgs {
     pub tables: TableArgs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub endpoints: Endpoints,
@@ -504,7 +545,7 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct TeardownArgs {
     #[command(flatten)]
     pub endpoints: Endpoints,

@@ -12,7 +12,8 @@
 //!
 //! Around them: [`conn`] (connections as libpq users expect), [`sql`]
 //! (quoting and typed names), [`check`] (preflight), [`commands`] (the CLI
-//! edge).
+//! edge); operations that use the stages: [`verify`], [`cutover`],
+//! [`observe`], [`tail`], and [`server`] (a whole server at once).
 
 pub mod apply;
 pub mod carry;
@@ -28,6 +29,7 @@ pub mod lsn;
 pub mod observe;
 pub mod progress;
 pub mod sequences;
+pub mod server;
 pub mod snapshot;
 pub mod source;
 pub mod sql;

@@ -90,7 +90,7 @@ impl<M> Pipeline<M> {
         let side = session.side();
         let (mut rd, wr, mut rbuf) = session.split();
         let (tx, replies) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(async move {
+        let reader = crate::progress::scope::spawn(async move {
             loop {
                 let frame = match read_frame(&mut rd, &mut rbuf).await {
                     Ok(f) => f,

@@ -407,7 +407,7 @@ async fn session(
         shared: shared.clone(),
         feedback: feedback.clone(),
     });
-    let watcher = tokio::spawn(flush_watcher(
+    let watcher = crate::progress::scope::spawn(flush_watcher(
         req.target.clone(),
         req.ledger.clone(),
         req.name.clone(),

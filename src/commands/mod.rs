@@ -4,6 +4,7 @@
 mod check;
 mod cutover;
 mod install_capture;
+mod server;
 mod status;
 mod sync;
 mod tail;
@@ -90,15 +91,28 @@ fn latch_signals() -> anyhow::Result<()> {
 
 /// Resolves on SIGINT or SIGTERM with the signal's name, at once if one
 /// came already.
+/// In a whole-server move, a database's work also stops when its scope
+/// says so (another database's sync failed).
 pub(crate) async fn shutdown_signal() -> anyhow::Result<&'static str> {
     latch_signals()?;
     let mut rx = SIGNALLED
         .get()
         .context("the signal latch is not installed")?
         .clone();
-    let name = rx
-        .wait_for(Option::is_some)
-        .await
-        .context("the signal latch ended")?;
-    Ok(name.unwrap_or("interrupted"))
+    let scoped = crate::progress::scope::current().map(|s| s.stop);
+    let told = async move {
+        match scoped {
+            Some(mut stop) => {
+                let _ = stop.wait_for(|s| *s).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        name = rx.wait_for(Option::is_some) => {
+            let name = name.context("the signal latch ended")?;
+            Ok(name.unwrap_or("interrupted"))
+        }
+        () = told => Ok("stopped (another database's sync failed)"),
+    }
 }

@@ -21,10 +21,12 @@ use crate::snapshot::{self, pgdump, CopyRequest};
 use crate::source::setup;
 
 pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
+    if args.endpoints.databases.any() {
+        return super::server::sync(args, json_logs).await;
+    }
     let (source, target) = super::endpoints(&args.endpoints)?;
     let name = args.endpoints.name.clone();
-    let watch = crate::progress::telemetry::init(name.as_str());
-    watch.set_phase("checking");
+    crate::progress::telemetry::init(name.as_str()).set_phase("checking");
     // The listener first: a port in use fails the sync before it changes
     // anything.
     if let Some(addr) = args.listen {
@@ -38,8 +40,22 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
             },
         )
         .await?;
-        tokio::spawn(server);
+        crate::progress::scope::spawn(server);
     }
+    one(&args, &source, &target, json_logs).await
+}
+
+/// One database's sync: preflight, setup, copy, stream (`name`: the
+/// sync's, from `args` or, in a whole-server move, the database's own).
+pub(super) async fn one(
+    args: &SyncArgs,
+    source: &Endpoint,
+    target: &Endpoint,
+    json_logs: bool,
+) -> anyhow::Result<ExitCode> {
+    let name = args.endpoints.name.clone();
+    let watch = crate::progress::telemetry::telemetry();
+    let (source, target) = (source.clone(), target.clone());
     let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
     let opts = CheckOptions {
         name: name.clone(),
@@ -58,7 +74,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         .map(|r| (r.phase.clone(), r.started_at.clone()))
     {
         Some((SyncPhase::Copying, started)) => {
-            println!(
+            crate::say!(
                 "A copy started at {started} was interrupted; its snapshot is gone. Removing what it wrote and starting the copy over."
             );
             let gone = snapshot::discard(&source.decoder().connect().await?, &tgt, &name)
@@ -74,7 +90,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         Some((phase, _)) => {
             let rec = preflight.existing.clone().expect("matched Some above");
             if args.copy_only {
-                println!(
+                crate::say!(
                     "The copy of sync {name} is already done (phase {phase}, consistent LSN {}); nothing to copy.",
                     rec.consistent_lsn
                 );
@@ -85,7 +101,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
                 roles: preflight.carry.policy,
                 wal: crate::observe::watch_wal(&source, &name, args.warn_wal),
             };
-            return stream(&args, &source, &target, &src, &tgt, &start, json_logs).await;
+            return stream(args, &source, &target, &src, &tgt, &start, json_logs).await;
         }
         None => {}
     }
@@ -104,7 +120,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         )
     })?;
     if ledger == Ledger::Table {
-        println!("Exactly-once apply keeps its position in table pgrepl.applied on the target, written by the same transaction as the rows{}.", if args.progress_table { "" } else { " (this role may not call the replication-origin functions)" });
+        crate::say!("Exactly-once apply keeps its position in table pgrepl.applied on the target, written by the same transaction as the rows{}.", if args.progress_table { "" } else { " (this role may not call the replication-origin functions)" });
     }
     let selected = preflight.selected.clone().context("no table selection")?;
     let pg_dump = if args.existing_schema {
@@ -206,7 +222,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         result = snapshot::run(request) => result,
         signal = super::shutdown_signal() => {
             let signal = signal?;
-            eprintln!("{signal}: stopping the copy and removing what it wrote");
+            crate::say_err!("{signal}: stopping the copy and removing what it wrote");
             abandon(&source, &target, &name).await;
             return Ok(ExitCode::from(130));
         }
@@ -224,9 +240,9 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
             );
         }
     };
-    println!("{}", copied.summary);
+    crate::say!("{}", copied.summary);
     if args.copy_only {
-        println!(
+        crate::say!(
             "Copy done as of source LSN {}. Slot {} now keeps the source's WAL from there: run `pgrepl sync` to stream, or `pgrepl teardown` to remove it.",
             copied.consistent_lsn,
             name.slot()
@@ -237,7 +253,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
         roles: preflight.carry.policy,
         wal: (wal_task, lost),
     };
-    stream(&args, &source, &target, &src, &tgt, &start, json_logs).await
+    stream(args, &source, &target, &src, &tgt, &start, json_logs).await
 }
 
 /// Waits until the WAL-safety watch finds the slot lost.
@@ -362,18 +378,18 @@ async fn stream(
             )
         })?;
 
-    println!("Streaming changes (Ctrl-C to stop; `pgrepl sync` resumes where it stopped).");
+    crate::say!("Streaming changes (Ctrl-C to stop; `pgrepl sync` resumes where it stopped).");
     crate::progress::telemetry::telemetry().set_phase("streaming");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut lost = start.wal.1.clone();
     let lost_stop = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
     let signals = {
         let lost_stop = lost_stop.clone();
-        tokio::spawn(async move {
+        crate::progress::scope::spawn(async move {
             tokio::select! {
                 signal = super::shutdown_signal() => {
                     if let Ok(signal) = signal {
-                        eprintln!("{signal}: finishing the current transaction and stopping");
+                        crate::say_err!("{signal}: finishing the current transaction and stopping");
                     }
                 }
                 reason = lost_reason(&mut lost) => {
@@ -408,14 +424,14 @@ async fn stream(
         })
         .unwrap_or_default();
     let behind = std::sync::Arc::new(crate::sequences::keep::Behind::default());
-    let sequences = tokio::spawn(crate::sequences::keep_ahead(
+    let sequences = crate::progress::scope::spawn(crate::sequences::keep_ahead(
         source.clone(),
         target.clone(),
         excluded,
         args.sequence_interval,
         behind,
     ));
-    let carrying = tokio::spawn(crate::carry::keep::in_step(
+    let carrying = crate::progress::scope::spawn(crate::carry::keep::in_step(
         source.clone(),
         target.clone(),
         name.clone(),
@@ -439,13 +455,13 @@ async fn stream(
     });
     match outcome? {
         Outcome::Stopped { flushed } => {
-            println!("Stopped. The target holds the source's changes through LSN {flushed} (durable); `pgrepl sync` resumes from there.");
+            crate::say!("Stopped. The target holds the source's changes through LSN {flushed} (durable); `pgrepl sync` resumes from there.");
         }
         Outcome::CaughtUp { target, flushed } => {
-            println!("Caught up: everything the source had written at {target} is applied (durable through {flushed}).");
+            crate::say!("Caught up: everything the source had written at {target} is applied (durable through {flushed}).");
         }
         Outcome::Finished { at, flushed } => {
-            println!("Cut over: every source transaction before the fence at {at} is applied (durable through {flushed}); this sync is done.");
+            crate::say!("Cut over: every source transaction before the fence at {at} is applied (durable through {flushed}); this sync is done.");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -511,6 +527,6 @@ async fn abandon(source: &Endpoint, target: &Endpoint, name: &crate::sql::SyncNa
     }
     .await;
     if let Err(e) = result {
-        eprintln!("error: could not remove the partial copy ({e:#}): run `pgrepl teardown --name {name}` and drop the copied tables on the target");
+        crate::say_err!("error: could not remove the partial copy ({e:#}): run `pgrepl teardown --name {name}` and drop the copied tables on the target");
     }
 }

@@ -134,7 +134,7 @@ impl Steps {
     fn done(&mut self, step: &str) {
         let ms = self.at.elapsed().as_millis() as u64;
         tracing::info!(step, ms, "cutover step done");
-        eprintln!("  {step:<44} {:>7} ms", ms);
+        crate::say_err!("  {step:<44} {:>7} ms", ms);
         self.list.push(Step {
             step: step.into(),
             ms,
@@ -240,7 +240,7 @@ async fn start_sync(src: &Client, req: &CutoverRequest<'_>) -> Result<Sync, Cuto
     if slot.active_pid.is_some() {
         return Ok(Sync::Running);
     }
-    eprintln!("No sync is running: running one here until the cutover is done.");
+    crate::say_err!("No sync is running: running one here until the cutover is done.");
     let record = crate::progress::state::load_sync(&req.target.connect().await?, req.name)
         .await
         .map_err(|e| CutoverError::target("reading the sync", &e))?;
@@ -260,7 +260,7 @@ async fn start_sync(src: &Client, req: &CutoverRequest<'_>) -> Result<Sync, Cuto
         });
     let (stop, stop_rx) = watch::channel(false);
     let (name, source, target) = (req.name.clone(), req.source.clone(), req.target.clone());
-    let task = tokio::spawn(async move {
+    let task = crate::progress::scope::spawn(async move {
         let request = crate::apply::session::StreamRequest {
             name: &name,
             source: &source,

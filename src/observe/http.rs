@@ -73,7 +73,7 @@ async fn metrics() -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        telemetry().render(),
+        crate::progress::telemetry::render_all(),
     )
         .into_response()
 }

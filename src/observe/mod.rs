@@ -19,7 +19,7 @@ pub fn watch_wal(
     warn_bytes: u64,
 ) -> (tokio::task::JoinHandle<()>, watch::Receiver<Option<String>>) {
     let (tx, rx) = watch::channel(None);
-    let task = tokio::spawn(wal::watch_slot(
+    let task = crate::progress::scope::spawn(wal::watch_slot(
         source.decoder(),
         name.clone(),
         warn_bytes,

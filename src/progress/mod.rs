@@ -2,6 +2,7 @@
 //! person watching sees ([`ui`]).
 
 pub mod ledger;
+pub mod scope;
 pub mod state;
 pub mod status;
 pub mod telemetry;

@@ -62,7 +62,7 @@ impl LiveStatus {
             crate::logging::route_through(Some(multi));
             bar
         });
-        let task = tokio::spawn(status_loop(
+        let task = crate::progress::scope::spawn(status_loop(
             mode,
             source,
             until,

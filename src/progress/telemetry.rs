@@ -111,15 +111,104 @@ pub struct Telemetry {
 
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
 
-/// The process's telemetry (labelled with the sync's name once `init`
-/// ran; unlabelled for commands that never call it).
+/// Each database's telemetry in a whole-server move (see `scope`).
+static DATABASES: Mutex<Vec<&'static Telemetry>> = Mutex::new(Vec::new());
+
+/// The running task's telemetry: its database's in a whole-server move,
+/// else the process's (labelled with the sync's name once `init` ran;
+/// unlabelled for commands that never call it).
 pub fn telemetry() -> &'static Telemetry {
-    TELEMETRY.get_or_init(|| Telemetry::new(""))
+    if let Some(s) = super::scope::current() {
+        return s.telemetry;
+    }
+    TELEMETRY.get_or_init(|| Telemetry::new("", None))
 }
 
 /// Labels every metric with `sync="name"`; first call wins.
 pub fn init(sync: &str) -> &'static Telemetry {
-    TELEMETRY.get_or_init(|| Telemetry::new(sync))
+    TELEMETRY.get_or_init(|| Telemetry::new(sync, None))
+}
+
+/// A database's own telemetry in a whole-server move, its metrics
+/// labelled `sync` and `database`; it lives as long as the process.
+pub fn for_database(sync: &str, database: &str) -> &'static Telemetry {
+    let t: &'static Telemetry = Box::leak(Box::new(Telemetry::new(sync, Some(database))));
+    if let Ok(mut all) = DATABASES.lock() {
+        all.push(t);
+    }
+    t
+}
+
+/// Databases of the source created after a whole-server move started:
+/// not synced, for metrics and the page.
+static UNSYNCED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Notes a source database the move does not sync.
+pub fn note_unsynced_database(database: &str) {
+    if let Ok(mut u) = UNSYNCED.lock() {
+        if !u.iter().any(|d| d == database) {
+            u.push(database.to_string());
+        }
+    }
+}
+
+/// The databases noted so far.
+pub fn unsynced_databases() -> Vec<String> {
+    UNSYNCED.lock().map(|u| u.clone()).unwrap_or_default()
+}
+
+/// Every database's telemetry of a whole-server move (empty otherwise).
+pub fn databases() -> Vec<&'static Telemetry> {
+    DATABASES.lock().map(|d| d.clone()).unwrap_or_default()
+}
+
+/// The process's metrics in the Prometheus text format: each database's
+/// in a whole-server move (one family per metric, a series per
+/// database), else the one sync's.
+pub fn render_all() -> String {
+    let all = databases();
+    if all.is_empty() {
+        return telemetry().render();
+    }
+    let mut families: Vec<prometheus::proto::MetricFamily> = Vec::new();
+    for t in all {
+        let _ = t.tables();
+        for f in t.registry.gather() {
+            match families.iter_mut().find(|g| g.name() == f.name()) {
+                Some(g) => {
+                    for m in f.get_metric() {
+                        g.mut_metric().push(m.clone());
+                    }
+                }
+                None => families.push(f),
+            }
+        }
+    }
+    let missed = unsynced_databases();
+    if !missed.is_empty() {
+        // (A family without series would fail the whole encoding.)
+        let mut opts = Opts::new(
+            "database_unsynced",
+            "1 for each source database created after the move started: not synced",
+        )
+        .namespace("pgrepl");
+        if !telemetry().sync.is_empty() {
+            opts = opts.const_label("sync", telemetry().sync.clone());
+        }
+        let unsynced = IntGaugeVec::new(opts, &["database"]).expect("valid");
+        for db in &missed {
+            unsynced.with_label_values(&[db.as_str()]).set(1);
+        }
+        families.extend(prometheus::core::Collector::collect(&unsynced));
+    }
+    let mut out = String::new();
+    if prometheus::TextEncoder::new()
+        .encode_utf8(&families, &mut out)
+        .is_err()
+    {
+        out.clear();
+    }
+    out
 }
 
 fn unix_now() -> u64 {
@@ -130,10 +219,13 @@ fn unix_now() -> u64 {
 }
 
 impl Telemetry {
-    fn new(sync: &str) -> Telemetry {
+    fn new(sync: &str, database: Option<&str>) -> Telemetry {
         let mut labels = std::collections::HashMap::new();
         if !sync.is_empty() {
             labels.insert("sync".to_string(), sync.to_string());
+        }
+        if let Some(db) = database {
+            labels.insert("database".to_string(), db.to_string());
         }
         // Registration fails only on a duplicate name, which the list
         // below never has: the metrics are fixed at compile time.
@@ -400,7 +492,7 @@ mod tests {
 
     #[test]
     fn renders_the_text_format_with_the_sync_label() {
-        let t = Telemetry::new("orders");
+        let t = Telemetry::new("orders", None);
         t.set_phase("streaming");
         t.applied_transactions.inc_by(3);
         t.lag(10, 0.5);
@@ -424,7 +516,7 @@ mod tests {
 
     #[test]
     fn retrying_is_timed_until_recovered() {
-        let t = Telemetry::new("x");
+        let t = Telemetry::new("x", None);
         assert!(t.retrying_for().is_none());
         t.retrying("connection");
         assert!(t.retrying_for().is_some());

@@ -23,7 +23,9 @@ impl ProgressMode {
     /// Bars on a terminal, lines otherwise (or when logs are JSON).
     pub fn detect(json_logs: bool) -> Self {
         use std::io::IsTerminal;
-        if !json_logs && std::io::stderr().is_terminal() {
+        // Several databases at once print lines, each naming its database.
+        let one_database = super::scope::current().is_none();
+        if !json_logs && one_database && std::io::stderr().is_terminal() {
             ProgressMode::Bars
         } else {
             ProgressMode::Lines

@@ -56,6 +56,12 @@ impl CopyJob {
     fn next(&self) -> Option<Unit> {
         self.queue.lock().ok()?.pop_front()
     }
+
+    /// Nothing left to copy (a worker that waited for a place finds the
+    /// others took everything).
+    fn is_empty(&self) -> bool {
+        self.queue.lock().map(|q| q.is_empty()).unwrap_or(true)
+    }
 }
 
 /// The snapshot, imported on a raw session (for the copy pipe).
@@ -130,6 +136,11 @@ async fn record_state(
 
 /// One worker: copies units until the queue is empty.
 pub async fn worker(job: Arc<CopyJob>, id: usize) -> Result<(), SnapshotError> {
+    // A place in the process's pool first (several databases at once).
+    let _place = crate::server::pool::place().await;
+    if job.is_empty() {
+        return Ok(());
+    }
     let (mut src, mut tgt) = open(&job, Instant::now()).await?;
     while let Some(unit) = job.next() {
         let stats = job

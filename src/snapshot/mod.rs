@@ -172,7 +172,8 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
         // On a standby the slot is ready at the next running-xacts record
         // from the primary, which the primary writes every 15 s by itself:
         // asked for now and again meanwhile (where the role may).
-        let kick = on_standby.then(|| tokio::spawn(log_standby_snapshots(primary.clone())));
+        let kick = on_standby
+            .then(|| crate::progress::scope::spawn(log_standby_snapshots(primary.clone())));
         let created = walsender
             .create_slot_exporting_snapshot(&req.name.slot(), req.failover_slot && !on_standby)
             .await;

@@ -74,7 +74,7 @@ pub async fn copy_rows(
         } else {
             Duration::from_secs(1)
         };
-        tokio::spawn(async move {
+        crate::progress::scope::spawn(async move {
             let mut interval = tokio::time::interval(every);
             loop {
                 interval.tick().await;
@@ -126,7 +126,7 @@ async fn copy_until_durable(
 async fn run_workers(job: &Arc<CopyJob>, workers: usize) -> Result<(), SnapshotError> {
     let mut set = JoinSet::new();
     for id in 0..workers {
-        set.spawn(copy::worker(job.clone(), id));
+        set.spawn(crate::progress::scope::bound(copy::worker(job.clone(), id)));
     }
     while let Some(joined) = set.join_next().await {
         let outcome = joined.unwrap_or_else(|e| {

@@ -157,6 +157,7 @@ WITH RECURSIVE schemas AS (
         WHERE c.relnamespace IN (SELECT oid FROM schemas)
     UNION SELECT a.grantee FROM pg_database d, aclexplode(d.datacl) a
         WHERE d.datname = current_database() AND a.grantee <> d.datdba
+    UNION SELECT r.oid FROM pg_roles r WHERE EVERYROLE
 ), down(role) AS (
     SELECT role FROM direct WHERE role <> 0
     UNION SELECT m.member FROM pg_auth_members m JOIN down d ON m.roleid = d.role WHERE FOLLOWED
@@ -198,13 +199,38 @@ async fn is_v16(client: &impl GenericClient) -> Result<bool, tokio_postgres::Err
         .get(0))
 }
 
+/// Which roles an inventory holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolesScope {
+    /// Those the database's objects name (and their memberships).
+    Named,
+    /// Every role of the server but the bootstrap superuser and the
+    /// predefined ones: a whole server moves all of them.
+    Server,
+}
+
 impl Inventory {
     /// Reads the inventory of the database `client` is connected to.
     pub async fn read(client: &impl GenericClient) -> Result<Inventory, tokio_postgres::Error> {
+        Self::read_roles(client, RolesScope::Named).await
+    }
+
+    /// The same, with the roles of `scope`.
+    pub async fn read_roles(
+        client: &impl GenericClient,
+        scope: RolesScope,
+    ) -> Result<Inventory, tokio_postgres::Error> {
         let v16 = is_v16(client).await?;
         let sql = NEEDED_ROLES
             .replace("SKIPPED", SKIPPED_SCHEMAS)
-            .replace("FOLLOWED", followed_memberships(v16));
+            .replace("FOLLOWED", followed_memberships(v16))
+            .replace(
+                "EVERYROLE",
+                match scope {
+                    RolesScope::Named => "false",
+                    RolesScope::Server => "r.oid >= 16384",
+                },
+            );
         let rows = client.query(&sql, &[]).await?;
         let mut oids = Vec::with_capacity(rows.len());
         let mut roles = Vec::with_capacity(rows.len());

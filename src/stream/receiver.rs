@@ -124,7 +124,7 @@ impl Task {
     {
         let work = work.instrument(span.clone());
         if !blocking {
-            return Ok(Task::Runtime(tokio::spawn(work)));
+            return Ok(Task::Runtime(crate::progress::scope::spawn(work)));
         }
         let handle = tokio::runtime::Handle::current();
         let (done, ended) = oneshot::channel();

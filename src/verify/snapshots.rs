@@ -80,7 +80,7 @@ impl Drop for RequestHandle {
         let (target, id) = (self.target.clone(), self.id);
         // Best effort, off the error path: the sync also goes on by itself
         // after control::HOLD_LIMIT.
-        tokio::spawn(async move {
+        crate::progress::scope::spawn(async move {
             if let Ok(c) = target.connect().await {
                 let _ = crate::control::set_state(&c, id, &State::Released).await;
             }

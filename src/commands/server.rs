@@ -1,0 +1,299 @@
+//! Whole-server commands (`--all-databases`, `--databases a,b`): the
+//! databases chosen on the source, each run as its own sync (`NAME_DB`:
+//! its slot, publication, DDL capture and target origin) in this one
+//! process, under a scope that names it in logs, output and metrics (see
+//! `progress::scope`). What is the server's is done once: roles, the
+//! target's databases, the copy workers' pool, the connection budget.
+//!
+//! The rule for failures: one database's sync failing stops the others
+//! cleanly (each at a transaction boundary, its position durable), and the
+//! command fails naming the database; a restart resumes each where it
+//! stood.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tracing::Instrument;
+
+use crate::carry::{Plan, RolesPolicy, TargetView};
+use crate::cli::SyncArgs;
+use crate::conn::error::describe;
+use crate::conn::Endpoint;
+use crate::progress::scope::{self, Scope};
+use crate::server::databases::{self, SourceDatabase};
+use crate::source::inventory::{Inventory, RolesScope};
+use crate::sql::SyncName;
+
+/// One database of the move: its sync's name and endpoints.
+#[derive(Clone, Debug)]
+pub(super) struct Member {
+    pub database: SourceDatabase,
+    pub name: SyncName,
+    pub source: Endpoint,
+    pub target: Endpoint,
+}
+
+/// The chosen databases, largest first, each with its sync.
+pub(super) async fn members(
+    source: &Endpoint,
+    target: &Endpoint,
+    src: &tokio_postgres::Client,
+    base: &SyncName,
+    args: &crate::cli::DatabaseArgs,
+) -> anyhow::Result<Vec<Member>> {
+    let all = databases::list(src)
+        .await
+        .map_err(|e| anyhow::anyhow!("source: listing databases: {}", describe(&e)))?;
+    let chosen = databases::choose(all, args).map_err(|e| anyhow::anyhow!("source: {e}"))?;
+    Ok(chosen
+        .into_iter()
+        .map(|db| {
+            let on = |e: &Endpoint| Endpoint {
+                side: e.side,
+                config: databases::on_database(&e.config, &db.name),
+                standby: e
+                    .standby
+                    .as_ref()
+                    .map(|s| Box::new(databases::on_database(s, &db.name))),
+            };
+            Member {
+                name: databases::sync_name(base, &db.name),
+                source: on(source),
+                target: on(target),
+                database: db,
+            }
+        })
+        .collect())
+}
+
+/// The scope a member's work runs in.
+fn scope_of(base: &SyncName, m: &Member, stop: &tokio::sync::watch::Receiver<bool>) -> Scope {
+    Scope {
+        database: Arc::from(m.database.name.as_str()),
+        telemetry: crate::progress::telemetry::for_database(base.as_str(), &m.database.name),
+        stop: stop.clone(),
+    }
+}
+
+/// `sync --all-databases`: roles once, the target's databases made as on
+/// the source, then every database's sync at once.
+pub(super) async fn sync(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
+    let (source, target) = super::endpoints(&args.endpoints)?;
+    let base = args.endpoints.name.clone();
+    crate::progress::telemetry::init(base.as_str()).set_phase("checking");
+    let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
+    let members = members(&source, &target, &src, &base, &args.endpoints.databases).await?;
+    // What would stop every database alike, before anything is made.
+    if !args.existing_schema {
+        let facts = crate::source::catalog::ServerFacts::read(&src)
+            .await
+            .map_err(|e| anyhow::anyhow!("source: {}", describe(&e)))?;
+        crate::snapshot::pgdump::find(args.pg_dump.as_deref(), facts.major() as u32)?;
+    }
+    let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let (src_room, tgt_room) = tokio::try_join!(
+        crate::server::budget::room(&src),
+        crate::server::budget::room(&tgt)
+    )
+    .map_err(|e| anyhow::anyhow!("reading the servers' limits: {e}"))?;
+    crate::server::budget::judge(
+        members.len(),
+        jobs,
+        args.max_connections,
+        src_room,
+        tgt_room,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}; nothing was created"))?;
+    let policy: Option<RolesPolicy> = args.roles.map(Into::into);
+    if policy == Some(RolesPolicy::Copy) {
+        carry_roles(&src, &tgt).await?;
+    }
+    let chosen: Vec<SourceDatabase> = members.iter().map(|m| m.database.clone()).collect();
+    let (missing, problems) = crate::server::create::plan(&tgt, &chosen)
+        .await
+        .map_err(|e| anyhow::anyhow!("target: reading its databases: {}", describe(&e)))?;
+    if !problems.is_empty() {
+        let list: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.database, p.why))
+            .collect();
+        bail!(
+            "target: {} database(s) cannot be made as on the source ({}); nothing was created",
+            problems.len(),
+            list.join("; ")
+        );
+    }
+    crate::server::create::create(&tgt, &missing)
+        .await
+        .map_err(|(db, e)| anyhow::anyhow!("target: creating database {db}: {}", describe(&e)))?;
+    drop((src, tgt));
+    crate::server::pool::share(jobs);
+    let names: Vec<&str> = members.iter().map(|m| m.database.name.as_str()).collect();
+    crate::say!(
+        "Syncing {} database(s) in one process: {} ({} copy worker(s) shared).",
+        members.len(),
+        names.join(", "),
+        jobs
+    );
+    if let Some(addr) = args.listen {
+        let server = crate::observe::http::bind(
+            addr,
+            crate::observe::http::Context {
+                name: base.clone(),
+                source: source.clone(),
+                target: target.clone(),
+                retry_for: args.retry_for,
+            },
+        )
+        .await?;
+        scope::spawn(server);
+    }
+    let watcher = tokio::spawn(watch_new_databases(
+        source.clone(),
+        args.endpoints.databases.clone(),
+        names.iter().map(|n| n.to_string()).collect(),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut set = tokio::task::JoinSet::new();
+    for m in &members {
+        let mut one_args = args.clone();
+        one_args.endpoints.name = m.name.clone();
+        one_args.endpoints.databases = Default::default();
+        one_args.listen = None;
+        let m = m.clone();
+        let span = tracing::info_span!("db", database = %m.database.name);
+        let scope = scope_of(&base, &m, &stop_rx);
+        set.spawn(
+            scope::within(scope, async move {
+                let r = super::sync::one(&one_args, &m.source, &m.target, json_logs).await;
+                (m.database.name, r)
+            })
+            .instrument(span),
+        );
+    }
+    let mut failed: Vec<String> = Vec::new();
+    let mut code = ExitCode::SUCCESS;
+    while let Some(joined) = set.join_next().await {
+        let (db, result) = joined.context("a database's sync panicked")?;
+        match result {
+            Ok(c) if c == ExitCode::SUCCESS => {}
+            Ok(c) => code = c,
+            Err(e) => {
+                tracing::error!(database = %db, error = %format!("{e:#}"), "this database's sync failed; stopping the others");
+                failed.push(format!("{db}: {e:#}"));
+                let _ = stop_tx.send(true);
+            }
+        }
+    }
+    watcher.abort();
+    if !failed.is_empty() {
+        bail!(
+            "{} database(s) failed ({}); the others stopped with their positions durable: fix it and run the same command again",
+            failed.len(),
+            failed.join("; ")
+        );
+    }
+    Ok(code)
+}
+
+/// Every role of the source server made on the target, once, before the
+/// databases (their owners among them); each database's sync then finds
+/// them there.
+async fn carry_roles(
+    src: &tokio_postgres::Client,
+    tgt: &tokio_postgres::Client,
+) -> anyhow::Result<()> {
+    let inventory = Inventory::read_roles(src, RolesScope::Server)
+        .await
+        .map_err(|e| anyhow::anyhow!("source: reading roles: {}", describe(&e)))?;
+    let view = TargetView::read(tgt)
+        .await
+        .map_err(|e| anyhow::anyhow!("target: reading roles: {}", describe(&e)))?;
+    let plan = Plan::new(&inventory, &view, Some(RolesPolicy::Copy));
+    let only_superuser = plan.need_superuser();
+    if !view.superuser && !only_superuser.is_empty() {
+        bail!(
+            "target: role(s) {} need a superuser to be created (SUPERUSER, REPLICATION or BYPASSRLS): connect to the target as one, or create them first",
+            only_superuser.join(", ")
+        );
+    }
+    if plan.create.is_empty() && plan.memberships.is_empty() {
+        return Ok(());
+    }
+    let database: String = tgt
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(|e| anyhow::anyhow!("target: {}", describe(&e)))?
+        .get(0);
+    tgt.batch_execute("BEGIN")
+        .await
+        .map_err(|e| anyhow::anyhow!("target: {}", describe(&e)))?;
+    for sql in crate::carry::roles::statements(&plan, &database, view.major, view.superuser) {
+        if let Err(e) = tgt.batch_execute(&sql).await {
+            let _ = tgt.batch_execute("ROLLBACK").await;
+            bail!(
+                "target: creating the source's roles: {} ({}); nothing was created",
+                describe(&e),
+                crate::carry::roles::redacted(&sql)
+            );
+        }
+    }
+    tgt.batch_execute("COMMIT")
+        .await
+        .map_err(|e| anyhow::anyhow!("target: creating the source's roles: {}", describe(&e)))?;
+    let unreadable = plan.passwords_unreadable();
+    crate::say!(
+        "Roles: {} created for the server ({} already there){}.",
+        plan.create.len(),
+        plan.found.len(),
+        if unreadable.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; passwords NOT copied (the source hides them): {}",
+                Plan::password_statements(&unreadable)
+            )
+        }
+    );
+    Ok(())
+}
+
+/// How often the source is looked at for databases made since the start.
+const NEW_DATABASES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Warns, once each, about databases created on the source after the
+/// move started: they are not synced.
+async fn watch_new_databases(
+    source: Endpoint,
+    args: crate::cli::DatabaseArgs,
+    synced: Vec<String>,
+) {
+    let mut warned: Vec<String> = Vec::new();
+    loop {
+        tokio::time::sleep(NEW_DATABASES_EVERY).await;
+        let Ok(src) = source.connect().await else {
+            continue;
+        };
+        let Ok(all) = databases::list(&src).await else {
+            continue;
+        };
+        for db in all {
+            let wanted = args.all_databases && !args.exclude_databases.contains(&db.name);
+            if !wanted || synced.contains(&db.name) || warned.contains(&db.name) {
+                continue;
+            }
+            crate::progress::telemetry::note_unsynced_database(&db.name);
+            tracing::warn!(
+                database = %db.name,
+                "database {:?} was created on the source after this sync started: it is NOT synced. Stop this sync and run the same command again: it is copied then, the others resume",
+                db.name
+            );
+            warned.push(db.name);
+        }
+    }
+}
