@@ -198,7 +198,7 @@ mod tests {
         };
         assert_eq!(
             create_sql(&db),
-            "CREATE DATABASE \"shop eu\" WITH OWNER app TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' LOCALE_PROVIDER icu ICU_LOCALE 'de-DE' CONNECTION LIMIT 20"
+            "CREATE DATABASE \"shop eu\" WITH OWNER \"app\" TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' LOCALE_PROVIDER icu ICU_LOCALE 'de-DE' CONNECTION LIMIT 20"
         );
     }
 }
