@@ -8,6 +8,9 @@ use crate::cutover::{self, CutoverRequest};
 use crate::progress::ui::ProgressMode;
 
 pub async fn run(args: CutoverArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
+    if args.endpoints.databases.any() {
+        return super::server::cutover(args, json_logs).await;
+    }
     let (source, target) = super::endpoints(&args.endpoints)?;
     let selection = args.tables.selection();
     let req = CutoverRequest {
@@ -23,6 +26,8 @@ pub async fn run(args: CutoverArgs, json_logs: bool) -> anyhow::Result<ExitCode>
         reverse: args.reverse,
         jobs: args.jobs.map(usize::from).unwrap_or(2),
         progress: ProgressMode::detect(json_logs),
+        together: None,
+        reverse_as: None,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let signals = tokio::spawn(async move {

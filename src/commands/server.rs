@@ -297,3 +297,168 @@ async fn watch_new_databases(
         }
     }
 }
+
+/// A whole-server command that is one command per database (status,
+/// verify, teardown): `f` for each database in turn, under its scope (its
+/// output prefixed with the database). Every database is visited even
+/// when one fails; the failures are then named together.
+pub(super) async fn each<F, Fut>(
+    endpoints: &crate::cli::Endpoints,
+    mut f: F,
+) -> anyhow::Result<ExitCode>
+where
+    F: FnMut(Member) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let (source, target) = super::endpoints(endpoints)?;
+    let base = endpoints.name.clone();
+    let src = source.connect().await?;
+    let members = members(&source, &target, &src, &base, &endpoints.databases).await?;
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut failed = Vec::new();
+    let mut code = ExitCode::SUCCESS;
+    for m in members {
+        let db = m.database.name.clone();
+        let scope = scope_of(&base, &m, &stop_rx);
+        match scope::within(scope.clone(), f(m)).await {
+            Ok(c) if c == ExitCode::SUCCESS => {}
+            Ok(c) => code = c,
+            Err(e) => {
+                scope::within(scope, async { crate::say_err!("error: {e:#}") }).await;
+                failed.push(db);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} database(s) failed: {} (each one's error is above)",
+            failed.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(code)
+}
+
+/// `cutover --all-databases`: every database's cutover at once, meeting
+/// at one fence and one "ready" (see `cutover::together`); any failure
+/// lifts every fence.
+pub(super) async fn cutover(
+    args: crate::cli::CutoverArgs,
+    json_logs: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::cutover::{self, together::Together, CutoverRequest};
+    let (source, target) = super::endpoints(&args.endpoints)?;
+    let base = args.endpoints.name.clone();
+    let src = source.connect().await?;
+    let members = members(&source, &target, &src, &base, &args.endpoints.databases).await?;
+    drop(src);
+    let together = Arc::new(Together::new(members.len()));
+    let reverse_base = match args.reverse {
+        true => Some(SyncName::new(&format!("{base}_r")).map_err(|_| {
+            anyhow::anyhow!("--reverse names the way back {base}_r, which is too long: use a sync name of at most 38 characters")
+        })?),
+        false => None,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let signals = tokio::spawn(async move {
+        if let Ok(signal) = super::shutdown_signal().await {
+            eprintln!("{signal}: lifting every fence; the syncs go on as before");
+            let _ = tx.send(true);
+        }
+    });
+    let selection = args.tables.selection();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    eprintln!(
+        "Cutting over {} database(s) as one: {}",
+        members.len(),
+        members
+            .iter()
+            .map(|m| m.database.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let started = std::time::Instant::now();
+    let runs = members.iter().map(|m| {
+        let req = CutoverRequest {
+            name: &m.name,
+            source: &m.source,
+            target: &m.target,
+            selection: (!selection.is_everything()).then(|| selection.clone()),
+            max_lag_bytes: args.max_lag,
+            max_lag_time: args.max_lag_time,
+            wait: args.wait,
+            terminate: args.terminate,
+            verify: args.verify,
+            reverse: args.reverse,
+            jobs: args.jobs.map(usize::from).unwrap_or(2),
+            progress: crate::progress::ui::ProgressMode::Lines,
+            together: Some(together.clone()),
+            reverse_as: reverse_base
+                .as_ref()
+                .map(|b| databases::sync_name(b, &m.database.name)),
+        };
+        let scope = scope_of(&base, m, &stop_rx);
+        let rx = rx.clone();
+        let span = tracing::info_span!("db", database = %m.database.name);
+        scope::within(scope, async move {
+            let r = cutover::run(&req, rx).await;
+            (m.database.name.clone(), r)
+        })
+        .instrument(span)
+    });
+    let results = futures_util::future::join_all(runs).await;
+    signals.abort();
+    let _ = json_logs;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|(db, r)| r.as_ref().err().map(|e| format!("{db}: {e}")))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "cutover abandoned; every fence is lifted and the source takes writes as before: {}",
+            failed.join("; ")
+        );
+    }
+    let downtime = together
+        .first_fence()
+        .map(|t| t.elapsed().as_millis())
+        .unwrap_or_default();
+    let sequences: usize = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().map(|s| s.sequences_set))
+        .sum();
+    if args.json {
+        let summaries: Vec<serde_json::Value> = results
+            .iter()
+            .filter_map(|(db, r)| {
+                r.as_ref()
+                    .ok()
+                    .map(|s| serde_json::json!({ "database": db, "summary": s }))
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "databases": summaries,
+                "write_downtime_ms": downtime,
+                "total_ms": started.elapsed().as_millis(),
+            }))?
+        );
+    } else {
+        println!(
+            "The target server is ready: {} database(s) cut over as one; switch the application to {}. Write downtime {downtime} ms (from the first fence to the last target ready; whole cutover {} ms); {sequences} sequence(s) set{}.",
+            results.len(),
+            target.config,
+            started.elapsed().as_millis(),
+            if args.verify { "; verified equal" } else { "" }
+        );
+        if let Some(b) = &reverse_base {
+            let names: Vec<&str> = members.iter().map(|m| m.database.name.as_str()).collect();
+            println!(
+                "The way back is ready: `pgrepl sync --name {b} --databases {} --source <the target> --target <the old source>` carries the application's writes back; `pgrepl cutover --name {b} --databases ...` returns.",
+                names.join(",")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

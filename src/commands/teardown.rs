@@ -16,15 +16,30 @@ use crate::source::setup;
 use crate::sql::SyncName;
 
 pub async fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
+    if args.endpoints.databases.any() {
+        return super::server::each(&args.endpoints, |m| {
+            let args = &args;
+            async move { one(args, &m.source, &m.target, &m.name).await }
+        })
+        .await;
+    }
     let (source, target) = super::endpoints(&args.endpoints)?;
-    let name = &args.endpoints.name;
+    one(&args, &source, &target, &args.endpoints.name).await
+}
+
+async fn one(
+    args: &TeardownArgs,
+    source: &crate::conn::Endpoint,
+    target: &crate::conn::Endpoint,
+    name: &SyncName,
+) -> anyhow::Result<ExitCode> {
     let (src, tgt) = tokio::join!(source.connect(), target.connect());
     let mut removed = Vec::new();
     let mut failed = Vec::new();
 
     match src {
         Ok(src) => {
-            if let Err(e) = clean_source(&source, &src, name, &mut removed).await {
+            if let Err(e) = clean_source(source, &src, name, &mut removed).await {
                 failed.push(format!("{e:#}"));
             }
             if args.unfence {
@@ -55,13 +70,15 @@ pub async fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     }
 
     if removed.is_empty() && failed.is_empty() {
-        println!("Nothing to remove: sync {name} has no slot, publication, origin or state left.");
+        crate::say!(
+            "Nothing to remove: sync {name} has no slot, publication, origin or state left."
+        );
     } else if !removed.is_empty() {
-        println!("Removed:");
+        crate::say!("Removed:");
         for r in &removed {
-            println!("  {r}");
+            crate::say!("  {r}");
         }
-        println!("Copied tables and their rows on the target were left as they are.");
+        crate::say!("Copied tables and their rows on the target were left as they are.");
     }
     if !failed.is_empty() {
         anyhow::bail!(

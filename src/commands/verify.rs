@@ -8,7 +8,24 @@ use crate::progress::ui::ProgressMode;
 use crate::verify::{self, VerifyRequest};
 
 pub async fn run(args: VerifyArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
+    if args.endpoints.databases.any() {
+        return super::server::each(&args.endpoints, |m| {
+            let args = &args;
+            async move { one(args, &m.source, &m.target, &m.name, json_logs).await }
+        })
+        .await;
+    }
     let (source, target) = super::endpoints(&args.endpoints)?;
+    one(&args, &source, &target, &args.endpoints.name, json_logs).await
+}
+
+async fn one(
+    args: &VerifyArgs,
+    source: &crate::conn::Endpoint,
+    target: &crate::conn::Endpoint,
+    name: &crate::sql::SyncName,
+    json_logs: bool,
+) -> anyhow::Result<ExitCode> {
     let selection = args.tables.selection();
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -16,9 +33,9 @@ pub async fn run(args: VerifyArgs, json_logs: bool) -> anyhow::Result<ExitCode> 
             .unwrap_or(2)
     });
     let req = VerifyRequest {
-        name: &args.endpoints.name,
-        source: &source,
-        target: &target,
+        name,
+        source,
+        target,
         selection: (!selection.is_everything()).then_some(selection),
         jobs,
         chunk_rows: args.chunk_rows,
@@ -38,7 +55,10 @@ pub async fn run(args: VerifyArgs, json_logs: bool) -> anyhow::Result<ExitCode> 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.render());
+        print!(
+            "{}",
+            crate::progress::scope::prefixed(&report.render()) + "\n"
+        );
     }
     Ok(if report.equal {
         ExitCode::SUCCESS

@@ -403,6 +403,26 @@ impl Fence {
         &self.lock
     }
 
+    /// Takes the fence LSN again, now (every database of a set fenced):
+    /// the insert position, and a commit past it flushed, as `put_up` does.
+    pub async fn take_lsn_again(&mut self, source: &Endpoint) -> Result<(), CutoverError> {
+        let lsn: Lsn = self
+            .lock
+            .query_one("SELECT pg_current_wal_insert_lsn()", &[])
+            .await
+            .map_err(|e| CutoverError::source("reading the fence LSN", &e))?
+            .get(0);
+        let admin = source.connect().await?;
+        exec(
+            &admin,
+            "SET synchronous_commit = on; SELECT pg_logical_emit_message(true, 'pgrepl', 'fence');",
+            "flushing the WAL through the fence",
+        )
+        .await?;
+        self.lsn = lsn;
+        Ok(())
+    }
+
     /// The cutover succeeded: the triggers take over from the locks.
     pub async fn commit(self) -> Result<(), CutoverError> {
         exec(&self.lock, "COMMIT", "leaving the fence in place").await

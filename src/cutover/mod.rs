@@ -17,6 +17,7 @@
 pub mod fence;
 mod reverse;
 mod sessions;
+pub mod together;
 
 use std::time::{Duration, Instant};
 
@@ -103,6 +104,10 @@ pub struct CutoverRequest<'a> {
     pub reverse: bool,
     pub jobs: usize,
     pub progress: ProgressMode,
+    /// With other databases' cutovers, as one (`--all-databases`).
+    pub together: Option<std::sync::Arc<together::Together>>,
+    /// The way back's sync name (default `NAME_r`).
+    pub reverse_as: Option<SyncName>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -152,8 +157,20 @@ enum Sync {
     },
 }
 
-/// Cuts over; `interrupted` turns true on Ctrl-C.
+/// Cuts over; `interrupted` turns true on Ctrl-C. With other databases
+/// (`req.together`), any failure here is theirs too.
 pub async fn run(
+    req: &CutoverRequest<'_>,
+    interrupted: watch::Receiver<bool>,
+) -> Result<Summary, CutoverError> {
+    let result = run_alone(req, interrupted).await;
+    if let (Err(_), Some(t)) = (&result, &req.together) {
+        t.fail(&req.target.config.dbname);
+    }
+    result
+}
+
+async fn run_alone(
     req: &CutoverRequest<'_>,
     mut interrupted: watch::Receiver<bool>,
 ) -> Result<Summary, CutoverError> {
@@ -189,6 +206,7 @@ pub async fn run(
         r = cut_over(req, &src, &tgt, &tables, &mut steps, started) => r,
         _ = interrupted.changed() => Err(CutoverError::Interrupted),
     };
+
     match (result, sync) {
         (Ok(summary), Sync::Own { task, .. }) => {
             let _ = task.await;
@@ -343,13 +361,34 @@ async fn cut_over(
     if !req.terminate {
         sessions::wait_gone(src, None, req.wait).await?;
     }
-    let fence = fence::put_up(req.source, tables, req.wait, req.terminate).await?;
+    let mut fence = fence::put_up(req.source, tables, req.wait, req.terminate).await?;
+    if let Some(t) = &req.together {
+        // Every database fenced before any fence LSN is taken (see
+        // `together`).
+        let all = t.all_fenced().await;
+        let lsn = match all {
+            Ok(()) => fence.take_lsn_again(req.source).await,
+            Err(e) => Err(CutoverError::Other(e.to_string())),
+        };
+        if let Err(e) = lsn {
+            fence.lift(req.source).await;
+            return Err(e);
+        }
+    }
     let fenced_at = fence.since;
     let fence_lsn = fence.lsn;
     steps.done(&format!("source fenced at {}", fence.lsn));
     let outcome = under_fence(req, src, tgt, &mut carry, &fence, steps).await;
     match outcome {
         Ok((mut held, sequences_set, verified, reverse)) => {
+            // Every database's target ready before any fence lasts.
+            if let Some(t) = &req.together {
+                if let Err(e) = t.all_ready().await {
+                    fence.lift(req.source).await;
+                    let _ = held.set(&State::Released).await;
+                    return Err(CutoverError::Other(e.to_string()));
+                }
+            }
             // 7. The fence's lasting part takes over; the sync ends.
             fence.commit().await?;
             held.set(&State::End).await?;

@@ -76,7 +76,10 @@ pub async fn check(req: &CutoverRequest<'_>) -> Result<(), CutoverError> {
 
 /// Sets up the reverse sync; returns its name.
 pub async fn set_up(req: &CutoverRequest<'_>) -> Result<SyncName, CutoverError> {
-    let name = name_of(req.name)?;
+    let name = match &req.reverse_as {
+        Some(n) => n.clone(),
+        None => name_of(req.name)?,
+    };
     // Roles swap: the target is the new source.
     let (new_source, new_target) = (req.target, req.source);
     let (src, tgt) = tokio::try_join!(new_source.connect(), new_target.connect())?;
