@@ -264,7 +264,7 @@ async fn carry_roles(
 }
 
 /// How often the source is looked at for databases made since the start.
-const NEW_DATABASES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+const NEW_DATABASES_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Warns, once each, about databases created on the source after the
 /// move started: they are not synced.

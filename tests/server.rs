@@ -1,0 +1,329 @@
+//! A whole server moved online: several databases with their own owners,
+//! settings and collations, roles with memberships and passwords, pgbench
+//! on two databases while the sync runs, one `cutover --all-databases`
+//! under load; every database equal, its sequences exact, and the
+//! application's roles logging in on the target to see what they saw.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{assert_same_data, pgrepl, wait_for, Cluster, Pair};
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+/// The source's roles and databases; `icu`: a database whose locale
+/// provider is ICU (15+ on both sides).
+async fn server(source: &Cluster, icu: bool) {
+    // (CREATE DATABASE runs alone.)
+    for sql in [
+        "CREATE ROLE owner1 LOGIN; CREATE ROLE owner2; CREATE ROLE readers;
+         CREATE ROLE reporting LOGIN PASSWORD 'secret-r' IN ROLE readers",
+        "CREATE DATABASE shop OWNER owner1",
+        "CREATE DATABASE crm OWNER owner2 TEMPLATE template0 LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' CONNECTION LIMIT 40",
+        "ALTER DATABASE shop SET work_mem = '8MB'; COMMENT ON DATABASE crm IS 'customers'",
+    ] {
+        source.exec(sql).await;
+    }
+    if icu {
+        source
+            .exec("CREATE DATABASE analytics TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'de-DE'")
+            .await;
+    } else {
+        source.exec("CREATE DATABASE analytics").await;
+    }
+    let exec = |db: &'static str, sql: &'static str| async move {
+        source
+            .client_db(db)
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{db}: {}", support::db_error(&e)));
+    };
+    exec(
+        "shop",
+        "SET ROLE owner1;
+         CREATE TABLE orders (id serial PRIMARY KEY, v text, placed timestamptz DEFAULT now());
+         INSERT INTO orders (v) SELECT md5(g::text) FROM generate_series(1, 2000) g;
+         GRANT SELECT ON orders TO readers;",
+    )
+    .await;
+    exec(
+        "crm",
+        "SET ROLE owner2;
+         CREATE TABLE people (id int PRIMARY KEY, name text COLLATE \"C.utf8\");
+         INSERT INTO people SELECT g, 'p' || g FROM generate_series(1, 500) g;",
+    )
+    .await;
+    exec(
+        "analytics",
+        "CREATE TABLE facts (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, label text);
+         INSERT INTO facts (label) SELECT 'ä' || g FROM generate_series(1, 300) g;",
+    )
+    .await;
+    exec(
+        "postgres",
+        "CREATE TABLE admin_notes (id int PRIMARY KEY, note text); INSERT INTO admin_notes VALUES (1, 'hello');",
+    )
+    .await;
+    for db in ["shop", "crm"] {
+        let out = tokio::process::Command::new(support::pg::pgbench())
+            .args(pgbench_conn(source))
+            .args(["-i", "-s", "1", "-q", db])
+            .output()
+            .await
+            .expect("pgbench -i");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A key on the history: a row applied twice would be refused.
+        source
+            .client_db(db)
+            .await
+            .batch_execute("ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY")
+            .await
+            .unwrap();
+    }
+}
+
+fn pgbench_conn(c: &Cluster) -> Vec<String> {
+    [
+        "-h",
+        &c.socket_dir().display().to_string(),
+        "-p",
+        &c.port.to_string(),
+        "-U",
+        "postgres",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn pgbench(c: &Cluster, db: &str, seconds: u32) -> tokio::process::Child {
+    tokio::process::Command::new(support::pg::pgbench())
+        .args(pgbench_conn(c))
+        .args(["-c", "2", "-T", &seconds.to_string(), "-n", db])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("pgbench")
+}
+
+const DATABASES: [&str; 4] = ["shop", "crm", "analytics", "postgres"];
+
+/// A target database's sync is streaming (the database may not be there
+/// yet).
+async fn streaming(target: &Cluster, db: &str) {
+    wait_for(&format!("{db} streaming"), LIMIT, || async {
+        let (c, conn) = tokio_postgres::connect(&target.conninfo_db(db), tokio_postgres::NoTls)
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let phase: String = c
+            .query_one("SELECT phase FROM pgrepl.sync", &[])
+            .await
+            .ok()?
+            .get(0);
+        (phase == "streaming").then_some(())
+    })
+    .await;
+}
+
+async fn all_streaming(target: &Cluster) {
+    for db in DATABASES {
+        streaming(target, db).await;
+    }
+}
+
+/// What pg_database says of a database, as the application would see it.
+async fn properties(c: &Cluster, db: &str) -> Option<String> {
+    c.value(&format!(
+        "SELECT concat_ws('|', pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding),
+                coalesce(to_jsonb(d) ->> 'datlocprovider', 'c'), d.datcollate, d.datctype,
+                coalesce(to_jsonb(d) ->> 'datlocale', to_jsonb(d) ->> 'daticulocale', '-'), d.datconnlimit,
+                (SELECT array_agg(x ORDER BY x)::text FROM pg_db_role_setting s, unnest(s.setconfig) x
+                  WHERE s.setdatabase = d.oid AND s.setrole = 0),
+                shobj_description(d.oid, 'pg_database'))
+         FROM pg_database d WHERE datname = '{db}'"
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_whole_server_moves_online_and_cuts_over_as_one() {
+    let pair = Pair::start();
+    let icu = pair.source.major() >= 15 && pair.target.major() >= 15;
+    server(&pair.source, icu).await;
+    let sync = pair.spawn(
+        "sync",
+        &["--all-databases", "--roles", "copy", "--jobs", "2"],
+    );
+    all_streaming(&pair.target).await;
+    for db in ["shop", "crm", "analytics"] {
+        assert_eq!(
+            properties(&pair.target, db).await,
+            properties(&pair.source, db).await,
+            "database {db} made as on the source"
+        );
+    }
+    // Writes on two databases while the syncs stream.
+    let mut loads = vec![
+        pgbench(&pair.source, "shop", 4),
+        pgbench(&pair.source, "crm", 4),
+    ];
+    for l in &mut loads {
+        let _ = l.wait().await;
+    }
+    let status = pair.run("status", &["--all-databases"]).await;
+    assert!(status.success(), "{status}");
+    for db in DATABASES {
+        assert!(
+            status
+                .stdout
+                .contains(&format!("[{db}] sync pgrepl_{db}: streaming")),
+            "{status}"
+        );
+    }
+    let verify = pair.run("verify", &["--all-databases"]).await;
+    assert!(verify.success(), "{verify}");
+    // One cutover for all, under load.
+    let mut loads = vec![
+        pgbench(&pair.source, "shop", 60),
+        pgbench(&pair.source, "crm", 60),
+    ];
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let cutover = pair
+        .run("cutover", &["--all-databases", "--terminate"])
+        .await;
+    assert!(cutover.success(), "{cutover}");
+    assert!(
+        cutover.stdout.contains("4 database(s) cut over as one"),
+        "{cutover}"
+    );
+    for l in &mut loads {
+        let _ = l.kill().await;
+    }
+    let out = sync.wait(LIMIT).await;
+    assert!(out.success(), "the syncs end with the cutover: {out}");
+    for db in DATABASES {
+        let (s, t) = (
+            pair.source.client_db(db).await,
+            pair.target.client_db(db).await,
+        );
+        assert_same_data(&s, &t).await;
+        // Sequences exact: the target's state is the source's.
+        let seqs = "SELECT coalesce(string_agg(format('%s=%s', schemaname || '.' || sequencename,
+                                                   coalesce(last_value::text, 'unused')), ',' ORDER BY 1), '')
+                    FROM pg_sequences WHERE schemaname !~ '^pgrepl'";
+        let value = |c: tokio_postgres::Client| async move {
+            c.query_one(seqs, &[]).await.unwrap().get::<_, String>(0)
+        };
+        assert_eq!(value(t).await, value(s).await, "sequences of {db}");
+    }
+    // The application's reporting role logs in on the target with its
+    // password and sees what it saw on the source.
+    let count = |c: &Cluster| {
+        let conninfo = c.tcp_conninfo("reporting", "secret-r", "shop");
+        async move {
+            let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                .await
+                .expect("reporting logs in");
+            tokio::spawn(conn);
+            client
+                .query_one("SELECT count(*) FROM orders", &[])
+                .await
+                .expect("reporting reads orders")
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(count(&pair.target).await, count(&pair.source).await);
+    // The old server is fenced in every database.
+    let write = pair
+        .source
+        .client_db("crm")
+        .await
+        .batch_execute("INSERT INTO people VALUES (100000, 'late')")
+        .await;
+    assert!(write.is_err(), "a write after the cutover went through");
+    let down = pair.run("teardown", &["--all-databases"]).await;
+    assert!(down.success(), "{down}");
+    let slots = pair
+        .source
+        .value("SELECT count(*) FROM pg_replication_slots")
+        .await;
+    assert_eq!(slots.as_deref(), Some("0"));
+}
+
+/// What cannot be made as on the source is named before anything is
+/// made; a database created on the source while the move runs is named
+/// as not synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_cannot_match_is_refused_and_a_new_database_is_named() {
+    let pair = Pair::start();
+    for sql in [
+        "CREATE ROLE owner9",
+        "CREATE DATABASE sales OWNER owner9",
+        "CREATE DATABASE hr",
+    ] {
+        pair.source.exec(sql).await;
+    }
+    // Without --roles copy the owner does not exist on the target.
+    let out = pair
+        .run("sync", &["--databases", "sales,hr", "--roles", "skip"])
+        .await;
+    assert!(!out.success(), "{out}");
+    let line = out.error_line();
+    assert!(
+        line.contains("sales: its owner \"owner9\" is not a role of the target"),
+        "{line}"
+    );
+    let made = pair
+        .target
+        .value("SELECT count(*) FROM pg_database WHERE datname IN ('sales', 'hr')")
+        .await;
+    assert_eq!(made.as_deref(), Some("0"), "a database was created");
+    let unknown = pair.run("sync", &["--databases", "nope"]).await;
+    assert!(
+        !unknown.success() && unknown.error_line().contains("no database \"nope\""),
+        "{unknown}"
+    );
+    // With the roles, it runs; a database made since is named.
+    let sync = pair.spawn(
+        "sync",
+        &[
+            "--all-databases",
+            "--exclude-databases",
+            "postgres",
+            "--roles",
+            "copy",
+        ],
+    );
+    for db in ["sales", "hr"] {
+        streaming(&pair.target, db).await;
+    }
+    pair.source.exec("CREATE DATABASE later").await;
+    let status = pair
+        .run(
+            "status",
+            &["--all-databases", "--exclude-databases", "postgres"],
+        )
+        .await;
+    assert!(status.stdout.contains("[later] NOT SYNCED"), "{status}");
+    let mut sync = sync;
+    wait_for("the sync to name the new database", LIMIT, || {
+        let said = sync.output_so_far();
+        async move {
+            said.contains("\"later\" was created on the source after this sync started")
+                .then_some(())
+        }
+    })
+    .await;
+    sync.assert_running();
+    sync.signal(libc::SIGTERM);
+    let out = sync.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+}
