@@ -9,7 +9,7 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{assert_same_data, pgrepl, wait_for, Cluster, Pair};
+use support::{assert_same_data, wait_for, Cluster, Pair};
 
 const LIMIT: Duration = Duration::from_secs(240);
 
