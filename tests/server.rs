@@ -300,11 +300,52 @@ async fn a_target_that_cannot_match_is_refused_and_a_new_database_is_named() {
             "postgres",
             "--roles",
             "copy",
+            "--listen",
+            "127.0.0.1:0",
         ],
     );
+    let addr = support::http::listening(&sync).await;
     for db in ["sales", "hr"] {
         streaming(&pair.target, db).await;
     }
+    // One listener for all: metrics labelled by database, the status of
+    // each, a page with a row each, healthy while all stream.
+    let (code, health) = support::http::get(&addr, "/healthz")
+        .await
+        .expect("healthz");
+    assert_eq!(code, 200, "{health}");
+    let (_, status) = support::http::get(&addr, "/status").await.expect("status");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("status is JSON");
+    let dbs: Vec<&str> = status["databases"]
+        .as_array()
+        .expect("a list of databases")
+        .iter()
+        .filter_map(|d| d["database"].as_str())
+        .collect();
+    assert_eq!(dbs.len(), 2, "{status}");
+    let (_, page) = support::http::get(&addr, "/").await.expect("page");
+    assert!(
+        page.contains("\"database\":\"sales\"") && page.contains("\"database\":\"hr\""),
+        "{page}"
+    );
+    let phases = |metrics: &str| -> Vec<String> {
+        let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string())))
+            .expect("metrics parse");
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "pgrepl_phase" && s.labels.get("phase") == Some("streaming"))
+            .filter(|s| matches!(s.value, prometheus_parse::Value::Gauge(v) if v == 1.0))
+            .filter_map(|s| s.labels.get("database").map(str::to_string))
+            .collect()
+    };
+    wait_for("every database streaming in /metrics", LIMIT, || async {
+        let (_, m) = support::http::get(&addr, "/metrics").await?;
+        let mut p = phases(&m);
+        p.sort();
+        (p == ["hr", "sales"]).then_some(())
+    })
+    .await;
     pair.source.exec("CREATE DATABASE later").await;
     let status = pair
         .run(
@@ -322,6 +363,13 @@ async fn a_target_that_cannot_match_is_refused_and_a_new_database_is_named() {
         }
     })
     .await;
+    let (_, metrics) = support::http::get(&addr, "/metrics")
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("pgrepl_database_unsynced{database=\"later\",sync=\"pgrepl\"} 1"),
+        "{metrics}"
+    );
     sync.assert_running();
     sync.signal(libc::SIGTERM);
     let out = sync.wait(LIMIT).await;

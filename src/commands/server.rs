@@ -148,6 +148,15 @@ pub(super) async fn sync(args: SyncArgs, json_logs: bool) -> anyhow::Result<Exit
                 source: source.clone(),
                 target: target.clone(),
                 retry_for: args.retry_for,
+                databases: members
+                    .iter()
+                    .map(|m| crate::observe::http::Member {
+                        database: m.database.name.clone(),
+                        name: m.name.clone(),
+                        source: m.source.clone(),
+                        target: m.target.clone(),
+                    })
+                    .collect(),
             },
         )
         .await?;

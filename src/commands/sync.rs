@@ -37,6 +37,7 @@ pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
                 source: source.clone(),
                 target: target.clone(),
                 retry_for: args.retry_for,
+                databases: Vec::new(),
             },
         )
         .await?;

@@ -37,6 +37,17 @@ pub struct Context {
     pub source: Endpoint,
     pub target: Endpoint,
     pub retry_for: Duration,
+    /// A whole-server move: each database's sync (empty for one sync).
+    pub databases: Vec<Member>,
+}
+
+/// One database of a whole-server move, as the listener shows it.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub database: String,
+    pub name: SyncName,
+    pub source: Endpoint,
+    pub target: Endpoint,
 }
 
 /// Binds now (so a taken port fails the sync before it changes
@@ -79,6 +90,9 @@ async fn metrics() -> Response {
 }
 
 async fn status(State(ctx): State<Arc<Context>>) -> Response {
+    if !ctx.databases.is_empty() {
+        return server_status(&ctx).await;
+    }
     let report = async {
         let (src, tgt) = tokio::try_join!(ctx.source.connect(), ctx.target.connect())
             .map_err(|e| e.to_string())?;
@@ -128,7 +142,10 @@ pub struct Live {
 }
 
 pub fn live(name: &SyncName) -> Live {
-    let t = telemetry();
+    live_of(telemetry(), name)
+}
+
+fn live_of(t: &crate::progress::telemetry::Telemetry, name: &SyncName) -> Live {
     Live {
         sync: name.to_string(),
         phase: t.phase(),
@@ -146,11 +163,95 @@ pub fn live(name: &SyncName) -> Live {
     }
 }
 
+/// What the whole-server page shows: a row per database.
+#[derive(Serialize)]
+pub struct ServerLive {
+    pub databases: Vec<DatabaseLive>,
+    pub unsynced: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct DatabaseLive {
+    pub database: String,
+    pub live: Live,
+}
+
+fn server_live(ctx: &Context) -> ServerLive {
+    let all = crate::progress::telemetry::databases();
+    ServerLive {
+        databases: ctx
+            .databases
+            .iter()
+            .filter_map(|m| {
+                let t = all
+                    .iter()
+                    .find(|t| t.database.as_deref() == Some(m.database.as_str()))?;
+                Some(DatabaseLive {
+                    database: m.database.clone(),
+                    live: live_of(t, &m.name),
+                })
+            })
+            .collect(),
+        unsynced: crate::progress::telemetry::unsynced_databases(),
+    }
+}
+
+/// `/status` of a whole-server move: each database's report.
+async fn server_status(ctx: &Context) -> Response {
+    let reports = async {
+        let mut out = Vec::new();
+        for m in &ctx.databases {
+            let (src, tgt) = tokio::try_join!(m.source.connect(), m.target.connect())
+                .map_err(|e| format!("{}: {e}", m.database))?;
+            let decoder = m
+                .source
+                .connect_decoder()
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = crate::progress::status::report(&src, decoder.as_ref(), &tgt, &m.name)
+                .await
+                .map_err(|e| format!("{}: {e}", m.database))?;
+            out.push(serde_json::json!({ "database": m.database, "status": r }));
+        }
+        Ok::<_, String>(out)
+    };
+    match tokio::time::timeout(Duration::from_secs(20), reports).await {
+        Ok(Ok(r)) => axum::Json(serde_json::json!({
+            "databases": r,
+            "unsynced": crate::progress::telemetry::unsynced_databases(),
+        }))
+        .into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "error": e })),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "error": "the servers did not answer within 20 s" })),
+        )
+            .into_response(),
+    }
+}
+
 async fn live_handler(State(ctx): State<Arc<Context>>) -> Response {
+    if !ctx.databases.is_empty() {
+        return axum::Json(server_live(&ctx)).into_response();
+    }
     axum::Json(live(&ctx.name)).into_response()
 }
 
 async fn page(State(ctx): State<Arc<Context>>) -> Html<String> {
+    if !ctx.databases.is_empty() {
+        let initial = serde_json::to_string(&server_live(&ctx))
+            .unwrap_or_else(|_| "null".into())
+            .replace("</", "<\\/");
+        return Html(
+            include_str!("server.html")
+                .replace("__SYNC__", &html_escape(ctx.name.as_str()))
+                .replace("__INITIAL__", &initial),
+        );
+    }
     // The first picture is in the page itself (no request needed to
     // draw it); the script refreshes it from /live.
     let initial = serde_json::to_string(&live(&ctx.name))
@@ -164,6 +265,29 @@ async fn page(State(ctx): State<Arc<Context>>) -> Html<String> {
 }
 
 async fn healthz(State(ctx): State<Arc<Context>>) -> Response {
+    if !ctx.databases.is_empty() {
+        // Healthy when every database is.
+        let all = crate::progress::telemetry::databases();
+        for t in &all {
+            let (phase, retrying) = (t.phase(), t.retrying_for());
+            let db = t.database.clone().unwrap_or_default();
+            if !matches!(phase, "copying" | "streaming") {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{db}: not running: {phase}\n"),
+                )
+                    .into_response();
+            }
+            if retrying.is_some_and(|d| d > ctx.retry_for / 2) {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{db}: retrying for more than half of --retry-for\n"),
+                )
+                    .into_response();
+            }
+        }
+        return (StatusCode::OK, format!("ok: {} database(s)\n", all.len())).into_response();
+    }
     let t = telemetry();
     let phase = t.phase();
     let retrying = t.retrying_for();

@@ -80,6 +80,8 @@ pub struct Telemetry {
     pub registry: Registry,
     /// The sync's name ("" for commands that never named one).
     pub sync: String,
+    /// The database, in a whole-server move.
+    pub database: Option<String>,
     /// What the target holds durably, as a u64 LSN (0 until known): every
     /// log line about a failure says where the sync stood.
     pub position: std::sync::atomic::AtomicU64,
@@ -260,6 +262,7 @@ impl Telemetry {
             table_state: reg(r, IntGaugeVec::new(Opts::new("table_state", "1 for the table's copy state"), &["table", "state"]).expect("valid")),
             registry,
             sync: sync.to_string(),
+            database: database.map(str::to_string),
             position: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
             phase: Mutex::new("checking"),
