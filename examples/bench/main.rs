@@ -16,6 +16,7 @@ mod finish;
 mod observe;
 mod report;
 mod scale;
+mod server;
 
 use std::path::PathBuf;
 
@@ -37,7 +38,9 @@ async fn main() {
         .position(|a| a == "--rounds")
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok());
-    const PARTS: [&str; 6] = ["copy", "apply", "ddl", "verify", "cutover", "scale"];
+    const PARTS: [&str; 7] = [
+        "copy", "apply", "ddl", "verify", "cutover", "scale", "server",
+    ];
     if let Some(bad) = only.iter().find(|o| !PARTS.contains(&o.as_str())) {
         eprintln!(
             "bench: unknown part `{bad}` after --only: pick from {}",
@@ -67,6 +70,9 @@ async fn main() {
     }
     if wants("scale") {
         scale::run(&env, &mut report).await;
+    }
+    if wants("server") {
+        server::run(&env, &mut report).await;
     }
     let table = report.markdown();
     println!("\n{table}");
