@@ -350,6 +350,14 @@ pub struct CheckArgs {
     #[arg(long)]
     pub no_ddl: bool,
 
+    /// With several databases: check as for `sync --jobs N`.
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: Option<u16>,
+
+    /// With several databases: check as for `sync --max-connections N`.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u32>,
+
     /// Check as for `sync --failover-slot BOOL` (PostgreSQL 17+ sources).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub failover_slot: bool,

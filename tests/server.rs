@@ -291,6 +291,44 @@ async fn a_target_that_cannot_match_is_refused_and_a_new_database_is_named() {
         !unknown.success() && unknown.error_line().contains("no database \"nope\""),
         "{unknown}"
     );
+    // check says the same, and what the server needs.
+    let check = pair
+        .run("check", &["--databases", "sales,hr", "--roles", "skip"])
+        .await;
+    assert!(
+        !check.success() && check.stdout.contains("ERROR  server database sales"),
+        "{check}"
+    );
+    let check = pair
+        .run("check", &["--databases", "sales,hr", "--roles", "copy"])
+        .await;
+    assert!(check.success(), "{check}");
+    assert!(
+        check
+            .stdout
+            .contains("sales, hr will be made on the target")
+            || check
+                .stdout
+                .contains("hr, sales will be made on the target"),
+        "{check}"
+    );
+    let tight = pair
+        .run(
+            "check",
+            &[
+                "--databases",
+                "sales,hr",
+                "--roles",
+                "copy",
+                "--max-connections",
+                "5",
+            ],
+        )
+        .await;
+    assert!(
+        !tight.success() && tight.stdout.contains("--max-connections 5"),
+        "{tight}"
+    );
     // With the roles, it runs; a database made since is named.
     let sync = pair.spawn(
         "sync",

@@ -6,10 +6,24 @@ use crate::check::{self, CheckOptions};
 use crate::cli::CheckArgs;
 
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    if args.endpoints.databases.any() {
+        return super::server::check(args).await;
+    }
     let (source, target) = super::endpoints(&args.endpoints)?;
+    one(&args, &source, &target, &args.endpoints.name).await
+}
+
+/// One database's preflight.
+pub(super) async fn one(
+    args: &CheckArgs,
+    source: &crate::conn::Endpoint,
+    target: &crate::conn::Endpoint,
+    name: &crate::sql::SyncName,
+) -> anyhow::Result<ExitCode> {
+    let (source, target) = (source.clone(), target.clone());
     let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
     let opts = CheckOptions {
-        name: args.endpoints.name.clone(),
+        name: name.clone(),
         selection: args.tables.selection(),
         existing_schema: args.existing_schema,
         ddl: !args.no_ddl,
@@ -22,8 +36,10 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         println!("{}", preflight.report.to_json());
     } else {
         print!(
-            "{}",
-            preflight.report.render(crate::logging::terminal_width())
+            "{}\n",
+            crate::progress::scope::prefixed(
+                &preflight.report.render(crate::logging::terminal_width())
+            )
         );
     }
     Ok(if preflight.report.has_errors() {

@@ -114,7 +114,7 @@ pub(super) async fn sync(args: SyncArgs, json_logs: bool) -> anyhow::Result<Exit
         carry_roles(&src, &tgt).await?;
     }
     let chosen: Vec<SourceDatabase> = members.iter().map(|m| m.database.clone()).collect();
-    let (missing, problems) = crate::server::create::plan(&tgt, &chosen)
+    let (missing, problems) = crate::server::create::plan(&tgt, &chosen, false)
         .await
         .map_err(|e| anyhow::anyhow!("target: reading its databases: {}", describe(&e)))?;
     if !problems.is_empty() {
@@ -470,4 +470,73 @@ pub(super) async fn cutover(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `check --all-databases`: what the server needs (connections, walsenders,
+/// slots), which target databases would be made and whether they can be,
+/// then each database's own preflight where the target has it already.
+pub(super) async fn check(args: crate::cli::CheckArgs) -> anyhow::Result<ExitCode> {
+    let (source, target) = super::endpoints(&args.endpoints)?;
+    let base = args.endpoints.name.clone();
+    let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
+    let members = members(&source, &target, &src, &base, &args.endpoints.databases).await?;
+    let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let mut errors = 0;
+    let (src_room, tgt_room) = tokio::try_join!(
+        crate::server::budget::room(&src),
+        crate::server::budget::room(&tgt)
+    )
+    .map_err(|e| anyhow::anyhow!("reading the servers' limits: {e}"))?;
+    let (need_src, need_tgt) = crate::server::budget::needed(members.len(), jobs);
+    match crate::server::budget::judge(members.len(), jobs, args.max_connections, src_room, tgt_room) {
+        Ok(()) => println!(
+            "ok     server connections: {} database(s) with {jobs} copy worker(s) need about {need_src} sessions on the source ({} free) and {need_tgt} on the target ({} free)",
+            members.len(),
+            src_room.connections,
+            tgt_room.connections
+        ),
+        Err(e) => {
+            errors += 1;
+            println!("ERROR  server connections: {e}");
+        }
+    }
+    let chosen: Vec<SourceDatabase> = members.iter().map(|m| m.database.clone()).collect();
+    let roles_copy = args.roles.map(Into::into) == Some(RolesPolicy::Copy);
+    let (missing, problems) = crate::server::create::plan(&tgt, &chosen, roles_copy)
+        .await
+        .map_err(|e| anyhow::anyhow!("target: reading its databases: {}", describe(&e)))?;
+    for p in &problems {
+        errors += 1;
+        println!(
+            "ERROR  server database {}: cannot be made on the target as on the source: {}",
+            p.database, p.why
+        );
+    }
+    let made: Vec<&str> = missing.iter().map(|d| d.name.as_str()).collect();
+    if !made.is_empty() {
+        println!(
+            "ok     server databases: {} will be made on the target as on the source",
+            made.join(", ")
+        );
+    }
+    drop((src, tgt));
+    let code = each(&args.endpoints, |m| {
+        let args = &args;
+        let made = &made;
+        async move {
+            if made.contains(&m.database.name.as_str()) {
+                return Ok(ExitCode::SUCCESS);
+            }
+            super::check::one(args, &m.source, &m.target, &m.name).await
+        }
+    })
+    .await?;
+    if errors > 0 {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(code)
 }

@@ -21,9 +21,12 @@ pub struct Unmakeable {
 
 /// The chosen databases the target lacks, and the reasons any of them
 /// could not be made there as on the source (empty: all can).
+/// `owners_come`: the source's roles will be made first (`--roles copy`),
+/// so a missing owner is no obstacle.
 pub async fn plan<'a>(
     tgt: &Client,
     chosen: &'a [SourceDatabase],
+    owners_come: bool,
 ) -> Result<(Vec<&'a SourceDatabase>, Vec<Unmakeable>), tokio_postgres::Error> {
     let row = tgt
         .query_one(
@@ -39,7 +42,7 @@ pub async fn plan<'a>(
         .collect();
     let mut problems = Vec::new();
     for db in &missing {
-        for why in unmakeable(tgt, version, db).await? {
+        for why in unmakeable(tgt, version, db, owners_come).await? {
             problems.push(Unmakeable {
                 database: db.name.clone(),
                 why,
@@ -55,6 +58,7 @@ async fn unmakeable(
     tgt: &Client,
     version: i32,
     db: &SourceDatabase,
+    owners_come: bool,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let mut why = Vec::new();
     match db.provider {
@@ -122,7 +126,7 @@ async fn unmakeable(
         )
         .await?
         .get(0);
-    if !owner {
+    if !owner && !owners_come {
         why.push(format!(
             "its owner {:?} is not a role of the target: --roles copy creates it",
             db.owner
