@@ -35,8 +35,8 @@ pub(super) async fn one(
     if args.json {
         println!("{}", preflight.report.to_json());
     } else {
-        print!(
-            "{}\n",
+        println!(
+            "{}",
             crate::progress::scope::prefixed(
                 &preflight.report.render(crate::logging::terminal_width())
             )
