@@ -9,7 +9,7 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{assert_same_data, wait_for, Cluster, Pair};
+use support::{assert_same_data, pgrepl, wait_for, Cluster, Pair};
 
 const LIMIT: Duration = Duration::from_secs(240);
 
@@ -262,7 +262,7 @@ async fn heavy_a_whole_server_moves_online_and_cuts_over_as_one() {
 /// made; a database created on the source while the move runs is named
 /// as not synced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_target_that_cannot_match_is_refused_and_a_new_database_is_named() {
+async fn a_target_that_cannot_match_is_refused_a_new_database_is_named_and_the_way_back_runs() {
     let pair = Pair::start();
     for sql in [
         "CREATE ROLE owner9",
@@ -271,6 +271,12 @@ async fn a_target_that_cannot_match_is_refused_and_a_new_database_is_named() {
     ] {
         pair.source.exec(sql).await;
     }
+    pair.source
+        .client_db("sales")
+        .await
+        .batch_execute("CREATE TABLE deals (id int PRIMARY KEY, v text); INSERT INTO deals VALUES (1, 'first')")
+        .await
+        .unwrap();
     // Without --roles copy the owner does not exist on the target.
     let out = pair
         .run("sync", &["--databases", "sales,hr", "--roles", "skip"])
@@ -409,7 +415,48 @@ async fn a_target_that_cannot_match_is_refused_and_a_new_database_is_named() {
         "{metrics}"
     );
     sync.assert_running();
-    sync.signal(libc::SIGTERM);
+    // One cutover for both, with a way back: a whole-server sync named
+    // pgrepl_r carries the new server's writes back.
+    let cutover = pair
+        .run(
+            "cutover",
+            &["--databases", "sales,hr", "--terminate", "--reverse"],
+        )
+        .await;
+    assert!(
+        cutover.success() && cutover.stdout.contains("--name pgrepl_r --databases"),
+        "{cutover}"
+    );
     let out = sync.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+    let back = pgrepl::spawn(&[
+        "sync",
+        "--databases",
+        "sales,hr",
+        "--name",
+        "pgrepl_r",
+        "--source",
+        &pair.target.conninfo(),
+        "--target",
+        &pair.source.conninfo(),
+    ]);
+    pair.target
+        .client_db("sales")
+        .await
+        .batch_execute("INSERT INTO deals VALUES (2, 'written on the new server')")
+        .await
+        .unwrap();
+    let source = pair.source.client_db("sales").await;
+    wait_for("the write to come back", LIMIT, || async {
+        let n: i64 = source
+            .query_one("SELECT count(*) FROM deals WHERE id = 2", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await;
+    back.signal(libc::SIGTERM);
+    let out = back.wait(LIMIT).await;
     assert!(out.success(), "{out}");
 }
