@@ -415,6 +415,63 @@ async fn a_target_that_cannot_match_is_refused_a_new_database_is_named_and_the_w
         "{metrics}"
     );
     sync.assert_running();
+    // A cutover that fails in one database, under the fence, lifts the
+    // fence of every one: a row the target of sales lost makes its
+    // verify fail there.
+    pair.source
+        .client_db("hr")
+        .await
+        .batch_execute("CREATE TABLE staff (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    wait_for("staff on the target", LIMIT, || async {
+        pair.target
+            .client_db("hr")
+            .await
+            .query_one("SELECT count(*) FROM staff", &[])
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let lost = "DELETE FROM deals WHERE id = 1";
+    let target_sales = pair.target.client_db("sales").await;
+    target_sales.batch_execute(lost).await.unwrap();
+    let failed = pair
+        .run(
+            "cutover",
+            &["--databases", "sales,hr", "--verify", "--terminate"],
+        )
+        .await;
+    assert!(
+        !failed.success() && failed.error_line().contains("every fence is lifted"),
+        "{failed}"
+    );
+    assert!(
+        failed.stderr.contains("[hr]   source fenced at")
+            && failed.stderr.contains("[sales]   source fenced at"),
+        "both were fenced before sales failed: {failed}"
+    );
+    target_sales
+        .batch_execute("INSERT INTO deals VALUES (1, 'first')")
+        .await
+        .unwrap();
+    let hr = pair.source.client_db("hr").await;
+    let fenced: i64 = hr
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname = 'pgrepl_fence')
+                  + (SELECT count(*) FROM pg_db_role_setting s, unnest(s.setconfig) c
+                     WHERE c LIKE 'default_transaction_read_only%')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(fenced, 0, "a fence stayed after the set failed");
+    hr.batch_execute("INSERT INTO staff VALUES (1)")
+        .await
+        .unwrap();
+    sync.assert_running();
     // One cutover for both, with a way back: a whole-server sync named
     // pgrepl_r carries the new server's writes back.
     let cutover = pair
