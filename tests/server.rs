@@ -158,10 +158,16 @@ async fn heavy_a_whole_server_moves_online_and_cuts_over_as_one() {
     let pair = Pair::start();
     let icu = pair.source.major() >= 15 && pair.target.major() >= 15;
     server(&pair.source, icu).await;
-    let sync = pair.spawn(
+    // A sync holds at the fence only 0.6 s for a silent cutover here: the
+    // cutover, verifying every database under the fence, must keep each
+    // hold alive while the others finish.
+    let short_hold = [("PGREPL_HOLD_LIMIT_MS", "600")];
+    let args = pair.command(
         "sync",
         &["--all-databases", "--roles", "copy", "--jobs", "2"],
     );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sync = pgrepl::spawn_with_env(&args, &short_hold);
     all_streaming(&pair.target).await;
     for db in ["shop", "crm", "analytics"] {
         assert_eq!(
@@ -196,12 +202,13 @@ async fn heavy_a_whole_server_moves_online_and_cuts_over_as_one() {
         pgbench(&pair.source, "crm", 60),
     ];
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let cutover = pair
-        .run("cutover", &["--all-databases", "--terminate"])
-        .await;
+    let args = pair.command("cutover", &["--all-databases", "--terminate", "--verify"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cutover = pgrepl::run_with_env(&args, &short_hold, LIMIT).await;
     assert!(cutover.success(), "{cutover}");
     assert!(
-        cutover.stdout.contains("4 database(s) cut over as one"),
+        cutover.stdout.contains("4 database(s) cut over as one")
+            && cutover.stdout.contains("verified equal"),
         "{cutover}"
     );
     for l in &mut loads {

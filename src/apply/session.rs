@@ -529,6 +529,7 @@ async fn flush_watcher(
             Err(e) => {
                 tracing::debug!(error = %describe(&e), "flush watcher lost its connection");
                 client = None;
+                table.forget();
             }
         }
     }

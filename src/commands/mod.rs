@@ -42,15 +42,20 @@ pub async fn run(command: Command, json_logs: bool) -> anyhow::Result<ExitCode> 
 pub(crate) fn endpoints(e: &Endpoints) -> anyhow::Result<(Endpoint, Endpoint)> {
     let env = crate::conn::config::ProcessEnv;
     let mut source = ConnConfig::resolve(&e.source, &env).context("--source")?;
-    // A source named by several hosts is followed to its primary: pgrepl
-    // publishes, makes slots and fences there. (libpq would take the first
-    // that answers.)
+    // A source (or target) named by several hosts is followed to its
+    // primary: pgrepl publishes, makes slots, applies and fences there.
+    // (libpq would take the first that answers.)
     if !source.more_hosts.is_empty()
         && source.session_attrs == crate::conn::config::SessionAttrs::Any
     {
         source.session_attrs = crate::conn::config::SessionAttrs::ReadWrite;
     }
-    let target = ConnConfig::resolve(&e.target, &env).context("--target")?;
+    let mut target = ConnConfig::resolve(&e.target, &env).context("--target")?;
+    if !target.more_hosts.is_empty()
+        && target.session_attrs == crate::conn::config::SessionAttrs::Any
+    {
+        target.session_attrs = crate::conn::config::SessionAttrs::ReadWrite;
+    }
     let mut source = Endpoint::new(Side::Source, source);
     if let Some(standby) = &e.source_standby {
         source.standby = Some(Box::new(

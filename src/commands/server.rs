@@ -46,7 +46,15 @@ pub(super) async fn members(
         .await
         .map_err(|e| anyhow::anyhow!("source: listing databases: {}", describe(&e)))?;
     let chosen = databases::choose(all, args).map_err(|e| anyhow::anyhow!("source: {e}"))?;
-    Ok(chosen
+    // Slots and origins are the server's: two databases must never share
+    // a sync name (a long --name leaves too little room to tell them apart).
+    if base.as_str().len() > databases::LONGEST_BASE {
+        bail!(
+            "--name {base} is too long for a whole-server move: at most {} characters, so each database's sync (NAME_DB) keeps a name of its own",
+            databases::LONGEST_BASE
+        );
+    }
+    let members: Vec<Member> = chosen
         .into_iter()
         .map(|db| {
             let on = |e: &Endpoint| Endpoint {
@@ -64,7 +72,18 @@ pub(super) async fn members(
                 database: db,
             }
         })
-        .collect())
+        .collect();
+    for (i, m) in members.iter().enumerate() {
+        if let Some(other) = members[..i].iter().find(|o| o.name == m.name) {
+            bail!(
+                "databases {:?} and {:?} would share sync name {}: use a shorter --name",
+                other.database.name,
+                m.database.name,
+                m.name
+            );
+        }
+    }
+    Ok(members)
 }
 
 /// The scope a member's work runs in.

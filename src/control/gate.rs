@@ -7,13 +7,14 @@
 //! before the held LSN (everything before it committed on the target,
 //! nothing after it begun). The stream is still received meanwhile; the
 //! apply resumes with the next message. A gate never holds longer than
-//! [`super::HOLD_LIMIT`] without hearing from its requester.
+//! [`super::HOLD_LIMIT`] without hearing from its requester (a requester
+//! busy under the hold says it is still there: `still_here`).
 
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::{set_state, ControlError, Listener, Request, State, HOLD_LIMIT};
+use super::{hold_limit, set_state, ControlError, Listener, Request, State, HOLD_LIMIT};
 use crate::conn::Endpoint;
 use crate::lsn::Lsn;
 use crate::sql::SyncName;
@@ -235,7 +236,8 @@ impl Gate {
             return Ok(None);
         };
         self.listener.wait(Duration::from_millis(200)).await;
-        match super::state(&self.client, id).await? {
+        let (state, quiet) = super::state_and_quiet(&self.client, id).await?;
+        match state {
             State::Advance { through } => {
                 self.held += since.elapsed();
                 tracing::info!(request = id, %through, "control: applying on");
@@ -260,7 +262,8 @@ impl Gate {
                 self.phase = Phase::Open;
                 return Ok(Some(at));
             }
-            _ if since.elapsed() >= HOLD_LIMIT => {
+            // Held that long, and the requester silent that long too.
+            _ if since.elapsed() >= hold_limit() && quiet >= hold_limit() => {
                 set_state(&self.client, id, &State::Expired).await?;
                 tracing::warn!(
                     request = id,

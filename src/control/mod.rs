@@ -29,6 +29,16 @@ use crate::sql::SyncName;
 /// How long a sync holds still for a requester that does not answer.
 pub const HOLD_LIMIT: Duration = Duration::from_secs(30);
 
+/// [`HOLD_LIMIT`], or `PGREPL_HOLD_LIMIT_MS` where a test shortens it to
+/// show the requester keeping a long hold alive.
+pub fn hold_limit() -> Duration {
+    std::env::var("PGREPL_HOLD_LIMIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(HOLD_LIMIT)
+}
+
 /// The NOTIFY channel.
 pub const CHANNEL: &str = "pgrepl_control";
 
@@ -137,6 +147,65 @@ pub async fn state(client: &Client, id: i64) -> Result<State, ControlError> {
 }
 
 /// Moves request `id` to `state` and wakes the other side.
+/// A request's state and how long ago either side last wrote to it.
+pub async fn state_and_quiet(client: &Client, id: i64) -> Result<(State, Duration), ControlError> {
+    let row = client
+        .query_one(
+            "SELECT state::text, greatest(extract(epoch FROM clock_timestamp() - updated_at), 0)::float8
+             FROM pgrepl.control WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(query("reading a control request"))?;
+    let state = serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| ControlError::Query {
+        what: "reading a control request",
+        message: e.to_string(),
+    })?;
+    Ok((state, Duration::from_secs_f64(row.get::<_, f64>(1))))
+}
+
+/// Says, every few seconds, that the requester of sync `name`'s open
+/// requests is still there, so a sync holding for it keeps holding
+/// however long the requester's work under the hold takes (a verify, the
+/// other databases of a whole-server cutover). Runs until dropped.
+pub async fn still_here(client: &Client, name: &SyncName) {
+    // Several times within the limit.
+    let every = hold_limit() / 6;
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = client
+            .execute(
+                "UPDATE pgrepl.control SET updated_at = now()
+                 WHERE sync_name = $1 AND state->>'state' IN ('requested', 'held', 'advance')",
+                &[&name.as_str()],
+            )
+            .await
+        {
+            tracing::debug!(error = %crate::conn::error::describe(&e), "could not say the cutover is still there");
+        }
+    }
+}
+
+/// Lets every open request of sync `name` go (a requester that was
+/// interrupted): a sync holding for it applies on at once.
+pub async fn release_all(client: &Client, name: &SyncName) -> Result<(), ControlError> {
+    let ids: Vec<i64> = client
+        .query(
+            "SELECT id FROM pgrepl.control
+             WHERE sync_name = $1 AND state->>'state' IN ('requested', 'held', 'advance')",
+            &[&name.as_str()],
+        )
+        .await
+        .map_err(query("reading control requests"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for id in ids {
+        set_state(client, id, &State::Released).await?;
+    }
+    Ok(())
+}
+
 pub async fn set_state(client: &Client, id: i64, state: &State) -> Result<(), ControlError> {
     let text = serde_json::to_string(state).map_err(|e| ControlError::Query {
         what: "writing a control request",
@@ -229,5 +298,10 @@ impl<'a> Requester<'a> {
 
     pub async fn set(&self, state: &State) -> Result<(), ControlError> {
         set_state(self.client, self.id, state).await
+    }
+
+    /// The request's state now.
+    pub async fn state(&self) -> Result<State, ControlError> {
+        state(self.client, self.id).await
     }
 }

@@ -450,8 +450,10 @@ pub async fn undo_persistent(admin: &Client, database: &str, tables: &[TableName
             "ALTER DATABASE {} RESET default_transaction_read_only",
             quote_ident(database)
         ),
-        "SET pgrepl.internal = 'on'; DO $$ BEGIN IF to_regclass('pgrepl_fence.active') IS NOT NULL THEN DELETE FROM pgrepl_fence.active; END IF; END $$"
-            .to_string(),
+        format!(
+            "SET pgrepl.internal = 'on'; DO $$ BEGIN IF {} IS NOT NULL THEN DELETE FROM pgrepl_fence.active; END IF; END $$",
+            TableName::new("pgrepl_fence", "active").oid_sql()
+        ),
     ];
     // A fence made ahead for a role that is not a superuser stays, inert:
     // only a superuser may drop an event trigger.
@@ -492,12 +494,35 @@ pub async fn undo_persistent(admin: &Client, database: &str, tables: &[TableName
     let _ = admin.batch_execute("RESET pgrepl.internal").await;
 }
 
+/// After a cutover cut short anywhere: whatever of a fence stands on the
+/// source comes down (best effort; `pgrepl teardown --unfence` finishes
+/// the job).
+pub async fn lift_what_stands(source: &Endpoint) {
+    let admin = match source.connect().await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "could not lift the fence: run `pgrepl teardown --unfence`");
+            return;
+        }
+    };
+    match (is_fenced(&admin).await, database(&admin).await) {
+        (Ok(true), Ok(db)) => undo_persistent(&admin, &db, &[]).await,
+        (Ok(false), _) => {}
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "could not lift the fence: run `pgrepl teardown --unfence`")
+        }
+    }
+}
+
 /// Whether this database carries a pgrepl fence.
 pub async fn is_fenced(client: &Client) -> Result<bool, CutoverError> {
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = $1), to_regclass('pgrepl_fence.active') IS NOT NULL,
-                    EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgrepl_fence')",
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = $1), {} IS NOT NULL,
+                        EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgrepl_fence')",
+                TableName::new("pgrepl_fence", "active").oid_sql()
+            ),
             &[&TRIGGER],
         )
         .await

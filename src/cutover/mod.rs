@@ -202,10 +202,21 @@ async fn run_alone(
         reverse::check(req).await?;
     }
     let sync = start_sync(&src, req).await?;
+    // The sync holds for this cutover as long as the cutover takes (a
+    // verify, the other databases of a set): it says it is still there.
     let result = tokio::select! {
         r = cut_over(req, &src, &tgt, &tables, &mut steps, started) => r,
         _ = interrupted.changed() => Err(CutoverError::Interrupted),
+        () = crate::control::still_here(&tgt, req.name) => unreachable!("still_here runs until dropped"),
     };
+    if matches!(result, Err(CutoverError::Interrupted)) {
+        // Cut short anywhere: whatever of the fence stands comes down, and
+        // a sync holding for it applies on.
+        fence::lift_what_stands(req.source).await;
+        if let Err(e) = crate::control::release_all(&tgt, req.name).await {
+            tracing::warn!(error = %e, "could not release the sync: it goes on by itself within 30 s");
+        }
+    }
 
     match (result, sync) {
         (Ok(summary), Sync::Own { task, .. }) => {
@@ -343,6 +354,11 @@ async fn cut_over(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     steps.done("lag under the limits");
+    if let Some(t) = &req.together {
+        t.all_close()
+            .await
+            .map_err(|e| CutoverError::Other(e.to_string()))?;
+    }
 
     // 2. The sync's rounds for large objects and roles stand aside (a
     // round running ends first; see `carry::keep`), for as long as this
@@ -387,6 +403,22 @@ async fn cut_over(
                     fence.lift(req.source).await;
                     let _ = held.set(&State::Released).await;
                     return Err(CutoverError::Other(e.to_string()));
+                }
+            }
+            // The sync still holds at the fence (it would have gone on by
+            // itself had this cutover been silent too long).
+            match held.state().await {
+                Ok(State::Held { .. }) => {}
+                other => {
+                    fence.lift(req.source).await;
+                    let _ = held.set(&State::Released).await;
+                    return Err(CutoverError::Other(format!(
+                        "the sync no longer holds at the fence ({}): nothing was cut over",
+                        match other {
+                            Ok(s) => format!("{s:?}"),
+                            Err(e) => e.to_string(),
+                        }
+                    )));
                 }
             }
             // 7. The fence's lasting part takes over; the sync ends.

@@ -1,13 +1,15 @@
 //! Several cutovers as one (`cutover --all-databases`): one fence across
 //! every database, one moment the target is ready.
 //!
-//! The rule: no database's fence LSN is taken before every database is
+//! The rule: no fence goes up before every database's lag is under the
+//! limits, no database's fence LSN is taken before every database is
 //! fenced, and no fence becomes lasting (the target ready, the syncs
 //! ended) before every database's target has applied through its own
-//! fence and set its sequences and large objects; any failure, anywhere,
+//! fence and set its sequences and large objects; any failure before that
 //! lifts every fence and lets every sync go on. Each cutover meets the
-//! others at those two points ([`Together::all_fenced`],
-//! [`Together::all_ready`]) and says when it fails ([`Together::fail`]).
+//! others at those three points ([`Together::all_close`],
+//! [`Together::all_fenced`], [`Together::all_ready`]) and says when it
+//! fails ([`Together::fail`]).
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -22,10 +24,19 @@ pub struct Together {
     changed: Notify,
 }
 
+/// The meeting points, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Every database's lag under the limits: the fences go up together,
+    /// none stands while another still waits for its lag.
+    Close = 0,
+    Fenced = 1,
+    Ready = 2,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    fenced: usize,
-    ready: usize,
+    arrived: [usize; 3],
     /// The database whose cutover failed first.
     failed: Option<String>,
     first_fence: Option<Instant>,
@@ -45,21 +56,23 @@ impl Together {
         }
     }
 
+    /// This database's lag is under the limits: waits until every
+    /// database's is.
+    pub async fn all_close(&self) -> Result<(), Abandoned> {
+        self.arrive(Stage::Close).await
+    }
+
     /// This database is fenced: waits until every database is.
     pub async fn all_fenced(&self) -> Result<(), Abandoned> {
-        self.arrive(
-            |s| {
-                s.first_fence.get_or_insert_with(Instant::now);
-                s.fenced += 1;
-            },
-            |s| s.fenced,
-        )
-        .await
+        if let Ok(mut s) = self.state.lock() {
+            s.first_fence.get_or_insert_with(Instant::now);
+        }
+        self.arrive(Stage::Fenced).await
     }
 
     /// This database's target is ready: waits until every one is.
     pub async fn all_ready(&self) -> Result<(), Abandoned> {
-        self.arrive(|s| s.ready += 1, |s| s.ready).await
+        self.arrive(Stage::Ready).await
     }
 
     /// This database's cutover failed: every other stops waiting.
@@ -75,13 +88,9 @@ impl Together {
         self.state.lock().ok().and_then(|s| s.first_fence)
     }
 
-    async fn arrive(
-        &self,
-        mark: impl FnOnce(&mut State),
-        count: impl Fn(&State) -> usize,
-    ) -> Result<(), Abandoned> {
+    async fn arrive(&self, stage: Stage) -> Result<(), Abandoned> {
         if let Ok(mut s) = self.state.lock() {
-            mark(&mut s);
+            s.arrived[stage as usize] += 1;
         }
         self.changed.notify_waiters();
         loop {
@@ -94,11 +103,13 @@ impl Together {
                     .state
                     .lock()
                     .map_err(|_| Abandoned("(a poisoned lock)".into()))?;
+                // Everyone arrived: on, even if one fails right after (its
+                // failure is its own from here; the others go on as one).
+                if s.arrived[stage as usize] >= self.count {
+                    return Ok(());
+                }
                 if let Some(db) = &s.failed {
                     return Err(Abandoned(db.clone()));
-                }
-                if count(&s) >= self.count {
-                    return Ok(());
                 }
             }
             waiting.await;

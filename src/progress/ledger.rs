@@ -348,6 +348,14 @@ impl TableFlush {
         Ok(self.durable)
     }
 
+    /// Forgets what was noted since the last durable position: after a
+    /// broken connection the target may have restarted and lost what was
+    /// committed but not flushed, and WAL it writes anew would pass the
+    /// noted insert positions.
+    pub fn forget(&mut self) {
+        self.pending.clear();
+    }
+
     fn note(&mut self, recorded: Lsn, inserted: Lsn, flushed: Lsn) {
         if self.pending.back().is_none_or(|(r, _)| *r < recorded) && recorded > self.durable {
             self.pending.push_back((recorded, inserted));

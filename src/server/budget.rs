@@ -31,7 +31,10 @@ pub async fn room(client: &Client) -> Result<Room, String> {
             "SELECT current_setting('max_connections')::int
                     - current_setting('superuser_reserved_connections')::int
                     - coalesce(current_setting('reserved_connections', true)::int, 0)
-                    - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int,
+                    -- (backend_type is NULL for other roles' sessions without
+                    -- pg_read_all_stats: counted too.)
+                    - (SELECT count(*) FROM pg_stat_activity
+                       WHERE backend_type = 'client backend' OR backend_type IS NULL)::int,
                     current_setting('max_wal_senders')::int
                     - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender')::int,
                     current_setting('max_replication_slots')::int

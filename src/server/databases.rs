@@ -67,6 +67,8 @@ pub async fn list(client: &Client) -> Result<Vec<SourceDatabase>, tokio_postgres
                     CASE WHEN has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) END
              FROM pg_database d
              WHERE NOT d.datistemplate AND d.datallowconn
+               -- (-2: left invalid by an interrupted DROP DATABASE)
+               AND d.datconnlimit <> -2
              ORDER BY 1",
             &[],
         )
@@ -127,6 +129,10 @@ pub fn choose(
     Ok(chosen)
 }
 
+/// The longest `--name` of a whole-server move: what is left of the 40
+/// characters of a sync name (`NAME_DB`) tells databases apart.
+pub const LONGEST_BASE: usize = 24;
+
 /// The sync of database `db` in a whole-server move named `base`:
 /// `base_db`, the database's name made a valid sync name (lower case,
 /// `[a-z0-9_]`, at most 40 characters), with a hash of the real name
@@ -140,7 +146,7 @@ pub fn sync_name(base: &SyncName, db: &str) -> SyncName {
             _ => '_',
         })
         .collect();
-    let room = 40usize.saturating_sub(base.as_str().len() + 1).max(10);
+    let room = 40usize.saturating_sub(base.as_str().len() + 1);
     let part = if clean == db && clean.len() <= room {
         clean
     } else {
@@ -223,5 +229,12 @@ mod tests {
         let long = sync_name(&base, &"x".repeat(100));
         assert!(long.as_str().len() <= 40);
         assert_ne!(long, sync_name(&base, &"x".repeat(101)));
+        // The longest base still tells "order" from "orders".
+        let base = SyncName::new(&"b".repeat(LONGEST_BASE)).unwrap();
+        assert_ne!(sync_name(&base, "order"), sync_name(&base, "orders"));
+        assert_ne!(
+            sync_name(&base, &"order".repeat(9)),
+            sync_name(&base, &format!("{}s", "order".repeat(9)))
+        );
     }
 }

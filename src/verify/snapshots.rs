@@ -219,11 +219,32 @@ pub async fn while_stopped(
         .unwrap_or(Lsn::ZERO);
     let (exporter, created) = source_snapshot(source, name).await?;
     let lsn = created.consistent_point;
-    // Changes the sync's slot holds before P, that the target lacks.
-    let pending: i64 = source
-        .decoder()
-        .connect()
-        .await?
+    // Changes the sync's slot holds before P, that the target lacks. A
+    // standby that decodes must have P first (else it undercounts them).
+    let decoder = source.decoder().connect().await?;
+    if source.standby.is_some() {
+        let since = std::time::Instant::now();
+        loop {
+            let replayed: bool = decoder
+                .query_one(
+                    "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, true)",
+                    &[&lsn.to_string()],
+                )
+                .await
+                .map_err(|e| VerifyError::source("reading the standby's position", &e))?
+                .get(0);
+            if replayed {
+                break;
+            }
+            if since.elapsed() > std::time::Duration::from_secs(60) {
+                return Err(VerifyError::Other(format!(
+                    "source: the standby that decodes has not replayed {lsn} within 60 s: it lags; verify again later"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let pending: i64 = decoder
         .query_one(
             &format!(
                 "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, $2::text::pg_lsn, NULL,
