@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::{assert_same_data, pgrepl, wait_for, Cluster, ClusterOptions};
@@ -47,57 +46,6 @@ fn both(primary: &Cluster, standby: &Cluster) -> String {
         primary.port,
         standby.port
     )
-}
-
-fn pgbench_args(c: &Cluster) -> Vec<String> {
-    [
-        "-h",
-        &c.socket_dir().display().to_string(),
-        "-p",
-        &c.port.to_string(),
-        "-U",
-        "postgres",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-async fn pgbench_init(c: &Cluster) {
-    let out = tokio::process::Command::new(support::pg::pgbench())
-        .args(pgbench_args(c))
-        .args(["-i", "-s", "1", "-q", "postgres"])
-        .output()
-        .await
-        .expect("pgbench -i");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // A key on the history: a row applied twice would be refused, a lost
-    // one would show in the count.
-    c.exec("ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY")
-        .await;
-}
-
-fn pgbench_load(c: &Cluster, seconds: u32) -> tokio::process::Child {
-    tokio::process::Command::new(support::pg::pgbench())
-        .args(pgbench_args(c))
-        .args([
-            "-c",
-            "2",
-            "-j",
-            "2",
-            "-T",
-            &seconds.to_string(),
-            "-n",
-            "postgres",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("pgbench")
 }
 
 /// The standby holds pgrepl's slot, ready to take over.
@@ -152,7 +100,7 @@ async fn heavy_a_failover_of_the_source_is_followed_with_nothing_lost_or_applied
         .exec("ALTER SYSTEM SET synchronized_standby_slots = 'standby_1'")
         .await;
     primary.exec("SELECT pg_reload_conf()").await;
-    pgbench_init(&primary).await;
+    support::workload::pgbench_init_keyed(&primary, "postgres").await;
     let source = both(&primary, &standby);
     let sync = pgrepl::spawn(&[
         "sync",
@@ -193,7 +141,7 @@ async fn heavy_a_failover_of_the_source_is_followed_with_nothing_lost_or_applied
         "{status}"
     );
     // Under load: the primary dies, the standby is promoted.
-    let mut load = pgbench_load(&primary, 60);
+    let mut load = support::workload::pgbench_load(&primary, "postgres", 60);
     let moved = applied(&target).await;
     wait_for("changes to stream", LIMIT, || async {
         (applied(&target).await > moved).then_some(())
@@ -204,7 +152,7 @@ async fn heavy_a_failover_of_the_source_is_followed_with_nothing_lost_or_applied
     let _ = load.kill().await;
     standby.promote().await;
     // More writes on the new primary, then the target catches up with it.
-    let mut load = pgbench_load(&standby, 3);
+    let mut load = support::workload::pgbench_load(&standby, "postgres", 3);
     let _ = load.wait().await;
     let mut sync = sync;
     caught_up(&standby, &target, &mut sync).await;

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::{assert_same_data, pgrepl, wait_for, Cluster, Pair};
@@ -68,49 +67,8 @@ async fn server(source: &Cluster, icu: bool) {
     )
     .await;
     for db in ["shop", "crm"] {
-        let out = tokio::process::Command::new(support::pg::pgbench())
-            .args(pgbench_conn(source))
-            .args(["-i", "-s", "1", "-q", db])
-            .output()
-            .await
-            .expect("pgbench -i");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // A key on the history: a row applied twice would be refused.
-        source
-            .client_db(db)
-            .await
-            .batch_execute("ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY")
-            .await
-            .unwrap();
+        support::workload::pgbench_init_keyed(source, db).await;
     }
-}
-
-fn pgbench_conn(c: &Cluster) -> Vec<String> {
-    [
-        "-h",
-        &c.socket_dir().display().to_string(),
-        "-p",
-        &c.port.to_string(),
-        "-U",
-        "postgres",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn pgbench(c: &Cluster, db: &str, seconds: u32) -> tokio::process::Child {
-    tokio::process::Command::new(support::pg::pgbench())
-        .args(pgbench_conn(c))
-        .args(["-c", "2", "-T", &seconds.to_string(), "-n", db])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("pgbench")
 }
 
 const DATABASES: [&str; 4] = ["shop", "crm", "analytics", "postgres"];
@@ -178,8 +136,8 @@ async fn heavy_a_whole_server_moves_online_and_cuts_over_as_one() {
     }
     // Writes on two databases while the syncs stream.
     let mut loads = vec![
-        pgbench(&pair.source, "shop", 4),
-        pgbench(&pair.source, "crm", 4),
+        support::workload::pgbench_load(&pair.source, "shop", 4),
+        support::workload::pgbench_load(&pair.source, "crm", 4),
     ];
     for l in &mut loads {
         let _ = l.wait().await;
@@ -198,8 +156,8 @@ async fn heavy_a_whole_server_moves_online_and_cuts_over_as_one() {
     assert!(verify.success(), "{verify}");
     // One cutover for all, under load.
     let mut loads = vec![
-        pgbench(&pair.source, "shop", 60),
-        pgbench(&pair.source, "crm", 60),
+        support::workload::pgbench_load(&pair.source, "shop", 60),
+        support::workload::pgbench_load(&pair.source, "crm", 60),
     ];
     tokio::time::sleep(Duration::from_millis(800)).await;
     let args = pair.command("cutover", &["--all-databases", "--terminate", "--verify"]);

@@ -132,3 +132,51 @@ pub async fn assert_consistent_snapshot(target: &Cluster) -> i64 {
     assert_eq!(wrong, 0, "an update landed on the wrong row");
     k
 }
+
+/// pgbench's connection arguments for a cluster (its socket, superuser).
+pub fn pgbench_conn(c: &Cluster) -> Vec<String> {
+    [
+        "-h",
+        &c.socket_dir().display().to_string(),
+        "-p",
+        &c.port.to_string(),
+        "-U",
+        "postgres",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `pgbench -i -s 1` in `db`, and a key on its history: a row applied
+/// twice would be refused on the target, a lost one would show in the
+/// count.
+pub async fn pgbench_init_keyed(c: &Cluster, db: &str) {
+    let out = tokio::process::Command::new(super::pg::pgbench())
+        .args(pgbench_conn(c))
+        .args(["-i", "-s", "1", "-q", db])
+        .output()
+        .await
+        .expect("pgbench -i");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.client_db(db)
+        .await
+        .batch_execute("ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY")
+        .await
+        .expect("a key on pgbench_history");
+}
+
+/// pgbench writing to `db` for `seconds` (2 clients), killed when dropped.
+pub fn pgbench_load(c: &Cluster, db: &str, seconds: u32) -> tokio::process::Child {
+    tokio::process::Command::new(super::pg::pgbench())
+        .args(pgbench_conn(c))
+        .args(["-c", "2", "-j", "2", "-T", &seconds.to_string(), "-n", db])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("pgbench")
+}
