@@ -292,6 +292,50 @@ async fn main() {
         .collect();
     run(&teardown).await;
 
+    say("a whole server: two more databases of the old server, with their own owner, moved together: one sync each in one process, one cutover for both");
+    for sql in [
+        "CREATE ROLE crm_owner LOGIN PASSWORD 'crm-pw'",
+        "CREATE DATABASE crm OWNER crm_owner",
+        "CREATE DATABASE reports",
+    ] {
+        pair.source.exec(sql).await;
+    }
+    for (db, sql) in [
+        ("crm", "SET ROLE crm_owner; CREATE TABLE contacts (id int PRIMARY KEY, name text); INSERT INTO contacts SELECT g, 'contact ' || g FROM generate_series(1, 500) g"),
+        ("reports", "CREATE TABLE daily (day date PRIMARY KEY, orders int); INSERT INTO daily SELECT d::date, 10 FROM generate_series('2026-01-01'::date, '2026-06-30', '1 day') d"),
+    ] {
+        if let Err(e) = pair.source.client_db(db).await.batch_execute(sql).await {
+            eprintln!("demo: {db}: {e}");
+            std::process::exit(1);
+        }
+    }
+    let servers = |cmd: &str, extra: &[&str]| -> Vec<String> {
+        std::iter::once(cmd.to_string())
+            .chain(endpoints.clone())
+            .chain(["--databases".to_string(), "crm,reports".to_string()])
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let moved = run(&servers("sync", &["--roles", "copy", "--until-caught-up"])).await
+        && run(&servers("status", &[])).await
+        && run(&servers("cutover", &["--terminate"])).await
+        && run(&servers("teardown", &["--unfence"])).await;
+    all_equal &= moved;
+    for db in ["crm", "reports"] {
+        let (s, t) = (
+            pair.source.client_db(db).await,
+            pair.target.client_db(db).await,
+        );
+        for table in user_tables(&s).await {
+            let same = table_checksum(&s, &table).await == table_checksum(&t, &table).await;
+            all_equal &= same;
+            println!(
+                "  {db}.{table:<16} {}",
+                if same { "equal" } else { "DIFFERENT" }
+            );
+        }
+    }
+
     say("stopping the servers");
     drop(pair);
     if !all_equal {

@@ -549,3 +549,40 @@ async fn a_session_calling_nextval_is_ended_or_named_before_the_sequences_are_re
     }
     assert_same_data(&s, &t).await;
 }
+
+/// A writer that holds one synced table and then wants another the fence
+/// has locked already deadlocks with the fence; the server cancels the
+/// fence's LOCK (the one that waited first). The fence gives its locks
+/// back and tries again, and the cutover finishes (the writer, opened
+/// before the fence, is ended with --terminate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_deadlocking_with_the_fence_does_not_stop_the_cutover() {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let sync = pair.spawn("sync", &["--roles", "copy"]);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    // Holds b (the fence locks a, then b).
+    let writer = pair.source.client().await;
+    writer
+        .batch_execute("BEGIN; INSERT INTO b (v) VALUES ('held')")
+        .await
+        .unwrap();
+    let cutover = pair.spawn("cutover", &["--terminate", "--wait", "30s"]);
+    // Once the fence waits for b (holding a), the writer wants a.
+    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                   WHERE c.relname = 'b' AND l.mode = 'ExclusiveLock' AND NOT l.granted";
+    wait_for("the fence to wait for b", LIMIT, || async {
+        (pair.source.value(waiting).await.as_deref() == Some("1")).then_some(())
+    })
+    .await;
+    let deadlock = tokio::spawn(async move {
+        writer
+            .batch_execute("INSERT INTO a (v) VALUES ('wants a'); COMMIT")
+            .await
+    });
+    let out = cutover.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+    let _ = deadlock.await;
+    let _ = sync.wait(LIMIT).await;
+    assert_same_data(&pair.source.client().await, &pair.target.client().await).await;
+}

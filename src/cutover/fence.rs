@@ -286,7 +286,11 @@ pub async fn put_up(
                 .await;
             match locked {
                 Ok(()) => break,
-                Err(e) if e.code().map(|c| c.code()) == Some("55P03") => {
+                // A lock timeout, or a deadlock with a writer that holds one
+                // synced table and wants another the fence took already
+                // (the server cancels one of the two): the locks taken so
+                // far are given back, and the fence tries again.
+                Err(e) if matches!(e.code().map(|c| c.code()), Some("55P03" | "40P01")) => {
                     exec(&lock, "ROLLBACK TO SAVEPOINT lk", "waiting for writers").await?;
                     let blockers = blockers(&admin, &lock, &names).await?;
                     if started.elapsed() < wait {
