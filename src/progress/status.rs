@@ -553,7 +553,11 @@ fn render_failover(out: &mut String, f: &crate::source::standby::Failover) {
             None => "no slot",
         },
         if f.synchronized_standby_slots.trim().is_empty() {
-            "empty (the target can get ahead of a promoted standby)".to_string()
+            if f.streaming_standbys > 0 || !f.standbys.is_empty() {
+                "empty (the target can get ahead of a promoted standby)".to_string()
+            } else {
+                "empty (no standby streams from the source)".to_string()
+            }
         } else {
             format!("= {}", f.synchronized_standby_slots)
         }
