@@ -175,6 +175,8 @@ pub struct Applier {
     /// Tables a CREATE TABLE AS of the open source transaction is making
     /// (see `ddl`).
     pub(super) expected: HashSet<TableName>,
+    /// Tables copied under a later snapshot (see `late`).
+    pub(super) late: super::late::Late,
 }
 
 impl Applier {
@@ -222,7 +224,15 @@ impl Applier {
             guard_lock_waits: false,
             types: HashMap::new(),
             expected: HashSet::new(),
+            late: Default::default(),
         }
+    }
+
+    /// The change of `relation` is in its table's copy already.
+    pub(super) fn in_copy(&self, relation: u32) -> bool {
+        self.txn
+            .as_ref()
+            .is_some_and(|t| self.late.skips(relation, t.final_lsn))
     }
 
     /// Commit source transactions up to `lsn` one by one.
@@ -300,6 +310,10 @@ impl Applier {
             }
             Message::Update { relation, .. } | Message::Delete { relation, .. }
                 if self.internal(relation).is_some() => {}
+            Message::Insert { relation, .. }
+            | Message::Update { relation, .. }
+            | Message::Delete { relation, .. }
+                if self.in_copy(relation) => {}
             Message::Insert { relation, new } => self.row(Op::Insert, relation, None, new).await?,
             Message::Update { relation, old, new } => {
                 self.row(Op::Update, relation, old, new).await?

@@ -7,7 +7,8 @@
 //! large transactions streamed while in progress applied on connections
 //! of their own ([`router`], `streamed`); all of it inside streaming
 //! sessions with retries ([`session`]), each started only after the
-//! checks of `guard` (the source's timeline, the slot's position).
+//! checks of `guard` (the source's timeline, the slot's position); tables
+//! a resumed copy took later skip what their copy holds (`late`).
 
 pub mod applier;
 pub mod batch;
@@ -17,6 +18,7 @@ mod event_loop;
 mod flush;
 mod guard;
 mod identity;
+mod late;
 pub mod params;
 pub mod paths;
 pub mod pipeline;

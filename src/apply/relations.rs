@@ -50,6 +50,7 @@ impl Applier {
         self.flush_batch().await?;
         self.drain().await?;
         let table = TableName::new(rel.namespace.clone(), rel.name.clone());
+        self.late.describe(rel.oid, &table);
         if self.expected.remove(&table) {
             self.create_from_relation(&rel).await?;
             self.drain().await?;
@@ -100,7 +101,7 @@ impl Applier {
     ) -> Result<(), ApplyError> {
         let mut names = Vec::new();
         for &oid in relations {
-            if self.internal(oid).is_some() {
+            if self.internal(oid).is_some() || self.in_copy(oid) {
                 continue;
             }
             self.map_relation(oid).await?;

@@ -374,6 +374,17 @@ async fn recorded_end(
     ))
 }
 
+/// The tables a resumed copy took under a later snapshot (see `late`).
+async fn copied_late(
+    session: &mut RawSession,
+    name: &SyncName,
+) -> Result<std::collections::HashMap<crate::sql::TableName, Lsn>, SessionError> {
+    let rows = session
+        .simple_query(&crate::progress::kept::copied_late_sql(name))
+        .await?;
+    Ok(crate::progress::kept::parse_copied_late(&rows))
+}
+
 async fn session(
     req: &StreamRequest<'_>,
     stop: &mut watch::Receiver<bool>,
@@ -388,7 +399,12 @@ async fn session(
     super::guard::refuse_a_gap(req, start).await?;
     let (applied, recorded) = recorded_end(&mut session, req.name).await?;
     let resend = Resend::at_start(applied, recorded, start);
-    let stream_large = plan.stream_large && walsender.server_version() >= 140000;
+    let late = super::late::Late::new(copied_late(&mut session, req.name).await?);
+    let late_until = late.until();
+    // Changes of a table copied late are told apart by their commit's
+    // LSN, known only at the commit of a transaction streamed in progress.
+    let stream_large =
+        plan.stream_large && walsender.server_version() >= 140000 && start >= late_until;
     let feedback = Feedback::new(start);
     let mut receiver = Receiver::start(
         walsender,
@@ -425,6 +441,10 @@ async fn session(
         &req.ledger,
     );
     main.ungroup_through(plan.ungroup);
+    if start < late_until {
+        tracing::info!(until = %late_until, "tables of a resumed copy skip what their copy holds");
+        main.late = late;
+    }
     main.skip_pgrepl_origins = req.skip_pgrepl_origins;
     let mut applier = Router::new(
         main,

@@ -98,11 +98,10 @@ pub async fn run(
     let recorded = crate::progress::state::load_sync(tgt, &opts.name)
         .await
         .map_err(query_error(Side::Target, "reading pgrepl state"))?;
-    let streaming = recorded
-        .as_ref()
-        .is_some_and(|r| r.phase != crate::progress::state::SyncPhase::Copying);
+    // A sync recorded (streaming, or a copy to resume) keeps what it set
+    // up on the source.
     let resumed;
-    let opts = if streaming {
+    let opts = if recorded.is_some() {
         resumed = opts.resuming();
         &resumed
     } else {

@@ -7,6 +7,7 @@ mod install_capture;
 mod server;
 mod status;
 mod sync;
+mod sync_copy;
 mod tail;
 mod teardown;
 mod verify;

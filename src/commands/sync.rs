@@ -1,11 +1,12 @@
-//! `pgrepl sync`: preflight, source setup, snapshot copy, then streaming.
-//! A run that finds an interrupted copy cleans it and starts over; one that
-//! finds a finished copy goes straight to streaming.
+//! `pgrepl sync`: preflight, source setup, snapshot copy (`sync_copy`),
+//! then streaming. A run that finds an interrupted copy resumes it; one
+//! that finds a finished copy goes straight to streaming.
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 
+use super::sync_copy::{self, lost_reason, CopyEnd, CopyInputs, CopyStart};
 use crate::apply::applier::GroupLimits;
 use crate::apply::session::{self, Outcome, StreamRequest};
 use crate::carry::RolesPolicy;
@@ -17,7 +18,7 @@ use crate::ddl::replay::ReplayOptions;
 use crate::progress::ledger::Ledger;
 use crate::progress::state::SyncPhase;
 use crate::progress::ui::ProgressMode;
-use crate::snapshot::{self, pgdump, CopyRequest};
+use crate::snapshot;
 use crate::source::setup;
 
 pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
@@ -75,18 +76,54 @@ pub(super) async fn one(
         .map(|r| (r.phase.clone(), r.started_at.clone()))
     {
         Some((SyncPhase::Copying, started)) => {
-            crate::say!(
-                "A copy started at {started} was interrupted; its snapshot is gone. Removing what it wrote and starting the copy over."
-            );
-            let gone = snapshot::discard(&source.decoder().connect().await?, &tgt, &name)
-                .await
-                .context("cleaning the interrupted copy")?;
-            tracing::info!(
-                slot_dropped = gone.slot,
-                target_cleaned = gone.target_objects,
-                "interrupted copy removed"
-            );
-            preflight = check::run(&source, &target, &src, &tgt, &opts).await?;
+            let record = preflight.existing.clone().expect("matched Some above");
+            refuse_on_errors(&preflight)?;
+            crate::say!("A copy started at {started} was interrupted: resuming it.");
+            let inputs = copy_inputs(
+                &preflight,
+                &opts.selection,
+                &source,
+                &target,
+                record.ledger.clone(),
+                json_logs,
+            )?;
+            let (wal_task, mut lost) = crate::observe::watch_wal(&source, &name, args.warn_wal);
+            watch.set_phase("copying");
+            let end = sync_copy::copy(args, &inputs, CopyStart::Resume(record), &mut lost).await?;
+            match end {
+                CopyEnd::Copied(copied) => {
+                    let start = Resume {
+                        roles: preflight.carry.policy,
+                        wal: (wal_task, lost),
+                    };
+                    return after_copy(
+                        args,
+                        &source,
+                        &target,
+                        (&src, &tgt),
+                        copied,
+                        &start,
+                        json_logs,
+                    )
+                    .await;
+                }
+                CopyEnd::Stopped(code) => return Ok(code),
+                CopyEnd::StartOver(why) => {
+                    wal_task.abort();
+                    crate::say!(
+                        "The interrupted copy cannot be resumed ({why}): removing what it wrote and starting the copy over."
+                    );
+                    let gone = snapshot::discard(&source.decoder().connect().await?, &tgt, &name)
+                        .await
+                        .context("cleaning the interrupted copy")?;
+                    tracing::info!(
+                        slot_dropped = gone.slot,
+                        target_cleaned = gone.target_objects,
+                        "interrupted copy removed"
+                    );
+                    preflight = check::run(&source, &target, &src, &tgt, &opts).await?;
+                }
+            }
         }
         Some((phase, _)) => {
             let rec = preflight.existing.clone().expect("matched Some above");
@@ -123,18 +160,14 @@ pub(super) async fn one(
     if ledger == Ledger::Table {
         crate::say!("Exactly-once apply keeps its position in table pgrepl.applied on the target, written by the same transaction as the rows{}.", if args.progress_table { "" } else { " (this role may not call the replication-origin functions)" });
     }
-    let selected = preflight.selected.clone().context("no table selection")?;
-    let pg_dump = if args.existing_schema {
-        None
-    } else {
-        Some(pgdump::find(
-            args.pg_dump.as_deref(),
-            preflight.source.major() as u32,
-        )?)
-    };
-    if let Some(d) = &pg_dump {
-        tracing::info!(pg_dump = %d.path.display(), major = d.major, "schema from pg_dump");
-    }
+    let inputs = copy_inputs(
+        &preflight,
+        &opts.selection,
+        &source,
+        &target,
+        ledger,
+        json_logs,
+    )?;
     // A slot without state on the target is left by a run that died before
     // recording anything: nothing depends on it.
     if setup::drop_slot(
@@ -174,7 +207,7 @@ pub(super) async fn one(
         &src,
         &name.publication(),
         &preflight.source,
-        &selected,
+        inputs.selected,
         // Only a superuser may publish FOR ALL TABLES: anyone else gets a
         // table list, which the DDL capture extends with new tables.
         opts.selection.is_everything() && preflight.source.is_superuser,
@@ -192,55 +225,64 @@ pub(super) async fn one(
             })?;
     }
 
-    let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    });
-    let request = CopyRequest {
-        name: &name,
-        source: &source,
-        target: &target,
-        source_facts: &preflight.source,
-        target_facts: &preflight.target,
-        selected: &selected,
-        selection: &opts.selection,
-        publication: name.publication(),
-        existing_schema: args.existing_schema,
-        pg_dump,
-        jobs,
-        chunk_bytes: args.chunk_size.min(i64::MAX as u64) as i64,
-        binary: args.copy_format == crate::cli::CopyFormatChoice::Auto,
-        progress: ProgressMode::detect(json_logs),
-        retry_for: args.retry_for,
-        carry: &preflight.carry,
-        ledger: ledger.clone(),
-        failover_slot: args.failover_slot,
-    };
     watch.set_phase("copying");
     let (wal_task, mut lost) = crate::observe::watch_wal(&source, &name, args.warn_wal);
-    let copied = tokio::select! {
-        result = snapshot::run(request) => result,
-        signal = super::shutdown_signal() => {
-            let signal = signal?;
-            crate::say_err!("{signal}: stopping the copy and removing what it wrote");
-            abandon(&source, &target, &name).await;
-            return Ok(ExitCode::from(130));
-        }
-        reason = lost_reason(&mut lost) => {
-            abandon(&source, &target, &name).await;
-            bail!("{reason}; the partial copy was removed");
+    let copied = match sync_copy::copy(args, &inputs, CopyStart::Fresh, &mut lost).await? {
+        CopyEnd::Copied(copied) => copied,
+        CopyEnd::Stopped(code) => return Ok(code),
+        CopyEnd::StartOver(why) => {
+            bail!("the copy could not finish ({why}): run pgrepl sync again")
         }
     };
-    let copied = match copied {
-        Ok(c) => c,
-        Err(e) => {
-            abandon(&source, &target, &name).await;
-            return Err(
-                anyhow::Error::new(e).context("the copy failed; what it had created was removed")
-            );
-        }
+    let start = Resume {
+        roles: preflight.carry.policy,
+        wal: (wal_task, lost),
     };
+    after_copy(
+        args,
+        &source,
+        &target,
+        (&src, &tgt),
+        copied,
+        &start,
+        json_logs,
+    )
+    .await
+}
+
+/// What the copy takes from the preflight.
+fn copy_inputs<'a>(
+    preflight: &'a Preflight,
+    selection: &'a crate::source::selection::Selection,
+    source: &'a Endpoint,
+    target: &'a Endpoint,
+    ledger: Ledger,
+    json_logs: bool,
+) -> anyhow::Result<CopyInputs<'a>> {
+    Ok(CopyInputs {
+        source,
+        target,
+        source_facts: &preflight.source,
+        target_facts: &preflight.target,
+        selected: preflight.selected.as_ref().context("no table selection")?,
+        selection,
+        carry: &preflight.carry,
+        ledger,
+        json_logs,
+    })
+}
+
+/// The copy is done: its summary, then streaming (unless --copy-only).
+async fn after_copy(
+    args: &SyncArgs,
+    source: &Endpoint,
+    target: &Endpoint,
+    (src, tgt): (&tokio_postgres::Client, &tokio_postgres::Client),
+    copied: snapshot::Copied,
+    start: &Resume,
+    json_logs: bool,
+) -> anyhow::Result<ExitCode> {
+    let name = &args.endpoints.name;
     crate::say!("{}", copied.summary);
     if args.copy_only {
         crate::say!(
@@ -250,24 +292,7 @@ pub(super) async fn one(
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let start = Resume {
-        roles: preflight.carry.policy,
-        wal: (wal_task, lost),
-    };
-    stream(args, &source, &target, &src, &tgt, &start, json_logs).await
-}
-
-/// Waits until the WAL-safety watch finds the slot lost.
-async fn lost_reason(lost: &mut tokio::sync::watch::Receiver<Option<String>>) -> String {
-    loop {
-        if let Some(reason) = lost.borrow().clone() {
-            return reason;
-        }
-        if lost.changed().await.is_err() {
-            // The watch ended without finding it lost: never resolve.
-            std::future::pending::<()>().await;
-        }
-    }
+    stream(args, source, target, src, tgt, start, json_logs).await
 }
 
 /// What streaming takes from the sync's record, and the WAL-safety watch.
@@ -514,20 +539,4 @@ fn refuse_on_errors(preflight: &Preflight) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Best-effort removal of a copy that will not finish, on fresh sessions
-/// (the ones the copy used may be broken).
-async fn abandon(source: &Endpoint, target: &Endpoint, name: &crate::sql::SyncName) {
-    let result = async {
-        let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
-        snapshot::discard(&source.decoder().connect().await?, &tgt, name).await?;
-        setup::drop_publication(&src, &name.publication()).await?;
-        capture::remove(&src, name).await?;
-        Ok::<(), anyhow::Error>(())
-    }
-    .await;
-    if let Err(e) = result {
-        crate::say_err!("error: could not remove the partial copy ({e:#}): run `pgrepl teardown --name {name}` and drop the copied tables on the target");
-    }
 }

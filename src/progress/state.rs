@@ -145,7 +145,15 @@ CREATE TABLE IF NOT EXISTS pgrepl.copied_chunks (
     chunk int NOT NULL,
     rows bigint NOT NULL,
     PRIMARY KEY (sync_name, schema_name, table_name, chunk)
-);";
+);
+-- A resumable copy (see progress::kept): the chunks of the table's plan
+-- and the LSN of the snapshot a chunk was copied under (NULL: the sync's
+-- consistent LSN); per table, the LSN of the snapshot its rows are from;
+-- the md5 of the schema the copy began with.
+ALTER TABLE pgrepl.copied_chunks ADD COLUMN IF NOT EXISTS chunks int;
+ALTER TABLE pgrepl.copied_chunks ADD COLUMN IF NOT EXISTS snapshot_lsn pg_lsn;
+ALTER TABLE pgrepl.tables ADD COLUMN IF NOT EXISTS copied_lsn pg_lsn;
+ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS copy_fingerprint text;";
 
 /// The source transaction ending where the replication origin stands,
 /// written with it, for a session to tell it when the source sends it
@@ -322,40 +330,6 @@ pub async fn mark_reverse(
     Ok(())
 }
 
-/// Records that a chunk's rows are in, in the transaction that wrote them.
-pub async fn record_chunk(
-    client: &impl GenericClient,
-    name: &SyncName,
-    table: &TableName,
-    chunk: usize,
-    rows: u64,
-) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute(
-            "INSERT INTO pgrepl.copied_chunks (sync_name, schema_name, table_name, chunk, rows) VALUES ($1, $2, $3, $4, $5)",
-            &[&name.as_str(), &table.schema, &table.name, &(chunk as i32), &(rows as i64)],
-        )
-        .await?;
-    Ok(())
-}
-
-/// The rows of a chunk already copied, if it was (for retries after a
-/// connection broke around the commit).
-pub async fn chunk_rows(
-    client: &impl GenericClient,
-    name: &SyncName,
-    table: &TableName,
-    chunk: usize,
-) -> Result<Option<u64>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT rows FROM pgrepl.copied_chunks WHERE sync_name = $1 AND schema_name = $2 AND table_name = $3 AND chunk = $4",
-            &[&name.as_str(), &table.schema, &table.name, &(chunk as i32)],
-        )
-        .await?;
-    Ok(row.map(|r| r.get::<_, i64>(0) as u64))
-}
-
 /// The statement moving one table to `state` (for sessions without
 /// parameters, such as the copy workers' raw ones).
 pub fn table_state_sql(name: &SyncName, table: &TableName, state: &TableState) -> String {
@@ -392,6 +366,7 @@ pub async fn set_tables_copied(
     client: &impl GenericClient,
     name: &SyncName,
     tables: &[(TableName, i64, i64)],
+    snapshot_lsn: Lsn,
 ) -> Result<(), tokio_postgres::Error> {
     let schemas: Vec<&str> = tables.iter().map(|(t, _, _)| t.schema.as_str()).collect();
     let names: Vec<&str> = tables.iter().map(|(t, _, _)| t.name.as_str()).collect();
@@ -399,10 +374,10 @@ pub async fn set_tables_copied(
     let bytes: Vec<i64> = tables.iter().map(|(_, _, b)| *b).collect();
     client
         .execute(
-            "UPDATE pgrepl.tables t SET state = 'copied', rows = u.r, bytes = u.b, updated_at = now()
+            "UPDATE pgrepl.tables t SET state = 'copied', rows = u.r, bytes = u.b, copied_lsn = $6, updated_at = now()
              FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[]) AS u(s, n, r, b)
              WHERE t.sync_name = $1 AND t.schema_name = u.s AND t.table_name = u.n",
-            &[&name.as_str(), &schemas, &names, &rows, &bytes],
+            &[&name.as_str(), &schemas, &names, &rows, &bytes, &snapshot_lsn],
         )
         .await
         .map(|_| ())

@@ -31,6 +31,7 @@ pub async fn finish(
                 side: Side::Target,
                 what: "carrying the database's settings",
                 message: format!("{} ({sql})", describe(&e)),
+                transient: crate::conn::error::is_transient(&e),
             })?;
     }
     if req.carry.inventory.large_objects == 0 {
@@ -48,6 +49,7 @@ pub async fn finish(
             side: e.side,
             what: "copying large objects",
             message: e.to_string(),
+            transient: false,
         })?;
     state::record_large_objects(tx, req.name, round.total as i64)
         .await

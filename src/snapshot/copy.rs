@@ -19,6 +19,7 @@ use super::plan::Unit;
 use super::SnapshotError;
 use crate::conn::raw::{CopyOut, RawError, RawSession};
 use crate::conn::{Endpoint, Side};
+use crate::lsn::Lsn;
 use crate::progress::state::{self, TableState};
 use crate::progress::ui::{CopyDisplay, TableStats};
 use crate::sql::{quote_literal, SyncName, TableName};
@@ -45,6 +46,8 @@ pub struct CopyJob {
     pub source: Endpoint,
     pub target: Endpoint,
     pub snapshot: String,
+    /// The LSN the snapshot shows the source at (recorded per chunk).
+    pub snapshot_lsn: Lsn,
     pub queue: Mutex<VecDeque<Unit>>,
     pub stats: HashMap<TableName, Arc<TableStats>>,
     pub display: CopyDisplay,
@@ -116,6 +119,7 @@ async fn open(job: &CopyJob, since: Instant) -> Result<(RawSession, RawSession),
                     side,
                     what: "opening a copy session",
                     message: e.to_string(),
+                    transient: e.is_transient(),
                 });
             }
         }
@@ -219,6 +223,7 @@ fn unit_error(unit: &Unit, e: RawError) -> UnitError {
         table: unit.label(),
         side,
         message,
+        transient: e.is_transient(),
     };
     if e.is_transient() {
         UnitError::Transient(err)
@@ -303,11 +308,13 @@ async fn copy_unit(
         String::new()
     };
     tgt.simple_query(&format!(
-        "INSERT INTO pgrepl.copied_chunks (sync_name, schema_name, table_name, chunk, rows) VALUES ({}, {}, {}, {}, {rows}); {copied}COMMIT",
+        "INSERT INTO pgrepl.copied_chunks (sync_name, schema_name, table_name, chunk, chunks, rows, snapshot_lsn) VALUES ({}, {}, {}, {}, {}, {rows}, {}); {copied}COMMIT",
         quote_literal(job.name.as_str()),
         quote_literal(&table.schema),
         quote_literal(&table.name),
-        unit.chunk
+        unit.chunk,
+        unit.chunks,
+        quote_literal(&job.snapshot_lsn.to_string()),
     ))
     .await
     .map_err(|e| unit_error(unit, e))?;

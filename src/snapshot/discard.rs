@@ -56,6 +56,7 @@ pub async fn discard(
                     side: Side::Target,
                     what: "removing the interrupted copy",
                     message: describe(&e),
+                    transient: crate::conn::error::is_transient(&e),
                 })?;
             out.target_objects = true;
         }

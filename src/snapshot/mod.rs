@@ -13,9 +13,10 @@
 //!   a check that no table was truncated or rewritten between the snapshot
 //!   and the lock (such a change is not MVCC-safe: the copy would miss rows).
 //! - The schema lands in one target transaction together with the state
-//!   row and the script that removes it again, so a copy that dies is
-//!   cleaned exactly and started over; it is never resumed from a snapshot
-//!   that no longer exists.
+//!   row, the script that removes it again and a fingerprint of it. A
+//!   copy that dies keeps every table whose rows are all durable; the rest
+//!   are copied under a new snapshot, and the stream skips, for those
+//!   tables only, what committed before that snapshot (see `resume`).
 //! - Indexes and constraints come after the rows (faster, and what pg_dump
 //!   does); the replication origin is set to the consistent point in the
 //!   same transaction that marks the copy done.
@@ -27,6 +28,7 @@ mod holder;
 pub mod pgdump;
 pub mod plan;
 mod post;
+mod resume;
 pub mod schema;
 mod workers;
 
@@ -43,8 +45,9 @@ use crate::source::selection::Selection;
 use crate::source::setup::SetupError;
 use crate::sql::{PublicationName, SyncName, TableName};
 pub use discard::{discard, Discarded};
-use holder::Holder;
+use holder::{Holder, Planned};
 use pgdump::{DumpRequest, PgDump, PgDumpError};
+pub use resume::{resume, Resumed};
 use schema::SchemaError;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,12 +67,15 @@ pub enum SnapshotError {
         side: Side,
         what: &'static str,
         message: String,
+        /// The connection broke or the server is restarting.
+        transient: bool,
     },
     #[error("copying {table} failed on the {side}: {message}")]
     Copy {
         table: String,
         side: Side,
         message: String,
+        transient: bool,
     },
     #[error("source: {tables} changed under the snapshot (TRUNCATE or a table-rewriting ALTER as the copy began): run pgrepl sync again to start over")]
     Rewritten { tables: String },
@@ -101,6 +107,7 @@ impl SnapshotError {
             side: Side::Source,
             what,
             message: describe(e),
+            transient: crate::conn::error::is_transient(e),
         }
     }
 
@@ -109,6 +116,26 @@ impl SnapshotError {
             side: Side::Target,
             what,
             message: describe(e),
+            transient: crate::conn::error::is_transient(e),
+        }
+    }
+
+    /// A connection broke, a server restarted, the snapshot died with its
+    /// session: the copy can go on under a new snapshot (`resume`).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SnapshotError::Connect(c) => c.failure.is_transient(),
+            SnapshotError::WalSender(e) => e.is_transient(),
+            SnapshotError::Query { transient, .. } | SnapshotError::Copy { transient, .. } => {
+                *transient
+            }
+            SnapshotError::SnapshotGone | SnapshotError::ChunksLost { .. } => true,
+            SnapshotError::Setup(_)
+            | SnapshotError::PgDump(_)
+            | SnapshotError::Schema(_)
+            | SnapshotError::Rewritten { .. }
+            | SnapshotError::Columns { .. }
+            | SnapshotError::Changed { .. } => false,
         }
     }
 }
@@ -154,34 +181,21 @@ pub struct Copied {
 /// Creates the slot and copies everything under its snapshot. On error the
 /// caller discards the partial copy (see [`discard`]).
 pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
-    // The slot lives where the source decodes: the primary, or its standby
-    // (`--source-standby`).
-    let on_standby = req.source.standby.is_some();
-    let mut walsender = WalSender::connect(Side::Source, &req.source.decoder().config).await?;
-    // The exported snapshot lives on the server that made the slot: every
-    // session of the copy (and pg_dump) goes there, whichever server of a
-    // multi-host conninfo that was, or the standby.
-    let pinned = crate::conn::Endpoint::new(Side::Source, walsender.server().clone());
+    let (mut walsender, pinned) = open_decoder(req.source).await?;
     let primary = req.source;
     let req = CopyRequest {
         source: &pinned,
         ..req
     };
     let system = walsender.identify_system().await?;
-    let slot = {
-        // On a standby the slot is ready at the next running-xacts record
-        // from the primary, which the primary writes every 15 s by itself:
-        // asked for now and again meanwhile (where the role may).
-        let kick = on_standby
-            .then(|| crate::progress::scope::spawn(log_standby_snapshots(primary.clone())));
-        let created = walsender
-            .create_slot_exporting_snapshot(&req.name.slot(), req.failover_slot && !on_standby)
-            .await;
-        if let Some(k) = kick {
-            k.abort();
-        }
-        created?
-    };
+    let slot = create_slot(
+        &mut walsender,
+        primary,
+        req.name.slot(),
+        SlotKind::Sync,
+        req.failover_slot,
+    )
+    .await?;
     tracing::info!(slot = %req.name.slot(), consistent_lsn = %slot.consistent_point, snapshot = %slot.snapshot, "replication slot created");
 
     let holder = Holder::open(&req, &slot.snapshot).await?;
@@ -191,6 +205,7 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
         dump(&req, &slot.snapshot, "post-data", excluded),
         holder.lock_and_plan(&req),
     )?;
+    let fingerprint = fingerprint(pre.as_ref(), post.as_ref(), &planned.units);
     let mut units = planned.units;
 
     if let Some(pre) = pre.as_mut() {
@@ -250,6 +265,9 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
         state::record_roles(&tx, req.name, req.carry.policy)
             .await
             .map_err(|e| SnapshotError::target("recording the sync", &e))?;
+        crate::progress::kept::record_fingerprint(&tx, req.name, &fingerprint)
+            .await
+            .map_err(|e| SnapshotError::target("recording the sync", &e))?;
         tx.commit()
             .await
             .map_err(|e| SnapshotError::target("committing the schema", &e))?;
@@ -259,7 +277,60 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
         tracing::info!("pre-data schema created on the target");
     }
 
-    let summary = workers::copy_rows(&req, &slot.snapshot, units).await?;
+    let snapshot = Snapshot {
+        id: &slot.snapshot,
+        lsn: slot.consistent_point,
+    };
+    let copied = finish(
+        &req,
+        &holder,
+        snapshot,
+        Planned {
+            units,
+            sequences: planned.sequences,
+        },
+        (pre, post),
+        slot.consistent_point,
+        false,
+    )
+    .await?;
+    drop(holder);
+    drop(walsender);
+    Ok(copied)
+}
+
+/// A replication session where the source decodes (the primary, or its
+/// standby with `--source-standby`), and an endpoint pinned to that very
+/// server: an exported snapshot lives on the server that made its slot, so
+/// every session of the copy (and pg_dump) goes there, whichever server of
+/// a multi-host conninfo that was.
+async fn open_decoder(source: &Endpoint) -> Result<(WalSender, Endpoint), SnapshotError> {
+    let walsender = WalSender::connect(Side::Source, &source.decoder().config).await?;
+    let pinned = Endpoint::new(Side::Source, walsender.server().clone());
+    Ok((walsender, pinned))
+}
+
+/// An exported snapshot and the LSN it shows the source at.
+#[derive(Clone, Copy)]
+struct Snapshot<'a> {
+    id: &'a str,
+    lsn: Lsn,
+}
+
+/// The rows of `planned.units` under `snapshot`, then sequences, indexes
+/// and constraints, and the sync marked Copied: streaming starts at
+/// `consistent` (the sync slot's point, whatever snapshot this copy ran
+/// under).
+async fn finish(
+    req: &CopyRequest<'_>,
+    holder: &Holder,
+    snapshot: Snapshot<'_>,
+    planned: Planned,
+    (pre, post): (Option<schema::CleanDump>, Option<schema::CleanDump>),
+    consistent: Lsn,
+    resumed: bool,
+) -> Result<Copied, SnapshotError> {
+    let summary = workers::copy_rows(req, snapshot.id, snapshot.lsn, planned.units).await?;
 
     let tgt = req.target.connect().await?;
     let set = crate::sequences::apply(&tgt, &planned.sequences)
@@ -271,8 +342,14 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
     );
 
     if let (Some(pre), Some(post)) = (&pre, &post) {
-        post::post_data(&req, &holder.selected, &post.creates, &known, &existing).await?;
-        post::refresh_matviews(&tgt, req.source, &slot.snapshot, &pre.creates).await?;
+        if resumed {
+            // An interrupted run may have built some of it already.
+            post::drop_built(&tgt, &post.drops).await?;
+        }
+        let known = schema::known_settings(&tgt).await?;
+        let existing = schema::existing_schemas(&tgt).await?;
+        post::post_data(req, &holder.selected, &post.creates, &known, &existing).await?;
+        post::refresh_matviews(&tgt, req.source, snapshot.id, &pre.creates).await?;
     }
     drop(tgt);
 
@@ -282,23 +359,96 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
         .await
         .map_err(|e| SnapshotError::target("finishing the copy", &e))?;
     req.ledger
-        .start_at(&tx, req.name, slot.consistent_point)
+        .start_at(&tx, req.name, consistent)
         .await
         .map_err(|e| SnapshotError::target("recording where streaming starts", &e))?;
-    let carried = carry::finish(&req, &slot.snapshot, &tx).await?;
+    let carried = carry::finish(req, snapshot.id, &tx).await?;
     state::set_phase(&tx, req.name, SyncPhase::Copied)
         .await
         .map_err(|e| SnapshotError::target("recording the copy", &e))?;
     tx.commit()
         .await
         .map_err(|e| SnapshotError::target("finishing the copy", &e))?;
-    drop(holder);
-    drop(walsender);
-    let carried = carry::summary(&req, carried, &tgt).await;
+    let carried = carry::summary(req, carried, &tgt).await;
     Ok(Copied {
-        consistent_lsn: slot.consistent_point,
+        consistent_lsn: consistent,
         summary: format!("{summary}\n{carried}"),
     })
+}
+
+/// The slot a copy runs under.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SlotKind {
+    /// The sync's own slot, kept: streaming reads it.
+    Sync,
+    /// A temporary slot, for its snapshot only (a resumed copy).
+    Temporary,
+}
+
+/// Creates a slot exporting its snapshot on `walsender`'s server. On a
+/// standby the slot is ready at the next running-xacts record from the
+/// primary, which the primary writes every 15 s by itself: asked for now
+/// and again meanwhile (where the role may).
+async fn create_slot(
+    walsender: &mut WalSender,
+    primary: &Endpoint,
+    slot: crate::sql::SlotName,
+    kind: SlotKind,
+    failover: bool,
+) -> Result<crate::conn::walsender::CreatedSlot, SnapshotError> {
+    let on_standby = primary.standby.is_some();
+    let kick =
+        on_standby.then(|| crate::progress::scope::spawn(log_standby_snapshots(primary.clone())));
+    let created = match kind {
+        SlotKind::Sync => {
+            walsender
+                .create_slot_exporting_snapshot(&slot, failover && !on_standby)
+                .await
+        }
+        SlotKind::Temporary => {
+            walsender
+                .create_temporary_slot_exporting_snapshot(&slot)
+                .await
+        }
+    };
+    if let Some(k) = kick {
+        k.abort();
+    }
+    Ok(created?)
+}
+
+/// What a copy began with, for a resumed one to prove it begins with the
+/// same: the schema pg_dump wrote (before and after the rows) and each
+/// copied table's columns and types.
+fn fingerprint(
+    pre: Option<&schema::CleanDump>,
+    post: Option<&schema::CleanDump>,
+    units: &[plan::Unit],
+) -> String {
+    let mut out = String::new();
+    for dump in [pre, post].into_iter().flatten() {
+        for s in &dump.creates {
+            out.push_str(&s.sql);
+            out.push_str("\n;\n");
+        }
+    }
+    let mut tables: Vec<String> = units
+        .iter()
+        .filter(|u| u.chunk == 0)
+        .map(|u| {
+            let cols: Vec<String> = u
+                .table
+                .columns
+                .iter()
+                .zip(&u.table.types)
+                .map(|(c, t)| format!("{c} {t}"))
+                .collect();
+            format!("{} ({})", u.table.name, cols.join(", "))
+        })
+        .collect();
+    tables.sort();
+    out.push_str(&tables.join("\n"));
+    out
 }
 
 async fn dump(

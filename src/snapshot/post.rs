@@ -73,6 +73,7 @@ pub async fn post_data(
                 side: Side::Target,
                 what: "index build",
                 message: e.to_string(),
+                transient: false,
             })
         });
         if let Err(e) = outcome {
@@ -132,6 +133,33 @@ pub async fn refresh_matviews(
             .batch_execute(&format!("REFRESH MATERIALIZED VIEW {}", mv.quoted()))
             .await
             .map_err(|e| SnapshotError::target("refreshing a materialized view", &e))?;
+    }
+    Ok(())
+}
+
+/// Drops what an interrupted run of [`post_data`] may have built, with
+/// pg_dump's own clean statements (`drops`), before it is built again.
+/// pgrepl's event triggers are not the source's; an index a partition
+/// inherited goes with its parent's, dropped after it in the list.
+pub async fn drop_built(tgt: &Client, drops: &[Statement]) -> Result<(), SnapshotError> {
+    for s in drops {
+        if s.sql.starts_with("DROP EVENT TRIGGER IF EXISTS pgrepl_") {
+            continue;
+        }
+        match tgt.batch_execute(&s.sql).await {
+            Ok(()) => {}
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_TABLE_DEFINITION) =>
+            {
+                tracing::debug!(statement = %s.sql, "left to its parent's drop");
+            }
+            Err(e) => {
+                return Err(SnapshotError::target(
+                    "removing indexes an interrupted copy built",
+                    &e,
+                ))
+            }
+        }
     }
     Ok(())
 }

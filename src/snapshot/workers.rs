@@ -21,6 +21,7 @@ use super::copy::{self, CopyJob};
 use super::plan::{TablePlan, Unit};
 use super::{CopyRequest, SnapshotError};
 use crate::conn::Side;
+use crate::lsn::Lsn;
 use crate::progress::state;
 use crate::progress::ui::{CopyDisplay, ProgressMode, TableStats};
 use crate::sql::TableName;
@@ -32,6 +33,7 @@ const ROUNDS: usize = 4;
 pub async fn copy_rows(
     req: &CopyRequest<'_>,
     snapshot: &str,
+    snapshot_lsn: Lsn,
     units: Vec<Unit>,
 ) -> Result<String, SnapshotError> {
     let mut per_table: HashMap<TableName, (Arc<TablePlan>, usize)> = HashMap::new();
@@ -62,6 +64,7 @@ pub async fn copy_rows(
         source: req.source.clone(),
         target: req.target.clone(),
         snapshot: snapshot.to_string(),
+        snapshot_lsn,
         queue: Mutex::new(VecDeque::from(units)),
         stats,
         display: CopyDisplay::new(req.progress, ordered),
@@ -134,6 +137,7 @@ async fn run_workers(job: &Arc<CopyJob>, workers: usize) -> Result<(), SnapshotE
                 side: Side::Target,
                 what: "copy worker",
                 message: e.to_string(),
+                transient: false,
             })
         });
         if let Err(e) = outcome {
@@ -219,7 +223,7 @@ async fn record_tables(
         ));
     }
     let client = job.target.connect().await?;
-    state::set_tables_copied(&client, &job.name, &copied)
+    state::set_tables_copied(&client, &job.name, &copied, job.snapshot_lsn)
         .await
         .map_err(|e| SnapshotError::target("recording table state", &e))?;
     Ok(())

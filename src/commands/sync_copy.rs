@@ -1,0 +1,244 @@
+//! The copy phase of `pgrepl sync`: a new copy, or one resumed after an
+//! interruption (see `snapshot::resume`), gone on with under a new
+//! snapshot for as long as `--retry-for` allows when a connection breaks
+//! or a server restarts.
+//!
+//! The rule: once the copy is recorded on the target, nothing it copied is
+//! thrown away on an interruption, a stop (Ctrl-C) or a failure; the next
+//! run resumes it. Only a copy that cannot be resumed consistently (its
+//! slot lost, the schema changed) is removed and started over, and only a
+//! copy that failed before it was recorded is removed on failure.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use crate::cli::SyncArgs;
+use crate::conn::Endpoint;
+use crate::progress::ledger::Ledger;
+use crate::progress::state::{self, SyncPhase, SyncRecord};
+use crate::progress::ui::ProgressMode;
+use crate::snapshot::{self, pgdump, Copied, CopyRequest, Resumed};
+use crate::source::catalog::{SelectedTables, ServerFacts};
+use crate::source::selection::Selection;
+use crate::source::setup;
+use crate::sql::SyncName;
+
+/// How the copy begins.
+pub(super) enum CopyStart {
+    Fresh,
+    Resume(SyncRecord),
+}
+
+/// How the copy phase ended.
+pub(super) enum CopyEnd {
+    Copied(Copied),
+    /// The interrupted copy cannot be resumed (why): start it over.
+    StartOver(String),
+    /// Stopped by a signal; what was copied is kept.
+    Stopped(ExitCode),
+}
+
+/// What the copy needs besides the arguments.
+pub(super) struct CopyInputs<'a> {
+    pub source: &'a Endpoint,
+    pub target: &'a Endpoint,
+    pub source_facts: &'a ServerFacts,
+    pub target_facts: &'a ServerFacts,
+    pub selected: &'a SelectedTables,
+    pub selection: &'a Selection,
+    pub carry: &'a crate::carry::Plan,
+    pub ledger: Ledger,
+    pub json_logs: bool,
+}
+
+/// Runs the copy to its end, resuming it after transient failures.
+pub(super) async fn copy(
+    args: &SyncArgs,
+    inputs: &CopyInputs<'_>,
+    start: CopyStart,
+    lost: &mut tokio::sync::watch::Receiver<Option<String>>,
+) -> anyhow::Result<CopyEnd> {
+    let name = &args.endpoints.name;
+    let (source, target) = (inputs.source, inputs.target);
+    let pg_dump = if args.existing_schema {
+        None
+    } else {
+        Some(pgdump::find(
+            args.pg_dump.as_deref(),
+            inputs.source_facts.major() as u32,
+        )?)
+    };
+    if let Some(d) = &pg_dump {
+        tracing::info!(pg_dump = %d.path.display(), major = d.major, "schema from pg_dump");
+    }
+    let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let request = || CopyRequest {
+        name,
+        source,
+        target,
+        source_facts: inputs.source_facts,
+        target_facts: inputs.target_facts,
+        selected: inputs.selected,
+        selection: inputs.selection,
+        publication: name.publication(),
+        existing_schema: args.existing_schema,
+        pg_dump: pg_dump.clone(),
+        jobs,
+        chunk_bytes: args.chunk_size.min(i64::MAX as u64) as i64,
+        binary: args.copy_format == crate::cli::CopyFormatChoice::Auto,
+        progress: ProgressMode::detect(inputs.json_logs),
+        retry_for: args.retry_for,
+        carry: inputs.carry,
+        ledger: inputs.ledger.clone(),
+        failover_slot: args.failover_slot,
+    };
+    let mut start = start;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let attempt = async {
+            match &start {
+                CopyStart::Fresh => snapshot::run(request()).await.map(Resumed::Copied),
+                CopyStart::Resume(record) => match slot_unusable(source, name).await? {
+                    Some(why) => Ok(Resumed::StartOver(why)),
+                    None => snapshot::resume(request(), record).await,
+                },
+            }
+        };
+        let result = tokio::select! {
+            result = attempt => result,
+            signal = super::shutdown_signal() => {
+                let signal = signal?;
+                if recorded(target, name).await.is_some() {
+                    crate::say_err!("{signal}: copy stopped; what is copied is kept: run `pgrepl sync` again to resume it, or `pgrepl teardown --name {name}` to remove it");
+                } else {
+                    crate::say_err!("{signal}: stopping the copy and removing what it wrote");
+                    abandon(source, target, name).await;
+                }
+                return Ok(CopyEnd::Stopped(ExitCode::from(130)));
+            }
+            reason = lost_reason(lost) => {
+                abandon(source, target, name).await;
+                bail!("{reason}; the partial copy was removed");
+            }
+        };
+        let e = match result {
+            Ok(Resumed::Copied(c)) => return Ok(CopyEnd::Copied(c)),
+            Ok(Resumed::StartOver(why)) => return Ok(CopyEnd::StartOver(why)),
+            Err(e) => e,
+        };
+        let since = *failing_since.get_or_insert_with(Instant::now);
+        let transient = e.is_transient();
+        let record = if transient {
+            recorded_within(target, name, since, args.retry_for).await
+        } else {
+            recorded(target, name).await
+        };
+        match record {
+            Some(record) if transient && since.elapsed() < args.retry_for => {
+                tracing::warn!(error = %e, "the copy was interrupted; resuming it under a new snapshot");
+                crate::say_err!("The copy was interrupted ({e}); resuming it.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                start = CopyStart::Resume(record);
+            }
+            Some(_) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "the copy stopped; what is copied is kept: {}run `pgrepl sync` again to resume it, or `pgrepl teardown --name {name}` to remove it",
+                    if transient { "" } else { "fix the cause and " }
+                )))
+            }
+            None if transient && since.elapsed() >= args.retry_for => {
+                return Err(anyhow::Error::new(e).context(
+                    "the copy stopped and the target could not be asked what it kept: run `pgrepl sync` again to resume it",
+                ))
+            }
+            None => {
+                abandon(source, target, name).await;
+                return Err(
+                    anyhow::Error::new(e).context("the copy failed; what it had created was removed")
+                );
+            }
+        }
+    }
+}
+
+/// Why the sync's slot cannot carry a resumed copy, if it cannot.
+async fn slot_unusable(
+    source: &Endpoint,
+    name: &SyncName,
+) -> Result<Option<String>, snapshot::SnapshotError> {
+    let decoder = source.decoder().connect().await?;
+    Ok(
+        match setup::settled_slot_info(&decoder, &name.slot()).await? {
+            None => Some(format!("its slot {} is gone", name.slot())),
+            Some(s) if s.lost => Some(format!("its slot {} lost WAL it needed", name.slot())),
+            Some(_) => None,
+        },
+    )
+}
+
+/// The sync's record while its copy runs (None: not recorded, or the
+/// target did not answer).
+async fn recorded(target: &Endpoint, name: &SyncName) -> Option<SyncRecord> {
+    let client = target.connect().await.ok()?;
+    state::load_sync(&client, name)
+        .await
+        .ok()
+        .flatten()
+        .filter(|r| r.phase == SyncPhase::Copying)
+}
+
+/// [`recorded`], asking until the target answers or `retry_for` since
+/// `since` has passed.
+async fn recorded_within(
+    target: &Endpoint,
+    name: &SyncName,
+    since: Instant,
+    retry_for: Duration,
+) -> Option<SyncRecord> {
+    loop {
+        if let Ok(client) = target.connect().await {
+            if let Ok(r) = state::load_sync(&client, name).await {
+                return r.filter(|r| r.phase == SyncPhase::Copying);
+            }
+        }
+        if since.elapsed() >= retry_for {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until the WAL-safety watch finds the slot lost.
+pub(super) async fn lost_reason(lost: &mut tokio::sync::watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(reason) = lost.borrow().clone() {
+            return reason;
+        }
+        if lost.changed().await.is_err() {
+            // The watch ended without finding it lost: never resolve.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Best-effort removal of a copy that will not finish, on fresh sessions
+/// (the ones the copy used may be broken).
+pub(super) async fn abandon(source: &Endpoint, target: &Endpoint, name: &SyncName) {
+    let result = async {
+        let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
+        snapshot::discard(&source.decoder().connect().await?, &tgt, name).await?;
+        setup::drop_publication(&src, &name.publication()).await?;
+        crate::ddl::capture::remove(&src, name).await?;
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        crate::say_err!("error: could not remove the partial copy ({e:#}): run `pgrepl teardown --name {name}` and drop the copied tables on the target");
+    }
+}

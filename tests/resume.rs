@@ -1,0 +1,287 @@
+//! A copy interrupted anywhere resumes where it was: kill -9 at random
+//! points of the copy while the source is written to, a source restart
+//! ridden by --retry-for, a schema changed in between (started over).
+//! Every run ends with source and target compared by checksum.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use support::workload::{self, Workload};
+use support::{assert_same_data, wait_for, Pair};
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+/// Every column kind (the fidelity fixture), the workload's tables, and a
+/// large table split into chunks, all written to while the copy runs.
+async fn seed(pair: &Pair) {
+    pair.source
+        .exec(include_str!("../fixtures/fidelity.sql"))
+        .await;
+    pair.source.exec(workload::SCHEMA).await;
+    pair.source
+        .exec(
+            "CREATE TABLE big (id int PRIMARY KEY, n int NOT NULL, pad text);
+             INSERT INTO big SELECT g, 0, repeat(md5(g::text), 3) FROM generate_series(1, 400000) g;
+             ANALYZE big;",
+        )
+        .await;
+}
+
+/// What the target recorded of the copy: chunks kept, phase.
+async fn copy_state(target: &tokio_postgres::Client) -> (i64, String) {
+    let chunks = target
+        .query_one(
+            "SELECT CASE WHEN to_regclass('pgrepl.copied_chunks') IS NULL THEN 0
+                    ELSE (SELECT count(*) FROM pgrepl.copied_chunks) END",
+            &[],
+        )
+        .await
+        .map(|r| r.get::<_, i64>(0))
+        .unwrap_or(0);
+    let phase = target
+        .query_opt("SELECT phase FROM pgrepl.sync", &[])
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get::<_, String>(0))
+        .unwrap_or_else(|| "none".into());
+    (chunks, phase)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heavy_killed_at_random_points_of_the_copy_it_resumes_and_ends_equal() {
+    support::init_logs();
+    let pair = Pair::start();
+    seed(&pair).await;
+    let load = Workload::start(&pair.source).await;
+    // Updates that move rows of the split table between pages (and so
+    // between chunks), and count: applied twice or missed, n differs.
+    let writer = {
+        let source = pair.source.client().await;
+        tokio::spawn(async move {
+            let mut k: i64 = 0;
+            loop {
+                k += 1;
+                let id = (k * 7919) % 400_000 + 1;
+                let sql = format!(
+                    "UPDATE big SET n = n + 1, pad = pad || 'x' WHERE id = {id};
+                     UPDATE fidelity.types SET c_int8 = c_int8 + 1, c_text = c_text || 'x' WHERE id = 1;
+                     UPDATE fidelity.nopk SET b = b || 'y' WHERE a = 3;
+                     DELETE FROM big WHERE id = {};
+                     INSERT INTO big VALUES ({}, 1, 'new');",
+                    400_001 - id,
+                    400_000 + k
+                );
+                if source.batch_execute(&sql).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let seed: u64 = std::env::var("PGREPL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("seed {seed} (PGREPL_TEST_SEED={seed} runs these kill points again)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let target = pair.target.client().await;
+    let extra = ["--jobs", "2", "--chunk-size", "1MB"];
+    let mut killed_copying = 0;
+    let mut resumed_with_kept = 0;
+    for round in 0..10 {
+        let (before, phase) = copy_state(&target).await;
+        if round > 0 && phase != "copying" {
+            break;
+        }
+        let running = pair.spawn("sync", &extra);
+        // Once this run has copied something more (or the copy is done),
+        // then a random moment later.
+        wait_for("the copy to go on", LIMIT, || {
+            let t = &target;
+            async move {
+                let (chunks, phase) = copy_state(t).await;
+                (chunks > before || phase == "copied" || phase == "streaming").then_some(())
+            }
+        })
+        .await;
+        let after = Duration::from_millis(rng.random_range(0..400));
+        tokio::time::sleep(after).await;
+        let output = running.output_so_far();
+        running.kill().await;
+        let (chunks, phase) = copy_state(&target).await;
+        eprintln!("round {round}: killed {after:?} after a chunk; {chunks} chunks recorded, phase {phase}");
+        if phase == "copying" {
+            killed_copying += 1;
+        }
+        if round > 0 {
+            assert!(
+                output.contains("was interrupted: resuming it") || phase != "copying",
+                "round {round} did not resume:\n{output}"
+            );
+            assert!(!output.contains("starting the copy over"), "{output}");
+            if output.contains("table(s) kept") && !output.contains("Resuming the copy: 0 table(s)")
+            {
+                resumed_with_kept += 1;
+            }
+        }
+    }
+    assert!(
+        killed_copying >= 3,
+        "only {killed_copying} kills hit the copy"
+    );
+    assert!(resumed_with_kept >= 1, "no resume kept a table");
+
+    writer.abort();
+    let batches = load.stop().await;
+    assert!(batches > 0);
+    let out = pair.run("sync", &["--until-caught-up"]).await;
+    assert!(out.success(), "{out}");
+    assert!(!out.stdout.contains("starting the copy over"), "{out}");
+    let rows = assert_same_data(&pair.source.client().await, &target).await;
+    assert!(rows > 400_000, "{rows}");
+    support::schema::assert_same_shape(&pair.source.client().await, &target).await;
+    let verify = pair.run("verify", &["--stopped"]).await;
+    assert!(verify.success(), "{verify}");
+}
+
+/// A source restart in the middle of the copy kills its snapshot: the sync
+/// goes on under a new one by itself, within --retry-for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_source_restart_during_the_copy_is_ridden_by_retry_for() {
+    support::init_logs();
+    let mut pair = Pair::start();
+    seed(&pair).await;
+    let load = Workload::start(&pair.source).await;
+    let target = pair.target.client().await;
+    let running = pair.spawn(
+        "sync",
+        &[
+            "--copy-only",
+            "--jobs",
+            "1",
+            "--chunk-size",
+            "2MB",
+            "--retry-for",
+            "90s",
+        ],
+    );
+    wait_for("some chunks to be copied", LIMIT, || {
+        let t = &target;
+        async move {
+            let (chunks, _) = copy_state(t).await;
+            (chunks >= 3).then_some(())
+        }
+    })
+    .await;
+    let batches = load.stop().await;
+    pair.source.restart();
+    let load = Workload::start_from(&pair.source, batches).await;
+    let n = load.batches.load(Ordering::SeqCst);
+    wait_for("the workload to go on", Duration::from_secs(30), || {
+        let now = load.batches.load(Ordering::SeqCst);
+        async move { (now > n + 5).then_some(()) }
+    })
+    .await;
+    let out = running.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+    assert!(out.all().contains("resuming it"), "{out}");
+    assert!(out.stdout.contains("Resuming the copy"), "{out}");
+    load.stop().await;
+    // The copy is one consistent state per table plus the stream: caught
+    // up, the target equals the source.
+    let out = pair.run("sync", &["--until-caught-up"]).await;
+    assert!(out.success(), "{out}");
+    assert_same_data(&pair.source.client().await, &target).await;
+}
+
+/// A schema changed while the copy was down cannot be resumed: the copy
+/// starts over, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_changed_in_between_starts_the_copy_over() {
+    let pair = Pair::start();
+    pair.source
+        .exec(
+            "CREATE TABLE big (id int PRIMARY KEY, pad text);
+             INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 600000) g;
+             CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 10);",
+        )
+        .await;
+    let running = pair.spawn("sync", &["--copy-only", "--jobs", "1", "--chunk-size", "0"]);
+    let target = pair.target.client().await;
+    support::wait_for_phase(&pair.target, "copying", LIMIT).await;
+    wait_for("the copy of big to be under way", LIMIT, || {
+        let t = &target;
+        async move {
+            t.query_opt(
+                "SELECT 1 FROM pgrepl.tables WHERE table_name = 'big' AND state = 'copying'",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|_| ())
+        }
+    })
+    .await;
+    running.kill().await;
+    pair.source
+        .exec("ALTER TABLE small ADD COLUMN note text DEFAULT 'n'")
+        .await;
+    let out = pair.run("sync", &["--copy-only"]).await;
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("was interrupted"), "{out}");
+    assert!(
+        out.stdout
+            .contains("cannot be resumed (the source's schema changed since the copy began)"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("starting the copy over"), "{out}");
+    assert_same_data(&pair.source.client().await, &target).await;
+}
+
+/// Ctrl-C in the middle of the copy stops it and keeps what it copied; the
+/// next run resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_the_copy_keeps_it_and_a_rerun_resumes() {
+    let pair = Pair::start();
+    pair.source
+        .exec(
+            "CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 10);
+             CREATE TABLE big (id int PRIMARY KEY, pad text);
+             INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 600000) g;
+             ANALYZE big;",
+        )
+        .await;
+    let running = pair.spawn("sync", &["--jobs", "1", "--chunk-size", "1MB"]);
+    let target = pair.target.client().await;
+    wait_for("some chunks of big to be copied", LIMIT, || {
+        let t = &target;
+        async move {
+            t.query_opt(
+                "SELECT 1 FROM pgrepl.copied_chunks WHERE table_name = 'big' AND chunk > 0 LIMIT 1",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|_| ())
+        }
+    })
+    .await;
+    running.signal(libc::SIGINT);
+    let out = running.wait(LIMIT).await;
+    assert_eq!(out.code, Some(130), "{out}");
+    assert!(out.stderr.contains("what is copied is kept"), "{out}");
+    let (chunks, phase) = copy_state(&target).await;
+    assert_eq!(phase, "copying");
+    assert!(chunks >= 2, "{chunks}");
+
+    let out = pair.run("sync", &["--copy-only"]).await;
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("Resuming the copy"), "{out}");
+    assert_same_data(&pair.source.client().await, &target).await;
+}
