@@ -4,11 +4,12 @@
 //! the snapshot its rows are from; and a fingerprint of the schema the copy
 //! began with, so a resume can prove nothing changed in between.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tokio_postgres::GenericClient;
 
 use crate::lsn::Lsn;
+use crate::snapshot::plan::Cut;
 use crate::sql::{quote_literal, SyncName, TableName};
 
 /// One chunk in `pgrepl.copied_chunks`.
@@ -31,34 +32,103 @@ pub struct KeptTable {
     pub lsn: Lsn,
 }
 
-/// Sorts the chunks into whole tables, kept, and tables with only some of
-/// their chunks (or chunks of different snapshots), to copy again.
-pub fn sort(chunks: &[KeptChunk], consistent: Lsn) -> (Vec<KeptTable>, Vec<TableName>) {
-    let mut by_table: HashMap<&TableName, Vec<&KeptChunk>> = HashMap::new();
+/// What the target holds of one table: its chunks, by number, with their
+/// rows and snapshot's LSN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopiedTable {
+    pub table: TableName,
+    /// The chunks of its plan (None: recorded by an older pgrepl).
+    pub planned: Option<usize>,
+    pub chunks: BTreeMap<usize, (i64, Lsn)>,
+}
+
+impl CopiedTable {
+    /// Every chunk of the plan is there.
+    pub fn whole(&self) -> bool {
+        self.planned.is_some_and(|n| n == self.chunks.len())
+    }
+
+    /// The earliest and the latest snapshot its chunks come from.
+    pub fn lsns(&self) -> (Lsn, Lsn) {
+        let lsns = self.chunks.values().map(|(_, l)| *l);
+        (
+            lsns.clone().min().unwrap_or(Lsn::ZERO),
+            lsns.max().unwrap_or(Lsn::ZERO),
+        )
+    }
+
+    pub fn rows(&self) -> i64 {
+        self.chunks.values().map(|(r, _)| r).sum()
+    }
+}
+
+/// The chunks, by table (`consistent`: the LSN of chunks recorded without
+/// one).
+pub fn by_table(chunks: &[KeptChunk], consistent: Lsn) -> Vec<CopiedTable> {
+    let mut out: BTreeMap<&TableName, CopiedTable> = BTreeMap::new();
     for c in chunks {
-        by_table.entry(&c.table).or_default().push(c);
-    }
-    let mut kept = Vec::new();
-    let mut partial = Vec::new();
-    for (table, cs) in by_table {
-        let lsn = cs[0].lsn.unwrap_or(consistent);
-        let whole = cs[0]
-            .chunks
-            .is_some_and(|n| n == cs.len() && cs.iter().all(|c| c.chunks == Some(n)))
-            && cs.iter().all(|c| c.lsn.unwrap_or(consistent) == lsn);
-        if whole {
-            kept.push(KeptTable {
-                table: table.clone(),
-                rows: cs.iter().map(|c| c.rows).sum(),
-                lsn,
-            });
-        } else {
-            partial.push(table.clone());
+        let t = out.entry(&c.table).or_insert_with(|| CopiedTable {
+            table: c.table.clone(),
+            planned: c.chunks,
+            chunks: BTreeMap::new(),
+        });
+        if t.planned != c.chunks {
+            t.planned = None;
         }
+        t.chunks
+            .insert(c.chunk, (c.rows, c.lsn.unwrap_or(consistent)));
     }
-    kept.sort_by(|a, b| a.table.cmp(&b.table));
-    partial.sort();
-    (kept, partial)
+    out.into_values().collect()
+}
+
+/// How each split table was cut, as recorded.
+pub async fn cuts(
+    client: &impl GenericClient,
+    name: &SyncName,
+) -> Result<HashMap<TableName, Cut>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT schema_name, table_name, copy_cut::text FROM pgrepl.tables
+             WHERE sync_name = $1 AND copy_cut IS NOT NULL",
+            &[&name.as_str()],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let cut: Cut = serde_json::from_str(r.get::<_, &str>(2)).ok()?;
+            Some((
+                TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                cut,
+            ))
+        })
+        .collect())
+}
+
+/// Records how split tables are cut (their chunks' ranges in order).
+pub async fn record_cuts(
+    client: &impl GenericClient,
+    name: &SyncName,
+    cuts: &[(TableName, Cut)],
+) -> Result<(), tokio_postgres::Error> {
+    if cuts.is_empty() {
+        return Ok(());
+    }
+    let schemas: Vec<&str> = cuts.iter().map(|(t, _)| t.schema.as_str()).collect();
+    let names: Vec<&str> = cuts.iter().map(|(t, _)| t.name.as_str()).collect();
+    let texts: Vec<String> = cuts
+        .iter()
+        .map(|(_, c)| serde_json::to_string(c).unwrap_or_default())
+        .collect();
+    client
+        .execute(
+            "UPDATE pgrepl.tables t SET copy_cut = u.c::jsonb
+             FROM unnest($2::text[], $3::text[], $4::text[]) AS u(s, n, c)
+             WHERE t.sync_name = $1 AND t.schema_name = u.s AND t.table_name = u.n",
+            &[&name.as_str(), &schemas, &names, &texts],
+        )
+        .await
+        .map(|_| ())
 }
 
 /// Every chunk recorded for sync `name`.
@@ -163,7 +233,7 @@ pub async fn forget(
         .await?;
     client
         .execute(
-            "UPDATE pgrepl.tables t SET state = 'pending', rows = NULL, bytes = NULL, copied_lsn = NULL, updated_at = now()
+            "UPDATE pgrepl.tables t SET state = 'pending', rows = NULL, bytes = NULL, copied_lsn = NULL, copy_cut = NULL, updated_at = now()
              FROM unnest($2::text[], $3::text[]) AS u(s, n)
              WHERE t.sync_name = $1 AND t.schema_name = u.s AND t.table_name = u.n",
             &[&name.as_str(), &schemas, &names],
@@ -211,33 +281,35 @@ mod tests {
     }
 
     #[test]
-    fn a_table_is_kept_only_with_every_chunk_from_one_snapshot() {
+    fn chunks_are_told_by_table_with_their_snapshots() {
         let consistent = Lsn(100);
         let chunks = [
             chunk("whole", 0, Some(1), None),
+            chunk("split", 2, Some(3), None),
             chunk("split", 0, Some(3), None),
             chunk("split", 1, Some(3), None),
-            chunk("split", 2, Some(3), None),
             chunk("half", 0, Some(2), None),
             chunk("mixed", 0, Some(2), None),
             chunk("mixed", 1, Some(2), Some(200)),
-            chunk("later", 0, Some(1), Some(200)),
             chunk("old", 0, None, None),
         ];
-        let (kept, partial) = sort(&chunks, consistent);
-        let kept: Vec<(String, i64, u64)> = kept
-            .into_iter()
-            .map(|k| (k.table.name, k.rows, k.lsn.0))
+        let tables = by_table(&chunks, consistent);
+        let seen: Vec<(&str, bool, u64, u64, i64)> = tables
+            .iter()
+            .map(|t| {
+                let (a, b) = t.lsns();
+                (t.table.name.as_str(), t.whole(), a.0, b.0, t.rows())
+            })
             .collect();
         assert_eq!(
-            kept,
+            seen,
             vec![
-                ("later".into(), 10, 200),
-                ("split".into(), 30, 100),
-                ("whole".into(), 10, 100)
+                ("half", false, 100, 100, 10),
+                ("mixed", true, 100, 200, 20),
+                ("old", false, 100, 100, 10),
+                ("split", true, 100, 100, 30),
+                ("whole", true, 100, 100, 10),
             ]
         );
-        let partial: Vec<String> = partial.into_iter().map(|t| t.name).collect();
-        assert_eq!(partial, vec!["half", "mixed", "old"]);
     }
 }

@@ -148,11 +148,13 @@ CREATE TABLE IF NOT EXISTS pgrepl.copied_chunks (
 );
 -- A resumable copy (see progress::kept): the chunks of the table's plan
 -- and the LSN of the snapshot a chunk was copied under (NULL: the sync's
--- consistent LSN); per table, the LSN of the snapshot its rows are from;
+-- consistent LSN); per table, the LSN of the snapshot its rows are from
+-- and, split, how it was cut;
 -- the md5 of the schema the copy began with.
 ALTER TABLE pgrepl.copied_chunks ADD COLUMN IF NOT EXISTS chunks int;
 ALTER TABLE pgrepl.copied_chunks ADD COLUMN IF NOT EXISTS snapshot_lsn pg_lsn;
 ALTER TABLE pgrepl.tables ADD COLUMN IF NOT EXISTS copied_lsn pg_lsn;
+ALTER TABLE pgrepl.tables ADD COLUMN IF NOT EXISTS copy_cut jsonb;
 ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS copy_fingerprint text;";
 
 /// The source transaction ending where the replication origin stands,

@@ -252,6 +252,7 @@ pub async fn check_columns(
                     format: plan::CopyFormat::Text,
                     bytes: t.bytes,
                     estimated_rows: t.estimated_rows,
+                    relfilenode: t.relfilenode,
                 }),
             );
         }

@@ -30,6 +30,7 @@ pub mod plan;
 mod post;
 mod resume;
 pub mod schema;
+mod untouched;
 mod workers;
 
 use std::time::Duration;
@@ -266,6 +267,9 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
             .await
             .map_err(|e| SnapshotError::target("recording the sync", &e))?;
         crate::progress::kept::record_fingerprint(&tx, req.name, &fingerprint)
+            .await
+            .map_err(|e| SnapshotError::target("recording the sync", &e))?;
+        crate::progress::kept::record_cuts(&tx, req.name, &plan::cuts(&units))
             .await
             .map_err(|e| SnapshotError::target("recording the sync", &e))?;
         tx.commit()

@@ -35,10 +35,22 @@ pub struct TablePlan {
     pub format: CopyFormat,
     pub bytes: i64,
     pub estimated_rows: i64,
+    /// The table's file under the snapshot, for a split table: chunks of
+    /// it copied under two snapshots fit together only if it is the same
+    /// file (no VACUUM FULL or CLUSTER moved its rows in between).
+    pub relfilenode: Option<i64>,
+}
+
+/// How a split table was cut, kept with the copy (see `resume`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cut {
+    pub relfilenode: i64,
+    pub ranges: Vec<Range>,
 }
 
 /// Which rows of a table one unit copies.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Range {
     Whole,
     /// Pages `[from, to)` (`to: None` = to the end).
@@ -173,7 +185,19 @@ pub async fn plan(
             types.push(c.get::<_, String>(2));
             binary_safe &= c.get::<_, Option<bool>>(3).unwrap_or(false);
         }
+        let ranges = split(client, t, opts, block_size).await?;
+        let relfilenode = match ranges.len() {
+            1 => None,
+            _ => client
+                .query_one(
+                    "SELECT relfilenode::int8 FROM pg_class WHERE oid = $1",
+                    &[&t.oid],
+                )
+                .await?
+                .get(0),
+        };
         let plan = Arc::new(TablePlan {
+            relfilenode,
             name: t.name.clone(),
             columns,
             types,
@@ -185,7 +209,6 @@ pub async fn plan(
             bytes: t.bytes,
             estimated_rows: t.estimated_rows,
         });
-        let ranges = split(client, t, opts, block_size).await?;
         let chunks = ranges.len();
         for (chunk, range) in ranges.into_iter().enumerate() {
             units.push(Unit {
@@ -274,6 +297,29 @@ async fn split(
     Ok(ranges)
 }
 
+/// The cut of every split table among `units` (ranges in chunk order).
+pub fn cuts(units: &[Unit]) -> Vec<(TableName, Cut)> {
+    let mut split: Vec<&Unit> = units.iter().filter(|u| u.chunks > 1).collect();
+    split.sort_by(|a, b| (&a.table.name, a.chunk).cmp(&(&b.table.name, b.chunk)));
+    let mut out: Vec<(TableName, Cut)> = Vec::new();
+    for u in split {
+        let Some(relfilenode) = u.table.relfilenode else {
+            continue;
+        };
+        match out.last_mut() {
+            Some((t, cut)) if *t == u.table.name => cut.ranges.push(u.range.clone()),
+            _ => out.push((
+                u.table.name.clone(),
+                Cut {
+                    relfilenode,
+                    ranges: vec![u.range.clone()],
+                },
+            )),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +333,7 @@ mod tests {
                 format: CopyFormat::Binary,
                 bytes: 0,
                 estimated_rows: 0,
+                relfilenode: None,
             }),
             range,
             chunk: 0,

@@ -6,11 +6,16 @@
 //! snapshot, and the stream applies, for each table, exactly the
 //! transactions that snapshot lacks.
 //!
-//! - A table is kept only when every chunk of its plan is durable on the
-//!   target and all of them come from one snapshot. A table with only some
-//!   of its chunks is emptied (in the transaction that forgets its chunk
-//!   records) and copied again whole: chunks of one table under two
-//!   snapshots would disagree about a row that moved between them.
+//! - A table is kept when every chunk of its plan is durable on the
+//!   target and all come from one snapshot. Chunks of one table from
+//!   different snapshots (or only some of its chunks) fit together only if
+//!   no transaction changed the table in between and its file is the same
+//!   (no VACUUM FULL moved its rows): then they are kept and the missing
+//!   chunks, cut as before, copied under the new snapshot (`untouched`
+//!   reads the slot's changes since without consuming them). Otherwise the
+//!   table is emptied (in the transaction that forgets its chunk records)
+//!   and copied again whole: chunks of one table under two snapshots would
+//!   disagree about a row that changed between them.
 //! - The tables left are copied under the exported snapshot of a temporary
 //!   slot made now, at LSN `L`. That snapshot holds every transaction whose
 //!   commit record lies before `L`, and none from `L` on; the sync's slot
@@ -30,13 +35,16 @@
 //!   is flushed; what a target crash lost has no record either (rows and
 //!   record commit together).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::holder::{Holder, Planned};
+use super::plan::{self, Cut, TablePlan, Unit};
 use super::{
-    create_slot, dump, fingerprint, finish, open_decoder, Copied, CopyRequest, SlotKind, Snapshot,
-    SnapshotError,
+    create_slot, dump, fingerprint, finish, open_decoder, untouched, Copied, CopyRequest, SlotKind,
+    Snapshot, SnapshotError,
 };
+use crate::lsn::Lsn;
 use crate::progress::kept;
 use crate::progress::state::SyncRecord;
 use crate::sql::TableName;
@@ -117,55 +125,128 @@ pub async fn resume(req: CopyRequest<'_>, record: &SyncRecord) -> Result<Resumed
     let chunks = kept::chunks(&tgt, req.name)
         .await
         .map_err(|e| SnapshotError::target("reading what the copy kept", &e))?;
-    let (whole, partial) = kept::sort(&chunks, record.consistent_lsn);
-    let planned_tables: HashSet<&TableName> = planned.units.iter().map(|u| &u.table.name).collect();
-    if let Some(stray) = whole
+    let cuts = kept::cuts(&tgt, req.name)
+        .await
+        .map_err(|e| SnapshotError::target("reading what the copy kept", &e))?;
+    let later = slot.consistent_point;
+    let plans: HashMap<&TableName, Arc<TablePlan>> = planned
+        .units
         .iter()
-        .map(|k| &k.table)
-        .chain(&partial)
-        .find(|t| !planned_tables.contains(t))
-    {
-        return Ok(Resumed::StartOver(format!(
-            "{stray} was copied but is no longer among the tables to copy"
-        )));
+        .map(|u| (&u.table.name, u.table.clone()))
+        .collect();
+    let mut decided = Decided::default();
+    // Tables whose chunks fit together if nothing changed them since
+    // their first chunk's snapshot.
+    let mut since: HashMap<TableName, Lsn> = HashMap::new();
+    let copied = kept::by_table(&chunks, record.consistent_lsn);
+    for t in &copied {
+        if !plans.contains_key(&t.table) {
+            return Ok(Resumed::StartOver(format!(
+                "{} was copied but is no longer among the tables to copy",
+                t.table
+            )));
+        }
+        let (first, last) = t.lsns();
+        if t.whole() && first == last {
+            decided.whole.push(t.table.clone());
+        } else if t.whole() || same_file(&holder, &t.table, cuts.get(&t.table)).await? {
+            since.insert(t.table.clone(), first);
+        } else {
+            decided.forget.push(t.table.clone());
+        }
     }
+    if !since.is_empty() {
+        let decoder = req.source.connect().await?;
+        let changed =
+            untouched::changed(&decoder, &req.name.slot(), &req.publication, later, &since).await;
+        for table in since.into_keys() {
+            match changed.contains(&table) {
+                true => decided.forget.push(table),
+                false => decided.untouched.push(table),
+            }
+        }
+    }
+
+    // What is left to copy under the new snapshot: the chunks a table
+    // kept in part lacks (cut as it was), every other table as planned now.
+    let by_name: HashMap<&TableName, &kept::CopiedTable> =
+        copied.iter().map(|t| (&t.table, t)).collect();
+    let mut kept_tables = Vec::new();
+    let mut units = Vec::new();
+    let mut kept_chunks = 0;
+    for table in decided.whole.iter().chain(&decided.untouched) {
+        let t = by_name[table];
+        if t.whole() {
+            kept_tables.push(kept::KeptTable {
+                table: table.clone(),
+                rows: t.rows(),
+                lsn: t.lsns().1,
+            });
+            continue;
+        }
+        let (Some(cut), Some(plan)) = (cuts.get(table), plans.get(table)) else {
+            continue;
+        };
+        kept_chunks += t.chunks.len();
+        let n = cut.ranges.len();
+        for (chunk, range) in cut.ranges.iter().enumerate() {
+            if !t.chunks.contains_key(&chunk) {
+                units.push(Unit {
+                    table: plan.clone(),
+                    range: range.clone(),
+                    chunk,
+                    chunks: n,
+                    estimated_bytes: plan.bytes / n as i64,
+                });
+            }
+        }
+    }
+    let in_part: HashSet<&TableName> = decided
+        .untouched
+        .iter()
+        .filter(|t| !by_name[t].whole())
+        .collect();
+    let keep: HashSet<&TableName> = kept_tables.iter().map(|k| &k.table).collect();
+    let fresh: Vec<Unit> = planned
+        .units
+        .into_iter()
+        .filter(|u| !keep.contains(&u.table.name) && !in_part.contains(&u.table.name))
+        .collect();
     {
         let tx = tgt
             .transaction()
             .await
             .map_err(|e| SnapshotError::target("keeping what the copy did", &e))?;
-        kept::keep(&tx, req.name, &whole)
+        kept::keep(&tx, req.name, &kept_tables)
             .await
             .map_err(|e| SnapshotError::target("keeping what the copy did", &e))?;
-        kept::forget(&tx, req.name, &partial)
+        kept::forget(&tx, req.name, &decided.forget)
             .await
             .map_err(|e| SnapshotError::target("removing partly copied tables", &e))?;
+        kept::record_cuts(&tx, req.name, &plan::cuts(&fresh))
+            .await
+            .map_err(|e| SnapshotError::target("keeping what the copy did", &e))?;
         tx.commit()
             .await
             .map_err(|e| SnapshotError::target("keeping what the copy did", &e))?;
     }
     drop(tgt);
+    units.extend(fresh);
+    units.sort_by_key(|u| std::cmp::Reverse(u.estimated_bytes));
 
-    let keep: HashSet<&TableName> = whole.iter().map(|k| &k.table).collect();
-    let units: Vec<_> = planned
-        .units
-        .into_iter()
-        .filter(|u| !keep.contains(&u.table.name))
-        .collect();
     let left: HashSet<&TableName> = units.iter().map(|u| &u.table.name).collect();
-    let rows: i64 = whole.iter().map(|k| k.rows).sum();
+    let rows: i64 = kept_tables.iter().map(|k| k.rows).sum();
     crate::say!(
-        "Resuming the copy: {} table(s) kept ({rows} rows), {} to copy under a new snapshot at {}{}.",
-        whole.len(),
+        "Resuming the copy: {} table(s) kept ({rows} rows){}, {} to copy under a new snapshot at {later}{}.",
+        kept_tables.len(),
+        match in_part.len() {
+            0 => String::new(),
+            n => format!(", {kept_chunks} chunk(s) of {n} split table(s) kept"),
+        },
         left.len(),
-        slot.consistent_point,
-        if partial.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " ({} partly copied, emptied and copied again)",
-                partial.len()
-            )
+        match decided.forget.len() {
+            0 => String::new(),
+            n => format!(" ({n} partly copied or changed since, emptied and copied again)"),
         }
     );
     let copied = finish(
@@ -187,4 +268,37 @@ pub async fn resume(req: CopyRequest<'_>, record: &SyncRecord) -> Result<Resumed
     drop(holder);
     drop(walsender);
     Ok(Resumed::Copied(copied))
+}
+
+/// What becomes of each table the target holds chunks of.
+#[derive(Default)]
+struct Decided {
+    /// Every chunk there, from one snapshot.
+    whole: Vec<TableName>,
+    /// Chunks from several snapshots (or some of them), and no change to
+    /// the table since the first: kept, the rest copied.
+    untouched: Vec<TableName>,
+    /// Emptied and copied again.
+    forget: Vec<TableName>,
+}
+
+/// The table is the file it was when it was cut (`cut`: how, if recorded).
+async fn same_file(
+    holder: &Holder,
+    table: &TableName,
+    cut: Option<&Cut>,
+) -> Result<bool, SnapshotError> {
+    let Some(cut) = cut else {
+        return Ok(false);
+    };
+    let row = holder
+        .client
+        .query_opt(
+            "SELECT c.relfilenode::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(|e| SnapshotError::source("reading a table's file", &e))?;
+    Ok(row.is_some_and(|r| r.get::<_, i64>(0) == cut.relfilenode))
 }
