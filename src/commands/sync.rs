@@ -80,6 +80,7 @@ pub(super) async fn one(
             refuse_on_errors(&preflight)?;
             crate::say!("A copy started at {started} was interrupted: resuming it.");
             let inputs = copy_inputs(
+                args,
                 &preflight,
                 &opts.selection,
                 &source,
@@ -161,6 +162,7 @@ pub(super) async fn one(
         crate::say!("Exactly-once apply keeps its position in table pgrepl.applied on the target, written by the same transaction as the rows{}.", if args.progress_table { "" } else { " (this role may not call the replication-origin functions)" });
     }
     let inputs = copy_inputs(
+        args,
         &preflight,
         &opts.selection,
         &source,
@@ -252,6 +254,7 @@ pub(super) async fn one(
 
 /// What the copy takes from the preflight.
 fn copy_inputs<'a>(
+    args: &SyncArgs,
     preflight: &'a Preflight,
     selection: &'a crate::source::selection::Selection,
     source: &'a Endpoint,
@@ -268,6 +271,7 @@ fn copy_inputs<'a>(
         selection,
         carry: &preflight.carry,
         ledger,
+        pg_dump: sync_copy::find_pg_dump(args, &preflight.source)?,
         json_logs,
     })
 }

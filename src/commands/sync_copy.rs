@@ -50,7 +50,22 @@ pub(super) struct CopyInputs<'a> {
     pub selection: &'a Selection,
     pub carry: &'a crate::carry::Plan,
     pub ledger: Ledger,
+    pub pg_dump: Option<pgdump::PgDump>,
     pub json_logs: bool,
+}
+
+/// The pg_dump the schema comes from (none with --existing-schema), found
+/// before anything is changed.
+pub(super) fn find_pg_dump(
+    args: &SyncArgs,
+    source: &ServerFacts,
+) -> anyhow::Result<Option<pgdump::PgDump>> {
+    if args.existing_schema {
+        return Ok(None);
+    }
+    let d = pgdump::find(args.pg_dump.as_deref(), source.major() as u32)?;
+    tracing::info!(pg_dump = %d.path.display(), major = d.major, "schema from pg_dump");
+    Ok(Some(d))
 }
 
 /// Runs the copy to its end, resuming it after transient failures.
@@ -62,17 +77,6 @@ pub(super) async fn copy(
 ) -> anyhow::Result<CopyEnd> {
     let name = &args.endpoints.name;
     let (source, target) = (inputs.source, inputs.target);
-    let pg_dump = if args.existing_schema {
-        None
-    } else {
-        Some(pgdump::find(
-            args.pg_dump.as_deref(),
-            inputs.source_facts.major() as u32,
-        )?)
-    };
-    if let Some(d) = &pg_dump {
-        tracing::info!(pg_dump = %d.path.display(), major = d.major, "schema from pg_dump");
-    }
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -88,7 +92,7 @@ pub(super) async fn copy(
         selection: inputs.selection,
         publication: name.publication(),
         existing_schema: args.existing_schema,
-        pg_dump: pg_dump.clone(),
+        pg_dump: inputs.pg_dump.clone(),
         jobs,
         chunk_bytes: args.chunk_size.min(i64::MAX as u64) as i64,
         binary: args.copy_format == crate::cli::CopyFormatChoice::Auto,
