@@ -279,6 +279,19 @@ async fn ctrl_c_during_the_copy_keeps_it_and_a_rerun_resumes() {
     let (chunks, phase) = copy_state(&target).await;
     assert_eq!(phase, "copying");
     assert!(chunks >= 2, "{chunks}");
+    // status says what is kept, what remains, and at what pace.
+    let status = pair.run("status", &[]).await;
+    assert!(status.success(), "{status}");
+    assert!(
+        status
+            .stdout
+            .contains(&format!("{chunks} chunk(s) kept on the target")),
+        "{status}"
+    );
+    assert!(
+        status.stdout.contains("rows/s over the last minute, about"),
+        "{status}"
+    );
 
     let out = pair.run("sync", &["--copy-only"]).await;
     assert!(out.success(), "{out}");

@@ -1,6 +1,7 @@
 //! Where a sync stands: its state on the target ([`state`]) and what a
 //! person watching sees ([`ui`]).
 
+pub mod copy_status;
 pub mod kept;
 pub mod ledger;
 pub mod scope;

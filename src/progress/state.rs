@@ -153,6 +153,9 @@ CREATE TABLE IF NOT EXISTS pgrepl.copied_chunks (
 -- the md5 of the schema the copy began with.
 ALTER TABLE pgrepl.copied_chunks ADD COLUMN IF NOT EXISTS chunks int;
 ALTER TABLE pgrepl.copied_chunks ADD COLUMN IF NOT EXISTS snapshot_lsn pg_lsn;
+-- For the copy's rate in status: each chunk's COPY bytes and when.
+ALTER TABLE pgrepl.copied_chunks ADD COLUMN IF NOT EXISTS bytes bigint;
+ALTER TABLE pgrepl.copied_chunks ADD COLUMN IF NOT EXISTS copied_at timestamptz DEFAULT now();
 ALTER TABLE pgrepl.tables ADD COLUMN IF NOT EXISTS copied_lsn pg_lsn;
 ALTER TABLE pgrepl.tables ADD COLUMN IF NOT EXISTS copy_cut jsonb;
 ALTER TABLE pgrepl.sync ADD COLUMN IF NOT EXISTS copy_fingerprint text;";

@@ -262,6 +262,9 @@ pub struct StatusReport {
     /// `--roles` as the copy was told (`copy`, `skip`; none: none missing).
     pub roles: Option<String>,
     pub tables: Vec<TableStatus>,
+    /// While the copy runs or waits to be resumed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy: Option<super::copy_status::CopyProgress>,
     /// Whether the slot would survive a failover of the source (see
     /// [`StatusReport::with_failover`]).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -348,6 +351,14 @@ pub async fn report(
             rows: t.rows,
         })
         .collect();
+    let copy = match &record {
+        Some(r) if r.phase == state::SyncPhase::Copying => Some(
+            super::copy_status::read(src, tgt, name)
+                .await
+                .map_err(serr("source or target", "reading the copy's progress"))?,
+        ),
+        _ => None,
+    };
     let (src_seq, tgt_seq) = tokio::try_join!(
         crate::sequences::read(src, &[]),
         crate::sequences::read(tgt, &[])
@@ -417,6 +428,7 @@ pub async fn report(
             .and_then(|r| r.roles)
             .map(|p| p.as_str().to_string()),
         tables,
+        copy,
         failover: None,
     })
 }
@@ -513,6 +525,9 @@ impl StatusReport {
         }
         if let Some(r) = &self.roles {
             let _ = writeln!(out, "  roles: --roles {r}");
+        }
+        if let Some(c) = &self.copy {
+            out.push_str(&c.render());
         }
         if !self.tables.is_empty() {
             let mut counts: Vec<(String, usize)> = Vec::new();

@@ -308,13 +308,14 @@ async fn copy_unit(
         String::new()
     };
     tgt.simple_query(&format!(
-        "INSERT INTO pgrepl.copied_chunks (sync_name, schema_name, table_name, chunk, chunks, rows, snapshot_lsn) VALUES ({}, {}, {}, {}, {}, {rows}, {}); {copied}COMMIT",
+        "INSERT INTO pgrepl.copied_chunks (sync_name, schema_name, table_name, chunk, chunks, rows, snapshot_lsn, bytes) VALUES ({}, {}, {}, {}, {}, {rows}, {}, {}); {copied}COMMIT",
         quote_literal(job.name.as_str()),
         quote_literal(&table.schema),
         quote_literal(&table.name),
         unit.chunk,
         unit.chunks,
         quote_literal(&job.snapshot_lsn.to_string()),
+        tally.bytes,
     ))
     .await
     .map_err(|e| unit_error(unit, e))?;
