@@ -15,6 +15,7 @@ mod env;
 mod finish;
 mod observe;
 mod report;
+mod resume;
 mod scale;
 mod server;
 
@@ -38,8 +39,8 @@ async fn main() {
         .position(|a| a == "--rounds")
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok());
-    const PARTS: [&str; 7] = [
-        "copy", "apply", "ddl", "verify", "cutover", "scale", "server",
+    const PARTS: [&str; 8] = [
+        "copy", "apply", "ddl", "verify", "cutover", "scale", "server", "resume",
     ];
     if let Some(bad) = only.iter().find(|o| !PARTS.contains(&o.as_str())) {
         eprintln!(
@@ -73,6 +74,9 @@ async fn main() {
     }
     if wants("server") {
         server::run(&env, &mut report).await;
+    }
+    if wants("resume") {
+        resume::run(&env, &mut report).await;
     }
     let table = report.markdown();
     println!("\n{table}");
