@@ -124,7 +124,7 @@ async fn main() {
         std::process::exit(1);
     }
 
-    say("orders start coming in on the source; pgrepl sync copies, then streams");
+    say("orders start coming in on the source; pgrepl sync starts copying");
     let stop = Arc::new(AtomicBool::new(false));
     let placed = Arc::new(AtomicU64::new(0));
     let workload = tokio::spawn(shop_workload(
@@ -132,6 +132,52 @@ async fn main() {
         stop.clone(),
         placed.clone(),
     ));
+    // The copy dies half way; the sync below resumes it.
+    let first: Vec<String> = std::iter::once("sync".to_string())
+        .chain(endpoints.clone())
+        .chain(
+            [
+                "--roles",
+                "copy",
+                "--copy-only",
+                "--jobs",
+                "1",
+                "--chunk-size",
+                "256kB",
+            ]
+            .map(String::from),
+        )
+        .collect();
+    let mut killed = command(&first)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgrepl sync");
+    let target = pair.target.client().await;
+    wait_for(
+        "a first chunk on the target",
+        Duration::from_secs(120),
+        || {
+            let t = &target;
+            async move {
+                let n: i64 = t
+                    .query_one("SELECT count(*) FROM pgrepl.copied_chunks", &[])
+                    .await
+                    .ok()?
+                    .get(0);
+                (n > 0).then_some(())
+            }
+        },
+    )
+    .await;
+    let _ = killed.kill().await;
+    say("... and the copy is killed (kill -9) in the middle; status shows what it kept");
+    let status: Vec<String> = std::iter::once("status".to_string())
+        .chain(endpoints.clone())
+        .collect();
+    run(&status).await;
+
+    say("pgrepl sync again: resumes the copy (keeps what is there), then streams");
     let listen = format!("127.0.0.1:{}", support::cluster::free_port());
     let sync: Vec<String> = std::iter::once("sync".to_string())
         .chain(endpoints.clone())

@@ -60,7 +60,10 @@ pub async fn run(env: &Env, report: &mut Report) {
     }
     let ratio = resumed.median() / whole.median().max(0.001);
     report.row(
-        &format!("copy killed at 50 % and resumed, pgbench scale {scale}, --jobs {}", jobs()),
+        &format!(
+            "copy killed at 50 % and resumed, pgbench scale {scale}, --jobs {}",
+            jobs()
+        ),
         format!("{} (both runs)", resumed.show("s", 2)),
         format!("one uninterrupted copy {}", whole.show("s", 2)),
         Some(ratio),
