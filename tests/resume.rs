@@ -24,7 +24,7 @@ async fn seed(pair: &Pair) {
     pair.source
         .exec(
             "CREATE TABLE big (id int PRIMARY KEY, n int NOT NULL, pad text);
-             INSERT INTO big SELECT g, 0, repeat(md5(g::text), 3) FROM generate_series(1, 400000) g;
+             INSERT INTO big SELECT g, 0, repeat(md5(g::text), 3) FROM generate_series(1, 600000) g;
              ANALYZE big;",
         )
         .await;
@@ -65,15 +65,15 @@ async fn heavy_killed_at_random_points_of_the_copy_it_resumes_and_ends_equal() {
             let mut k: i64 = 0;
             loop {
                 k += 1;
-                let id = (k * 7919) % 400_000 + 1;
+                let id = (k * 7919) % 600_000 + 1;
                 let sql = format!(
                     "UPDATE big SET n = n + 1, pad = pad || 'x' WHERE id = {id};
                      UPDATE fidelity.types SET c_int8 = c_int8 + 1, c_text = c_text || 'x' WHERE id = 1;
                      UPDATE fidelity.nopk SET b = b || 'y' WHERE a = 3;
                      DELETE FROM big WHERE id = {};
                      INSERT INTO big VALUES ({}, 1, 'new');",
-                    400_001 - id,
-                    400_000 + k
+                    600_001 - id,
+                    600_000 + k
                 );
                 if source.batch_execute(&sql).await.is_err() {
                     return;
@@ -99,16 +99,21 @@ async fn heavy_killed_at_random_points_of_the_copy_it_resumes_and_ends_equal() {
         }
         let running = pair.spawn("sync", &extra);
         // Once this run has copied something more (or the copy is done),
-        // then a random moment later.
-        wait_for("the copy to go on", LIMIT, || {
-            let t = &target;
-            async move {
-                let (chunks, phase) = copy_state(t).await;
-                (chunks > before || phase == "copied" || phase == "streaming").then_some(())
+        // then a random moment later. (Polled tightly: a chunk takes a few
+        // milliseconds.)
+        let since = std::time::Instant::now();
+        loop {
+            let (chunks, phase) = copy_state(&target).await;
+            if chunks > before || phase == "copied" || phase == "streaming" {
+                break;
             }
-        })
-        .await;
-        let after = Duration::from_millis(rng.random_range(0..200));
+            assert!(
+                since.elapsed() < LIMIT,
+                "round {round}: the copy did not go on"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let after = Duration::from_millis(rng.random_range(0..120));
         tokio::time::sleep(after).await;
         let output = running.output_so_far();
         running.kill().await;
@@ -142,7 +147,7 @@ async fn heavy_killed_at_random_points_of_the_copy_it_resumes_and_ends_equal() {
     assert!(out.success(), "{out}");
     assert!(!out.stdout.contains("starting the copy over"), "{out}");
     let rows = assert_same_data(&pair.source.client().await, &target).await;
-    assert!(rows > 400_000, "{rows}");
+    assert!(rows > 600_000, "{rows}");
     support::schema::assert_same_shape(&pair.source.client().await, &target).await;
     let verify = pair.run("verify", &["--stopped"]).await;
     assert!(verify.success(), "{verify}");
