@@ -100,8 +100,13 @@ impl Applier {
         restart_identity: bool,
     ) -> Result<(), ApplyError> {
         let mut names = Vec::new();
+        let mut in_copy = false;
         for &oid in relations {
-            if self.internal(oid).is_some() || self.in_copy(oid) {
+            if self.in_copy(oid) {
+                in_copy = true;
+                continue;
+            }
+            if self.internal(oid).is_some() {
                 continue;
             }
             self.map_relation(oid).await?;
@@ -112,6 +117,18 @@ impl Applier {
         }
         if names.is_empty() {
             return Ok(());
+        }
+        // A table copied after this truncate holds what came after it: it
+        // is left out, and the others are emptied row by row, so neither a
+        // cascade nor a key to it empties it or refuses (the apply session
+        // fires no foreign-key trigger).
+        if in_copy {
+            let sql = names
+                .iter()
+                .map(|n| format!("DELETE FROM {n}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return self.statement(sql).await;
         }
         let sql = format!(
             "TRUNCATE {}{}{}",

@@ -102,13 +102,17 @@ pub(super) async fn copy(
         ledger: inputs.ledger.clone(),
         failover_slot: args.failover_slot,
     };
+    // One copy of a sync at a time: a second run would copy the same
+    // tables beside it (the slot is not held while the copy runs).
+    let _lock = lock(target, name).await?;
     let mut start = start;
     let mut failing_since: Option<Instant> = None;
     loop {
+        let attempt_started = Instant::now();
         let attempt = async {
             match &start {
                 CopyStart::Fresh => snapshot::run(request()).await.map(Resumed::Copied),
-                CopyStart::Resume(record) => match slot_unusable(source, name).await? {
+                CopyStart::Resume(record) => match slot_unusable(source, name, record).await? {
                     Some(why) => Ok(Resumed::StartOver(why)),
                     None => snapshot::resume(request(), record).await,
                 },
@@ -118,11 +122,11 @@ pub(super) async fn copy(
             result = attempt => result,
             signal = super::shutdown_signal() => {
                 let signal = signal?;
-                if recorded(target, name).await.is_some() {
-                    crate::say_err!("{signal}: copy stopped; what is copied is kept: run `pgrepl sync` again to resume it, or `pgrepl teardown --name {name}` to remove it");
-                } else {
+                if matches!(recorded(target, name).await, Recorded::Nothing) {
                     crate::say_err!("{signal}: stopping the copy and removing what it wrote");
                     abandon(source, target, name).await;
+                } else {
+                    crate::say_err!("{signal}: copy stopped; what is copied is kept: run `pgrepl sync` again to resume it, or `pgrepl teardown --name {name}` to remove it");
                 }
                 return Ok(CopyEnd::Stopped(ExitCode::from(130)));
             }
@@ -136,6 +140,11 @@ pub(super) async fn copy(
             Ok(Resumed::StartOver(why)) => return Ok(CopyEnd::StartOver(why)),
             Err(e) => e,
         };
+        // A run that went on for a while made progress: --retry-for
+        // counts from this failure.
+        if attempt_started.elapsed() > Duration::from_secs(60) {
+            failing_since = None;
+        }
         let since = *failing_since.get_or_insert_with(Instant::now);
         let transient = e.is_transient();
         let record = if transient {
@@ -144,24 +153,24 @@ pub(super) async fn copy(
             recorded(target, name).await
         };
         match record {
-            Some(record) if transient && since.elapsed() < args.retry_for => {
+            Recorded::Copying(record) if transient && since.elapsed() < args.retry_for => {
                 tracing::warn!(error = %e, "the copy was interrupted; resuming it under a new snapshot");
                 crate::say_err!("The copy was interrupted ({e}); resuming it.");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 start = CopyStart::Resume(record);
             }
-            Some(_) => {
+            Recorded::Copying(_) | Recorded::Unknown => {
                 return Err(anyhow::Error::new(e).context(format!(
                     "the copy stopped; what is copied is kept: {}run `pgrepl sync` again to resume it, or `pgrepl teardown --name {name}` to remove it",
                     if transient { "" } else { "fix the cause and " }
                 )))
             }
-            None if transient && since.elapsed() >= args.retry_for => {
+            Recorded::Done => {
                 return Err(anyhow::Error::new(e).context(
-                    "the copy stopped and the target could not be asked what it kept: run `pgrepl sync` again to resume it",
+                    "the copy is recorded as done: run `pgrepl sync` again to stream",
                 ))
             }
-            None => {
+            Recorded::Nothing => {
                 abandon(source, target, name).await;
                 return Err(
                     anyhow::Error::new(e).context("the copy failed; what it had created was removed")
@@ -171,30 +180,76 @@ pub(super) async fn copy(
     }
 }
 
+/// Takes the target's lock of this sync's copy for as long as the session
+/// lives (a session-level advisory lock).
+async fn lock(target: &Endpoint, name: &SyncName) -> anyhow::Result<tokio_postgres::Client> {
+    let client = target.connect().await?;
+    let got: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtext('pgrepl copy'), hashtext($1))",
+            &[&name.as_str()],
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "target: taking the copy's lock: {}",
+                crate::conn::error::describe(&e)
+            )
+        })?
+        .get(0);
+    if !got {
+        bail!("target: another `pgrepl sync --name {name}` is copying into this database: stop it first (nothing was changed)");
+    }
+    Ok(client)
+}
+
+/// What the target says of the sync.
+#[derive(Debug)]
+enum Recorded {
+    /// Its copy is recorded and not done: it can be resumed.
+    Copying(SyncRecord),
+    /// Its copy is done.
+    Done,
+    /// Not recorded at all.
+    Nothing,
+    /// The target did not answer.
+    Unknown,
+}
+
 /// Why the sync's slot cannot carry a resumed copy, if it cannot.
 async fn slot_unusable(
     source: &Endpoint,
     name: &SyncName,
+    record: &SyncRecord,
 ) -> Result<Option<String>, snapshot::SnapshotError> {
     let decoder = source.decoder().connect().await?;
     Ok(
         match setup::settled_slot_info(&decoder, &name.slot()).await? {
             None => Some(format!("its slot {} is gone", name.slot())),
             Some(s) if s.lost => Some(format!("its slot {} lost WAL it needed", name.slot())),
+            // The resume reads the changes since the copy began from it.
+            Some(s) if s.confirmed_flush != record.consistent_lsn => Some(format!(
+                "its slot {} is at {}, not where the copy began ({})",
+                name.slot(),
+                s.confirmed_flush,
+                record.consistent_lsn
+            )),
             Some(_) => None,
         },
     )
 }
 
-/// The sync's record while its copy runs (None: not recorded, or the
-/// target did not answer).
-async fn recorded(target: &Endpoint, name: &SyncName) -> Option<SyncRecord> {
-    let client = target.connect().await.ok()?;
-    state::load_sync(&client, name)
-        .await
-        .ok()
-        .flatten()
-        .filter(|r| r.phase == SyncPhase::Copying)
+/// The sync's record on the target.
+async fn recorded(target: &Endpoint, name: &SyncName) -> Recorded {
+    let Ok(client) = target.connect().await else {
+        return Recorded::Unknown;
+    };
+    match state::load_sync(&client, name).await {
+        Ok(Some(r)) if r.phase == SyncPhase::Copying => Recorded::Copying(r),
+        Ok(Some(_)) => Recorded::Done,
+        Ok(None) => Recorded::Nothing,
+        Err(_) => Recorded::Unknown,
+    }
 }
 
 /// [`recorded`], asking until the target answers or `retry_for` since
@@ -204,17 +259,14 @@ async fn recorded_within(
     name: &SyncName,
     since: Instant,
     retry_for: Duration,
-) -> Option<SyncRecord> {
+) -> Recorded {
     loop {
-        if let Ok(client) = target.connect().await {
-            if let Ok(r) = state::load_sync(&client, name).await {
-                return r.filter(|r| r.phase == SyncPhase::Copying);
+        match recorded(target, name).await {
+            Recorded::Unknown if since.elapsed() < retry_for => {
+                tokio::time::sleep(Duration::from_millis(500)).await
             }
+            r => return r,
         }
-        if since.elapsed() >= retry_for {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

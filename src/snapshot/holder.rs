@@ -126,6 +126,50 @@ impl Holder {
         }
     }
 
+    /// How many DDL the source's capture has logged, and the last one's id,
+    /// as of the snapshot (empty without the capture, or where this role
+    /// may not read its log): part of the copy's fingerprint, so a DDL
+    /// between an interrupted copy and its resume starts it over.
+    pub async fn ddl_mark(&self) -> String {
+        let exists = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = 'pgrepl' AND c.relname = 'schema_log')",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false);
+        if !exists {
+            return String::new();
+        }
+        // In a savepoint: a refusal must not end the snapshot's transaction.
+        let mark = self
+            .client
+            .batch_execute("SAVEPOINT ddl_mark")
+            .await
+            .ok()
+            .map(|_| async {
+                let r = self
+                    .client
+                    .query_one(
+                        "SELECT count(*)::text || '/' || coalesce(max(id), 0)::text FROM pgrepl.schema_log",
+                        &[],
+                    )
+                    .await;
+                let _ = match &r {
+                    Ok(_) => self.client.batch_execute("RELEASE SAVEPOINT ddl_mark").await,
+                    Err(_) => self.client.batch_execute("ROLLBACK TO SAVEPOINT ddl_mark").await,
+                };
+                r.map(|r| r.get::<_, String>(0)).unwrap_or_default()
+            });
+        match mark {
+            Some(m) => m.await,
+            None => String::new(),
+        }
+    }
+
     /// The tables whose rows are copied.
     pub fn storage(&self) -> Vec<&SourceTable> {
         self.selected.with_storage().collect()

@@ -206,7 +206,12 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
         dump(&req, &slot.snapshot, "post-data", excluded),
         holder.lock_and_plan(&req),
     )?;
-    let fingerprint = fingerprint(pre.as_ref(), post.as_ref(), &planned.units);
+    let fingerprint = fingerprint(
+        pre.as_ref(),
+        post.as_ref(),
+        &planned.units,
+        &holder.ddl_mark().await,
+    );
     let mut units = planned.units;
 
     if let Some(pre) = pre.as_mut() {
@@ -295,7 +300,6 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
         },
         (pre, post),
         slot.consistent_point,
-        false,
     )
     .await?;
     drop(holder);
@@ -332,7 +336,6 @@ async fn finish(
     planned: Planned,
     (pre, post): (Option<schema::CleanDump>, Option<schema::CleanDump>),
     consistent: Lsn,
-    resumed: bool,
 ) -> Result<Copied, SnapshotError> {
     let summary = workers::copy_rows(req, snapshot.id, snapshot.lsn, planned.units).await?;
 
@@ -346,10 +349,6 @@ async fn finish(
     );
 
     if let (Some(pre), Some(post)) = (&pre, &post) {
-        if resumed {
-            // An interrupted run may have built some of it already.
-            post::drop_built(&tgt, &post.drops).await?;
-        }
         let known = schema::known_settings(&tgt).await?;
         let existing = schema::existing_schemas(&tgt).await?;
         post::post_data(req, &holder.selected, &post.creates, &known, &existing).await?;
@@ -422,14 +421,16 @@ async fn create_slot(
 }
 
 /// What a copy began with, for a resumed one to prove it begins with the
-/// same: the schema pg_dump wrote (before and after the rows) and each
-/// copied table's columns and types.
+/// same: the schema pg_dump wrote (before and after the rows), each copied
+/// table's columns and types, and the DDL log's mark (a DROP and CREATE of
+/// the same table changes nothing else).
 fn fingerprint(
     pre: Option<&schema::CleanDump>,
     post: Option<&schema::CleanDump>,
     units: &[plan::Unit],
+    ddl_mark: &str,
 ) -> String {
-    let mut out = String::new();
+    let mut out = format!("ddl log {ddl_mark}\n");
     for dump in [pre, post].into_iter().flatten() {
         for s in &dump.creates {
             out.push_str(&s.sql);

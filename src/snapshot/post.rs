@@ -139,27 +139,42 @@ pub async fn refresh_matviews(
 
 /// Drops what an interrupted run of [`post_data`] may have built, with
 /// pg_dump's own clean statements (`drops`), before it is built again.
-/// pgrepl's event triggers are not the source's; an index a partition
-/// inherited goes with its parent's, dropped after it in the list.
+/// pgrepl's event triggers are not the source's. An index or key a
+/// partition inherited goes with its parent's: what refuses for that
+/// (42P16, 2BP01) is tried again once the rest is dropped.
 pub async fn drop_built(tgt: &Client, drops: &[Statement]) -> Result<(), SnapshotError> {
-    for s in drops {
-        if s.sql.starts_with("DROP EVENT TRIGGER IF EXISTS pgrepl_") {
-            continue;
-        }
-        match tgt.batch_execute(&s.sql).await {
-            Ok(()) => {}
-            Err(e)
-                if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_TABLE_DEFINITION) =>
-            {
-                tracing::debug!(statement = %s.sql, "left to its parent's drop");
+    use tokio_postgres::error::SqlState;
+    let mut pending: Vec<&Statement> = drops
+        .iter()
+        .filter(|s| !s.sql.starts_with("DROP EVENT TRIGGER IF EXISTS pgrepl_"))
+        .collect();
+    for pass in 0..3 {
+        let mut again = Vec::new();
+        for s in pending {
+            match tgt.batch_execute(&s.sql).await {
+                Ok(()) => {}
+                Err(e)
+                    if pass < 2
+                        && matches!(
+                            e.code(),
+                            Some(&SqlState::INVALID_TABLE_DEFINITION)
+                                | Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST)
+                        ) =>
+                {
+                    again.push(s)
+                }
+                Err(e) => {
+                    return Err(SnapshotError::target(
+                        "removing indexes an interrupted copy built",
+                        &e,
+                    ))
+                }
             }
-            Err(e) => {
-                return Err(SnapshotError::target(
-                    "removing indexes an interrupted copy built",
-                    &e,
-                ))
-            }
         }
+        if again.is_empty() {
+            break;
+        }
+        pending = again;
     }
     Ok(())
 }

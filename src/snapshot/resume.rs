@@ -28,8 +28,13 @@
 //!   began with (a fingerprint recorded with the schema). A DDL replayed by
 //!   the stream at its place before `L` would otherwise meet a table
 //!   already holding rows of after it. Otherwise the copy starts over.
-//! - Indexes and constraints an interrupted run built are dropped before
-//!   they are built again (pg_dump's own clean statements).
+//! - Indexes, keys and triggers an interrupted run built are dropped
+//!   (pg_dump's own clean statements) before any row is copied again.
+//! - Nothing of it is trusted on another server (system identifier), and a
+//!   DDL logged in `[C, L)` starts the copy over too: the stream would
+//!   replay it onto tables copied after it. The fingerprint holds the DDL
+//!   log's count and last id for that (a DROP and CREATE of the same table
+//!   leaves the schema as it was).
 //! - Durable first: one synchronous commit on the target before the chunk
 //!   records are read, so what the copy sessions committed asynchronously
 //!   is flushed; what a target crash lost has no record either (rows and
@@ -67,7 +72,14 @@ pub async fn resume(req: CopyRequest<'_>, record: &SyncRecord) -> Result<Resumed
         source: &pinned,
         ..req
     };
-    let temporary = req.name.temporary_slot(std::process::id());
+    let system = walsender.identify_system().await?;
+    if system.system_id != record.source_system_id {
+        return Ok(Resumed::StartOver(format!(
+            "the source is another server now (system {}, the copy began on {})",
+            system.system_id, record.source_system_id
+        )));
+    }
+    let temporary = req.name.resume_slot(std::process::id(), next_attempt());
     let slot = create_slot(
         &mut walsender,
         primary,
@@ -78,13 +90,40 @@ pub async fn resume(req: CopyRequest<'_>, record: &SyncRecord) -> Result<Resumed
     .await?;
     tracing::info!(slot = %temporary, lsn = %slot.consistent_point, "snapshot for the rest of the copy");
 
-    let holder = Holder::open(&req, &slot.snapshot).await?;
-    let excluded = &holder.selected.excluded;
-    let (pre, post, planned) = tokio::try_join!(
-        dump(&req, &slot.snapshot, "pre-data", excluded),
-        dump(&req, &slot.snapshot, "post-data", excluded),
-        holder.lock_and_plan(&req),
-    )?;
+    // What fails here the same way every time (a table changed under the
+    // setup, columns the target cannot take) cannot be resumed.
+    let prepared = async {
+        let holder = Holder::open(&req, &slot.snapshot).await?;
+        let excluded = &holder.selected.excluded;
+        let (pre, post, mut planned) = tokio::try_join!(
+            dump(&req, &slot.snapshot, "pre-data", excluded),
+            dump(&req, &slot.snapshot, "post-data", excluded),
+            holder.lock_and_plan(&req),
+        )?;
+        if req.existing_schema || pre.is_none() {
+            let client = req.target.connect().await?;
+            super::holder::check_columns(&client, &mut planned.units).await?;
+        }
+        Ok::<_, SnapshotError>((holder, pre, post, planned))
+    }
+    .await;
+    let (holder, pre, post, planned) = match prepared {
+        Ok(p) => p,
+        Err(
+            e @ (SnapshotError::Changed { .. }
+            | SnapshotError::Columns { .. }
+            | SnapshotError::Schema(_)
+            | SnapshotError::Rewritten { .. }),
+        ) => return Ok(Resumed::StartOver(e.to_string())),
+        Err(e) => return Err(e),
+    };
+    let unlogged: HashSet<&TableName> = holder
+        .selected
+        .tables
+        .iter()
+        .filter(|t| t.unlogged)
+        .map(|t| &t.name)
+        .collect();
 
     let mut tgt = req.target.connect().await?;
     {
@@ -105,7 +144,12 @@ pub async fn resume(req: CopyRequest<'_>, record: &SyncRecord) -> Result<Resumed
             .await
             .map_err(|e| SnapshotError::target("reading what the copy kept", &e))?;
     }
-    let print = fingerprint(pre.as_ref(), post.as_ref(), &planned.units);
+    let print = fingerprint(
+        pre.as_ref(),
+        post.as_ref(),
+        &planned.units,
+        &holder.ddl_mark().await,
+    );
     match kept::same_fingerprint(&tgt, req.name, &print)
         .await
         .map_err(|e| SnapshotError::target("reading what the copy kept", &e))?
@@ -135,9 +179,9 @@ pub async fn resume(req: CopyRequest<'_>, record: &SyncRecord) -> Result<Resumed
         .map(|u| (&u.table.name, u.table.clone()))
         .collect();
     let mut decided = Decided::default();
-    // Tables whose chunks fit together if nothing changed them since
-    // their first chunk's snapshot.
-    let mut since: HashMap<TableName, Lsn> = HashMap::new();
+    // Tables whose chunks fit together if nothing changed them in a
+    // window of commits: from their first chunk's snapshot on.
+    let mut windows: HashMap<TableName, (Lsn, Lsn)> = HashMap::new();
     let copied = kept::by_table(&chunks, record.consistent_lsn);
     for t in &copied {
         if !plans.contains_key(&t.table) {
@@ -149,21 +193,42 @@ pub async fn resume(req: CopyRequest<'_>, record: &SyncRecord) -> Result<Resumed
         let (first, last) = t.lsns();
         if t.whole() && first == last {
             decided.whole.push(t.table.clone());
-        } else if t.whole() || same_file(&holder, &t.table, cuts.get(&t.table)).await? {
-            since.insert(t.table.clone(), first);
+        } else if unlogged.contains(&t.table) {
+            decided.forget.push(t.table.clone());
+        } else if t.whole() {
+            // Consistent as of its last chunk if nothing changed it since
+            // its first (what came after, the stream applies).
+            windows.insert(t.table.clone(), (first, last));
+        } else if same_file(&holder, &t.table, cuts.get(&t.table)).await? {
+            windows.insert(t.table.clone(), (first, later));
         } else {
             decided.forget.push(t.table.clone());
         }
     }
-    if !since.is_empty() {
-        let decoder = req.source.connect().await?;
-        let changed =
-            untouched::changed(&decoder, &req.name.slot(), &req.publication, later, &since).await;
-        for table in since.into_keys() {
-            match changed.contains(&table) {
-                true => decided.forget.push(table),
-                false => decided.untouched.push(table),
-            }
+    let stretch = match windows.is_empty() {
+        true => untouched::Stretch::default(),
+        false => {
+            let decoder = req.source.connect().await?;
+            untouched::read(
+                &decoder,
+                &req.name.slot(),
+                &req.publication,
+                later,
+                &windows,
+            )
+            .await
+        }
+    };
+    // (The fingerprint's DDL mark should have seen it already.)
+    if stretch.ddl {
+        return Ok(Resumed::StartOver(
+            "a DDL ran on the source while the copy was down".into(),
+        ));
+    }
+    for table in windows.into_keys() {
+        match stretch.changed.contains(&table) {
+            true => decided.forget.push(table),
+            false => decided.untouched.push(table),
         }
     }
 
@@ -212,6 +277,11 @@ pub async fn resume(req: CopyRequest<'_>, record: &SyncRecord) -> Result<Resumed
         .into_iter()
         .filter(|u| !keep.contains(&u.table.name) && !in_part.contains(&u.table.name))
         .collect();
+    // Indexes, keys and triggers an interrupted run began to build go
+    // before any row is copied again (no trigger fires, no key is checked).
+    if let Some(post) = &post {
+        super::post::drop_built(&tgt, &post.drops).await?;
+    }
     {
         let tx = tgt
             .transaction()
@@ -262,7 +332,6 @@ pub async fn resume(req: CopyRequest<'_>, record: &SyncRecord) -> Result<Resumed
         },
         (pre, post),
         record.consistent_lsn,
-        true,
     )
     .await?;
     drop(holder);
@@ -301,4 +370,11 @@ async fn same_file(
         .await
         .map_err(|e| SnapshotError::source("reading a table's file", &e))?;
     Ok(row.is_some_and(|r| r.get::<_, i64>(0) == cut.relfilenode))
+}
+
+/// Attempts of this process, for a fresh temporary slot name each (a
+/// backend of the last one may not have noticed its client is gone).
+fn next_attempt() -> u32 {
+    static ATTEMPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }

@@ -141,7 +141,10 @@ async fn run_workers(job: &Arc<CopyJob>, workers: usize) -> Result<(), SnapshotE
             })
         });
         if let Err(e) = outcome {
+            // Wait for the others to end: a commit of theirs must not land
+            // after a resume has read what was copied.
             set.abort_all();
+            while set.join_next().await.is_some() {}
             return Err(e);
         }
     }

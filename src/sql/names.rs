@@ -116,6 +116,12 @@ impl SyncName {
         SlotName(format!("pgrepl_{}_t{n}", self.0))
     }
 
+    /// The temporary slot of a resumed copy: `pgrepl_NAME_rPID_N`, unique
+    /// per process and attempt.
+    pub fn resume_slot(&self, pid: u32, attempt: u32) -> SlotName {
+        SlotName(format!("pgrepl_{}_r{pid}_{attempt}", self.0))
+    }
+
     pub fn publication(&self) -> PublicationName {
         PublicationName(format!("pgrepl_{}", self.0))
     }
