@@ -399,6 +399,8 @@ async fn stream(
     if ddl.is_none() && !args.skip_ddl.is_empty() {
         bail!("--skip-ddl needs DDL capture, and sync {name} was set up with --no-ddl");
     }
+    // What is watched says streaming no later than the target does.
+    crate::progress::telemetry::telemetry().set_phase("streaming");
     crate::progress::state::set_phase(tgt, name, SyncPhase::Streaming)
         .await
         .map_err(|e| {
@@ -409,7 +411,6 @@ async fn stream(
         })?;
 
     crate::say!("Streaming changes (Ctrl-C to stop; `pgrepl sync` resumes where it stopped).");
-    crate::progress::telemetry::telemetry().set_phase("streaming");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut lost = start.wal.1.clone();
     let lost_stop = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
