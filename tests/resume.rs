@@ -203,6 +203,48 @@ async fn a_source_restart_during_the_copy_is_ridden_by_retry_for() {
     assert_same_data(&pair.source.client().await, &target).await;
 }
 
+/// The target crashing (immediate stop) and starting again in the middle
+/// of the copy: chunks committed asynchronously and lost are copied again,
+/// the rest kept, within --retry-for, in the same run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_crash_during_the_copy_is_ridden_by_retry_for() {
+    support::init_logs();
+    let mut pair = Pair::start();
+    seed(&pair).await;
+    let load = Workload::start(&pair.source).await;
+    let running = pair.spawn(
+        "sync",
+        &[
+            "--copy-only",
+            "--jobs",
+            "2",
+            "--chunk-size",
+            "2MB",
+            "--retry-for",
+            "90s",
+        ],
+    );
+    {
+        let target = pair.target.client().await;
+        wait_for("some chunks to be copied", LIMIT, || {
+            let t = &target;
+            async move {
+                let (chunks, _) = copy_state(t).await;
+                (chunks >= 3).then_some(())
+            }
+        })
+        .await;
+    }
+    pair.target.stop_mode("immediate");
+    pair.target.start_again();
+    let out = running.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+    load.stop().await;
+    let out = pair.run("sync", &["--until-caught-up"]).await;
+    assert!(out.success(), "{out}");
+    assert_same_data(&pair.source.client().await, &pair.target.client().await).await;
+}
+
 /// A schema changed while the copy was down cannot be resumed: the copy
 /// starts over, and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
