@@ -54,6 +54,18 @@ impl Late {
     }
 }
 
+impl super::applier::Applier {
+    /// The change of `relation` is in its table's copy already. (Only
+    /// without transactions streamed in progress, whose commit is not known
+    /// yet: `session` turns that streaming off while a table is late.)
+    pub(super) fn in_copy(&self, relation: u32) -> bool {
+        debug_assert!(self.streamed.is_none() || self.late.until() == Lsn::ZERO);
+        self.txn
+            .as_ref()
+            .is_some_and(|t| self.late.skips(relation, t.final_lsn))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
