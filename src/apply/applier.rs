@@ -227,6 +227,7 @@ impl Applier {
             late: Default::default(),
         }
     }
+
     /// Commit source transactions up to `lsn` one by one.
     pub fn ungroup_through(&mut self, lsn: Lsn) {
         self.ungrouped_through = lsn;
