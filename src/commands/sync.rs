@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 
-use super::sync_copy::{self, lost_reason, CopyEnd, CopyInputs, CopyStart};
+use super::sync_copy::{self, lost_reason, CopyEnd, CopyStart};
 use crate::apply::applier::GroupLimits;
 use crate::apply::session::{self, Outcome, StreamRequest};
 use crate::carry::RolesPolicy;
@@ -79,18 +79,17 @@ pub(super) async fn one(
             let record = preflight.existing.clone().expect("matched Some above");
             refuse_on_errors(&preflight)?;
             crate::say!("A copy started at {started} was interrupted: resuming it.");
-            let inputs = copy_inputs(
+            let request = sync_copy::request(
                 args,
                 &preflight,
                 &opts.selection,
-                &source,
-                &target,
+                (&source, &target),
                 record.ledger.clone(),
                 json_logs,
             )?;
             let (wal_task, mut lost) = crate::observe::watch_wal(&source, &name, args.warn_wal);
             watch.set_phase("copying");
-            let end = sync_copy::copy(args, &inputs, CopyStart::Resume(record), &mut lost).await?;
+            let end = sync_copy::copy(args, &request, CopyStart::Resume(record), &mut lost).await?;
             match end {
                 CopyEnd::Copied(copied) => {
                     let start = Resume {
@@ -99,11 +98,10 @@ pub(super) async fn one(
                     };
                     return after_copy(
                         args,
-                        &source,
-                        &target,
+                        (&source, &target),
                         (&src, &tgt),
                         copied,
-                        &start,
+                        start,
                         json_logs,
                     )
                     .await;
@@ -161,12 +159,11 @@ pub(super) async fn one(
     if ledger == Ledger::Table {
         crate::say!("Exactly-once apply keeps its position in table pgrepl.applied on the target, written by the same transaction as the rows{}.", if args.progress_table { "" } else { " (this role may not call the replication-origin functions)" });
     }
-    let inputs = copy_inputs(
+    let request = sync_copy::request(
         args,
         &preflight,
         &opts.selection,
-        &source,
-        &target,
+        (&source, &target),
         ledger,
         json_logs,
     )?;
@@ -209,7 +206,7 @@ pub(super) async fn one(
         &src,
         &name.publication(),
         &preflight.source,
-        inputs.selected,
+        request.selected,
         // Only a superuser may publish FOR ALL TABLES: anyone else gets a
         // table list, which the DDL capture extends with new tables.
         opts.selection.is_everything() && preflight.source.is_superuser,
@@ -229,7 +226,7 @@ pub(super) async fn one(
 
     watch.set_phase("copying");
     let (wal_task, mut lost) = crate::observe::watch_wal(&source, &name, args.warn_wal);
-    let copied = match sync_copy::copy(args, &inputs, CopyStart::Fresh, &mut lost).await? {
+    let copied = match sync_copy::copy(args, &request, CopyStart::Fresh, &mut lost).await? {
         CopyEnd::Copied(copied) => copied,
         CopyEnd::Stopped(code) => return Ok(code),
         CopyEnd::StartOver(why) => {
@@ -242,48 +239,22 @@ pub(super) async fn one(
     };
     after_copy(
         args,
-        &source,
-        &target,
+        (&source, &target),
         (&src, &tgt),
         copied,
-        &start,
+        start,
         json_logs,
     )
     .await
 }
 
-/// What the copy takes from the preflight.
-fn copy_inputs<'a>(
-    args: &SyncArgs,
-    preflight: &'a Preflight,
-    selection: &'a crate::source::selection::Selection,
-    source: &'a Endpoint,
-    target: &'a Endpoint,
-    ledger: Ledger,
-    json_logs: bool,
-) -> anyhow::Result<CopyInputs<'a>> {
-    Ok(CopyInputs {
-        source,
-        target,
-        source_facts: &preflight.source,
-        target_facts: &preflight.target,
-        selected: preflight.selected.as_ref().context("no table selection")?,
-        selection,
-        carry: &preflight.carry,
-        ledger,
-        pg_dump: sync_copy::find_pg_dump(args, &preflight.source)?,
-        json_logs,
-    })
-}
-
 /// The copy is done: its summary, then streaming (unless --copy-only).
 async fn after_copy(
     args: &SyncArgs,
-    source: &Endpoint,
-    target: &Endpoint,
+    (source, target): (&Endpoint, &Endpoint),
     (src, tgt): (&tokio_postgres::Client, &tokio_postgres::Client),
     copied: snapshot::Copied,
-    start: &Resume,
+    start: Resume,
     json_logs: bool,
 ) -> anyhow::Result<ExitCode> {
     let name = &args.endpoints.name;
@@ -296,7 +267,7 @@ async fn after_copy(
         );
         return Ok(ExitCode::SUCCESS);
     }
-    stream(args, source, target, src, tgt, start, json_logs).await
+    stream(args, source, target, src, tgt, &start, json_logs).await
 }
 
 /// What streaming takes from the sync's record, and the WAL-safety watch.

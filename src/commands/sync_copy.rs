@@ -12,15 +12,15 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
+use crate::check::Preflight;
 use crate::cli::SyncArgs;
 use crate::conn::Endpoint;
 use crate::progress::ledger::Ledger;
 use crate::progress::state::{self, SyncPhase, SyncRecord};
 use crate::progress::ui::ProgressMode;
 use crate::snapshot::{self, pgdump, Copied, CopyRequest, Resumed};
-use crate::source::catalog::{SelectedTables, ServerFacts};
 use crate::source::selection::Selection;
 use crate::source::setup;
 use crate::sql::SyncName;
@@ -40,68 +40,59 @@ pub(super) enum CopyEnd {
     Stopped(ExitCode),
 }
 
-/// What the copy needs besides the arguments.
-pub(super) struct CopyInputs<'a> {
-    pub source: &'a Endpoint,
-    pub target: &'a Endpoint,
-    pub source_facts: &'a ServerFacts,
-    pub target_facts: &'a ServerFacts,
-    pub selected: &'a SelectedTables,
-    pub selection: &'a Selection,
-    pub carry: &'a crate::carry::Plan,
-    pub ledger: Ledger,
-    pub pg_dump: Option<pgdump::PgDump>,
-    pub json_logs: bool,
-}
-
-/// The pg_dump the schema comes from (none with --existing-schema), found
-/// before anything is changed.
-pub(super) fn find_pg_dump(
-    args: &SyncArgs,
-    source: &ServerFacts,
-) -> anyhow::Result<Option<pgdump::PgDump>> {
-    if args.existing_schema {
-        return Ok(None);
-    }
-    let d = pgdump::find(args.pg_dump.as_deref(), source.major() as u32)?;
-    tracing::info!(pg_dump = %d.path.display(), major = d.major, "schema from pg_dump");
-    Ok(Some(d))
+/// What the copy is asked, from the arguments and the preflight; the
+/// pg_dump it will use is found here, before anything is changed.
+pub(super) fn request<'a>(
+    args: &'a SyncArgs,
+    preflight: &'a Preflight,
+    selection: &'a Selection,
+    (source, target): (&'a Endpoint, &'a Endpoint),
+    ledger: Ledger,
+    json_logs: bool,
+) -> anyhow::Result<CopyRequest<'a>> {
+    let pg_dump = match args.existing_schema {
+        true => None,
+        false => {
+            let d = pgdump::find(args.pg_dump.as_deref(), preflight.source.major() as u32)?;
+            tracing::info!(pg_dump = %d.path.display(), major = d.major, "schema from pg_dump");
+            Some(d)
+        }
+    };
+    let name = &args.endpoints.name;
+    Ok(CopyRequest {
+        name,
+        source,
+        target,
+        source_facts: &preflight.source,
+        target_facts: &preflight.target,
+        selected: preflight.selected.as_ref().context("no table selection")?,
+        selection,
+        publication: name.publication(),
+        existing_schema: args.existing_schema,
+        pg_dump,
+        jobs: args.jobs.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }),
+        chunk_bytes: args.chunk_size.min(i64::MAX as u64) as i64,
+        binary: args.copy_format == crate::cli::CopyFormatChoice::Auto,
+        progress: ProgressMode::detect(json_logs),
+        retry_for: args.retry_for,
+        carry: &preflight.carry,
+        ledger,
+        failover_slot: args.failover_slot,
+    })
 }
 
 /// Runs the copy to its end, resuming it after transient failures.
 pub(super) async fn copy(
     args: &SyncArgs,
-    inputs: &CopyInputs<'_>,
+    request: &CopyRequest<'_>,
     start: CopyStart,
     lost: &mut tokio::sync::watch::Receiver<Option<String>>,
 ) -> anyhow::Result<CopyEnd> {
-    let name = &args.endpoints.name;
-    let (source, target) = (inputs.source, inputs.target);
-    let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    });
-    let request = || CopyRequest {
-        name,
-        source,
-        target,
-        source_facts: inputs.source_facts,
-        target_facts: inputs.target_facts,
-        selected: inputs.selected,
-        selection: inputs.selection,
-        publication: name.publication(),
-        existing_schema: args.existing_schema,
-        pg_dump: inputs.pg_dump.clone(),
-        jobs,
-        chunk_bytes: args.chunk_size.min(i64::MAX as u64) as i64,
-        binary: args.copy_format == crate::cli::CopyFormatChoice::Auto,
-        progress: ProgressMode::detect(inputs.json_logs),
-        retry_for: args.retry_for,
-        carry: inputs.carry,
-        ledger: inputs.ledger.clone(),
-        failover_slot: args.failover_slot,
-    };
+    let (name, source, target) = (request.name, request.source, request.target);
     // One copy of a sync at a time: a second run would copy the same
     // tables beside it (the slot is not held while the copy runs).
     let _lock = lock(target, name).await?;
@@ -111,10 +102,10 @@ pub(super) async fn copy(
         let attempt_started = Instant::now();
         let attempt = async {
             match &start {
-                CopyStart::Fresh => snapshot::run(request()).await.map(Resumed::Copied),
+                CopyStart::Fresh => snapshot::run(request.clone()).await.map(Resumed::Copied),
                 CopyStart::Resume(record) => match slot_unusable(source, name, record).await? {
                     Some(why) => Ok(Resumed::StartOver(why)),
-                    None => snapshot::resume(request(), record).await,
+                    None => snapshot::resume(request.clone(), record).await,
                 },
             }
         };

@@ -145,29 +145,27 @@ impl Holder {
             return String::new();
         }
         // In a savepoint: a refusal must not end the snapshot's transaction.
-        let mark = self
+        if self
             .client
             .batch_execute("SAVEPOINT ddl_mark")
             .await
-            .ok()
-            .map(|_| async {
-                let r = self
-                    .client
-                    .query_one(
-                        "SELECT count(*)::text || '/' || coalesce(max(id), 0)::text FROM pgrepl.schema_log",
-                        &[],
-                    )
-                    .await;
-                let _ = match &r {
-                    Ok(_) => self.client.batch_execute("RELEASE SAVEPOINT ddl_mark").await,
-                    Err(_) => self.client.batch_execute("ROLLBACK TO SAVEPOINT ddl_mark").await,
-                };
-                r.map(|r| r.get::<_, String>(0)).unwrap_or_default()
-            });
-        match mark {
-            Some(m) => m.await,
-            None => String::new(),
+            .is_err()
+        {
+            return String::new();
         }
+        let mark = self
+            .client
+            .query_one(
+                "SELECT count(*)::text || '/' || coalesce(max(id), 0)::text FROM pgrepl.schema_log",
+                &[],
+            )
+            .await;
+        let undo = match mark {
+            Ok(_) => "RELEASE SAVEPOINT ddl_mark",
+            Err(_) => "ROLLBACK TO SAVEPOINT ddl_mark",
+        };
+        let _ = self.client.batch_execute(undo).await;
+        mark.map(|r| r.get::<_, String>(0)).unwrap_or_default()
     }
 
     /// The tables whose rows are copied.

@@ -141,7 +141,9 @@ impl SnapshotError {
     }
 }
 
-/// Everything the copy needs to know.
+/// Everything the copy needs to know (cloned for each attempt of a copy
+/// resumed within `--retry-for`).
+#[derive(Clone)]
 pub struct CopyRequest<'a> {
     pub name: &'a SyncName,
     pub source: &'a Endpoint,
