@@ -270,6 +270,9 @@ pub async fn run(env: &Env, report: &mut Report) {
     // walsender feeding a subscriber that discards everything.
     let mut rates: Vec<[Runs; 5]> = vec![Default::default(); workloads.len()];
     let mut peaks = vec![0u64; workloads.len()];
+    // CPU per unit: pgrepl, native, native at its best.
+    let mut cpus: Vec<[crate::cpu::PerUnit; 3]> = vec![Default::default(); workloads.len()];
+    let src = s.source.client().await;
     for round in 0..env.rounds {
         for (i, w) in workloads.iter().enumerate() {
             // The load, held back by the slots.
@@ -323,6 +326,10 @@ pub async fn run(env: &Env, report: &mut Report) {
                         })
                         .await;
                         rate[0] = units / secs(start.elapsed());
+                        let pid = child.id().unwrap_or(0);
+                        let cpu =
+                            crate::cpu::pgrepl(&src, &pgrepl_db, "pgrepl_bench", "t_pgrepl", pid);
+                        cpus[i][0].push(cpu.await, units);
                         s.settle("pgrepl_bench", Some(WAL_POKE)).await;
                         peaks[i] = peaks[i].max(crate::env::interrupt(&mut child).await);
                     }
@@ -334,6 +341,7 @@ pub async fn run(env: &Env, report: &mut Report) {
                         };
                         native_catch_up(db, name, n).await;
                         rate[slot] = units / secs(start.elapsed());
+                        cpus[i][slot].push(crate::cpu::native(&src, db, name).await, units);
                         s.settle(name, Some(WAL_POKE)).await;
                         native_stop(&s, db, name).await;
                     }
@@ -398,6 +406,9 @@ pub async fn run(env: &Env, report: &mut Report) {
             Some(ratio >= w.target_ratio),
         );
         spread_note(report, &what, ours, best, ratio, w.target_ratio);
+        let unit = if i == 0 { "transaction" } else { "row" };
+        let [cpu_ours, cpu_native, cpu_best] = &cpus[i];
+        crate::cpu::rows(report, w.name, unit, cpu_ours, [cpu_native, cpu_best]);
         if i == 0 {
             report.row(
                 "apply, pgbench: pgrepl against the source's decoding (the ceiling)",

@@ -10,6 +10,7 @@ mod support;
 mod anchors;
 mod apply;
 mod copy;
+mod cpu;
 mod ddl;
 mod env;
 mod finish;
