@@ -12,7 +12,8 @@ use crate::sql::SyncName;
 #[derive(Debug, Parser)]
 #[command(
     name = "pgrepl",
-    version,
+    version = crate::commands::ship::VERSION,
+    long_version = crate::commands::ship::long_version(),
     about = "Postgres-to-Postgres logical replication: consistent copy, exactly-once streaming, DDL",
     long_about = "pgrepl moves a live PostgreSQL database to another server (new hardware, a new \
 provider, a new major version) without downtime: it copies every table under one consistent \
@@ -153,6 +154,13 @@ pub enum Command {
     /// reads an existing, idle slot from its position without moving it
     /// (unless `--advance`). Ctrl-C stops it.
     Tail(TailArgs),
+
+    /// Print the completion script for a shell, from this binary's own
+    /// command line (`pgrepl completions bash > /etc/bash_completion.d/pgrepl`).
+    Completions(crate::commands::ship::CompletionsArgs),
+
+    /// Print the man page pgrepl(1), or write every page with `--dir`.
+    Man(crate::commands::ship::ManArgs),
 }
 
 /// Where to connect, and which sync.

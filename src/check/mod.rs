@@ -11,6 +11,7 @@ mod standby;
 mod target;
 
 pub use report::{Finding, Level, Report};
+pub use source::{NEWEST_TESTED_MAJOR, OLDEST_SOURCE_MAJOR};
 
 use tokio_postgres::Client;
 

@@ -14,6 +14,10 @@ const SIDE: Side = Side::Source;
 /// The oldest source major pgrepl supports.
 pub const OLDEST_SOURCE_MAJOR: i32 = 12;
 
+/// The newest major the test suite runs on both sides (scripts/test's
+/// matrix) and `pgrepl --version` names; a newer one is not refused.
+pub const NEWEST_TESTED_MAJOR: i32 = 18;
+
 pub(super) async fn check(
     ep: &Endpoint,
     client: &Client,

@@ -5,6 +5,7 @@ mod check;
 mod cutover;
 mod install_capture;
 mod server;
+pub mod ship;
 mod status;
 mod sync;
 mod sync_copy;
@@ -36,6 +37,8 @@ pub async fn run(command: Command, json_logs: bool) -> anyhow::Result<ExitCode> 
         Command::Cutover(args) => cutover::run(args, json_logs).await,
         Command::InstallCapture(args) => install_capture::run(args).await,
         Command::Tail(args) => tail::run(args).await,
+        Command::Completions(args) => ship::run_completions(args),
+        Command::Man(args) => ship::run_man(args),
     }
 }
 
