@@ -16,104 +16,27 @@
 //! group.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::batch::Batch;
 use super::error::{ApplyError, TxnRef};
+pub use super::group::GroupLimits;
+use super::group::{Group, SourceTxn};
+use super::late::Late;
 use super::params::Param;
-use super::pipeline::Pipeline;
-use super::relation::TargetRelation;
-use super::relations::Internal;
-use super::sent::{Meta, Op, Sent};
+use super::pipeline::{Outcome, Pipeline};
+use super::relations::{Internal, Relations};
+use super::sent::{Judge, Meta, Op, Sent};
+pub use super::shared::Shared;
+use super::streamed::Streamed;
 use crate::conn::raw::RawSession;
 use crate::ddl::replay::{ReplayOptions, Replayer};
 use crate::lsn::Lsn;
 use crate::progress::ledger::{origin_session_sql, Ledger};
 use crate::sql::{ObjectName, OriginName, SyncName, TableName};
 use crate::stream::pgoutput::{Message, Relation};
-
-/// Limits on grouping source transactions into one target transaction.
-#[derive(Clone, Debug)]
-pub struct GroupLimits {
-    pub txns: usize,
-    pub rows: usize,
-    pub age: Duration,
-    /// Statements sent but not yet confirmed.
-    pub inflight: usize,
-}
-
-impl Default for GroupLimits {
-    fn default() -> Self {
-        GroupLimits {
-            txns: 5000,
-            rows: 100_000,
-            age: Duration::from_millis(200),
-            inflight: 20_000,
-        }
-    }
-}
-
-/// Positions and counters the applier publishes for the flush watcher and
-/// the status display.
-#[derive(Debug, Default)]
-pub struct Shared {
-    /// End LSN recorded by the last committed target transaction.
-    pub written_end: AtomicU64,
-    /// Every source transaction ending at or before this is applied (or
-    /// had nothing to apply) and nothing after it is half done.
-    pub idle_through: AtomicU64,
-    pub txns: AtomicU64,
-    pub rows: AtomicU64,
-    /// Source commit time of the last applied transaction (µs since 2000).
-    pub last_commit_ts: AtomicU64,
-    /// Rows per apply path per table (see `paths`), for the whole run.
-    pub paths: Arc<super::paths::Totals>,
-}
-
-impl Shared {
-    pub fn new(start: Lsn) -> Arc<Self> {
-        Self::counting_into(start, Arc::default())
-    }
-
-    /// Shared positions of a new session, its path counts added to `paths`.
-    pub fn counting_into(start: Lsn, paths: Arc<super::paths::Totals>) -> Arc<Self> {
-        let s = Shared {
-            paths,
-            ..Shared::default()
-        };
-        s.written_end.store(start.0, Ordering::SeqCst);
-        s.idle_through.store(start.0, Ordering::SeqCst);
-        Arc::new(s)
-    }
-
-    pub fn idle_through(&self) -> Lsn {
-        Lsn(self.idle_through.load(Ordering::SeqCst))
-    }
-}
-
-pub(super) struct Group {
-    started: Instant,
-    pub(super) txns: usize,
-    rows: usize,
-    pub(super) last_end: Lsn,
-    pub(super) last_commit_ts: i64,
-    /// The source transaction ending at `last_end` (none for an idle
-    /// stretch): recorded with it (see `resent`).
-    pub(super) last_xid: Option<u32>,
-}
-
-pub(super) struct SourceTxn {
-    pub(super) xid: u32,
-    pub(super) final_lsn: Lsn,
-    pub(super) changes: usize,
-    /// Already applied before this session started.
-    pub(super) skip: bool,
-    /// Applied on the source by pgrepl itself (a reverse sync does not send
-    /// back what the forward one wrote): its changes are left out.
-    pub(super) filtered: bool,
-}
 
 /// Names of the statements prepared once per session.
 struct Fixed {
@@ -124,12 +47,8 @@ struct Fixed {
 
 pub struct Applier {
     pub(super) pipe: Pipeline<Sent>,
-    /// Relations mapped onto their target tables (see `relations`).
-    pub(super) relations: HashMap<u32, TargetRelation>,
-    /// Descriptions not mapped yet: mapped when a change needs them.
-    pub(super) described: HashMap<u32, Relation>,
-    /// pgrepl's own relations other than the schema log: ignored.
-    pub(super) ignored: HashSet<u32>,
+    /// Relation descriptions and their target tables (see `relations`).
+    pub(super) relations: Relations,
     pub(super) group: Option<Group>,
     /// A target transaction is open on the connection: BEGIN was sent and
     /// no COMMIT or ROLLBACK has gone through yet.
@@ -150,8 +69,6 @@ pub struct Applier {
     pub(super) ungrouped_through: Lsn,
     /// DDL replay; `None` with --no-ddl.
     pub(super) ddl: Option<Replayer>,
-    /// `pgrepl.schema_log` on the source: its relation id and columns.
-    pub(super) schema_log: Option<(u32, Vec<String>)>,
     /// A DDL was replayed: commit at the end of this source transaction
     /// (new enum values, for one, must be committed before use).
     pub(super) commit_after_txn: bool,
@@ -165,7 +82,7 @@ pub struct Applier {
     pub(super) batch_through: Lsn,
     /// Applying one large transaction streamed while in progress (see
     /// `streamed`), rather than whole committed ones.
-    pub(super) streamed: Option<super::streamed::Streamed>,
+    pub(super) streamed: Option<Streamed>,
     /// Another apply connection holds an open transaction: a lock wait or
     /// deadlock may be between the two (see `ApplyError::StreamLockWait`).
     pub(super) guard_lock_waits: bool,
@@ -176,7 +93,7 @@ pub struct Applier {
     /// (see `ddl`).
     pub(super) expected: HashSet<TableName>,
     /// Tables copied under a later snapshot (see `late`).
-    pub(super) late: super::late::Late,
+    pub(super) late: Late,
 }
 
 impl Applier {
@@ -199,9 +116,7 @@ impl Applier {
         };
         Applier {
             pipe,
-            relations: HashMap::new(),
-            described: HashMap::new(),
-            ignored: HashSet::new(),
+            relations: Relations::default(),
             group: None,
             open: false,
             last_marker: Instant::now(),
@@ -214,7 +129,6 @@ impl Applier {
             start,
             ungrouped_through: Lsn::ZERO,
             ddl: ddl.map(Replayer::new),
-            schema_log: None,
             commit_after_txn: false,
             sync_name,
             batch: Batch::default(),
@@ -226,6 +140,24 @@ impl Applier {
             expected: HashSet::new(),
             late: Default::default(),
         }
+    }
+
+    /// An applier for streamed transaction `xid` on its own connection.
+    pub fn for_streamed(
+        session: RawSession,
+        shared: Arc<Shared>,
+        xid: u32,
+        batching: bool,
+        ddl: Option<ReplayOptions>,
+        sync_name: SyncName,
+        ledger: &Ledger,
+    ) -> Applier {
+        let limits = GroupLimits::default();
+        let mut a = Applier::new(session, shared, Lsn::ZERO, limits, ddl, sync_name, ledger);
+        a.streamed = Some(Streamed::new(xid, batching));
+        a.txn = Some(SourceTxn::new(xid, Lsn::ZERO, false));
+        a.guard_lock_waits = true;
+        a
     }
 
     /// Commit source transactions up to `lsn` one by one.
@@ -246,18 +178,10 @@ impl Applier {
                 if self.txn.is_some() {
                     return Err(ApplyError::Protocol("BEGIN inside a transaction".into()));
                 }
-                if let Some(g) = &self.group {
-                    if g.started.elapsed() >= self.limits.age || g.rows >= self.limits.rows {
-                        self.commit_group().await?;
-                    }
+                if self.group.as_ref().is_some_and(|g| g.due(&self.limits)) {
+                    self.commit_group().await?;
                 }
-                self.txn = Some(SourceTxn {
-                    xid,
-                    final_lsn,
-                    changes: 0,
-                    skip: final_lsn < self.start,
-                    filtered: false,
-                });
+                self.txn = Some(SourceTxn::new(xid, final_lsn, final_lsn < self.start));
             }
             Message::Commit {
                 end_lsn, commit_ts, ..
@@ -280,9 +204,7 @@ impl Applier {
                     g.last_end = end_lsn;
                     g.last_commit_ts = commit_ts;
                     g.last_xid = Some(txn.xid);
-                    let full = g.txns >= self.limits.txns
-                        || g.rows >= self.limits.rows
-                        || g.started.elapsed() >= self.limits.age;
+                    let full = g.full(&self.limits);
                     let ddl_done = std::mem::take(&mut self.commit_after_txn);
                     if !more_waiting || full || alone || ddl_done {
                         self.commit_group().await?;
@@ -296,13 +218,13 @@ impl Applier {
                 }
             }
             Message::Relation(rel) => self.describe_relation(rel).await?,
-            Message::Insert { relation, new } if self.internal(relation).is_some() => {
-                if self.internal(relation) == Some(Internal::SchemaLog) {
+            Message::Insert { relation, new } if self.relations.internal(relation).is_some() => {
+                if self.relations.internal(relation) == Some(Internal::SchemaLog) {
                     self.ddl_row(new).await?
                 }
             }
             Message::Update { relation, .. } | Message::Delete { relation, .. }
-                if self.internal(relation).is_some() => {}
+                if self.relations.internal(relation).is_some() => {}
             Message::Insert { relation, .. }
             | Message::Update { relation, .. }
             | Message::Delete { relation, .. }
@@ -370,14 +292,7 @@ impl Applier {
     /// Opens the target transaction if none is open.
     pub(super) async fn open_group(&mut self) -> Result<(), ApplyError> {
         if self.group.is_none() {
-            self.group = Some(Group {
-                started: Instant::now(),
-                txns: 0,
-                rows: 0,
-                last_end: Lsn::ZERO,
-                last_commit_ts: 0,
-                last_xid: None,
-            });
+            self.group = Some(Group::new());
             let begin = self.fixed.begin.clone();
             self.open = true;
             self.send(&begin, &[], Meta::Control("BEGIN")).await?;
@@ -392,6 +307,32 @@ impl Applier {
         }
         self.flush_batch().await?;
         self.send_sql(&sql.clone(), Meta::Statement(sql)).await
+    }
+
+    /// A relation description arrived: kept until a change needs it.
+    async fn describe_relation(&mut self, rel: Relation) -> Result<(), ApplyError> {
+        if self.relations.own(&rel) {
+            return Ok(());
+        }
+        // What is batched or in flight was sent under the old description.
+        self.flush_batch().await?;
+        self.drain().await?;
+        let table = TableName::new(rel.namespace.clone(), rel.name.clone());
+        self.late.describe(rel.oid, &table);
+        if self.expected.remove(&table) {
+            self.create_from_relation(&rel).await?;
+            self.drain().await?;
+        }
+        self.relations.describe(rel);
+        Ok(())
+    }
+
+    /// The change of `relation` is in its table's copy already (see `late`).
+    pub(super) fn in_copy(&self, relation: u32) -> bool {
+        debug_assert!(self.streamed.is_none() || self.late.until() == Lsn::ZERO);
+        self.txn
+            .as_ref()
+            .is_some_and(|t| self.late.skips(relation, t.final_lsn))
     }
 
     /// Where statements sent now belong: source transaction, and its
@@ -462,6 +403,17 @@ impl Applier {
         }
     }
 
+    /// Checks the result of a statement (see `sent`).
+    fn check(&self, outcome: Outcome<Sent>) -> Result<(), ApplyError> {
+        let judge = Judge {
+            relations: &self.relations,
+            batch_ref: self.batch_ref(),
+            guard_lock_waits: self.guard_lock_waits,
+            ddl: self.ddl.as_ref(),
+        };
+        judge.check(outcome)
+    }
+
     /// Waits for every statement in flight.
     pub(super) async fn drain(&mut self) -> Result<(), ApplyError> {
         while self.pipe.in_flight() > 0 {
@@ -500,14 +452,7 @@ impl Applier {
         }
         let setup = self.fixed.xact_setup.clone();
         let commit = self.fixed.commit.clone();
-        let params = [
-            Param::Text(g.last_end.to_string().into()),
-            Param::Text(g.last_commit_ts.to_string().into()),
-            match g.last_xid {
-                Some(xid) => Param::Text(xid.to_string().into()),
-                None => Param::Null,
-            },
-        ];
+        let params = g.ledger_params();
         self.send(
             &setup,
             &params,
@@ -528,31 +473,9 @@ impl Applier {
         self.open = false;
         self.paths
             .commit(&self.shared.paths, self.streamed.is_some());
-        for rel in self.relations.values_mut() {
-            rel.committed();
-        }
+        self.relations.committed();
         self.batch_through = Lsn::ZERO;
-        self.shared
-            .written_end
-            .fetch_max(g.last_end.0, Ordering::SeqCst);
-        self.shared
-            .idle_through
-            .fetch_max(g.last_end.0, Ordering::SeqCst);
-        self.shared.txns.fetch_add(g.txns as u64, Ordering::Relaxed);
-        if g.txns > 1 {
-            self.shared
-                .paths
-                .grouped_txns
-                .fetch_add(g.txns as u64, Ordering::Relaxed);
-        }
-        self.shared.rows.fetch_add(g.rows as u64, Ordering::Relaxed);
-        let watch = crate::progress::telemetry::telemetry();
-        watch.applied_transactions.inc_by(g.txns as u64);
-        watch.applied_rows.inc_by(g.rows as u64);
-        watch.apply_group_transactions.observe(g.txns as f64);
-        self.shared
-            .last_commit_ts
-            .store(g.last_commit_ts.max(0) as u64, Ordering::Relaxed);
+        self.shared.committed(&g);
         tracing::trace!(end = %g.last_end, txns = g.txns, rows = g.rows, "group committed");
         Ok(())
     }
@@ -590,6 +513,64 @@ impl Applier {
             ));
         }
         self.commit_group().await
+    }
+
+    /// Before a change of (sub)transaction `xid`: a savepoint when it is
+    /// a subtransaction seen for the first time (see `streamed`).
+    pub async fn enter_subxact(&mut self, xid: u32) -> Result<(), ApplyError> {
+        if !self.streamed.as_ref().is_some_and(|s| s.new_subxact(xid)) {
+            return Ok(());
+        }
+        // What is batched so far belongs before the savepoint.
+        self.flush_batch().await?;
+        self.open_group().await?;
+        let sql = Streamed::savepoint_sql(xid);
+        self.send_sql(&sql, Meta::Control("SAVEPOINT")).await?;
+        if let Some(s) = &mut self.streamed {
+            s.entered(xid);
+        }
+        Ok(())
+    }
+
+    /// A subtransaction aborted on the source: everything since its
+    /// savepoint goes (nothing, if it changed nothing we apply).
+    pub async fn abort_subxact(&mut self, subxid: u32) -> Result<(), ApplyError> {
+        let Some(at) = self.streamed.as_ref().and_then(|s| s.subxact(subxid)) else {
+            return Ok(());
+        };
+        // The batch holds only changes made since the newest savepoint,
+        // which is this one or one inside it: all of them are undone.
+        self.batch.take();
+        let sql = Streamed::rollback_sql(subxid);
+        self.send_sql(&sql, Meta::Control("ROLLBACK TO SAVEPOINT"))
+            .await?;
+        if let Some(s) = &mut self.streamed {
+            s.rolled_back(at);
+        }
+        // Stage tables created since then are gone with it.
+        self.relations.forget_stages();
+        Ok(())
+    }
+
+    /// Commits the streamed transaction with its end LSN as the recorded
+    /// position; with an origin (`baton`), the main connection must have
+    /// given it up.
+    /// Returns whether there was anything to commit.
+    pub async fn commit_streamed(
+        &mut self,
+        end_lsn: Lsn,
+        commit_ts: i64,
+        baton: Option<&OriginName>,
+    ) -> Result<bool, ApplyError> {
+        let Some(g) = &mut self.group else {
+            return Ok(false);
+        };
+        g.txns = 1;
+        g.last_end = end_lsn;
+        g.last_commit_ts = commit_ts;
+        g.last_xid = self.streamed.as_ref().map(|s| s.xid);
+        self.commit_group_holding(baton).await?;
+        Ok(true)
     }
 
     /// After an error: forgets what is in flight and rolls the target back.

@@ -17,7 +17,8 @@ use crate::stream::pgoutput::{Datum, Relation, Tuple};
 
 impl Applier {
     pub(super) async fn ddl_row(&mut self, new: Tuple) -> Result<(), ApplyError> {
-        let (Some(replayer), Some((_, columns))) = (self.ddl.as_mut(), self.schema_log.as_ref())
+        let (Some(replayer), Some(columns)) =
+            (self.ddl.as_mut(), self.relations.schema_log_columns())
         else {
             tracing::debug!("DDL log row ignored: DDL replication is off");
             return Ok(());

@@ -14,9 +14,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::applier::Shared;
 use super::error::ApplyError;
 use super::router::Router;
+use super::shared::Shared;
 use crate::control::gate::Verdict;
 use crate::control::Gate;
 use crate::lsn::Lsn;

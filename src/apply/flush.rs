@@ -55,7 +55,7 @@ impl Applier {
         op: BatchedOp,
         rows: Vec<Tuple>,
     ) -> Result<(), ApplyError> {
-        let Some(rel) = self.relations.get(&relation) else {
+        let Some(rel) = self.relations.get(relation) else {
             return Err(ApplyError::Protocol(
                 "batched rows of an unknown relation".into(),
             ));
@@ -80,7 +80,7 @@ impl Applier {
         let seq = &mut self.stage_seq;
         let rel = self
             .relations
-            .get_mut(&relation)
+            .get_mut(relation)
             .ok_or_else(|| ApplyError::Protocol("batched rows of an unknown relation".into()))?;
         let statement = |rel: &super::relation::TargetRelation, from: &str| match op {
             BatchedOp::Update => rel.set_update_sql(from, &settable),
@@ -130,7 +130,7 @@ impl Applier {
         }
         let rel = self
             .relations
-            .get(&relation)
+            .get(relation)
             .ok_or_else(|| ApplyError::Protocol("batched rows of an unknown relation".into()))?;
         let all = rel.all_columns();
         let mut data = BytesMut::new();
@@ -157,7 +157,7 @@ impl Applier {
     ) -> Result<(), ApplyError> {
         let rel = self
             .relations
-            .get_mut(&relation)
+            .get_mut(relation)
             .ok_or_else(|| ApplyError::Protocol("batched rows of an unknown relation".into()))?;
         let path = match op {
             BatchedOp::Update if rel.rewrites_identity(false) => Path::DeleteInsert,

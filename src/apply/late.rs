@@ -8,6 +8,9 @@
 //! that LSN (`final_lsn` of pgoutput's BEGIN is the commit record's). The
 //! session that reads such a stretch streams no transaction in progress:
 //! the commit must be known before the first change is applied.
+//!
+//! [`Late`] keeps those tables' snapshot LSNs, by table and by relation id;
+//! the applier asks it about each change.
 
 use std::collections::HashMap;
 
@@ -46,23 +49,13 @@ impl Late {
     }
 
     /// The change of `relation` in the transaction committing at
-    /// `final_lsn` is in the table's copy already.
+    /// `final_lsn` is in the table's copy already. (Only without
+    /// transactions streamed in progress, whose commit is not known yet:
+    /// `session` turns that streaming off while a table is late.)
     pub fn skips(&self, relation: u32, final_lsn: Lsn) -> bool {
         self.by_relation
             .get(&relation)
             .is_some_and(|lsn| final_lsn < *lsn)
-    }
-}
-
-impl super::applier::Applier {
-    /// The change of `relation` is in its table's copy already. (Only
-    /// without transactions streamed in progress, whose commit is not known
-    /// yet: `session` turns that streaming off while a table is late.)
-    pub(super) fn in_copy(&self, relation: u32) -> bool {
-        debug_assert!(self.streamed.is_none() || self.late.until() == Lsn::ZERO);
-        self.txn
-            .as_ref()
-            .is_some_and(|t| self.late.skips(relation, t.final_lsn))
     }
 }
 

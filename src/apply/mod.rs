@@ -1,7 +1,9 @@
 //! Stage 4: source transactions applied on the target, exactly once
-//! ([`applier`]), through a pipelined session ([`pipeline`]) with
+//! ([`applier`], grouped per `group`, publishing per `shared`), through a
+//! pipelined session ([`pipeline`], results judged per `sent`) with
 //! statements prepared per table ([`relation`]) and values in the
-//! protocol's own formats ([`params`]); rows folded into net effects
+//! protocol's own formats ([`params`]), mapped when first needed
+//! (`relations`); rows folded into net effects
 //! (`rows`, [`batch`]) written set-based (`flush`, [`sets`]); DDL replayed
 //! in place (`ddl`);
 //! large transactions streamed while in progress applied on connections
@@ -9,6 +11,11 @@
 //! sessions with retries ([`session`]), each started only after the
 //! checks of `guard` (the source's timeline, the slot's position); tables
 //! a resumed copy took later skip what their copy holds (`late`).
+//!
+//! Imports go one way: the applier uses its components (`group`,
+//! `shared`, `relations`, `sent`, `streamed`, `late`), which never use it;
+//! `rows`, `flush`, `ddl` and `position` are the applier's own methods,
+//! split by topic.
 
 pub mod applier;
 pub mod batch;
@@ -16,6 +23,7 @@ mod ddl;
 pub mod error;
 mod event_loop;
 mod flush;
+mod group;
 mod guard;
 mod identity;
 mod late;
@@ -31,4 +39,5 @@ mod rows;
 mod sent;
 pub mod session;
 pub mod sets;
+mod shared;
 mod streamed;

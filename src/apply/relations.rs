@@ -13,13 +13,19 @@
 //! pgrepl's own tables on the source are not the user's: `pgrepl.schema_log`
 //! carries DDL (see `ddl`), and every other table of schema `pgrepl` (a
 //! `FOR ALL TABLES` publication publishes them too) is ignored.
+//!
+//! [`Relations`] keeps just that: descriptions not mapped yet, relations
+//! mapped, pgrepl's own. Its only I/O is a mapping's catalog query, on the
+//! pipeline the applier hands it once nothing is in flight there.
 
-use super::applier::Applier;
+use std::collections::{HashMap, HashSet};
+
 use super::error::ApplyError;
+use super::pipeline::Pipeline;
 use super::relation::TargetRelation;
 use crate::source::catalog::{FENCE_SCHEMA, PGREPL_SCHEMA};
 use crate::sql::TableName;
-use crate::stream::pgoutput::Relation;
+use crate::stream::pgoutput::{Relation, Tuple};
 
 /// A relation of pgrepl's own on the source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,34 +36,43 @@ pub(super) enum Internal {
     Ignored,
 }
 
-impl Applier {
-    /// A relation description arrived: kept until a change needs it.
-    pub(super) async fn describe_relation(&mut self, rel: Relation) -> Result<(), ApplyError> {
+#[derive(Default)]
+pub(super) struct Relations {
+    /// Relations mapped onto their target tables.
+    mapped: HashMap<u32, TargetRelation>,
+    /// Descriptions not mapped yet: mapped when a change needs them.
+    described: HashMap<u32, Relation>,
+    /// pgrepl's own relations other than the schema log: ignored.
+    ignored: HashSet<u32>,
+    /// `pgrepl.schema_log` on the source: its relation id and columns.
+    schema_log: Option<(u32, Vec<String>)>,
+}
+
+impl Relations {
+    /// A description of one of pgrepl's own relations is kept as such
+    /// (true); any other is the user's, for [`Relations::describe`].
+    pub(super) fn own(&mut self, rel: &Relation) -> bool {
         if rel.namespace == PGREPL_SCHEMA && rel.name == "schema_log" {
             self.schema_log = Some((
                 rel.oid,
                 rel.columns.iter().map(|c| c.name.clone()).collect(),
             ));
-            return Ok(());
+            return true;
         }
         // pgrepl's own tables (the fence's flag among them, published FOR
         // ALL TABLES) are not the user's.
         if rel.namespace == PGREPL_SCHEMA || rel.namespace == FENCE_SCHEMA {
             self.ignored.insert(rel.oid);
-            return Ok(());
+            return true;
         }
-        // What is batched or in flight was sent under the old description.
-        self.flush_batch().await?;
-        self.drain().await?;
-        let table = TableName::new(rel.namespace.clone(), rel.name.clone());
-        self.late.describe(rel.oid, &table);
-        if self.expected.remove(&table) {
-            self.create_from_relation(&rel).await?;
-            self.drain().await?;
-        }
-        self.relations.remove(&rel.oid);
+        false
+    }
+
+    /// A user relation's description: kept until a change needs it, the
+    /// mapping of an older one forgotten.
+    pub(super) fn describe(&mut self, rel: Relation) {
+        self.mapped.remove(&rel.oid);
         self.described.insert(rel.oid, rel);
-        Ok(())
     }
 
     /// Whether `oid` is one of pgrepl's own relations.
@@ -71,75 +86,69 @@ impl Applier {
         }
     }
 
-    /// Maps `oid`'s latest description onto its target table, if that is
-    /// not done yet.
-    pub(super) async fn map_relation(&mut self, oid: u32) -> Result<(), ApplyError> {
-        if self.relations.contains_key(&oid) {
-            return Ok(());
+    /// The columns of `pgrepl.schema_log`, once described.
+    pub(super) fn schema_log_columns(&self) -> Option<&[String]> {
+        self.schema_log.as_ref().map(|(_, c)| c.as_slice())
+    }
+
+    /// `oid`'s latest description when it is not mapped yet (taken: hand
+    /// it to [`Relations::map`]); `None` when it is.
+    pub(super) fn unmapped(&mut self, oid: u32) -> Result<Option<Relation>, ApplyError> {
+        if self.mapped.contains_key(&oid) {
+            return Ok(None);
         }
-        let Some(rel) = self.described.remove(&oid) else {
-            return Err(ApplyError::Protocol(format!(
+        match self.described.remove(&oid) {
+            Some(rel) => Ok(Some(rel)),
+            None => Err(ApplyError::Protocol(format!(
                 "a change for relation {oid} came before its description"
-            )));
-        };
-        // The catalog query runs once nothing else is in flight.
-        self.drain().await?;
-        let mapped = TargetRelation::load(&mut self.pipe, rel, self.ddl.is_some()).await?;
-        self.relations.insert(oid, mapped);
+            ))),
+        }
+    }
+
+    /// Maps a description onto its target table: a catalog query on
+    /// `pipe`, which must have nothing in flight.
+    pub(super) async fn map<M>(
+        &mut self,
+        pipe: &mut Pipeline<M>,
+        rel: Relation,
+        ddl_replicated: bool,
+    ) -> Result<(), ApplyError> {
+        let oid = rel.oid;
+        let mapped = TargetRelation::load(pipe, rel, ddl_replicated).await?;
+        self.mapped.insert(oid, mapped);
         Ok(())
     }
 
-    /// A TRUNCATE of exactly the relations the source truncated: `ONLY`
-    /// each (a `TRUNCATE ONLY parent` on the source lists the parent alone,
-    /// a plain one lists its children too), except partitioned tables,
-    /// which hold no rows and refuse `ONLY`.
-    pub(super) async fn truncate(
-        &mut self,
-        relations: &[u32],
-        cascade: bool,
-        restart_identity: bool,
-    ) -> Result<(), ApplyError> {
-        let mut names = Vec::new();
-        let mut in_copy = false;
-        for &oid in relations {
-            if self.in_copy(oid) {
-                in_copy = true;
-                continue;
-            }
-            if self.internal(oid).is_some() {
-                continue;
-            }
-            self.map_relation(oid).await?;
-            let rel = self.relations.get(&oid).ok_or_else(|| {
-                ApplyError::Protocol(format!("relation {oid} was mapped and is gone"))
-            })?;
-            names.push(rel.truncate_target());
+    pub(super) fn get(&self, oid: u32) -> Option<&TargetRelation> {
+        self.mapped.get(&oid)
+    }
+
+    pub(super) fn get_mut(&mut self, oid: u32) -> Option<&mut TargetRelation> {
+        self.mapped.get_mut(&oid)
+    }
+
+    /// The table of `relation` and the key of `row` in it, for a message.
+    pub(super) fn name_key(&self, relation: u32, row: &Tuple) -> (TableName, String) {
+        match self.mapped.get(&relation) {
+            Some(rel) => (rel.table.clone(), rel.describe_key(row)),
+            None => (
+                TableName::new("?", format!("relation {relation}")),
+                String::new(),
+            ),
         }
-        if names.is_empty() {
-            return Ok(());
+    }
+
+    /// After COMMIT: every stage table emptied itself.
+    pub(super) fn committed(&mut self) {
+        for rel in self.mapped.values_mut() {
+            rel.committed();
         }
-        // A table copied after this truncate holds what came after it: it
-        // is left out, and the others are emptied row by row, so neither a
-        // cascade nor a key to it empties it or refuses (the apply session
-        // fires no foreign-key trigger).
-        if in_copy {
-            let sql = names
-                .iter()
-                .map(|n| format!("DELETE FROM {n}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return self.statement(sql).await;
+    }
+
+    /// After a rollback to a savepoint: stage tables may be gone.
+    pub(super) fn forget_stages(&mut self) {
+        for rel in self.mapped.values_mut() {
+            rel.forget_stages();
         }
-        let sql = format!(
-            "TRUNCATE {}{}{}",
-            names.join(", "),
-            if restart_identity {
-                " RESTART IDENTITY"
-            } else {
-                ""
-            },
-            if cascade { " CASCADE" } else { "" }
-        );
-        self.statement(sql).await
     }
 }

@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::applier::{Applier, Shared};
+use super::applier::Applier;
 use super::error::ApplyError;
 use super::resent::{Block, Resend};
+use super::shared::Shared;
 use crate::conn::raw::{RawError, RawSession};
 use crate::conn::{Endpoint, Side};
 use crate::ddl::replay::ReplayOptions;

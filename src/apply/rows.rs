@@ -1,7 +1,8 @@
 //! One row change of a source transaction: folded into the batch of net
 //! effects when the table and the change allow it (see `batch`), else sent
 //! at once as its prepared statement, after whatever of its table is
-//! batched (the order of a table's rows is always kept).
+//! batched (the order of a table's rows is always kept). A TRUNCATE too.
+//! Both map their relations onto target tables first (see `relations`).
 
 use super::applier::Applier;
 use super::batch::{Batch, BATCH_BYTES, BATCH_ROWS};
@@ -35,7 +36,7 @@ impl Applier {
         if self.batch.holds(relation) {
             self.flush_batch().await?;
         }
-        let rel = self.relations.get_mut(&relation).ok_or_else(|| {
+        let rel = self.relations.get_mut(relation).ok_or_else(|| {
             ApplyError::Protocol(format!(
                 "a change for relation {relation} came before its description"
             ))
@@ -117,7 +118,7 @@ impl Applier {
         new: Tuple,
     ) -> Option<(Option<OldRow>, Tuple)> {
         let lsn = self.txn.as_ref().map(|t| t.final_lsn).unwrap_or(Lsn::ZERO);
-        let Some(rel) = self.relations.get(&relation) else {
+        let Some(rel) = self.relations.get(relation) else {
             return Some((old, new));
         };
         if !self.batching() {
@@ -162,5 +163,71 @@ impl Applier {
             self.batch_through = self.batch_through.max(lsn);
         }
         back
+    }
+
+    /// Maps `oid`'s latest description onto its target table, if that is
+    /// not done yet.
+    pub(super) async fn map_relation(&mut self, oid: u32) -> Result<(), ApplyError> {
+        let Some(rel) = self.relations.unmapped(oid)? else {
+            return Ok(());
+        };
+        // The catalog query runs once nothing else is in flight.
+        self.drain().await?;
+        let ddl = self.ddl.is_some();
+        self.relations.map(&mut self.pipe, rel, ddl).await
+    }
+
+    /// A TRUNCATE of exactly the relations the source truncated: `ONLY`
+    /// each (a `TRUNCATE ONLY parent` on the source lists the parent alone,
+    /// a plain one lists its children too), except partitioned tables,
+    /// which hold no rows and refuse `ONLY`.
+    pub(super) async fn truncate(
+        &mut self,
+        relations: &[u32],
+        cascade: bool,
+        restart_identity: bool,
+    ) -> Result<(), ApplyError> {
+        let mut names = Vec::new();
+        let mut in_copy = false;
+        for &oid in relations {
+            if self.in_copy(oid) {
+                in_copy = true;
+                continue;
+            }
+            if self.relations.internal(oid).is_some() {
+                continue;
+            }
+            self.map_relation(oid).await?;
+            let rel = self.relations.get(oid).ok_or_else(|| {
+                ApplyError::Protocol(format!("relation {oid} was mapped and is gone"))
+            })?;
+            names.push(rel.truncate_target());
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+        // A table copied after this truncate holds what came after it: it
+        // is left out, and the others are emptied row by row, so neither a
+        // cascade nor a key to it empties it or refuses (the apply session
+        // fires no foreign-key trigger).
+        if in_copy {
+            let sql = names
+                .iter()
+                .map(|n| format!("DELETE FROM {n}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return self.statement(sql).await;
+        }
+        let sql = format!(
+            "TRUNCATE {}{}{}",
+            names.join(", "),
+            if restart_identity {
+                " RESTART IDENTITY"
+            } else {
+                ""
+            },
+            if cascade { " CASCADE" } else { "" }
+        );
+        self.statement(sql).await
     }
 }

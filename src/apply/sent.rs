@@ -2,10 +2,16 @@
 //! UPDATE or DELETE that touched no row is a conflict, a batch whose row
 //! count is off is replayed without batching, a server error names the
 //! table, the key and the source transaction.
+//!
+//! The rule: a [`Sent`] keeps what a statement was and where it belongs
+//! (the source transaction, its place in the group), nothing else; a
+//! [`Judge`] is handed what judging a result needs of the applier, which
+//! owns the pipeline and calls it for every result.
 
-use super::applier::Applier;
 use super::error::{ApplyError, TxnRef};
 use super::pipeline::Outcome;
+use super::relations::Relations;
+use crate::ddl::replay::Replayer;
 use crate::stream::pgoutput::Tuple;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +81,20 @@ impl Sent {
     }
 }
 
-impl Applier {
+/// What judging a result needs besides the result.
+pub(super) struct Judge<'a> {
+    /// Names the table and key of a conflict.
+    pub(super) relations: &'a Relations,
+    /// Where to replay up to without batching when a batch fails.
+    pub(super) batch_ref: TxnRef,
+    /// Another apply connection holds an open transaction: a lock wait or
+    /// deadlock may be between the two (see `ApplyError::StreamLockWait`).
+    pub(super) guard_lock_waits: bool,
+    /// DDL replay, if on.
+    pub(super) ddl: Option<&'a Replayer>,
+}
+
+impl Judge<'_> {
     pub(super) fn check(&self, outcome: Outcome<Sent>) -> Result<(), ApplyError> {
         let (sent, failure) = match outcome {
             Outcome::Done { meta: sent, rows } => {
@@ -86,9 +105,9 @@ impl Applier {
                         what,
                         expected: Some(n),
                     } if rows != *n => {
-                        let table = self.describe(*relation, &Vec::new()).0;
+                        let table = self.relations.name_key(*relation, &Vec::new()).0;
                         return Err(ApplyError::BatchFailed {
-                            through: self.batch_ref(),
+                            through: self.batch_ref,
                             reason: format!("{what} {table}: {rows} rows instead of {n}"),
                         });
                     }
@@ -108,7 +127,7 @@ impl Applier {
                     Meta::Row { op, relation, row }
                         if !super::error::transient_code(&error.code) =>
                     {
-                        let (table, key) = self.describe(relation, &row);
+                        let (table, key) = self.relations.name_key(relation, &row);
                         ApplyError::Conflict {
                             table,
                             key,
@@ -125,7 +144,7 @@ impl Applier {
                     Meta::Ddl { id, statement }
                         if error.code == "42704"
                             && error.message.starts_with("role \"")
-                            && self.ddl.as_ref().is_some_and(|d| d.roles_follow()) =>
+                            && self.ddl.is_some_and(|d| d.roles_follow()) =>
                     {
                         ApplyError::Target {
                             what: format!("DDL #{id} ({statement}) waits for its role to be created on the target"),
@@ -148,9 +167,9 @@ impl Applier {
                         ApplyError::target(what, sent.txn, &error)
                     }
                     Meta::Batch { relation, what, .. } => {
-                        let table = self.describe(relation, &Vec::new()).0;
+                        let table = self.relations.name_key(relation, &Vec::new()).0;
                         ApplyError::BatchFailed {
-                            through: self.batch_ref(),
+                            through: self.batch_ref,
                             reason: format!("{what} {table}: {error}"),
                         }
                     }
@@ -160,7 +179,7 @@ impl Applier {
         let took_earlier = sent.txn_in_group > 0;
         match sent.meta {
             Meta::Row { relation, row, .. } => {
-                let (table, key) = self.describe(relation, &row);
+                let (table, key) = self.relations.name_key(relation, &row);
                 Err(ApplyError::Conflict {
                     table,
                     key,
@@ -170,16 +189,6 @@ impl Applier {
                 })
             }
             _ => Ok(()),
-        }
-    }
-
-    pub(super) fn describe(&self, relation: u32, row: &Tuple) -> (crate::sql::TableName, String) {
-        match self.relations.get(&relation) {
-            Some(rel) => (rel.table.clone(), rel.describe_key(row)),
-            None => (
-                crate::sql::TableName::new("?", format!("relation {relation}")),
-                String::new(),
-            ),
         }
     }
 }

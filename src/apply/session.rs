@@ -15,11 +15,13 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 use tracing::Instrument;
 
-use super::applier::{Applier, GroupLimits, Shared};
+use super::applier::Applier;
 use super::error::{ApplyError, TxnRef};
 use super::event_loop::{Ended, EventLoop};
+use super::group::GroupLimits;
 use super::resent::Resend;
 use super::router::{Router, StreamContext, APPLY_SETTINGS};
+use super::shared::Shared;
 use crate::conn::error::describe;
 use crate::conn::raw::RawSession;
 use crate::conn::walsender::{WalSender, WalSenderError};

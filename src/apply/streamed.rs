@@ -16,17 +16,10 @@
 //! (an origin ledger), this connection commits recording the transaction's
 //! end LSN, and the origin goes back: position and data commit together
 //! here too, exactly once.
-
-use std::sync::Arc;
-
-use super::applier::{Applier, GroupLimits, Shared, SourceTxn};
-use super::error::ApplyError;
-use super::sent::Meta;
-use crate::conn::raw::RawSession;
-use crate::ddl::replay::ReplayOptions;
-use crate::lsn::Lsn;
-use crate::progress::ledger::Ledger;
-use crate::sql::{OriginName, SyncName};
+//!
+//! [`Streamed`] keeps what the applier of such a transaction knows of it:
+//! its xid, whether it is batched, the subtransactions with a savepoint;
+//! it says which savepoint statements to send, the applier sends them.
 
 /// What an applier of one streamed transaction knows about it.
 pub struct Streamed {
@@ -41,111 +34,45 @@ fn savepoint(xid: u32) -> String {
     format!("\"pgrepl_sub_{xid}\"")
 }
 
-impl Applier {
-    /// An applier for streamed transaction `xid` on its own connection.
-    pub fn for_streamed(
-        session: RawSession,
-        shared: Arc<Shared>,
-        xid: u32,
-        batching: bool,
-        ddl: Option<ReplayOptions>,
-        sync_name: SyncName,
-        ledger: &Ledger,
-    ) -> Applier {
-        let mut a = Applier::new(
-            session,
-            shared,
-            Lsn::ZERO,
-            GroupLimits::default(),
-            ddl,
-            sync_name,
-            ledger,
-        );
-        a.streamed = Some(Streamed {
+impl Streamed {
+    pub(super) fn new(xid: u32, batching: bool) -> Self {
+        Streamed {
             xid,
             batching,
             subxacts: Vec::new(),
-        });
-        a.txn = Some(SourceTxn {
-            xid,
-            final_lsn: Lsn::ZERO,
-            changes: 0,
-            skip: false,
-            filtered: false,
-        });
-        a.guard_lock_waits = true;
-        a
+        }
     }
 
-    /// Before a change of (sub)transaction `xid`: a savepoint when it is
-    /// a subtransaction seen for the first time.
-    pub async fn enter_subxact(&mut self, xid: u32) -> Result<(), ApplyError> {
-        let Some(s) = &self.streamed else {
-            return Ok(());
-        };
-        if xid == s.xid || s.subxacts.contains(&xid) {
-            return Ok(());
-        }
-        // What is batched so far belongs before the savepoint.
-        self.flush_batch().await?;
-        self.open_group().await?;
-        self.send_sql(
-            &format!("SAVEPOINT {}", savepoint(xid)),
-            Meta::Control("SAVEPOINT"),
-        )
-        .await?;
-        if let Some(s) = &mut self.streamed {
-            s.subxacts.push(xid);
-        }
-        Ok(())
+    /// A change of (sub)transaction `xid` needs a savepoint first: a
+    /// subtransaction seen for the first time.
+    pub(super) fn new_subxact(&self, xid: u32) -> bool {
+        xid != self.xid && !self.subxacts.contains(&xid)
     }
 
-    /// A subtransaction aborted on the source: everything since its
-    /// savepoint goes (nothing, if it changed nothing we apply).
-    pub async fn abort_subxact(&mut self, subxid: u32) -> Result<(), ApplyError> {
-        let Some(at) = self
-            .streamed
-            .as_ref()
-            .and_then(|s| s.subxacts.iter().position(|x| *x == subxid))
-        else {
-            return Ok(());
-        };
-        // The batch holds only changes made since the newest savepoint,
-        // which is this one or one inside it: all of them are undone.
-        self.batch.take();
-        self.send_sql(
-            &format!("ROLLBACK TO SAVEPOINT {}", savepoint(subxid)),
-            Meta::Control("ROLLBACK TO SAVEPOINT"),
-        )
-        .await?;
-        if let Some(s) = &mut self.streamed {
-            s.subxacts.truncate(at);
-        }
-        // Stage tables created since then are gone with it.
-        for rel in self.relations.values_mut() {
-            rel.forget_stages();
-        }
-        Ok(())
+    /// The statement setting subtransaction `xid`'s savepoint.
+    pub(super) fn savepoint_sql(xid: u32) -> String {
+        format!("SAVEPOINT {}", savepoint(xid))
     }
 
-    /// Commits the streamed transaction with its end LSN as the recorded
-    /// position; with an origin (`baton`), the main connection must have
-    /// given it up.
-    /// Returns whether there was anything to commit.
-    pub async fn commit_streamed(
-        &mut self,
-        end_lsn: Lsn,
-        commit_ts: i64,
-        baton: Option<&OriginName>,
-    ) -> Result<bool, ApplyError> {
-        let Some(g) = &mut self.group else {
-            return Ok(false);
-        };
-        g.txns = 1;
-        g.last_end = end_lsn;
-        g.last_commit_ts = commit_ts;
-        g.last_xid = self.streamed.as_ref().map(|s| s.xid);
-        self.commit_group_holding(baton).await?;
-        Ok(true)
+    /// Subtransaction `xid`'s savepoint is set.
+    pub(super) fn entered(&mut self, xid: u32) {
+        self.subxacts.push(xid);
+    }
+
+    /// Where subtransaction `subxid` is among those with a savepoint (none:
+    /// it changed nothing applied).
+    pub(super) fn subxact(&self, subxid: u32) -> Option<usize> {
+        self.subxacts.iter().position(|x| *x == subxid)
+    }
+
+    /// The statement undoing subtransaction `subxid`.
+    pub(super) fn rollback_sql(subxid: u32) -> String {
+        format!("ROLLBACK TO SAVEPOINT {}", savepoint(subxid))
+    }
+
+    /// Rolled back to the savepoint of the subtransaction at `at`: it and
+    /// every one begun after it are gone.
+    pub(super) fn rolled_back(&mut self, at: usize) {
+        self.subxacts.truncate(at);
     }
 }
