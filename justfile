@@ -18,6 +18,21 @@ demo: setup
 test: setup
     scripts/test
 
+# The container image from the Dockerfile (default tag pgrepl:latest); base images made locally where no registry answers
+image tag="pgrepl:latest":
+    scripts/image {{tag}}
+
+# Release binary, shell completions (bash, zsh, fish) and man pages under target/dist
+dist:
+    cargo build --release --locked
+    rm -rf target/dist && mkdir -p target/dist/completions target/dist/man
+    cp target/release/pgrepl target/dist/
+    target/release/pgrepl completions bash > target/dist/completions/pgrepl.bash
+    target/release/pgrepl completions zsh > target/dist/completions/_pgrepl
+    target/release/pgrepl completions fish > target/dist/completions/pgrepl.fish
+    target/release/pgrepl man --dir target/dist/man
+    @ls -R target/dist
+
 # The randomized differential test, longer: `just fuzz-apply [--rounds N] [--seeds 1-50]`
 fuzz-apply *ARGS: setup
     scripts/fuzz-apply {{ARGS}}
