@@ -108,7 +108,8 @@ pub fn write_man_pages(dir: &Path) -> Result<Vec<PathBuf>, ShipError> {
     pages.extend(
         cmd.get_subcommands()
             .filter(|s| !s.is_hide_set())
-            .map(|s| clap_mangen::Man::new(s.clone())),
+            // A subcommand has no version of its own: the page names pgrepl's.
+            .map(|s| clap_mangen::Man::new(s.clone()).source(format!("pgrepl {VERSION}"))),
     );
     let mut written = Vec::new();
     for man in pages {
