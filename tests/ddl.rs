@@ -554,6 +554,58 @@ async fn without_ddl_a_new_column_is_a_clear_error_at_its_first_row() {
     );
 }
 
+/// The target's catalog of the sync's tables is read ahead at the first
+/// change of any (see `apply::catalog`): a column added by hand on the
+/// target (DDL replication off) after that, then on the source, must not be
+/// taken for missing at the table's first row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_ddl_a_column_added_on_both_sides_after_the_catalog_was_read_ahead_is_found() {
+    let pair = Pair::start();
+    pair.source.exec(BASE).await;
+    pair.source
+        .exec("CREATE TABLE app.more (id int PRIMARY KEY, v int)")
+        .await;
+    assert!(sync(&pair, &["--copy-only", "--no-ddl"]).await.success());
+    let mut running = pair.spawn("sync", &[]);
+    let target = pair.target.client().await;
+    // A first change of app.items: app.more's catalog is read with it.
+    pair.source
+        .exec("INSERT INTO app.items VALUES (600, 'x', 1)")
+        .await;
+    support::wait_for("the first change applied", LIMIT, || {
+        let t = &target;
+        async move {
+            t.query_opt("SELECT 1 FROM app.items WHERE id = 600", &[])
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    pair.target
+        .exec("ALTER TABLE app.more ADD COLUMN extra int")
+        .await;
+    pair.source
+        .exec("ALTER TABLE app.more ADD COLUMN extra int; INSERT INTO app.more VALUES (1, 1, 7)")
+        .await;
+    let extra: i32 = support::wait_for("app.more's row with its new column", LIMIT, || {
+        let t = &target;
+        async move {
+            t.query_opt("SELECT extra FROM app.more WHERE id = 1", &[])
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.get(0))
+        }
+    })
+    .await;
+    assert_eq!(extra, 7);
+    running.assert_running();
+    running.signal(libc::SIGINT);
+    assert_eq!(running.wait(LIMIT).await.code, Some(0));
+    equal(&pair).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrading_the_capture_leaves_the_role_of_older_log_rows_unknown() {
     let pair = Pair::start();

@@ -314,12 +314,17 @@ impl Applier {
         if self.relations.own(&rel) {
             return Ok(());
         }
-        // What is batched or in flight was sent under the old description.
-        self.flush_batch().await?;
-        self.drain().await?;
         let table = TableName::new(rel.namespace.clone(), rel.name.clone());
+        let create = self.expected.remove(&table);
+        // What is batched or in flight was sent under the old description:
+        // only a relation mapped before can have any (a first description
+        // waits for nothing).
+        if create || self.relations.is_mapped(rel.oid) {
+            self.flush_batch().await?;
+            self.drain().await?;
+        }
         self.late.describe(rel.oid, &table);
-        if self.expected.remove(&table) {
+        if create {
             self.create_from_relation(&rel).await?;
             self.drain().await?;
         }

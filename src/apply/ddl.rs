@@ -17,6 +17,8 @@ use crate::stream::pgoutput::{Datum, Relation, Tuple};
 
 impl Applier {
     pub(super) async fn ddl_row(&mut self, new: Tuple) -> Result<(), ApplyError> {
+        // The target's schema is about to change: nothing read ahead holds.
+        self.relations.schema_changed();
         let (Some(replayer), Some(columns)) =
             (self.ddl.as_mut(), self.relations.schema_log_columns())
         else {
@@ -133,6 +135,7 @@ impl Applier {
     /// its rows: the same columns, types named on the target (built-in
     /// types by OID, which every major shares; others by name).
     pub(super) async fn create_from_relation(&mut self, rel: &Relation) -> Result<(), ApplyError> {
+        self.relations.schema_changed();
         if !self.begin_change().await? {
             return Ok(());
         }

@@ -19,6 +19,7 @@
 
 pub mod applier;
 pub mod batch;
+mod catalog;
 mod ddl;
 pub mod error;
 mod event_loop;

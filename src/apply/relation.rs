@@ -24,6 +24,30 @@ use crate::sql::quote::push_ident;
 use crate::sql::TableName;
 use crate::stream::pgoutput::{Datum, OldRow, Relation, Tuple};
 
+/// One column of a target table as [`CATALOG_COLUMNS`] reads it, in text.
+pub type CatalogRow = Vec<Option<String>>;
+
+/// What mapping a relation reads of each column of its target table, over
+/// `pg_class c JOIN pg_attribute a`: the table's kind, the column's name,
+/// whether it is generated, whether it is GENERATED ALWAYS AS IDENTITY,
+/// whether its type (through domains and arrays) has a default btree
+/// class (else it is compared as text), its type with typmod, and whether
+/// its values can travel in an array of it.
+pub const CATALOG_COLUMNS: &str = "c.relkind::text, a.attname::text, a.attgenerated <> '', a.attidentity = 'a',
+   (WITH RECURSIVE ty(oid, typtype, base, elem, cat) AS (
+        SELECT t.oid, t.typtype, t.typbasetype, t.typelem, t.typcategory FROM pg_type t WHERE t.oid = a.atttypid
+        UNION ALL
+        SELECT t.oid, t.typtype, t.typbasetype, t.typelem, t.typcategory FROM ty JOIN pg_type t
+          ON t.oid = CASE WHEN ty.typtype = 'd' THEN ty.base WHEN ty.cat = 'A' THEN ty.elem END
+        WHERE ty.typtype = 'd' OR ty.cat = 'A')
+    SELECT bool_and(CASE WHEN typtype = 'd' OR cat = 'A' OR typtype IN ('e', 'r', 'm') THEN true
+                         WHEN typtype = 'c' THEN false
+                         ELSE EXISTS (SELECT 1 FROM pg_opclass o JOIN pg_am m ON m.oid = o.opcmethod
+                                      WHERE m.amname = 'btree' AND o.opcdefault AND o.opcintype = ty.oid) END)
+    FROM ty),
+   format_type(a.atttypid, a.atttypmod),
+   (SELECT t.typarray <> 0 AND t.typcategory <> 'A' AND t.typdelim = ',' FROM pg_type t WHERE t.oid = a.atttypid)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelationError {
     #[error("source table {source_table} has no counterpart {target} on the target")]
@@ -116,46 +140,22 @@ pub enum RowFilter<'a> {
 }
 
 impl TargetRelation {
-    /// Maps `source` onto the same-named table on the target.
-    pub async fn load<M>(
-        pipe: &mut Pipeline<M>,
+    /// Maps `source` onto the same-named table on the target, from its
+    /// catalog rows (the [`CATALOG_COLUMNS`] of each of its columns).
+    pub fn from_rows(
         source: Relation,
+        rows: Vec<CatalogRow>,
         ddl_replicated: bool,
     ) -> Result<Self, RelationError> {
         let table = TableName::new(source.namespace.clone(), source.name.clone());
-        let quoted = table.quoted();
-        let rows = pipe
-            .query_prepared(
-                "target relation",
-                "SELECT c.relkind::text, a.attname::text, a.attgenerated <> '', a.attidentity = 'a',
-                   (WITH RECURSIVE ty(oid, typtype, base, elem, cat) AS (
-                        SELECT t.oid, t.typtype, t.typbasetype, t.typelem, t.typcategory FROM pg_type t WHERE t.oid = a.atttypid
-                        UNION ALL
-                        SELECT t.oid, t.typtype, t.typbasetype, t.typelem, t.typcategory FROM ty JOIN pg_type t
-                          ON t.oid = CASE WHEN ty.typtype = 'd' THEN ty.base WHEN ty.cat = 'A' THEN ty.elem END
-                        WHERE ty.typtype = 'd' OR ty.cat = 'A')
-                    SELECT bool_and(CASE WHEN typtype = 'd' OR cat = 'A' OR typtype IN ('e', 'r', 'm') THEN true
-                                         WHEN typtype = 'c' THEN false
-                                         ELSE EXISTS (SELECT 1 FROM pg_opclass o JOIN pg_am m ON m.oid = o.opcmethod
-                                                      WHERE m.amname = 'btree' AND o.opcdefault AND o.opcintype = ty.oid) END)
-                    FROM ty),
-                   format_type(a.atttypid, a.atttypmod),
-                   (SELECT t.typarray <> 0 AND t.typcategory <> 'A' AND t.typdelim = ',' FROM pg_type t WHERE t.oid = a.atttypid)
-                 FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
-                 WHERE c.oid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&quoted],
-            )
-            .await
-            .map_err(|e| RelationError::Catalog { table: table.clone(), source: Box::new(e) })?;
         if rows.is_empty() {
             return Err(RelationError::NoTable {
                 source_table: table.clone(),
                 target: table,
             });
         }
-        let text =
-            |r: &Vec<Option<String>>, i: usize| r.get(i).cloned().flatten().unwrap_or_default();
-        let flag = |r: &Vec<Option<String>>, i: usize| text(r, i) == "t";
+        let text = |r: &CatalogRow, i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+        let flag = |r: &CatalogRow, i: usize| text(r, i) == "t";
         let partitioned = text(&rows[0], 0) == "p";
         // name -> (generated, the column as the target has it)
         let target_cols: HashMap<String, (bool, TargetColumn)> = rows

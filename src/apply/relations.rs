@@ -15,16 +15,18 @@
 //! `FOR ALL TABLES` publication publishes them too) is ignored.
 //!
 //! [`Relations`] keeps just that: descriptions not mapped yet, relations
-//! mapped, pgrepl's own. Its only I/O is a mapping's catalog query, on the
-//! pipeline the applier hands it once nothing is in flight there.
+//! mapped, pgrepl's own, and the target's catalog read ahead (`catalog`).
+//! Its only I/O is a mapping's catalog query, on the pipeline the applier
+//! hands it once nothing is in flight there.
 
 use std::collections::{HashMap, HashSet};
 
+use super::catalog::Catalog;
 use super::error::ApplyError;
 use super::pipeline::Pipeline;
 use super::relation::TargetRelation;
 use crate::source::catalog::{FENCE_SCHEMA, PGREPL_SCHEMA};
-use crate::sql::TableName;
+use crate::sql::{SyncName, TableName};
 use crate::stream::pgoutput::{Relation, Tuple};
 
 /// A relation of pgrepl's own on the source.
@@ -46,6 +48,8 @@ pub(super) struct Relations {
     ignored: HashSet<u32>,
     /// `pgrepl.schema_log` on the source: its relation id and columns.
     schema_log: Option<(u32, Vec<String>)>,
+    /// The target's catalog of tables not mapped yet, read ahead.
+    catalog: Catalog,
 }
 
 impl Relations {
@@ -105,18 +109,58 @@ impl Relations {
         }
     }
 
+    /// Maps a description onto its target table from the catalog read
+    /// ahead, when it is there and fits; gives the description back when
+    /// it must be read ([`Relations::map`]).
+    pub(super) fn map_ahead(&mut self, rel: Relation, ddl_replicated: bool) -> Option<Relation> {
+        let table = TableName::new(rel.namespace.clone(), rel.name.clone());
+        let Some(rows) = self.catalog.take(&table) else {
+            return Some(rel);
+        };
+        let oid = rel.oid;
+        match TargetRelation::from_rows(rel.clone(), rows, ddl_replicated) {
+            Ok(mapped) => {
+                self.mapped.insert(oid, mapped);
+                None
+            }
+            // What was read ahead may be older than the table: read again.
+            Err(error) => {
+                tracing::debug!(%table, %error, "the catalog read ahead does not fit: reading it again");
+                Some(rel)
+            }
+        }
+    }
+
     /// Maps a description onto its target table: a catalog query on
-    /// `pipe`, which must have nothing in flight.
+    /// `pipe`, which must have nothing in flight (the next tables of sync
+    /// `sync` are read ahead with it).
     pub(super) async fn map<M>(
         &mut self,
         pipe: &mut Pipeline<M>,
         rel: Relation,
         ddl_replicated: bool,
+        sync: &SyncName,
     ) -> Result<(), ApplyError> {
         let oid = rel.oid;
-        let mapped = TargetRelation::load(pipe, rel, ddl_replicated).await?;
+        let table = TableName::new(rel.namespace.clone(), rel.name.clone());
+        let mapped: HashSet<&TableName> = self.mapped.values().map(|m| &m.table).collect();
+        let rows = self
+            .catalog
+            .read(pipe, &table, sync, |name| mapped.contains(name))
+            .await?;
+        let mapped = TargetRelation::from_rows(rel, rows, ddl_replicated)?;
         self.mapped.insert(oid, mapped);
         Ok(())
+    }
+
+    /// Whether changes of `oid` may have been sent under its description.
+    pub(super) fn is_mapped(&self, oid: u32) -> bool {
+        self.mapped.contains_key(&oid)
+    }
+
+    /// pgrepl changed the target's schema: what was read ahead is stale.
+    pub(super) fn schema_changed(&mut self) {
+        self.catalog.forget();
     }
 
     pub(super) fn get(&self, oid: u32) -> Option<&TargetRelation> {

@@ -171,10 +171,15 @@ impl Applier {
         let Some(rel) = self.relations.unmapped(oid)? else {
             return Ok(());
         };
+        let ddl = self.ddl.is_some();
+        let Some(rel) = self.relations.map_ahead(rel, ddl) else {
+            return Ok(());
+        };
         // The catalog query runs once nothing else is in flight.
         self.drain().await?;
-        let ddl = self.ddl.is_some();
-        self.relations.map(&mut self.pipe, rel, ddl).await
+        self.relations
+            .map(&mut self.pipe, rel, ddl, &self.sync_name)
+            .await
     }
 
     /// A TRUNCATE of exactly the relations the source truncated: `ONLY`
