@@ -35,7 +35,7 @@ pub fn long_version() -> &'static str {
             "{}\n\
              commit: {GIT_COMMIT}\n\
              PostgreSQL sources: {OLDEST_SOURCE_MAJOR} to {NEWEST_TESTED_MAJOR}\n\
-             PostgreSQL targets: {OLDEST_SOURCE_MAJOR} to {NEWEST_TESTED_MAJOR}, the source's major or newer\n\
+             PostgreSQL targets: up to {NEWEST_TESTED_MAJOR}, the source's major or newer (older: warned)\n\
              pg_dump: at least the source's major (found on the PATH, or --pg-dump)",
             env!("CARGO_PKG_VERSION")
         )
