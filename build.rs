@@ -28,8 +28,11 @@ fn git(args: &[&str]) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
 }
 
-/// The short commit of HEAD, when the package is a git checkout; rebuilds
-/// when HEAD moves (a commit, a checkout).
+/// The short commit of HEAD, when the package is a git checkout. A release
+/// build (cargo install, just dist, the image) is rebuilt when HEAD moves;
+/// a debug build keeps the commit it was first built at (following HEAD
+/// would recompile pgrepl and every test binary after each commit, even
+/// with no change to the code).
 fn from_git() -> Option<String> {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR")?);
     // Only this package's own checkout: not a repository that happens to
@@ -39,6 +42,10 @@ fn from_git() -> Option<String> {
         return None;
     }
     let dir = manifest.to_str()?;
+    if std::env::var("PROFILE").as_deref() != Ok("release") {
+        println!("cargo:rerun-if-changed=build.rs");
+        return git(&["-C", dir, "rev-parse", "--short=12", "HEAD"]);
+    }
     for file in ["HEAD", "packed-refs"] {
         if let Some(p) = git(&["-C", dir, "rev-parse", "--git-path", file]) {
             println!("cargo:rerun-if-changed={}", manifest.join(p).display());
