@@ -36,7 +36,7 @@ use crate::ddl::replay::{ReplayOptions, Replayer};
 use crate::lsn::Lsn;
 use crate::progress::ledger::{origin_session_sql, Ledger};
 use crate::sql::{ObjectName, OriginName, SyncName, TableName};
-use crate::stream::pgoutput::{Message, Relation};
+use crate::stream::pgoutput::Message;
 
 /// Names of the statements prepared once per session.
 struct Fixed {
@@ -309,29 +309,6 @@ impl Applier {
         self.send_sql(&sql.clone(), Meta::Statement(sql)).await
     }
 
-    /// A relation description arrived: kept until a change needs it.
-    async fn describe_relation(&mut self, rel: Relation) -> Result<(), ApplyError> {
-        if self.relations.own(&rel) {
-            return Ok(());
-        }
-        let table = TableName::new(rel.namespace.clone(), rel.name.clone());
-        let create = self.expected.remove(&table);
-        // What is batched or in flight was sent under the old description:
-        // only a relation mapped before can have any (a first description
-        // waits for nothing).
-        if create || self.relations.is_mapped(rel.oid) {
-            self.flush_batch().await?;
-            self.drain().await?;
-        }
-        self.late.describe(rel.oid, &table);
-        if create {
-            self.create_from_relation(&rel).await?;
-            self.drain().await?;
-        }
-        self.relations.describe(rel);
-        Ok(())
-    }
-
     /// The change of `relation` is in its table's copy already (see `late`).
     pub(super) fn in_copy(&self, relation: u32) -> bool {
         debug_assert!(self.streamed.is_none() || self.late.until() == Lsn::ZERO);
@@ -478,7 +455,9 @@ impl Applier {
         self.open = false;
         self.paths
             .commit(&self.shared.paths, self.streamed.is_some());
-        self.relations.committed();
+        if self.relations.committed() {
+            self.shared.schema_changed();
+        }
         self.batch_through = Lsn::ZERO;
         self.shared.committed(&g);
         tracing::trace!(end = %g.last_end, txns = g.txns, rows = g.rows, "group committed");
@@ -552,8 +531,10 @@ impl Applier {
         if let Some(s) = &mut self.streamed {
             s.rolled_back(at);
         }
-        // Stage tables created since then are gone with it.
+        // Stage tables created since then are gone with it, and the schema
+        // may be as it was.
         self.relations.forget_stages();
+        self.schema_changed();
         Ok(())
     }
 

@@ -4,17 +4,23 @@
 //! catalog query is a round trip with nothing else in flight (the pipeline
 //! drained first). Paid once per table, that is what the first change of
 //! each of thousands of tables would cost, one after another. So a miss
-//! reads the table asked for together with the next [`BATCH`] tables of the
-//! sync (`pgrepl.tables`, in name order), and the first changes that follow
-//! find theirs here, with nothing drained.
+//! reads the table asked for together with [`BATCH`] more tables of the
+//! sync (`pgrepl.tables`, the next ones in name order after the last read
+//! ahead), and the first changes that follow find theirs here, with
+//! nothing drained.
 //!
-//! What was read ahead is trusted only while it is fresh: an entry is
-//! used at most once (a table mapped again reads the catalog again), every
-//! entry is forgotten when pgrepl changes the target's schema (a DDL
-//! replayed, a table created) and when older than [`FRESH_FOR`] (a schema
-//! changed by hand on the target in between is then read anew), and a
-//! mapping that does not fit what was read ahead is made again from a
-//! fresh read before anything is said (see `relations`).
+//! What was read ahead is trusted only while it is fresh:
+//! - an entry is used at most once (a table mapped again reads anew);
+//! - it is void once any applier of the session changed the target's
+//!   schema after it was read (a DDL replayed or committed, a table
+//!   created, a savepoint rolled back: the session's schema epoch, kept in
+//!   `Shared`, moved), and dropped when older than [`FRESH_FOR`];
+//! - a schema changed by hand on the target within that time (DDL
+//!   replication off) is caught when the source's description of a
+//!   built-in column's type differs from what was read, or when a column
+//!   is missing: the catalog is then read anew before anything is said
+//!   (see `relations`). A change by hand that keeps the types the source
+//!   sends (generated or identity columns) within those 5 s is not seen.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,6 +28,7 @@ use std::time::{Duration, Instant};
 use super::pipeline::Pipeline;
 use super::relation::{CatalogRow, RelationError, CATALOG_COLUMNS};
 use crate::sql::{SyncName, TableName};
+use crate::stream::pgoutput::Relation;
 
 /// Tables read ahead by one miss.
 const BATCH: usize = 1000;
@@ -51,8 +58,8 @@ fn sql() -> String {
 
 #[derive(Default)]
 pub(super) struct Catalog {
-    /// Catalog rows read ahead, by table, and when.
-    ahead: HashMap<TableName, (Instant, Vec<CatalogRow>)>,
+    /// Catalog rows read ahead, by table: when, at which schema epoch.
+    ahead: HashMap<TableName, (Instant, u64, Vec<CatalogRow>)>,
     /// The last table of the sync read ahead, in name order.
     cursor: (String, String),
     /// Every table of the sync was read ahead once: a miss reads its own.
@@ -60,15 +67,42 @@ pub(super) struct Catalog {
 }
 
 impl Catalog {
-    /// What was read ahead for `table`, if fresh (taken).
-    pub(super) fn take(&mut self, table: &TableName) -> Option<Vec<CatalogRow>> {
-        let (at, rows) = self.ahead.remove(table)?;
-        (at.elapsed() <= FRESH_FOR).then_some(rows)
+    /// What was read ahead for `table`, if fresh at schema epoch `epoch`
+    /// (taken).
+    pub(super) fn take(&mut self, table: &TableName, epoch: u64) -> Option<Vec<CatalogRow>> {
+        let (at, read_at, rows) = self.ahead.remove(table)?;
+        (read_at == epoch && at.elapsed() <= FRESH_FOR).then_some(rows)
     }
 
-    /// The target's schema changed: nothing read ahead holds.
+    /// The target's schema changed: nothing read ahead holds, and every
+    /// table may be read ahead again.
     pub(super) fn forget(&mut self) {
         self.ahead.clear();
+        self.cursor = Default::default();
+        self.through = false;
+    }
+
+    /// Whether every built-in column type `rel` describes is the one its
+    /// target column had when `rows` were read (same OID and typmod).
+    /// Types of the user's own are left to the mapping: their OIDs differ
+    /// between servers.
+    pub(super) fn same_types(rel: &Relation, rows: &[CatalogRow]) -> bool {
+        /// Below this OID a type is built in (FirstNormalObjectId).
+        const FIRST_USER_OID: u32 = 16384;
+        fn field(r: &CatalogRow, i: usize) -> Option<&str> {
+            r.get(i).and_then(|v| v.as_deref())
+        }
+        rel.columns
+            .iter()
+            .filter(|c| c.type_oid < FIRST_USER_OID)
+            .all(|c| {
+                rows.iter()
+                    .find(|r| field(r, 1) == Some(c.name.as_str()))
+                    .is_none_or(|r| {
+                        field(r, 7) == Some(c.type_oid.to_string().as_str())
+                            && field(r, 8) == Some(c.type_modifier.to_string().as_str())
+                    })
+            })
     }
 
     /// Reads `table`'s catalog rows, and the next tables' ahead (leaving
@@ -79,8 +113,11 @@ impl Catalog {
         pipe: &mut Pipeline<M>,
         table: &TableName,
         sync: &SyncName,
+        epoch: u64,
         mapped: impl Fn(&TableName) -> bool,
     ) -> Result<Vec<CatalogRow>, RelationError> {
+        // What nobody asked for in time goes.
+        self.ahead.retain(|_, (at, _, _)| at.elapsed() <= FRESH_FOR);
         let limit = if self.through { 0 } else { BATCH };
         let quoted = table.quoted();
         let limit_text = limit.to_string();
@@ -138,7 +175,7 @@ impl Catalog {
         let now = Instant::now();
         for (name, rows) in batch {
             if !rows.is_empty() && name != *table && !mapped(&name) {
-                self.ahead.insert(name, (now, rows));
+                self.ahead.insert(name, (now, epoch, rows));
             }
         }
         Ok(asked)

@@ -16,9 +16,17 @@ use crate::sql::{quote_literal, TableName};
 use crate::stream::pgoutput::{Datum, Relation, Tuple};
 
 impl Applier {
+    /// This connection changes the target's schema (again when it commits,
+    /// see `commit_group`): what every applier of the session read of the
+    /// catalog before is stale.
+    pub(super) fn schema_changed(&mut self) {
+        self.relations.schema_changed();
+        self.shared.schema_changed();
+    }
+
     pub(super) async fn ddl_row(&mut self, new: Tuple) -> Result<(), ApplyError> {
         // The target's schema is about to change: nothing read ahead holds.
-        self.relations.schema_changed();
+        self.schema_changed();
         let (Some(replayer), Some(columns)) =
             (self.ddl.as_mut(), self.relations.schema_log_columns())
         else {
@@ -135,7 +143,7 @@ impl Applier {
     /// its rows: the same columns, types named on the target (built-in
     /// types by OID, which every major shares; others by name).
     pub(super) async fn create_from_relation(&mut self, rel: &Relation) -> Result<(), ApplyError> {
-        self.relations.schema_changed();
+        self.schema_changed();
         if !self.begin_change().await? {
             return Ok(());
         }

@@ -31,8 +31,8 @@ pub type CatalogRow = Vec<Option<String>>;
 /// `pg_class c JOIN pg_attribute a`: the table's kind, the column's name,
 /// whether it is generated, whether it is GENERATED ALWAYS AS IDENTITY,
 /// whether its type (through domains and arrays) has a default btree
-/// class (else it is compared as text), its type with typmod, and whether
-/// its values can travel in an array of it.
+/// class (else it is compared as text), its type with typmod, whether its
+/// values can travel in an array of it, and its type's OID and typmod.
 pub const CATALOG_COLUMNS: &str = "c.relkind::text, a.attname::text, a.attgenerated <> '', a.attidentity = 'a',
    (WITH RECURSIVE ty(oid, typtype, base, elem, cat) AS (
         SELECT t.oid, t.typtype, t.typbasetype, t.typelem, t.typcategory FROM pg_type t WHERE t.oid = a.atttypid
@@ -46,7 +46,8 @@ pub const CATALOG_COLUMNS: &str = "c.relkind::text, a.attname::text, a.attgenera
                                       WHERE m.amname = 'btree' AND o.opcdefault AND o.opcintype = ty.oid) END)
     FROM ty),
    format_type(a.atttypid, a.atttypmod),
-   (SELECT t.typarray <> 0 AND t.typcategory <> 'A' AND t.typdelim = ',' FROM pg_type t WHERE t.oid = a.atttypid)";
+   (SELECT t.typarray <> 0 AND t.typcategory <> 'A' AND t.typdelim = ',' FROM pg_type t WHERE t.oid = a.atttypid),
+   a.atttypid::oid::text, a.atttypmod::text";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelationError {

@@ -50,6 +50,8 @@ pub(super) struct Relations {
     schema_log: Option<(u32, Vec<String>)>,
     /// The target's catalog of tables not mapped yet, read ahead.
     catalog: Catalog,
+    /// This connection changed the target's schema in its open transaction.
+    schema_changed: bool,
 }
 
 impl Relations {
@@ -112,11 +114,23 @@ impl Relations {
     /// Maps a description onto its target table from the catalog read
     /// ahead, when it is there and fits; gives the description back when
     /// it must be read ([`Relations::map`]).
-    pub(super) fn map_ahead(&mut self, rel: Relation, ddl_replicated: bool) -> Option<Relation> {
+    /// `epoch`: the session's schema epoch now (see `Shared`).
+    pub(super) fn map_ahead(
+        &mut self,
+        rel: Relation,
+        ddl_replicated: bool,
+        epoch: u64,
+    ) -> Option<Relation> {
         let table = TableName::new(rel.namespace.clone(), rel.name.clone());
-        let Some(rows) = self.catalog.take(&table) else {
+        let Some(rows) = self.catalog.take(&table, epoch) else {
             return Some(rel);
         };
+        // Read before the source's latest change of a column's type (the
+        // target's changed by hand in between, DDL replication off): read
+        // again rather than cast to the type read.
+        if !Catalog::same_types(&rel, &rows) {
+            return Some(rel);
+        }
         let oid = rel.oid;
         match TargetRelation::from_rows(rel.clone(), rows, ddl_replicated) {
             Ok(mapped) => {
@@ -140,13 +154,14 @@ impl Relations {
         rel: Relation,
         ddl_replicated: bool,
         sync: &SyncName,
+        epoch: u64,
     ) -> Result<(), ApplyError> {
         let oid = rel.oid;
         let table = TableName::new(rel.namespace.clone(), rel.name.clone());
         let mapped: HashSet<&TableName> = self.mapped.values().map(|m| &m.table).collect();
         let rows = self
             .catalog
-            .read(pipe, &table, sync, |name| mapped.contains(name))
+            .read(pipe, &table, sync, epoch, |name| mapped.contains(name))
             .await?;
         let mapped = TargetRelation::from_rows(rel, rows, ddl_replicated)?;
         self.mapped.insert(oid, mapped);
@@ -161,6 +176,7 @@ impl Relations {
     /// pgrepl changed the target's schema: what was read ahead is stale.
     pub(super) fn schema_changed(&mut self) {
         self.catalog.forget();
+        self.schema_changed = true;
     }
 
     pub(super) fn get(&self, oid: u32) -> Option<&TargetRelation> {
@@ -183,10 +199,12 @@ impl Relations {
     }
 
     /// After COMMIT: every stage table emptied itself.
-    pub(super) fn committed(&mut self) {
+    /// Whether the transaction changed the target's schema.
+    pub(super) fn committed(&mut self) -> bool {
         for rel in self.mapped.values_mut() {
             rel.committed();
         }
+        std::mem::take(&mut self.schema_changed)
     }
 
     /// After a rollback to a savepoint: stage tables may be gone.

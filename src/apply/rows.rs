@@ -11,6 +11,8 @@ use super::params::Param;
 use super::paths::Path;
 use super::sent::{Meta, Op};
 use crate::lsn::Lsn;
+use crate::sql::TableName;
+use crate::stream::pgoutput::Relation;
 use crate::stream::pgoutput::{OldRow, Tuple};
 
 impl Applier {
@@ -165,6 +167,29 @@ impl Applier {
         back
     }
 
+    /// A relation description arrived: kept until a change needs it.
+    pub(super) async fn describe_relation(&mut self, rel: Relation) -> Result<(), ApplyError> {
+        if self.relations.own(&rel) {
+            return Ok(());
+        }
+        let table = TableName::new(rel.namespace.clone(), rel.name.clone());
+        let create = self.expected.remove(&table);
+        // What is batched or in flight was sent under the old description:
+        // only a relation mapped now can have any (one not mapped in this
+        // session, or not since its last description, waits for nothing).
+        if create || self.relations.is_mapped(rel.oid) {
+            self.flush_batch().await?;
+            self.drain().await?;
+        }
+        self.late.describe(rel.oid, &table);
+        if create {
+            self.create_from_relation(&rel).await?;
+            self.drain().await?;
+        }
+        self.relations.describe(rel);
+        Ok(())
+    }
+
     /// Maps `oid`'s latest description onto its target table, if that is
     /// not done yet.
     pub(super) async fn map_relation(&mut self, oid: u32) -> Result<(), ApplyError> {
@@ -172,13 +197,14 @@ impl Applier {
             return Ok(());
         };
         let ddl = self.ddl.is_some();
-        let Some(rel) = self.relations.map_ahead(rel, ddl) else {
+        let epoch = self.shared.schema_epoch();
+        let Some(rel) = self.relations.map_ahead(rel, ddl, epoch) else {
             return Ok(());
         };
         // The catalog query runs once nothing else is in flight.
         self.drain().await?;
         self.relations
-            .map(&mut self.pipe, rel, ddl, &self.sync_name)
+            .map(&mut self.pipe, rel, ddl, &self.sync_name, epoch)
             .await
     }
 

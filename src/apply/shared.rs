@@ -27,6 +27,11 @@ pub struct Shared {
     pub last_commit_ts: AtomicU64,
     /// Rows per apply path per table (see `paths`), for the whole run.
     pub paths: Arc<super::paths::Totals>,
+    /// Bumped whenever an applier of the session changes the target's
+    /// schema (a DDL replayed, a table created, either committed, or a
+    /// savepoint rolled back): what any of them read of the catalog before
+    /// is stale (see `catalog`).
+    schema_epoch: AtomicU64,
 }
 
 impl Shared {
@@ -47,6 +52,14 @@ impl Shared {
 
     pub fn idle_through(&self) -> Lsn {
         Lsn(self.idle_through.load(Ordering::SeqCst))
+    }
+
+    pub(super) fn schema_epoch(&self) -> u64 {
+        self.schema_epoch.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn schema_changed(&self) {
+        self.schema_epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Group `g` committed on the target.
