@@ -606,6 +606,67 @@ async fn without_ddl_a_column_added_on_both_sides_after_the_catalog_was_read_ahe
     equal(&pair).await;
 }
 
+/// As above, with a column's type widened by hand on both sides: rows
+/// written set-based (an UPDATE of many rows casts its values to the
+/// target column's type) must not be cast to the type read ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_ddl_a_type_widened_on_both_sides_after_the_catalog_was_read_ahead_is_kept() {
+    let pair = Pair::start();
+    pair.source.exec(BASE).await;
+    pair.source
+        .exec(
+            "CREATE TABLE app.prices (id int PRIMARY KEY, v numeric(10,2));
+             INSERT INTO app.prices SELECT g, g FROM generate_series(1, 40) g",
+        )
+        .await;
+    assert!(sync(&pair, &["--copy-only", "--no-ddl"]).await.success());
+    let mut running = pair.spawn("sync", &[]);
+    let target = pair.target.client().await;
+    pair.source
+        .exec("INSERT INTO app.items VALUES (600, 'x', 1)")
+        .await;
+    support::wait_for("the first change applied", LIMIT, || {
+        let t = &target;
+        async move {
+            t.query_opt("SELECT 1 FROM app.items WHERE id = 600", &[])
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    pair.target
+        .exec("ALTER TABLE app.prices ALTER COLUMN v TYPE numeric(12,4)")
+        .await;
+    pair.source
+        .exec(
+            "ALTER TABLE app.prices ALTER COLUMN v TYPE numeric(12,4);
+             UPDATE app.prices SET v = v + 0.1234;
+             INSERT INTO app.items VALUES (601, 'y', 1)",
+        )
+        .await;
+    support::wait_for("the updates applied", LIMIT, || {
+        let t = &target;
+        async move {
+            t.query_opt("SELECT 1 FROM app.items WHERE id = 601", &[])
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    running.assert_running();
+    running.signal(libc::SIGINT);
+    assert_eq!(running.wait(LIMIT).await.code, Some(0));
+    assert_eq!(
+        pair.target
+            .value("SELECT v::text FROM app.prices WHERE id = 7")
+            .await,
+        Some("7.1234".into())
+    );
+    equal(&pair).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrading_the_capture_leaves_the_role_of_older_log_rows_unknown() {
     let pair = Pair::start();
