@@ -554,33 +554,48 @@ async fn without_ddl_a_new_column_is_a_clear_error_at_its_first_row() {
     );
 }
 
-/// The target's catalog of the sync's tables is read ahead at the first
-/// change of any (see `apply::catalog`): a column added by hand on the
-/// target (DDL replication off) after that, then on the source, must not be
-/// taken for missing at the table's first row.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_ddl_a_column_added_on_both_sides_after_the_catalog_was_read_ahead_is_found() {
-    let pair = Pair::start();
+/// Waits until `sql` returns a row on `client`.
+async fn until_row(client: &tokio_postgres::Client, what: &str, sql: &str) -> tokio_postgres::Row {
+    support::wait_for(what, LIMIT, || async move {
+        client.query_opt(sql, &[]).await.ok().flatten()
+    })
+    .await
+}
+
+/// BASE and `table` (DDL replication off) copied, then a sync streaming
+/// whose first change (of app.items) has read the catalog of the sync's
+/// other tables ahead (see `apply::catalog`).
+async fn streaming_with_catalog_read_ahead(
+    pair: &Pair,
+    table: &str,
+) -> (pgrepl::Running, tokio_postgres::Client) {
     pair.source.exec(BASE).await;
-    pair.source
-        .exec("CREATE TABLE app.more (id int PRIMARY KEY, v int)")
-        .await;
-    assert!(sync(&pair, &["--copy-only", "--no-ddl"]).await.success());
-    let mut running = pair.spawn("sync", &[]);
+    pair.source.exec(table).await;
+    assert!(sync(pair, &["--copy-only", "--no-ddl"]).await.success());
+    let running = pair.spawn("sync", &[]);
     let target = pair.target.client().await;
-    // A first change of app.items: app.more's catalog is read with it.
     pair.source
         .exec("INSERT INTO app.items VALUES (600, 'x', 1)")
         .await;
-    support::wait_for("the first change applied", LIMIT, || {
-        let t = &target;
-        async move {
-            t.query_opt("SELECT 1 FROM app.items WHERE id = 600", &[])
-                .await
-                .ok()
-                .flatten()
-        }
-    })
+    until_row(
+        &target,
+        "the first change applied",
+        "SELECT 1 FROM app.items WHERE id = 600",
+    )
+    .await;
+    (running, target)
+}
+
+/// A column added by hand on the target (DDL replication off) after the
+/// catalog was read ahead, then on the source, must not be taken for
+/// missing at the table's first row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_ddl_a_column_added_on_both_sides_after_the_catalog_was_read_ahead_is_found() {
+    let pair = Pair::start();
+    let (mut running, target) = streaming_with_catalog_read_ahead(
+        &pair,
+        "CREATE TABLE app.more (id int PRIMARY KEY, v int)",
+    )
     .await;
     pair.target
         .exec("ALTER TABLE app.more ADD COLUMN extra int")
@@ -588,18 +603,13 @@ async fn without_ddl_a_column_added_on_both_sides_after_the_catalog_was_read_ahe
     pair.source
         .exec("ALTER TABLE app.more ADD COLUMN extra int; INSERT INTO app.more VALUES (1, 1, 7)")
         .await;
-    let extra: i32 = support::wait_for("app.more's row with its new column", LIMIT, || {
-        let t = &target;
-        async move {
-            t.query_opt("SELECT extra FROM app.more WHERE id = 1", &[])
-                .await
-                .ok()
-                .flatten()
-                .map(|r| r.get(0))
-        }
-    })
+    let row = until_row(
+        &target,
+        "app.more's row with its new column",
+        "SELECT extra FROM app.more WHERE id = 1",
+    )
     .await;
-    assert_eq!(extra, 7);
+    assert_eq!(row.get::<_, Option<i32>>(0), Some(7));
     running.assert_running();
     running.signal(libc::SIGINT);
     assert_eq!(running.wait(LIMIT).await.code, Some(0));
@@ -612,28 +622,11 @@ async fn without_ddl_a_column_added_on_both_sides_after_the_catalog_was_read_ahe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_ddl_a_type_widened_on_both_sides_after_the_catalog_was_read_ahead_is_kept() {
     let pair = Pair::start();
-    pair.source.exec(BASE).await;
-    pair.source
-        .exec(
-            "CREATE TABLE app.prices (id int PRIMARY KEY, v numeric(10,2));
-             INSERT INTO app.prices SELECT g, g FROM generate_series(1, 40) g",
-        )
-        .await;
-    assert!(sync(&pair, &["--copy-only", "--no-ddl"]).await.success());
-    let mut running = pair.spawn("sync", &[]);
-    let target = pair.target.client().await;
-    pair.source
-        .exec("INSERT INTO app.items VALUES (600, 'x', 1)")
-        .await;
-    support::wait_for("the first change applied", LIMIT, || {
-        let t = &target;
-        async move {
-            t.query_opt("SELECT 1 FROM app.items WHERE id = 600", &[])
-                .await
-                .ok()
-                .flatten()
-        }
-    })
+    let (mut running, target) = streaming_with_catalog_read_ahead(
+        &pair,
+        "CREATE TABLE app.prices (id int PRIMARY KEY, v numeric(10,2));
+         INSERT INTO app.prices SELECT g, g FROM generate_series(1, 40) g",
+    )
     .await;
     pair.target
         .exec("ALTER TABLE app.prices ALTER COLUMN v TYPE numeric(12,4)")
@@ -645,15 +638,11 @@ async fn without_ddl_a_type_widened_on_both_sides_after_the_catalog_was_read_ahe
              INSERT INTO app.items VALUES (601, 'y', 1)",
         )
         .await;
-    support::wait_for("the updates applied", LIMIT, || {
-        let t = &target;
-        async move {
-            t.query_opt("SELECT 1 FROM app.items WHERE id = 601", &[])
-                .await
-                .ok()
-                .flatten()
-        }
-    })
+    until_row(
+        &target,
+        "the updates applied",
+        "SELECT 1 FROM app.items WHERE id = 601",
+    )
     .await;
     running.assert_running();
     running.signal(libc::SIGINT);

@@ -46,6 +46,14 @@ async fn whole_tables(target: &tokio_postgres::Client) -> i64 {
         .unwrap_or(0)
 }
 
+/// Waits until `n` chunks of the copy are recorded.
+async fn until_chunks(target: &tokio_postgres::Client, n: i64) {
+    wait_for("some chunks to be copied", LIMIT, || async move {
+        (copy_state(target).await.0 >= n).then_some(())
+    })
+    .await;
+}
+
 async fn copy_state(target: &tokio_postgres::Client) -> (i64, String) {
     let chunks = target
         .query_one(
@@ -197,14 +205,7 @@ async fn a_source_restart_during_the_copy_is_ridden_by_retry_for() {
             "90s",
         ],
     );
-    wait_for("some chunks to be copied", LIMIT, || {
-        let t = &target;
-        async move {
-            let (chunks, _) = copy_state(t).await;
-            (chunks >= 3).then_some(())
-        }
-    })
-    .await;
+    until_chunks(&target, 3).await;
     let batches = load.stop().await;
     pair.source.restart();
     let load = Workload::start_from(&pair.source, batches).await;
@@ -247,17 +248,7 @@ async fn a_target_crash_during_the_copy_is_ridden_by_retry_for() {
             "90s",
         ],
     );
-    {
-        let target = pair.target.client().await;
-        wait_for("some chunks to be copied", LIMIT, || {
-            let t = &target;
-            async move {
-                let (chunks, _) = copy_state(t).await;
-                (chunks >= 3).then_some(())
-            }
-        })
-        .await;
-    }
+    until_chunks(&pair.target.client().await, 3).await;
     pair.target.stop_mode("immediate");
     pair.target.start_again();
     let out = running.wait(LIMIT).await;
