@@ -10,10 +10,8 @@
 //! back: the caller writes out the batch first and applies it alone, so
 //! order per row is always kept.
 
-use std::collections::HashMap;
-
 use indexmap::IndexMap;
-use rustc_hash::FxBuildHasher;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use bytes::{BufMut, BytesMut};
 
@@ -50,7 +48,7 @@ pub struct TableNet {
 /// All keyed tables' net changes of the open group.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub tables: HashMap<u32, TableNet>,
+    pub tables: FxHashMap<u32, TableNet>,
     pub rows: usize,
     pub bytes: usize,
     /// The last source transaction with a change in the batch.
@@ -343,7 +341,7 @@ impl Batch {
     }
 
     /// Empties the batch, returning its tables.
-    pub fn take(&mut self) -> HashMap<u32, TableNet> {
+    pub fn take(&mut self) -> FxHashMap<u32, TableNet> {
         self.rows = 0;
         self.bytes = 0;
         self.through = Lsn::ZERO;
@@ -353,6 +351,36 @@ impl Batch {
 
 /// Appends rows in COPY text format: tab-separated, `\N` for NULL,
 /// backslash, tab, newline and carriage return escaped.
+/// Below this length a value is scanned byte by byte: most values (keys,
+/// numbers, timestamps) are short, and memchr's setup costs more there.
+const SHORT_VALUE: usize = 48;
+
+/// Whether a value holds a byte COPY's text format escapes.
+fn needs_copy_escape(v: &[u8]) -> bool {
+    if v.len() < SHORT_VALUE {
+        return v
+            .iter()
+            .any(|&b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'));
+    }
+    memchr::memchr3(b'\\', b'\t', b'\n', v).is_some() || memchr::memchr(b'\r', v).is_some()
+}
+
+/// Bytes `copy_text` writes for `rows` if nothing needs escaping: a
+/// capacity that spares the buffer its doublings.
+pub fn copy_text_size(rows: &[Tuple], columns: &[usize]) -> usize {
+    rows.iter()
+        .map(|r| {
+            columns
+                .iter()
+                .map(|&i| match r.get(i) {
+                    Some(Datum::Text(v)) => v.len() + 1,
+                    _ => 3,
+                })
+                .sum::<usize>()
+        })
+        .sum()
+}
+
 pub fn copy_text(out: &mut BytesMut, row: &Tuple, columns: &[usize]) {
     for (n, &i) in columns.iter().enumerate() {
         if n > 0 {
@@ -360,9 +388,7 @@ pub fn copy_text(out: &mut BytesMut, row: &Tuple, columns: &[usize]) {
         }
         match row.get(i) {
             Some(Datum::Text(v)) => {
-                if memchr::memchr3(b'\\', b'\t', b'\n', v).is_none()
-                    && memchr::memchr(b'\r', v).is_none()
-                {
+                if !needs_copy_escape(v) {
                     out.put_slice(v);
                 } else {
                     for &b in v.iter() {
@@ -402,6 +428,39 @@ mod tests {
         let mut out = BytesMut::new();
         copy_text(&mut out, &t(&["1", "a\tb\\c\nd\re", "NULL"]), &[0, 1, 2]);
         assert_eq!(&out[..], b"1\ta\\tb\\\\c\\nd\\re\t\\N\n");
+    }
+
+    #[test]
+    fn copy_text_escapes_long_values_too_and_sizes_plain_rows_exactly() {
+        // Short values are checked byte by byte, long ones with memchr:
+        // every special byte at the start, middle and end of a long value.
+        for special in ["\\", "\t", "\n", "\r"] {
+            let long = format!(
+                "{special}{}{special}{}{special}",
+                "x".repeat(40),
+                "y".repeat(40)
+            );
+            let mut out = BytesMut::new();
+            copy_text(&mut out, &t(&[&long]), &[0]);
+            let escaped = match special {
+                "\\" => "\\\\",
+                "\t" => "\\t",
+                "\n" => "\\n",
+                _ => "\\r",
+            };
+            let want = format!(
+                "{escaped}{}{escaped}{}{escaped}\n",
+                "x".repeat(40),
+                "y".repeat(40)
+            );
+            assert_eq!(String::from_utf8_lossy(&out), want, "{special:?}");
+        }
+        let rows = vec![t(&["1", "abc", "NULL"]), t(&["22", &"z".repeat(60), "7"])];
+        let mut out = BytesMut::new();
+        for r in &rows {
+            copy_text(&mut out, r, &[0, 1, 2]);
+        }
+        assert_eq!(out.len(), copy_text_size(&rows, &[0, 1, 2]));
     }
 
     fn net(b: &Batch, key: &str) -> Option<Net> {

@@ -10,7 +10,7 @@
 use bytes::BytesMut;
 
 use super::applier::Applier;
-use super::batch::{copy_text, Net};
+use super::batch::{copy_text, copy_text_size, Net};
 use super::error::ApplyError;
 use super::params::Param;
 use super::paths::Path;
@@ -104,7 +104,7 @@ impl Applier {
         let stage = rel.stage(&mut self.pipe, kind, seq, || {
             Sent::at(Meta::batch(relation, "preparing a stage table", None), at)
         });
-        let mut data = BytesMut::new();
+        let mut data = BytesMut::with_capacity(copy_text_size(&rows, &cols));
         for r in &rows {
             copy_text(&mut data, r, &cols);
         }
@@ -133,7 +133,7 @@ impl Applier {
             .get(relation)
             .ok_or_else(|| ApplyError::Protocol("batched rows of an unknown relation".into()))?;
         let all = rel.all_columns();
-        let mut data = BytesMut::new();
+        let mut data = BytesMut::with_capacity(copy_text_size(&rows, &all));
         for r in &rows {
             copy_text(&mut data, r, &all);
         }

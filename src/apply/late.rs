@@ -14,20 +14,22 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use crate::lsn::Lsn;
 use crate::sql::TableName;
 
 #[derive(Debug, Default)]
 pub struct Late {
     by_table: HashMap<TableName, Lsn>,
-    by_relation: HashMap<u32, Lsn>,
+    by_relation: FxHashMap<u32, Lsn>,
 }
 
 impl Late {
     pub fn new(by_table: HashMap<TableName, Lsn>) -> Self {
         Late {
             by_table,
-            by_relation: HashMap::new(),
+            by_relation: FxHashMap::default(),
         }
     }
 

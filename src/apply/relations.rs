@@ -19,7 +19,7 @@
 //! Its only I/O is a mapping's catalog query, on the pipeline the applier
 //! hands it once nothing is in flight there.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::catalog::Catalog;
 use super::error::ApplyError;
@@ -41,11 +41,11 @@ pub(super) enum Internal {
 #[derive(Default)]
 pub(super) struct Relations {
     /// Relations mapped onto their target tables.
-    mapped: HashMap<u32, TargetRelation>,
+    mapped: FxHashMap<u32, TargetRelation>,
     /// Descriptions not mapped yet: mapped when a change needs them.
-    described: HashMap<u32, Relation>,
+    described: FxHashMap<u32, Relation>,
     /// pgrepl's own relations other than the schema log: ignored.
-    ignored: HashSet<u32>,
+    ignored: FxHashSet<u32>,
     /// `pgrepl.schema_log` on the source: its relation id and columns.
     schema_log: Option<(u32, Vec<String>)>,
     /// The target's catalog of tables not mapped yet, read ahead.
@@ -158,7 +158,7 @@ impl Relations {
     ) -> Result<(), ApplyError> {
         let oid = rel.oid;
         let table = TableName::new(rel.namespace.clone(), rel.name.clone());
-        let mapped: HashSet<&TableName> = self.mapped.values().map(|m| &m.table).collect();
+        let mapped: FxHashSet<&TableName> = self.mapped.values().map(|m| &m.table).collect();
         let rows = self
             .catalog
             .read(pipe, &table, sync, epoch, |name| mapped.contains(name))

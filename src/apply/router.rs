@@ -5,11 +5,11 @@
 //! `streamed`), opened at its first block and closed at its Stream Commit
 //! or Stream Abort.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 
 use super::applier::Applier;
 use super::error::ApplyError;
@@ -71,7 +71,7 @@ pub struct Router {
     main: Applier,
     shared: Arc<Shared>,
     context: StreamContext,
-    open: HashMap<u32, Open>,
+    open: FxHashMap<u32, Open>,
     /// Inside a streamed block: of this transaction.
     block: Option<u32>,
 }
@@ -82,7 +82,7 @@ impl Router {
             main,
             shared,
             context,
-            open: HashMap::new(),
+            open: FxHashMap::default(),
             block: None,
         }
     }

@@ -142,12 +142,24 @@ impl TargetRelation {
     }
 }
 
+/// Below this length a value is checked byte by byte rather than with
+/// memchr (most values are short: keys, numbers, timestamps).
+const SHORT_VALUE: usize = 48;
+
 /// One text array literal per column of `cols`, over `rows`: every value
 /// double-quoted (backslash before `"` and `\`), NULL bare.
 pub fn array_params(rows: &[Tuple], cols: &[usize]) -> Vec<Param> {
     cols.iter()
         .map(|&i| {
-            let mut out = BytesMut::with_capacity(rows.len() * 16 + 2);
+            // Quotes and a comma around each value: no doubling as it fills.
+            let size: usize = rows
+                .iter()
+                .map(|r| match r.get(i) {
+                    Some(Datum::Text(v)) => v.len() + 3,
+                    _ => 5,
+                })
+                .sum();
+            let mut out = BytesMut::with_capacity(size + 2);
             out.put_u8(b'{');
             for (n, row) in rows.iter().enumerate() {
                 if n > 0 {
@@ -156,14 +168,18 @@ pub fn array_params(rows: &[Tuple], cols: &[usize]) -> Vec<Param> {
                 match row.get(i) {
                     Some(Datum::Text(v)) => {
                         out.put_u8(b'"');
-                        let mut rest: &[u8] = v;
-                        while let Some(at) = memchr::memchr2(b'"', b'\\', rest) {
-                            out.put_slice(&rest[..at]);
-                            out.put_u8(b'\\');
-                            out.put_u8(rest[at]);
-                            rest = &rest[at + 1..];
+                        if v.len() < SHORT_VALUE && !v.iter().any(|&b| b == b'"' || b == b'\\') {
+                            out.put_slice(v);
+                        } else {
+                            let mut rest: &[u8] = v;
+                            while let Some(at) = memchr::memchr2(b'"', b'\\', rest) {
+                                out.put_slice(&rest[..at]);
+                                out.put_u8(b'\\');
+                                out.put_u8(rest[at]);
+                                rest = &rest[at + 1..];
+                            }
+                            out.put_slice(rest);
                         }
-                        out.put_slice(rest);
                         out.put_u8(b'"');
                     }
                     _ => out.put_slice(b"NULL"),
@@ -202,5 +218,27 @@ mod tests {
         };
         assert_eq!(text(&p[0]), r#"{"1","2","3"}"#);
         assert_eq!(text(&p[1]), r#"{"NULL",NULL,"a\"b\\c,{}"}"#);
+    }
+
+    #[test]
+    fn long_array_values_are_escaped_like_short_ones() {
+        let long = format!("\"{}\\{}\"", "x".repeat(40), "y".repeat(40));
+        let rows: Vec<Tuple> = vec![
+            vec![Datum::Text(Bytes::copy_from_slice(long.as_bytes()))],
+            vec![Datum::Text(Bytes::copy_from_slice(
+                "q".repeat(50).as_bytes(),
+            ))],
+        ];
+        let p = array_params(&rows, &[0]);
+        let Param::Text(b) = &p[0] else {
+            panic!("a text parameter");
+        };
+        let want = format!(
+            "{{\"\\\"{}\\\\{}\\\"\",\"{}\"}}",
+            "x".repeat(40),
+            "y".repeat(40),
+            "q".repeat(50)
+        );
+        assert_eq!(String::from_utf8_lossy(b), want);
     }
 }
