@@ -349,8 +349,6 @@ impl Batch {
     }
 }
 
-/// Appends rows in COPY text format: tab-separated, `\N` for NULL,
-/// backslash, tab, newline and carriage return escaped.
 /// Below this length a value is scanned byte by byte: most values (keys,
 /// numbers, timestamps) are short, and memchr's setup costs more there.
 const SHORT_VALUE: usize = 48;
@@ -381,6 +379,8 @@ pub fn copy_text_size(rows: &[Tuple], columns: &[usize]) -> usize {
         .sum()
 }
 
+/// Appends rows in COPY text format: tab-separated, `\N` for NULL,
+/// backslash, tab, newline and carriage return escaped.
 pub fn copy_text(out: &mut BytesMut, row: &Tuple, columns: &[usize]) {
     for (n, &i) in columns.iter().enumerate() {
         if n > 0 {
@@ -521,6 +521,63 @@ mod tests {
             "update"
         );
         assert_eq!(net(&b, "1"), Some(Net::Update(t(&["1", "big", "y"]))));
+    }
+
+    #[test]
+    fn an_update_keeping_its_key_folds_onto_every_earlier_state() {
+        // Earlier state of key 1, then an UPDATE with (U) or without an
+        // unchanged TOAST value: what the key ends up as.
+        let cases: [(&str, bool, Option<Net>); 8] = [
+            ("none", false, Some(Net::Update(t(&["1", "n", "y"])))),
+            ("none", true, None),
+            ("insert", false, Some(Net::Insert(t(&["1", "n", "y"])))),
+            ("insert", true, Some(Net::Insert(t(&["1", "i", "y"])))),
+            ("update", false, Some(Net::Update(t(&["1", "n", "y"])))),
+            ("update", true, Some(Net::Update(t(&["1", "u", "y"])))),
+            ("delete", false, None),
+            ("delete", true, None),
+        ];
+        for (before, unchanged, want) in cases {
+            let mut b = Batch::default();
+            b.add_insert(&[0], 1, t(&["9", "z", "z"]), Lsn(1))
+                .expect("another key");
+            match before {
+                "insert" => {
+                    b.add_delete(&[0], 1, t(&["8", "NULL", "NULL"]), Lsn(1))
+                        .expect("index the table");
+                    b.add_insert(&[0], 1, t(&["1", "i", "x"]), Lsn(1))
+                        .expect("insert")
+                }
+                "update" => b
+                    .add_update(&[0], 1, None, t(&["1", "u", "x"]), Lsn(1))
+                    .expect("update"),
+                "delete" => b
+                    .add_delete(&[0], 1, t(&["1", "NULL", "NULL"]), Lsn(1))
+                    .expect("delete"),
+                _ => {}
+            }
+            let rows = b.rows;
+            let value = if unchanged { "U" } else { "n" };
+            let folded = b.add_update(&[0], 1, None, t(&["1", value, "y"]), Lsn(2));
+            match &want {
+                Some(net_after) => {
+                    assert!(folded.is_ok(), "{before} {unchanged}");
+                    assert_eq!(
+                        net(&b, "1").as_ref(),
+                        Some(net_after),
+                        "{before} {unchanged}"
+                    );
+                    assert_eq!(b.rows, rows + 1, "{before} {unchanged}");
+                    assert_eq!(b.through, Lsn(2));
+                }
+                None => {
+                    let (old, new) = folded.expect_err("handed back");
+                    assert!(old.is_none(), "{before} {unchanged}");
+                    assert_eq!(new, t(&["1", value, "y"]), "{before} {unchanged}");
+                    assert_eq!(b.rows, rows, "{before} {unchanged}: nothing counted");
+                }
+            }
+        }
     }
 
     #[test]
