@@ -349,9 +349,10 @@ impl Batch {
     }
 }
 
-/// Below this length a value is scanned byte by byte: most values (keys,
-/// numbers, timestamps) are short, and memchr's setup costs more there.
-const SHORT_VALUE: usize = 48;
+/// Below this length a value is scanned for bytes to escape one by one:
+/// most values (keys, numbers, timestamps) are short, and memchr's setup
+/// costs more there (COPY text here, array literals in `sets`).
+pub(super) const SHORT_VALUE: usize = 48;
 
 /// Whether a value holds a byte COPY's text format escapes.
 fn needs_copy_escape(v: &[u8]) -> bool {

@@ -7,6 +7,7 @@
 
 use bytes::{BufMut, BytesMut};
 
+use super::batch::SHORT_VALUE;
 use super::params::Param;
 use super::pipeline::Pipeline;
 use super::relation::{Stages, TargetRelation};
@@ -141,10 +142,6 @@ impl TargetRelation {
         )
     }
 }
-
-/// Below this length a value is checked byte by byte rather than with
-/// memchr (most values are short: keys, numbers, timestamps).
-const SHORT_VALUE: usize = 48;
 
 /// One text array literal per column of `cols`, over `rows`: every value
 /// double-quoted (backslash before `"` and `\`), NULL bare.
