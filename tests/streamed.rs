@@ -196,6 +196,83 @@ async fn streamed_transactions_apply_exactly_with_savepoints_aborts_and_ddl() {
     assert_eq!(pair.target.value(cols).await, pair.source.value(cols).await);
 }
 
+/// The main applier reads the target's catalog of the sync's tables ahead
+/// at a first change (see `apply::catalog`). A streamed transaction that
+/// changes one of those tables on its own connection must void what was
+/// read, or the table's next first change is written to the table as it
+/// was: here an UPDATE setting a column that has just become GENERATED
+/// ALWAYS AS IDENTITY, which the target refuses (such a table's updates
+/// are written as a DELETE and an INSERT OVERRIDING SYSTEM VALUE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_transactions_ddl_voids_the_catalog_the_main_applier_read_ahead() {
+    let Some(pair) = streaming_pair() else { return };
+    pair.source
+        .exec(
+            "CREATE TABLE items (id int PRIMARY KEY);
+             CREATE TABLE ident (id int PRIMARY KEY, v int NOT NULL, w int);
+             INSERT INTO ident VALUES (1, 1, 1);
+             CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL);",
+        )
+        .await;
+    assert!(sync(&pair, &["--copy-only"]).await.success());
+    let mut running = spawn(&pair, &["-v"]);
+    let target = pair.target.client().await;
+    let has = |sql: &'static str| {
+        let t = &target;
+        async move { t.query_opt(sql, &[]).await.ok().flatten().map(|_| ()) }
+    };
+    // The session's first change: `ident`'s catalog is read with `items'`.
+    pair.source.exec("INSERT INTO items VALUES (1)").await;
+    wait_for("the first change", LIMIT, || {
+        has("SELECT 1 FROM items WHERE id = 1")
+    })
+    .await;
+    // Within the 5 s what was read ahead is trusted: a streamed transaction
+    // changes `ident`, then `ident` has its first change on the main one.
+    pair.source
+        .exec(
+            "BEGIN;
+             ALTER TABLE ident ALTER COLUMN v ADD GENERATED ALWAYS AS IDENTITY;
+             INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g;
+             COMMIT;
+             UPDATE ident SET w = 2 WHERE id = 1;
+             INSERT INTO items VALUES (2);",
+        )
+        .await;
+    wait_for("the change after the streamed one", LIMIT, || {
+        running.assert_running();
+        has("SELECT 1 FROM items WHERE id = 2")
+    })
+    .await;
+    running.signal(libc::SIGINT);
+    let out = running.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stderr.contains("streamed while in progress"),
+        "the large transaction was not streamed: {out}"
+    );
+    // Mapped right the first time: a stale mapping fails on the target,
+    // and the session then starts over and gets it right, which must not
+    // be what happened.
+    assert!(
+        !out.stderr.contains("can only be updated to DEFAULT"),
+        "written as the table was before the streamed transaction: {out}"
+    );
+    assert_eq!(
+        pair.target
+            .value("SELECT attidentity::text FROM pg_attribute WHERE attrelid = 'ident'::regclass AND attname = 'v'")
+            .await,
+        Some("a".into())
+    );
+    assert_eq!(
+        pair.target
+            .value("SELECT format('%s %s', v, w) FROM ident WHERE id = 1")
+            .await,
+        Some("1 2".into())
+    );
+    assert_same_data(&pair.source.client().await, &target).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_inside_a_streamed_transaction_then_rerun_applies_it_once() {
     let Some(pair) = streaming_pair() else { return };
