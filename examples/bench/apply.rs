@@ -3,7 +3,9 @@
 //! is taken, pgrepl and a native subscription taking turns going first.
 //! Beside them, the source's own decoding rate on the same backlog (a
 //! third slot read with pg_logical_slot_get_binary_changes): the ceiling
-//! for any subscriber. Then keep-up under pgbench, and memory across one
+//! for any subscriber; a walsender feeding pg_recvlogical (a rate that
+//! applies nothing) and one feeding a subscriber that only reads (its CPU:
+//! the floor under any subscriber's own). Then keep-up under pgbench, and memory across one
 //! very large transaction.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +37,9 @@ const DECODE: &str = "SELECT count(*) FROM pg_logical_slot_get_binary_changes('d
 
 /// Consumes the null subscriber's slot where its settle needs it.
 const RECV_POKE: &str = "SELECT count(*) FROM pg_logical_slot_get_binary_changes('recv', NULL, NULL, 'proto_version', '1', 'publication_names', 'native_pub')";
+
+/// Consumes the reading-only subscriber's slot (it confirms nothing).
+const DRAIN_POKE: &str = "SELECT count(*) FROM pg_logical_slot_get_binary_changes('drain', NULL, NULL, 'proto_version', '1', 'publication_names', 'native_pub')";
 
 const TABLES: &str = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, bulk, huge, upd, marker, hb";
 
@@ -218,7 +223,7 @@ pub async fn run(env: &Env, report: &mut Report) {
     s.source
         .exec("SELECT pg_create_logical_replication_slot('native', 'pgoutput')")
         .await;
-    for slot in ["decode", "recv"] {
+    for slot in ["decode", "recv", "drain"] {
         s.source
             .exec(&format!(
                 "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
@@ -270,8 +275,12 @@ pub async fn run(env: &Env, report: &mut Report) {
     // walsender feeding a subscriber that discards everything.
     let mut rates: Vec<[Runs; 5]> = vec![Default::default(); workloads.len()];
     let mut peaks = vec![0u64; workloads.len()];
-    // CPU per unit: pgrepl, native, native at its best.
-    let mut cpus: Vec<[crate::cpu::PerUnit; 3]> = vec![Default::default(); workloads.len()];
+    // CPU per unit: pgrepl, native, native at its best, a subscriber that
+    // only reads.
+    let mut cpus: Vec<[crate::cpu::PerUnit; 4]> = vec![Default::default(); workloads.len()];
+    // The source's own backend making the changes of a set-based load (per
+    // unit, µs): the cost of the changes themselves, for the target's.
+    let mut loads: Vec<Runs> = vec![Default::default(); workloads.len()];
     let src = s.source.client().await;
     for round in 0..env.rounds {
         for (i, w) in workloads.iter().enumerate() {
@@ -279,16 +288,20 @@ pub async fn run(env: &Env, report: &mut Report) {
             let units: f64 = match i {
                 0 => env.pgbench_backlog(&s.source, pgbench_secs).await,
                 1 => {
-                    s.source
-                        .exec(&format!(
+                    let cost = crate::cpu::run_load(
+                        &src,
+                        &format!(
                             "TRUNCATE bulk; INSERT INTO bulk SELECT g, md5(g::text) FROM generate_series(1, {bulk_rows}) g"
-                        ))
-                        .await;
+                        ),
+                    )
+                    .await;
+                    loads[i].push(cost * 1e6 / bulk_rows as f64);
                     bulk_rows as f64
                 }
                 _ => {
-                    s.source
-                        .exec(&format!(
+                    let cost = crate::cpu::run_load(
+                        &src,
+                        &format!(
                             "UPDATE upd SET v = v + 1 WHERE id <= {};
                              DELETE FROM upd WHERE id > {} AND id <= {};
                              INSERT INTO upd SELECT g, g, repeat('p', 80) FROM generate_series({}, {}) g;",
@@ -297,8 +310,10 @@ pub async fn run(env: &Env, report: &mut Report) {
                             upd_rows,
                             upd_rows * 2 / 3 + 1,
                             upd_rows
-                        ))
-                        .await;
+                        ),
+                    )
+                    .await;
+                    loads[i].push(cost * 1e6 / upd_rows as f64);
                     upd_rows as f64
                 }
             };
@@ -356,6 +371,10 @@ pub async fn run(env: &Env, report: &mut Report) {
                 .await;
             let recv_rate = units / secs(took);
             s.settle("recv", Some(RECV_POKE)).await;
+            let end = end_lsn.parse().expect("an LSN");
+            let floor = crate::drain::run(&s.source, "drain", "native_pub", end).await;
+            cpus[i][3].push(floor, units);
+            s.settle("drain", Some(DRAIN_POKE)).await;
             println!(
                 "  round {round} {}: pgrepl {:.0}, native {:.0}, native ({best_options}) {:.0}, decoding {decode_rate:.0}, walsender to a null subscriber {recv_rate:.0} {} ({:?} first)",
                 w.name, rate[0], rate[1], rate[2], w.unit, order[0]
@@ -407,8 +426,17 @@ pub async fn run(env: &Env, report: &mut Report) {
         );
         spread_note(report, &what, ours, best, ratio, w.target_ratio);
         let unit = if i == 0 { "transaction" } else { "row" };
-        let [cpu_ours, cpu_native, cpu_best] = &cpus[i];
-        crate::cpu::rows(report, w.name, unit, cpu_ours, [cpu_native, cpu_best]);
+        let [cpu_ours, cpu_native, cpu_best, cpu_floor] = &cpus[i];
+        let load = (i > 0).then(|| loads[i].median());
+        crate::cpu::rows(
+            report,
+            w.name,
+            unit,
+            cpu_ours,
+            [cpu_native, cpu_best],
+            cpu_floor,
+            load,
+        );
         if i == 0 {
             report.row(
                 "apply, pgbench: pgrepl against the source's decoding (the ceiling)",
@@ -445,7 +473,7 @@ pub async fn run(env: &Env, report: &mut Report) {
         .batch_execute("DROP SUBSCRIPTION native")
         .await
         .expect("drop subscription");
-    for slot in ["decode", "recv"] {
+    for slot in ["decode", "recv", "drain"] {
         s.source
             .exec(&format!("SELECT pg_drop_replication_slot('{slot}')"))
             .await;

@@ -11,6 +11,12 @@
 //!   receives, decodes and applies in one process; a parallel apply
 //!   worker, if any, is counted with it).
 //!
+//! Two references beside them: a subscriber that only reads the same
+//! backlog through its own walsender ([`crate::drain`]: what receiving
+//! alone costs, the floor under any subscriber's own CPU), and, for the
+//! set-based loads, the source's own backend making the changes (what the
+//! changes themselves cost a backend, the floor under a target's).
+//!
 //! Processes are sampled while they run (they exit when the subscriber
 //! stops), so each one's whole life is counted: start-up included, which
 //! is the same for every round.
@@ -42,7 +48,7 @@ fn proc_cpu(pid: i32) -> (f64, f64) {
     (tick(11), tick(12))
 }
 
-fn total(pids: &[i32]) -> f64 {
+pub fn total(pids: &[i32]) -> f64 {
     pids.iter()
         .map(|&p| {
             let (u, s) = proc_cpu(p);
@@ -62,13 +68,25 @@ async fn pids(c: &tokio_postgres::Client, sql: &str, arg: &str) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-async fn walsender(source: &tokio_postgres::Client, slot: &str) -> Vec<i32> {
+pub async fn walsender(source: &tokio_postgres::Client, slot: &str) -> Vec<i32> {
     pids(
         source,
         "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
         slot,
     )
     .await
+}
+
+/// Runs `sql` on `client` and returns the CPU seconds its backend spent.
+pub async fn run_load(client: &tokio_postgres::Client, sql: &str) -> f64 {
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("backend pid")
+        .get(0);
+    let before = total(&[pid]);
+    client.batch_execute(sql).await.expect("the load");
+    total(&[pid]) - before
 }
 
 /// CPU seconds of one subscriber's catch-up, by process.
@@ -148,7 +166,18 @@ impl PerUnit {
 }
 
 /// The ratio targets of one workload, as rows of the report.
-pub fn rows(report: &mut Report, what: &str, unit: &str, ours: &PerUnit, natives: [&PerUnit; 2]) {
+/// `floor`: a subscriber that only reads the same backlog ([`crate::drain`]);
+/// `load`: the source backend's own CPU per unit making the changes (a
+/// set-based load), beside the target's.
+pub fn rows(
+    report: &mut Report,
+    what: &str,
+    unit: &str,
+    ours: &PerUnit,
+    natives: [&PerUnit; 2],
+    floor: &PerUnit,
+    load: Option<f64>,
+) {
     // Native at its cheapest: the setting whose apply worker spent less.
     let native = if natives[0].target.median() <= natives[1].target.median() {
         natives[0]
@@ -174,6 +203,22 @@ pub fn rows(report: &mut Report, what: &str, unit: &str, ours: &PerUnit, natives
             natives[0].target.median()
         }
     );
+    // The floor: what merely receiving costs, against its own walsender.
+    let floor_own = floor.own();
+    let floor_ws = floor.walsender.median().max(f64::MIN_POSITIVE);
+    let floor_ratio = floor_own / floor_ws;
+    report.row(
+        &format!("CPU per {unit}, {what}: a subscriber that only reads (pgrepl's socket reader, every message discarded)"),
+        format!(
+            "{floor_own:.2} µs (user {:.2} + system {:.2}) per {unit}",
+            floor.user.median(),
+            floor.system.median()
+        ),
+        format!("the walsender feeding it {floor_ws:.2} µs per {unit}"),
+        Some(floor_ratio),
+        "(reference: the floor under any subscriber's own CPU)",
+        None,
+    );
     let r = own / ws;
     report.row(
         &format!("CPU per {unit}, {what}: pgrepl's own process"),
@@ -186,16 +231,26 @@ pub fn rows(report: &mut Report, what: &str, unit: &str, ours: &PerUnit, natives
     let r = target / ws;
     report.row(
         &format!("CPU per {unit}, {what}: target backends"),
-        format!("{target:.2} µs per {unit}"),
+        match load {
+            Some(l) => format!(
+                "{target:.2} µs per {unit}; the source's own backend making the same changes (the load's statements) {l:.2} µs"
+            ),
+            None => format!("{target:.2} µs per {unit}"),
+        },
         format!("the walsender feeding it {ws:.2} µs per {unit}"),
         Some(r),
         "≤ 0.8 × the walsender's",
         Some(r <= 0.8),
     );
-    let r = (own + target) / native.target.median().max(f64::MIN_POSITIVE);
+    let native_cpu = native.target.median().max(f64::MIN_POSITIVE);
+    let r = (own + target) / native_cpu;
     report.row(
         &format!("CPU per {unit}, {what}: pgrepl + its target backends against native"),
-        format!("{:.2} µs per {unit}", own + target),
+        format!(
+            "{:.2} µs per {unit}; with pgrepl at the floor (the reading-only subscriber's {floor_own:.2} µs + these target backends) {:.3} × native",
+            own + target,
+            (floor_own + target) / native_cpu
+        ),
         native_detail,
         Some(r),
         "≤ 0.5 × native's apply worker (the cheaper setting)",

@@ -12,6 +12,7 @@ mod apply;
 mod copy;
 mod cpu;
 mod ddl;
+mod drain;
 mod env;
 mod finish;
 mod observe;
