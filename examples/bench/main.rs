@@ -15,6 +15,7 @@ mod ddl;
 mod drain;
 mod env;
 mod finish;
+mod keep_up;
 mod observe;
 mod report;
 mod resume;

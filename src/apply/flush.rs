@@ -10,7 +10,8 @@
 use bytes::BytesMut;
 
 use super::applier::Applier;
-use super::batch::{copy_text, copy_text_size, Net};
+use super::batch::Net;
+use super::copy_text::{copy_text, copy_text_size};
 use super::error::ApplyError;
 use super::params::Param;
 use super::paths::Path;

@@ -20,6 +20,7 @@
 pub mod applier;
 pub mod batch;
 mod catalog;
+mod copy_text;
 mod ddl;
 pub mod error;
 mod event_loop;

@@ -7,7 +7,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::batch::SHORT_VALUE;
+use super::copy_text::SHORT_VALUE;
 use super::params::Param;
 use super::pipeline::Pipeline;
 use super::relation::{Stages, TargetRelation};
