@@ -71,7 +71,15 @@ impl Catalog {
     /// (taken).
     pub(super) fn take(&mut self, table: &TableName, epoch: u64) -> Option<Vec<CatalogRow>> {
         let (at, read_at, rows) = self.ahead.remove(table)?;
-        (read_at == epoch && at.elapsed() <= FRESH_FOR).then_some(rows)
+        if read_at != epoch {
+            tracing::debug!(%table, "the catalog read ahead is void: the target's schema changed since");
+            return None;
+        }
+        if at.elapsed() > FRESH_FOR {
+            tracing::debug!(%table, "the catalog read ahead is too old");
+            return None;
+        }
+        Some(rows)
     }
 
     /// The target's schema changed: nothing read ahead holds, and every
