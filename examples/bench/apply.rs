@@ -5,7 +5,7 @@
 //! third slot read with pg_logical_slot_get_binary_changes): the ceiling
 //! for any subscriber; a walsender feeding pg_recvlogical (a rate that
 //! applies nothing) and one feeding a subscriber that only reads (its CPU:
-//! the floor under any subscriber's own). Then keep-up under pgbench
+//! what receiving alone costs). Then keep-up under pgbench
 //! (`keep_up`), and memory across one
 //! very large transaction.
 
@@ -371,8 +371,8 @@ pub async fn run(env: &Env, report: &mut Report) {
             let recv_rate = units / secs(took);
             s.settle("recv", Some(RECV_POKE)).await;
             let end = end_lsn.parse().expect("an LSN");
-            let floor = crate::drain::run(&s.source, "drain", "native_pub", end).await;
-            cpus[i][3].push(floor, units);
+            let reader = crate::drain::run(&s.source, "drain", "native_pub", end).await;
+            cpus[i][3].push(reader, units);
             s.settle("drain", Some(DRAIN_POKE)).await;
             println!(
                 "  round {round} {}: pgrepl {:.0}, native {:.0}, native ({best_options}) {:.0}, decoding {decode_rate:.0}, walsender to a null subscriber {recv_rate:.0} {} ({:?} first)",
@@ -425,7 +425,7 @@ pub async fn run(env: &Env, report: &mut Report) {
         );
         spread_note(report, &what, ours, best, ratio, w.target_ratio);
         let unit = if i == 0 { "transaction" } else { "row" };
-        let [cpu_ours, cpu_native, cpu_best, cpu_floor] = &cpus[i];
+        let [cpu_ours, cpu_native, cpu_best, cpu_reader] = &cpus[i];
         let load = (i > 0).then(|| loads[i].median());
         crate::cpu::rows(
             report,
@@ -433,7 +433,7 @@ pub async fn run(env: &Env, report: &mut Report) {
             unit,
             cpu_ours,
             [cpu_native, cpu_best],
-            cpu_floor,
+            cpu_reader,
             load,
         );
         if i == 0 {

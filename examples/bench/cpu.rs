@@ -13,9 +13,9 @@
 //!
 //! Two references beside them: a subscriber that only reads the same
 //! backlog through its own walsender ([`crate::drain`]: what receiving
-//! alone costs, the floor under any subscriber's own CPU), and, for the
+//! alone costs, about the least any subscriber's own process spends), and, for the
 //! set-based loads, the source's own backend making the changes (what the
-//! changes themselves cost a backend, the floor under a target's).
+//! changes themselves cost a backend running them in bulk).
 //!
 //! Processes are sampled while they run (they exit when the subscriber
 //! stops), so each one's whole life is counted: start-up included, which
@@ -166,7 +166,7 @@ impl PerUnit {
 }
 
 /// The ratio targets of one workload, as rows of the report.
-/// `floor`: a subscriber that only reads the same backlog ([`crate::drain`]);
+/// `reader`: a subscriber that only reads the same backlog ([`crate::drain`]);
 /// `load`: the source backend's own CPU per unit making the changes (a
 /// set-based load), beside the target's.
 pub fn rows(
@@ -175,7 +175,7 @@ pub fn rows(
     unit: &str,
     ours: &PerUnit,
     natives: [&PerUnit; 2],
-    floor: &PerUnit,
+    reader: &PerUnit,
     load: Option<f64>,
 ) {
     // Native at its cheapest: the setting whose apply worker spent less.
@@ -203,20 +203,20 @@ pub fn rows(
             natives[0].target.median()
         }
     );
-    // The floor: what merely receiving costs, against its own walsender.
-    let floor_own = floor.own();
-    let floor_ws = floor.walsender.median().max(f64::MIN_POSITIVE);
-    let floor_ratio = floor_own / floor_ws;
+    // What merely receiving costs, against its own walsender.
+    let reader_own = reader.own();
+    let reader_ws = reader.walsender.median().max(f64::MIN_POSITIVE);
+    let reader_ratio = reader_own / reader_ws;
     report.row(
         &format!("CPU per {unit}, {what}: a subscriber that only reads (pgrepl's socket reader, every message discarded)"),
         format!(
-            "{floor_own:.2} µs (user {:.2} + system {:.2}) per {unit}",
-            floor.user.median(),
-            floor.system.median()
+            "{reader_own:.2} µs (user {:.2} + system {:.2}) per {unit}",
+            reader.user.median(),
+            reader.system.median()
         ),
-        format!("the walsender feeding it {floor_ws:.2} µs per {unit}"),
-        Some(floor_ratio),
-        "(reference: the floor under any subscriber's own CPU)",
+        format!("the walsender feeding it {reader_ws:.2} µs per {unit}"),
+        Some(reader_ratio),
+        "(reference: what receiving alone costs)",
         None,
     );
     let r = own / ws;
@@ -247,9 +247,9 @@ pub fn rows(
     report.row(
         &format!("CPU per {unit}, {what}: pgrepl + its target backends against native"),
         format!(
-            "{:.2} µs per {unit}; with pgrepl at the floor (the reading-only subscriber's {floor_own:.2} µs + these target backends) {:.3} × native",
+            "{:.2} µs per {unit}; if pgrepl spent only what the reading-only subscriber does ({reader_own:.2} µs), with these target backends, {:.3} × native",
             own + target,
-            (floor_own + target) / native_cpu
+            (reader_own + target) / native_cpu
         ),
         native_detail,
         Some(r),
