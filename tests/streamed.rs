@@ -56,6 +56,19 @@ async fn run(c: &tokio_postgres::Client, sql: &str) {
     }
 }
 
+/// Stops `running` (SIGINT) and checks it ended well, having applied a
+/// transaction streamed while in progress.
+async fn stopped_after_streaming(running: pgrepl::Running) -> pgrepl::Output {
+    running.signal(libc::SIGINT);
+    let out = running.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stderr.contains("streamed while in progress"),
+        "no large transaction was streamed: {out}"
+    );
+    out
+}
+
 /// An apply connection holds a streamed transaction open on the target:
 /// it has written (an xid) and stays open (the main connection's
 /// transactions last a fraction of a second).
@@ -175,13 +188,7 @@ async fn streamed_transactions_apply_exactly_with_savepoints_aborts_and_ddl() {
         }
     })
     .await;
-    running.signal(libc::SIGINT);
-    let out = running.wait(LIMIT).await;
-    assert!(out.success(), "{out}");
-    assert!(
-        out.stderr.contains("streamed while in progress"),
-        "the large transactions were not streamed: {out}"
-    );
+    stopped_after_streaming(running).await;
     let rows = assert_same_data(&pair.source.client().await, &target).await;
     assert!(rows > 25_000, "{rows}");
     assert_eq!(
@@ -244,13 +251,7 @@ async fn a_streamed_transactions_ddl_voids_the_catalog_the_main_applier_read_ahe
         has("SELECT 1 FROM items WHERE id = 2")
     })
     .await;
-    running.signal(libc::SIGINT);
-    let out = running.wait(LIMIT).await;
-    assert!(out.success(), "{out}");
-    assert!(
-        out.stderr.contains("streamed while in progress"),
-        "the large transaction was not streamed: {out}"
-    );
+    let out = stopped_after_streaming(running).await;
     // What was read ahead was still fresh when `ident` was mapped (else
     // this test tested nothing), and was set aside for the schema change.
     let said = |what: &str| {

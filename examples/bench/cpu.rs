@@ -29,7 +29,13 @@ const TICKS_PER_SEC: f64 = 100.0;
 
 /// User and system CPU of `pid` so far, in seconds (0 when it is gone).
 fn proc_cpu(pid: i32) -> (f64, f64) {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+/// User and system CPU in seconds from a `stat` file of /proc (a process's
+/// or a thread's; 0 when it is gone).
+pub fn stat_cpu(path: &str) -> (f64, f64) {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return (0.0, 0.0);
     };
     // The command name is in parentheses and may hold spaces: fields are

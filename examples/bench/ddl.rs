@@ -48,14 +48,7 @@ pub async fn run(env: &Env, report: &mut Report) {
             .output()
             .await
             .expect("pgbench");
-        let tps = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("tps = ")
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-            .unwrap_or(0.0);
+        let tps = crate::env::pgbench_tps(&out);
         println!(
             "  {} triggers: {tps:.0} tps",
             if installed { "with" } else { "without" }

@@ -144,45 +144,34 @@ fn status(seen: Lsn) -> Vec<u8> {
     msg
 }
 
-/// The calling thread's CPU: exact runtime (schedstat, ns) and the
-/// tick-sampled user/system counts that split it.
+/// The calling thread's CPU: exact runtime (schedstat) and the
+/// tick-sampled user/system times that split it.
 struct ThreadCpu {
-    runtime_ns: f64,
-    user_ticks: f64,
-    system_ticks: f64,
+    runtime: f64,
+    user: f64,
+    system: f64,
 }
 
 impl ThreadCpu {
     fn now() -> Self {
-        let read =
-            |f: &str| std::fs::read_to_string(format!("/proc/thread-self/{f}")).unwrap_or_default();
-        let runtime_ns = read("schedstat")
+        let runtime_ns: f64 = std::fs::read_to_string("/proc/thread-self/schedstat")
+            .unwrap_or_default()
             .split_whitespace()
             .next()
             .and_then(|v| v.parse().ok())
             .expect("/proc/thread-self/schedstat (a kernel with schedstats)");
-        let stat = read("stat");
-        let fields: Vec<f64> = stat
-            .rfind(')')
-            .map(|i| &stat[i + 1..])
-            .unwrap_or("")
-            .split_whitespace()
-            .map(|f| f.parse().unwrap_or(0.0))
-            .collect();
+        let (user, system) = crate::cpu::stat_cpu("/proc/thread-self/stat");
         ThreadCpu {
-            runtime_ns,
-            user_ticks: fields.get(11).copied().unwrap_or(0.0),
-            system_ticks: fields.get(12).copied().unwrap_or(0.0),
+            runtime: runtime_ns / 1e9,
+            user,
+            system,
         }
     }
 
     /// (user, system) seconds since `before`.
     fn since(&self, before: &ThreadCpu) -> (f64, f64) {
-        let secs = (self.runtime_ns - before.runtime_ns) / 1e9;
-        let (u, s) = (
-            self.user_ticks - before.user_ticks,
-            self.system_ticks - before.system_ticks,
-        );
+        let secs = self.runtime - before.runtime;
+        let (u, s) = (self.user - before.user, self.system - before.system);
         let user_share = if u + s > 0.0 { u / (u + s) } else { 0.5 };
         (secs * user_share, secs * (1.0 - user_share))
     }

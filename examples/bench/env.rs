@@ -274,6 +274,18 @@ impl Env {
     }
 }
 
+/// The `tps = …` figure pgbench printed (0 when there is none).
+pub fn pgbench_tps(out: &std::process::Output) -> f64 {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tps = ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+}
+
 /// How a client tool reaches a cluster: its socket, port and user.
 fn login_args(c: &Cluster) -> [String; 6] {
     [

@@ -66,14 +66,7 @@ pub async fn run(
         .output()
         .await
         .expect("pgbench");
-    let tps = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("tps = ")
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0);
+    let tps = crate::env::pgbench_tps(&out);
     let ended = Instant::now();
     stop.store(true, Ordering::SeqCst);
     let _ = beat.await;

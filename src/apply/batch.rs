@@ -350,17 +350,8 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
-    fn t(vals: &[&str]) -> Tuple {
-        vals.iter()
-            .map(|v| match *v {
-                "NULL" => Datum::Null,
-                "U" => Datum::Unchanged,
-                v => Datum::Text(Bytes::copy_from_slice(v.as_bytes())),
-            })
-            .collect()
-    }
+    use crate::apply::copy_text::tests::t;
 
     fn net(b: &Batch, key: &str) -> Option<Net> {
         let k = key_of(&[0], &t(&[key])).expect("key");

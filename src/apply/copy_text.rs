@@ -66,11 +66,13 @@ pub fn copy_text(out: &mut BytesMut, row: &Tuple, columns: &[usize]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn t(vals: &[&str]) -> Tuple {
+    /// A tuple of text values; "NULL" and "U" (unchanged TOAST) stand for
+    /// themselves.
+    pub(in crate::apply) fn t(vals: &[&str]) -> Tuple {
         vals.iter()
             .map(|v| match *v {
                 "NULL" => Datum::Null,
