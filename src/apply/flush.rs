@@ -15,9 +15,10 @@ use super::copy_text::{copy_text, copy_text_size};
 use super::error::ApplyError;
 use super::params::Param;
 use super::paths::Path;
-use super::relation::{RowFilter, StageKind};
+use super::relation::RowFilter;
 use super::sent::{Meta, Sent};
 use super::sets::array_params;
+use super::sets::StageKind;
 use crate::stream::pgoutput::Tuple;
 
 /// Fewer rows than this go as single statements.

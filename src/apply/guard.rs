@@ -3,7 +3,7 @@
 //! timeline the target's position belongs to (see `source::timeline`), and
 //! its slot was not confirmed past what the target holds.
 
-use super::session::{SessionError, StreamRequest};
+use super::request::{SessionError, StreamRequest};
 use crate::conn::error::describe;
 use crate::conn::walsender::WalSender;
 use crate::lsn::Lsn;

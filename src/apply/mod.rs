@@ -35,6 +35,7 @@ pub mod pipeline;
 mod position;
 pub mod relation;
 mod relations;
+mod request;
 pub mod resent;
 pub mod router;
 mod rows;

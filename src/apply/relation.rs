@@ -18,7 +18,6 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use super::pipeline::Pipeline;
-pub use super::sets::StageKind;
 
 use crate::sql::quote::push_ident;
 use crate::sql::TableName;
