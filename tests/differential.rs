@@ -281,7 +281,7 @@ async fn run_seed(seed: u64, rounds: usize, mode: Mode) {
             "seed {seed}: an origin was made"
         );
     }
-    let mut syncs = Syncs::new(&pair, &["-v"]);
+    let mut syncs = Syncs::new(&pair, &["-v"], major >= 14);
     syncs.start(Stop::Term);
     support::wait_for_phase(&pair.target, "streaming", LIMIT).await;
     let (src, tgt) = (pair.source.client().await, pair.target.client().await);

@@ -72,6 +72,10 @@ pub struct Syncs<'a> {
     pair: &'a Pair,
     extra: Vec<String>,
     current: Option<(Running, Stop)>,
+    /// Whether the source streams large transactions while in progress
+    /// (14+): a stop meant for inside one then waits for one, not for
+    /// any transaction that wrote.
+    streams: bool,
     pub tally: Tally,
 }
 
@@ -93,11 +97,13 @@ async fn writing(target: &tokio_postgres::Client) -> bool {
 
 impl<'a> Syncs<'a> {
     /// `extra`: arguments every run gets (`-v`, say).
-    pub fn new(pair: &'a Pair, extra: &[&str]) -> Syncs<'a> {
+    /// `streams`: the source is 14+ (large transactions streamed).
+    pub fn new(pair: &'a Pair, extra: &[&str], streams: bool) -> Syncs<'a> {
         Syncs {
             pair,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             current: None,
+            streams,
             tally: Tally::default(),
         }
     }
@@ -194,7 +200,15 @@ impl<'a> Syncs<'a> {
             if p.inside_streamed {
                 // Until one shows up or the workload and the sync are done.
                 loop {
-                    if writing(&target).await {
+                    // What `stop` tallies: the run's own log shows a
+                    // streamed transaction open (a group transaction that
+                    // merely wrote is not one); before 14, a large
+                    // transaction applied whole is the nearest thing.
+                    let open = match &self.current {
+                        Some((r, _)) if self.streams => streamed_open(&r.output_so_far()),
+                        _ => writing(&target).await,
+                    };
+                    if open {
                         break;
                     }
                     let ended = self.current.as_mut().is_some_and(|(r, how)| {
