@@ -132,6 +132,8 @@ enum Subscriber {
     Native,
     /// Native with `binary` and `streaming` on.
     NativeBest,
+    /// The reading-only subscriber (a reference; no rate of its own).
+    Reader,
 }
 
 /// Enables a native subscription and waits until it has marker `n`.
@@ -323,16 +325,29 @@ pub async fn run(env: &Env, report: &mut Report) {
                 .await
                 .expect("wal position");
             let mut rate = [0.0; 3];
+            // Rotated so that none always comes first or last, the
+            // reference included.
             let mut order = [
                 Subscriber::Pgrepl,
                 Subscriber::Native,
                 Subscriber::NativeBest,
+                Subscriber::Reader,
             ];
-            order.rotate_left((round + i) % 3);
+            let turn = (round + i) % order.len();
+            order.rotate_left(turn);
             for who in order {
-                s.checkpoint_target().await;
+                // The subscribers that write start from a clean target.
+                if who != Subscriber::Reader {
+                    s.checkpoint_target().await;
+                }
                 let start = Instant::now();
                 match who {
+                    Subscriber::Reader => {
+                        let end = end_lsn.parse().expect("an LSN");
+                        let reader = crate::drain::run(&s.source, "drain", "native_pub", end).await;
+                        cpus[i][3].push(reader, units);
+                        s.settle("drain", Some(DRAIN_POKE)).await;
+                    }
                     Subscriber::Pgrepl => {
                         let mut child = env.pgrepl(&s.sync_args(&[])).spawn().expect("pgrepl sync");
                         until("pgrepl to catch up", Duration::from_secs(3600), || {
@@ -370,10 +385,6 @@ pub async fn run(env: &Env, report: &mut Report) {
                 .await;
             let recv_rate = units / secs(took);
             s.settle("recv", Some(RECV_POKE)).await;
-            let end = end_lsn.parse().expect("an LSN");
-            let reader = crate::drain::run(&s.source, "drain", "native_pub", end).await;
-            cpus[i][3].push(reader, units);
-            s.settle("drain", Some(DRAIN_POKE)).await;
             println!(
                 "  round {round} {}: pgrepl {:.0}, native {:.0}, native ({best_options}) {:.0}, decoding {decode_rate:.0}, walsender to a null subscriber {recv_rate:.0} {} ({:?} first)",
                 w.name, rate[0], rate[1], rate[2], w.unit, order[0]
