@@ -354,12 +354,18 @@ impl RawSession {
 
     /// Starts `COPY ... TO STDOUT`.
     pub async fn copy_out(&mut self, sql: &str) -> Result<(), RawError> {
+        self.start_copy(sql, b'H', "CopyOut").await
+    }
+
+    /// Sends `sql` and waits for the response that starts a COPY (`tag`,
+    /// named `what` in an error).
+    async fn start_copy(&mut self, sql: &str, tag: u8, what: &str) -> Result<(), RawError> {
         frontend::query(sql, &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
         self.flush().await?;
         loop {
             let frame = self.recv().await?;
             match frame.tag {
-                b'H' => return Ok(()),
+                t if t == tag => return Ok(()),
                 b'E' => {
                     let error = parse_error(frame.body);
                     self.until_ready().await?;
@@ -371,7 +377,7 @@ impl RawSession {
                 b'N' | b'S' => {}
                 other => {
                     return Err(
-                        self.protocol(format!("message {:?} instead of CopyOut", other as char))
+                        self.protocol(format!("message {:?} instead of {what}", other as char))
                     )
                 }
             }
@@ -447,28 +453,7 @@ impl RawSession {
 
     /// Starts `COPY ... FROM STDIN`.
     pub async fn copy_in(&mut self, sql: &str) -> Result<(), RawError> {
-        frontend::query(sql, &mut self.wbuf).map_err(|e| self.protocol(e.to_string()))?;
-        self.flush().await?;
-        loop {
-            let frame = self.recv().await?;
-            match frame.tag {
-                b'G' => return Ok(()),
-                b'E' => {
-                    let error = parse_error(frame.body);
-                    self.until_ready().await?;
-                    return Err(RawError::Server {
-                        side: self.side,
-                        error,
-                    });
-                }
-                b'N' | b'S' => {}
-                other => {
-                    return Err(
-                        self.protocol(format!("message {:?} instead of CopyIn", other as char))
-                    )
-                }
-            }
-        }
+        self.start_copy(sql, b'G', "CopyIn").await
     }
 
     /// Buffers one CopyData message holding `data` (any number of rows).
