@@ -120,12 +120,12 @@ impl Applier {
         new: Tuple,
     ) -> Option<(Option<OldRow>, Tuple)> {
         let lsn = self.txn.as_ref().map(|t| t.final_lsn).unwrap_or(Lsn::ZERO);
-        let Some(rel) = self.relations.get(relation) else {
-            return Some((old, new));
-        };
         if !self.batching() {
             return Some((old, new));
         }
+        let Some(rel) = self.relations.get(relation) else {
+            return Some((old, new));
+        };
         let back = if !Batch::accepts(rel) {
             match (op, old) {
                 (Op::Insert, None) => self
@@ -136,26 +136,26 @@ impl Applier {
                 (_, old) => Some((old, new)),
             }
         } else {
-            let key = rel.key.clone();
+            let key = &rel.key;
             match (op, old) {
                 (Op::Insert, None) => self
                     .batch
-                    .add_insert(&key, relation, new, lsn)
+                    .add_insert(key, relation, new, lsn)
                     .err()
                     .map(|n| (None, n)),
                 (Op::Update, None) => self
                     .batch
-                    .add_update(&key, relation, None, new, lsn)
+                    .add_update(key, relation, None, new, lsn)
                     .err()
                     .map(|(_, n)| (None, n)),
                 (Op::Update, Some(OldRow::Key(k))) => self
                     .batch
-                    .add_update(&key, relation, Some(k), new, lsn)
+                    .add_update(key, relation, Some(k), new, lsn)
                     .err()
                     .map(|(k, n)| (k.map(OldRow::Key), n)),
                 (Op::Delete, Some(OldRow::Key(k))) => self
                     .batch
-                    .add_delete(&key, relation, k, lsn)
+                    .add_delete(key, relation, k, lsn)
                     .err()
                     .map(|k| (Some(OldRow::Key(k)), new)),
                 (_, old) => Some((old, new)),
