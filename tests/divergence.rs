@@ -260,7 +260,7 @@ async fn the_start_position_in_the_progress_table_is_durable_when_it_is_read() {
     .expect("an asynchronous commit of the position");
     let endpoint = pgrepl::endpoint(&target, ::pgrepl::conn::Side::Target);
     let name = ::pgrepl::sql::SyncName::default();
-    let ledger = ::pgrepl::progress::ledger::Ledger::of(&c, &name)
+    let ledger = ::pgrepl::progress::state::ledger_of(&c, &name)
         .await
         .expect("the sync's ledger");
     assert_eq!(ledger, ::pgrepl::progress::ledger::Ledger::Table);

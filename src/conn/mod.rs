@@ -3,7 +3,6 @@
 //! and failures explained in one line. Normal sessions are tokio-postgres;
 //! the walsender session is [`walsender`].
 
-pub mod choose;
 pub mod config;
 pub mod conninfo;
 pub mod error;

@@ -487,7 +487,7 @@ async fn under_fence<'a>(
     if let Err(e) = r {
         return Err((e.into(), Some(held)));
     }
-    let durable = match crate::progress::ledger::Ledger::of(tgt, req.name).await {
+    let durable = match crate::progress::state::ledger_of(tgt, req.name).await {
         Ok(ledger) => ledger.make_durable(tgt, req.name).await,
         Err(e) => Err(e),
     };

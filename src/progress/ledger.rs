@@ -70,18 +70,6 @@ impl Ledger {
         }
     }
 
-    /// The ledger of the recorded sync `name` (its origin when there is no
-    /// record, as for a sync of an older pgrepl).
-    pub async fn of(
-        client: &impl GenericClient,
-        name: &SyncName,
-    ) -> Result<Ledger, tokio_postgres::Error> {
-        Ok(super::state::load_sync(client, name)
-            .await?
-            .map(|r| r.ledger)
-            .unwrap_or_else(|| Ledger::Origin(name.origin())))
-    }
-
     /// The ledger a new sync on this target uses.
     pub async fn choose(
         client: &impl GenericClient,

@@ -10,6 +10,7 @@ use std::fmt;
 
 use tokio_postgres::{Client, GenericClient};
 
+use super::ledger::Ledger;
 use crate::lsn::Lsn;
 use crate::sql::{quote_literal, SyncName, TableName};
 
@@ -71,7 +72,7 @@ pub struct SyncRecord {
     /// `--roles` as the copy was told.
     pub roles: Option<crate::carry::RolesPolicy>,
     /// Where the applied position is kept.
-    pub ledger: super::ledger::Ledger,
+    pub ledger: Ledger,
     /// The source's timeline the sync streams from (None: not recorded,
     /// a sync of an older pgrepl).
     pub source_timeline: Option<u32>,
@@ -190,6 +191,18 @@ async fn state_exists(client: &impl GenericClient) -> Result<bool, tokio_postgre
     Ok(row.get(0))
 }
 
+/// The ledger of the recorded sync `name` (its origin when there is no
+/// record, as for a sync of an older pgrepl).
+pub async fn ledger_of(
+    client: &impl GenericClient,
+    name: &SyncName,
+) -> Result<Ledger, tokio_postgres::Error> {
+    Ok(load_sync(client, name)
+        .await?
+        .map(|r| r.ledger)
+        .unwrap_or_else(|| Ledger::Origin(name.origin())))
+}
+
 /// The recorded sync of this name, if any.
 pub async fn load_sync(
     client: &impl GenericClient,
@@ -227,7 +240,7 @@ pub async fn load_sync(
             roles: row
                 .get::<_, Option<&str>>(7)
                 .and_then(crate::carry::RolesPolicy::parse),
-            ledger: super::ledger::Ledger::named(row.get::<_, Option<&str>>(8), name),
+            ledger: Ledger::named(row.get::<_, Option<&str>>(8), name),
             source_timeline: row
                 .get::<_, Option<i64>>(9)
                 .and_then(|t| u32::try_from(t).ok()),

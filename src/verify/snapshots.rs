@@ -209,7 +209,7 @@ pub async fn while_stopped(
             "the sync is running (its slot is in use by process {pid}): verify without --stopped"
         )));
     }
-    let ledger = crate::progress::ledger::Ledger::of(tgt, name)
+    let ledger = crate::progress::state::ledger_of(tgt, name)
         .await
         .map_err(|e| VerifyError::target("reading the sync", &e))?;
     let applied = ledger

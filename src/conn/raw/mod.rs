@@ -10,6 +10,7 @@
 //! Here: the session and its error. Its messages are cut and read in
 //! `message`, its socket opened in `socket`.
 
+mod choose;
 mod message;
 mod socket;
 
@@ -103,7 +104,7 @@ impl RawSession {
         if !cfg.needs_choosing() {
             return Self::connect_one(side, cfg, replication).await;
         }
-        super::choose::first_fitting(side, cfg, |one| async move {
+        choose::first_fitting(side, cfg, |one| async move {
             Self::connect_one(side, &one, replication).await
         })
         .await

@@ -7,9 +7,9 @@
 
 use std::future::Future;
 
-use super::config::ConnConfig;
-use super::error::{ConnectError, ConnectFailure, Side};
-use super::raw::{RawError, RawSession};
+use super::{RawError, RawSession};
+use crate::conn::config::ConnConfig;
+use crate::conn::error::{ConnectError, ConnectFailure, Side};
 
 /// Connects to each candidate of `cfg` with `connect` until one fits.
 pub(super) async fn first_fitting<F, Fut>(
