@@ -126,10 +126,7 @@ async fn caught_up(pair: &Pair, running: &mut pgrepl::Running, mode: Mode) {
         .parse()
         .expect("lsn");
     let t = pair.target.client().await;
-    let position = match mode {
-        Mode::StoppedInTable => "SELECT end_lsn FROM pgrepl.applied WHERE sync_name = 'pgrepl'",
-        _ => "SELECT pg_replication_origin_progress('pgrepl_pgrepl', false)",
-    };
+    let position = mode.position();
     let running = std::sync::Mutex::new(running);
     wait_for("the target caught up", LIMIT, || {
         let t = &t;
@@ -235,6 +232,14 @@ impl Mode {
             _ => &[],
         }
     }
+
+    /// The query of the position the target applied through.
+    fn position(self) -> &'static str {
+        match self {
+            Mode::StoppedInTable => "SELECT end_lsn FROM pgrepl.applied WHERE sync_name = 'pgrepl'",
+            _ => "SELECT pg_replication_origin_progress('pgrepl_pgrepl', false)",
+        }
+    }
 }
 
 async fn run_seed(seed: u64, rounds: usize, mode: Mode) {
@@ -281,7 +286,7 @@ async fn run_seed(seed: u64, rounds: usize, mode: Mode) {
             "seed {seed}: an origin was made"
         );
     }
-    let mut syncs = Syncs::new(&pair, &["-v"], major >= 14);
+    let mut syncs = Syncs::new(&pair, &["-v"], (major >= 14).then(|| mode.position()));
     syncs.start(Stop::Term);
     support::wait_for_phase(&pair.target, "streaming", LIMIT).await;
     let (src, tgt) = (pair.source.client().await, pair.target.client().await);

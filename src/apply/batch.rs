@@ -146,19 +146,16 @@ impl TableNet {
         &mut self,
         old_key: Vec<u8>,
         new_key: Vec<u8>,
-        old: Option<Tuple>,
+        old_row: Tuple,
         new: Tuple,
     ) -> Result<usize, (Option<Tuple>, Tuple)> {
         let changes = &mut self.changes;
         let image = match (changes.get(&old_key), has_unchanged(&new)) {
-            (Some(Net::Delete(_)), _) | (None, true) => return Err((old, new)),
+            (Some(Net::Delete(_)), _) | (None, true) => return Err((Some(old_row), new)),
             (Some(Net::Insert(b)) | Some(Net::Update(b)), true) => merge(b, &new),
             (_, false) => new,
         };
         let bytes = size(&image);
-        let Some(old_row) = old else {
-            return Err((None, image));
-        };
         let arriving = match changes.get(&new_key) {
             None => Net::Insert(image),
             Some(Net::Delete(_)) => Net::Update(image),
@@ -316,9 +313,9 @@ impl Batch {
                 None => return Err((old, new)),
             },
         };
-        let bytes = match moved_from {
-            None => table.update_in_place(new_key, old, new)?,
-            Some(old_key) => table.move_key(old_key, new_key, old, new)?,
+        let bytes = match (moved_from, old) {
+            (Some(old_key), Some(old_row)) => table.move_key(old_key, new_key, old_row, new)?,
+            (_, old) => table.update_in_place(new_key, old, new)?,
         };
         self.added(bytes, lsn);
         Ok(())

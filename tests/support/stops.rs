@@ -31,8 +31,9 @@ pub enum Stop {
 pub struct Point {
     /// After this many of the round's transactions ran on the source.
     pub after: usize,
-    /// Then, if one shows up while the workload runs, when a transaction
-    /// that wrote is open on the target (most often a streamed one).
+    /// Then, when a streamed transaction is open on the target (14+; see
+    /// `Syncs::new`), or before 14 a transaction that wrote, if one shows
+    /// up.
     pub inside_streamed: bool,
     pub how: Stop,
 }
@@ -72,14 +73,18 @@ pub struct Syncs<'a> {
     pair: &'a Pair,
     extra: Vec<String>,
     current: Option<(Running, Stop)>,
-    /// Whether the source streams large transactions while in progress
-    /// (14+): a stop meant for inside one then waits for one, not for
-    /// any transaction that wrote.
-    streams: bool,
+    /// When the source streams large transactions while in progress
+    /// (14+): the query of the target's applied position (see `new`).
+    streamed_position: Option<&'static str>,
     pub tally: Tally,
 }
 
 const LIMIT: Duration = Duration::from_secs(300);
+
+/// The position the target applied through, by `query`.
+async fn applied(target: &tokio_postgres::Client, query: &str) -> Option<::pgrepl::Lsn> {
+    target.query_one(query, &[]).await.ok()?.get(0)
+}
 
 /// A pgrepl connection holds a transaction that wrote open on the target
 /// (most often a large one's, streamed, which lasts longest).
@@ -97,13 +102,23 @@ async fn writing(target: &tokio_postgres::Client) -> bool {
 
 impl<'a> Syncs<'a> {
     /// `extra`: arguments every run gets (`-v`, say).
-    /// `streams`: the source is 14+ (large transactions streamed).
-    pub fn new(pair: &'a Pair, extra: &[&str], streams: bool) -> Syncs<'a> {
+    /// `streamed_position`: on a source that streams large transactions
+    /// (14+), the query of the position the target applied through. A stop
+    /// meant for inside a streamed transaction then waits for the run's log
+    /// to show one open, past the end of the workload until the target has
+    /// applied all the source wrote (a round's large transactions come
+    /// last, and a run that is behind streams them after the workload is
+    /// done). Before 14 it waits for any pgrepl transaction that wrote.
+    pub fn new(
+        pair: &'a Pair,
+        extra: &[&str],
+        streamed_position: Option<&'static str>,
+    ) -> Syncs<'a> {
         Syncs {
             pair,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             current: None,
-            streams,
+            streamed_position,
             tally: Tally::default(),
         }
     }
@@ -199,13 +214,16 @@ impl<'a> Syncs<'a> {
             }
             if p.inside_streamed {
                 // Until one shows up or the workload and the sync are done.
+                let mut source_end: Option<::pgrepl::Lsn> = None;
                 loop {
                     // What `stop` tallies: the run's own log shows a
                     // streamed transaction open (a group transaction that
                     // merely wrote is not one); before 14, a large
                     // transaction applied whole is the nearest thing.
                     let open = match &self.current {
-                        Some((r, _)) if self.streams => streamed_open(&r.output_so_far()),
+                        Some((r, _)) if self.streamed_position.is_some() => {
+                            streamed_open(&r.output_so_far())
+                        }
                         _ => writing(&target).await,
                     };
                     if open {
@@ -214,8 +232,24 @@ impl<'a> Syncs<'a> {
                     let ended = self.current.as_mut().is_some_and(|(r, how)| {
                         *how == Stop::CaughtUp && matches!(r.child.try_wait(), Ok(Some(_)))
                     });
-                    if finished.load(Ordering::SeqCst) || ended {
+                    if ended {
                         break;
+                    }
+                    if finished.load(Ordering::SeqCst) {
+                        let Some(position) = self.streamed_position else {
+                            break;
+                        };
+                        let end = match source_end {
+                            Some(end) => end,
+                            None => {
+                                let end = self.source_position().await;
+                                source_end = Some(end);
+                                end
+                            }
+                        };
+                        if applied(&target, position).await.is_some_and(|at| at >= end) {
+                            break;
+                        }
                     }
                     assert!(
                         start.elapsed() < LIMIT,
@@ -228,6 +262,17 @@ impl<'a> Syncs<'a> {
             self.stop().await;
             self.start(p.how);
         }
+    }
+
+    /// The source's current WAL position.
+    async fn source_position(&self) -> ::pgrepl::Lsn {
+        self.pair
+            .source
+            .value("SELECT pg_current_wal_lsn()::text")
+            .await
+            .expect("the source's position")
+            .parse()
+            .expect("an LSN")
     }
 
     /// At the end of a round: a run that ends by itself is waited for,
@@ -271,7 +316,11 @@ fn streamed_open(log: &str) -> bool {
     let mut open = std::collections::HashSet::new();
     for line in log.lines().map(super::strip_ansi) {
         let line = line.as_str();
-        if line.contains("applying it on a connection of its own") {
+        if line.contains("stream_large=") {
+            // A session (re)starting: what the one before held open was
+            // dropped with its connections, logged or not.
+            open.clear();
+        } else if line.contains("applying it on a connection of its own") {
             open.extend(xid(line));
         } else if line.contains("streamed transaction committed")
             || line.contains("streamed transaction aborted")
