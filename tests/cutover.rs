@@ -203,6 +203,18 @@ async fn heavy_writers_are_fenced_and_the_target_takes_over_exactly() {
     assert!(c.is_err(), "a new session writes");
     let ddl = s.batch_execute("CREATE TABLE late (x int)").await;
     assert!(ddl.is_err(), "DDL on the fenced source");
+    // The sync started again (a supervisor restarting it) must not apply
+    // to the target it was cut over to: it says so and exits; a second
+    // cutover has nothing to do.
+    let out = pair.run("sync", &[]).await;
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr.contains(&format!("was cut over at {fence}")),
+        "{out}"
+    );
+    let out = pair.run("cutover", &[]).await;
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("already cut over"), "{out}");
     // Teardown --unfence makes it writable again, deliberately.
     let out = pair.run("teardown", &["--unfence"]).await;
     assert!(out.success(), "{out}");

@@ -83,6 +83,27 @@ pub async fn follow_timeline(
         .map_err(target_err("recording the source's timeline"))
 }
 
+/// Refuses to stream into a target this sync was cut over to: the
+/// application writes there now, and the source (fenced, or cut back to)
+/// must not reach it. A supervisor restarting `pgrepl sync` after the
+/// cutover, or a sync that was between sessions when the cutover ran
+/// through another, ends here before it touches the target.
+pub async fn refuse_after_cutover(req: &StreamRequest<'_>) -> Result<(), SessionError> {
+    let tgt = req.target.connect().await?;
+    match crate::control::cut_over_at(&tgt, req.name).await {
+        Ok(Some(at)) => Err(SessionError::CutOver {
+            name: req.name.to_string(),
+            at,
+        }),
+        Ok(None) => Ok(()),
+        Err(e) => Err(SessionError::Target {
+            what: "reading whether the sync was cut over",
+            message: e.to_string(),
+            transient: true,
+        }),
+    }
+}
+
 /// Refuses to stream when the slot was confirmed past what the target
 /// holds: the source would start at its confirmed position and the
 /// transactions between would never be applied. pgrepl never confirms more

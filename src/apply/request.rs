@@ -63,6 +63,8 @@ pub enum SessionError {
         server: String,
         name: String,
     },
+    #[error("target: sync {name} was cut over at {at}: the target took over from the source there, and nothing more may be applied to it. Nothing was applied. To replicate again, `pgrepl teardown --name {name}` and start a new sync")]
+    CutOver { name: String, at: Lsn },
     #[error("gave up after retrying for {after}: {last}")]
     GaveUp {
         after: String,
@@ -98,7 +100,8 @@ impl SessionError {
             | SessionError::OtherSystem { .. }
             | SessionError::TargetAhead { .. }
             | SessionError::SlotGone { .. }
-            | SessionError::OtherTimeline { .. } => false,
+            | SessionError::OtherTimeline { .. }
+            | SessionError::CutOver { .. } => false,
         }
     }
 
@@ -118,7 +121,8 @@ impl SessionError {
             SessionError::Apply(ApplyError::Stream(_) | ApplyError::Decode(_)) => "source",
             SessionError::Apply(_)
             | SessionError::Target { .. }
-            | SessionError::TargetBehind { .. } => "target",
+            | SessionError::TargetBehind { .. }
+            | SessionError::CutOver { .. } => "target",
             SessionError::GaveUp { last, .. } => last.kind(),
         }
     }

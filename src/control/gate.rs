@@ -208,6 +208,7 @@ impl Gate {
                     &State::Done {
                         at: through,
                         held_ms: 0,
+                        cut_over: false,
                     },
                 )
                 .await?;
@@ -250,14 +251,26 @@ impl Gate {
             State::Released => {
                 self.held += since.elapsed();
                 let held_ms = self.held.as_millis() as u64;
-                set_state(&self.client, id, &State::Done { at, held_ms }).await?;
+                let done = State::Done {
+                    at,
+                    held_ms,
+                    cut_over: false,
+                };
+                set_state(&self.client, id, &done).await?;
                 tracing::info!(request = id, held_ms, "control: apply released");
                 self.phase = Phase::Open;
             }
             State::End => {
                 self.held += since.elapsed();
                 let held_ms = self.held.as_millis() as u64;
-                set_state(&self.client, id, &State::Done { at, held_ms }).await?;
+                // The record that keeps any later session of this sync
+                // from applying to the target (see `guard`).
+                let done = State::Done {
+                    at,
+                    held_ms,
+                    cut_over: true,
+                };
+                set_state(&self.client, id, &done).await?;
                 tracing::info!(request = id, %at, "control: the sync ends here");
                 self.phase = Phase::Open;
                 return Ok(Some(at));

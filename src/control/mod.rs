@@ -99,10 +99,14 @@ pub enum State {
     /// The requester ends the sync where it holds (cutover done).
     End,
     /// Finished (a `Finish` through its LSN, or a `Hold` released); `held`
-    /// is how long the apply stood still, in milliseconds.
+    /// is how long the apply stood still, in milliseconds. `cut_over`: the
+    /// sync ended here at a cutover's `End`: the target took over from the
+    /// source at `at`, and no sync of this name may apply to it again.
     Done {
         at: Lsn,
         held_ms: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cut_over: bool,
     },
     /// The sync went on by itself after waiting [`HOLD_LIMIT`].
     Expired,
@@ -144,6 +148,42 @@ pub async fn state(client: &Client, id: i64) -> Result<State, ControlError> {
         what: "reading a control request",
         message: e.to_string(),
     })
+}
+
+/// Where sync `name` was cut over, if it was (see [`State::Done`]); `None`
+/// too on a target that never had a control channel.
+pub async fn cut_over_at(client: &Client, name: &SyncName) -> Result<Option<Lsn>, ControlError> {
+    let rows = client
+        .query(
+            "SELECT state::text FROM pgrepl.control
+              WHERE sync_name = $1
+                AND state->>'state' = 'done' AND state->>'cut_over' = 'true'
+              ORDER BY id DESC LIMIT 1",
+            &[&name.as_str()],
+        )
+        .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        // No control table: no cutover ever ran here.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(query("reading the sync's cutover")(e)),
+    };
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    match serde_json::from_str(row.get::<_, &str>(0)) {
+        Ok(State::Done { at, .. }) => Ok(Some(at)),
+        Ok(other) => Err(ControlError::Query {
+            what: "reading the sync's cutover",
+            message: format!("unexpected state {other:?}"),
+        }),
+        Err(e) => Err(ControlError::Query {
+            what: "reading the sync's cutover",
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// Moves request `id` to `state` and wakes the other side.
@@ -303,5 +343,38 @@ impl<'a> Requester<'a> {
     /// The request's state now.
     pub async fn state(&self) -> Result<State, ControlError> {
         state(self.client, self.id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cutover_is_recorded_in_done_and_older_rows_still_read() {
+        // A row written before `cut_over` existed reads as no cutover.
+        let old: State = serde_json::from_str(r#"{"state":"done","at":"0/16B3748","held_ms":12}"#)
+            .expect("an older row");
+        assert_eq!(
+            old,
+            State::Done {
+                at: "0/16B3748".parse().expect("lsn"),
+                held_ms: 12,
+                cut_over: false
+            }
+        );
+        // Released holds write no flag; a cutover's end writes it, and
+        // `cut_over_at` looks for exactly this text.
+        let released = serde_json::to_string(&old).expect("json");
+        assert!(!released.contains("cut_over"), "{released}");
+        let ended = State::Done {
+            at: Lsn(1),
+            held_ms: 0,
+            cut_over: true,
+        };
+        let text = serde_json::to_string(&ended).expect("json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["state"], "done");
+        assert_eq!(v["cut_over"], true);
     }
 }

@@ -197,6 +197,15 @@ async fn run_alone(
             req.name, record.phase
         )));
     }
+    if let Some(at) = crate::control::cut_over_at(&tgt, req.name)
+        .await
+        .map_err(|e| CutoverError::Other(e.to_string()))?
+    {
+        return Err(CutoverError::Other(format!(
+            "target: sync {} was already cut over at {at}: nothing to do",
+            req.name
+        )));
+    }
     let tables = synced_tables(&src, req).await?;
     if req.reverse {
         reverse::check(req).await?;
@@ -219,7 +228,13 @@ async fn run_alone(
     }
 
     match (result, sync) {
-        (Ok(summary), Sync::Own { task, .. }) => {
+        (Ok(summary), Sync::Own { stop, task }) => {
+            // The sync that held at the fence has ended. Ours did, or it
+            // never got to stream (a sync between two sessions looked
+            // absent, and it was the one that held): either way it stops
+            // now, and the record of the cutover keeps it from starting
+            // another session.
+            let _ = stop.send(true);
             let _ = task.await;
             Ok(summary)
         }
@@ -302,8 +317,13 @@ async fn start_sync(src: &Client, req: &CutoverRequest<'_>) -> Result<Sync, Cuto
             skip_pgrepl_origins: false,
             ledger,
         };
-        if let Err(e) = crate::apply::session::run(&request, stop_rx).await {
-            tracing::error!(error = %e, "the cutover's own sync stopped");
+        match crate::apply::session::run(&request, stop_rx).await {
+            Ok(_) => {}
+            // Another sync held at the fence and the cutover is done.
+            Err(e @ crate::apply::session::SessionError::CutOver { .. }) => {
+                tracing::debug!(error = %e, "the cutover's own sync did not stream");
+            }
+            Err(e) => tracing::error!(error = %e, "the cutover's own sync stopped"),
         }
     });
     Ok(Sync::Own { stop, task })
