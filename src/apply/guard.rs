@@ -98,8 +98,8 @@ pub async fn refuse_after_cutover(req: &StreamRequest<'_>) -> Result<(), Session
         Ok(None) => Ok(()),
         Err(e) => Err(SessionError::Target {
             what: "reading whether the sync was cut over",
-            message: e.to_string(),
-            transient: true,
+            message: describe(&e),
+            transient: crate::conn::error::is_transient(&e),
         }),
     }
 }

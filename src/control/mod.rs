@@ -152,37 +152,23 @@ pub async fn state(client: &Client, id: i64) -> Result<State, ControlError> {
 
 /// Where sync `name` was cut over, if it was (see [`State::Done`]); `None`
 /// too on a target that never had a control channel.
-pub async fn cut_over_at(client: &Client, name: &SyncName) -> Result<Option<Lsn>, ControlError> {
+pub async fn cut_over_at(
+    client: &Client,
+    name: &SyncName,
+) -> Result<Option<Lsn>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT state::text FROM pgrepl.control
-              WHERE sync_name = $1
-                AND state->>'state' = 'done' AND state->>'cut_over' = 'true'
+            "SELECT (state->>'at')::pg_lsn FROM pgrepl.control
+              WHERE sync_name = $1 AND state->>'state' = 'done' AND state->>'cut_over' = 'true'
               ORDER BY id DESC LIMIT 1",
             &[&name.as_str()],
         )
         .await;
-    let rows = match rows {
-        Ok(rows) => rows,
+    match rows {
+        Ok(rows) => Ok(rows.first().map(|r| r.get(0))),
         // No control table: no cutover ever ran here.
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-            return Ok(None)
-        }
-        Err(e) => return Err(query("reading the sync's cutover")(e)),
-    };
-    let Some(row) = rows.first() else {
-        return Ok(None);
-    };
-    match serde_json::from_str(row.get::<_, &str>(0)) {
-        Ok(State::Done { at, .. }) => Ok(Some(at)),
-        Ok(other) => Err(ControlError::Query {
-            what: "reading the sync's cutover",
-            message: format!("unexpected state {other:?}"),
-        }),
-        Err(e) => Err(ControlError::Query {
-            what: "reading the sync's cutover",
-            message: e.to_string(),
-        }),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

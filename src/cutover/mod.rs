@@ -199,7 +199,7 @@ async fn run_alone(
     }
     if let Some(at) = crate::control::cut_over_at(&tgt, req.name)
         .await
-        .map_err(|e| CutoverError::Other(e.to_string()))?
+        .map_err(|e| CutoverError::target("reading whether the sync was cut over", &e))?
     {
         return Err(CutoverError::Other(format!(
             "target: sync {} was already cut over at {at}: nothing to do",
