@@ -379,6 +379,17 @@ async fn the_way_back_carries_writes_back_and_a_second_cutover_returns() {
         .batch_execute("INSERT INTO a (v) VALUES ('x')")
         .await
         .is_err());
+    // A cut back that died after the sync ended, before it lifted the old
+    // source's fence (made up here): running it again finishes that.
+    back.target
+        .exec("CREATE FUNCTION stale() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'stale'; END$$;
+               CREATE TRIGGER pgrepl_fence BEFORE INSERT ON a FOR EACH STATEMENT EXECUTE FUNCTION stale();")
+        .await;
+    let out = back.run("cutover", &["--name", "pgrepl_r"]).await;
+    assert!(out.stderr.contains("still fenced from before"), "{out}");
+    back.target
+        .exec("INSERT INTO a (v) VALUES ('home, unfenced')")
+        .await;
 }
 
 /// An application committing with synchronous_commit off: its last

@@ -52,6 +52,38 @@ pub async fn hold_off(
     locked.map(|_| ())
 }
 
+/// Takes the lock on `client` (kept until the session ends) if nobody
+/// holds it: false when a cutover or a round has it.
+pub async fn try_hold(client: &Client, name: &SyncName) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            &format!("SELECT pg_catalog.pg_try_advisory_lock({LOCK_KEY})"),
+            &[&name.as_str()],
+        )
+        .await?
+        .get(0))
+}
+
+/// The target session holding the lock (a cutover's, or a round's for a
+/// moment), if one does. Reads `pg_locks` only: takes nothing.
+pub async fn holder(
+    client: &Client,
+    name: &SyncName,
+) -> Result<Option<i32>, tokio_postgres::Error> {
+    // pg_locks shows the two int4 keys as oids: their bits, unsigned.
+    Ok(client
+        .query_opt(
+            "SELECT l.pid FROM pg_catalog.pg_locks l
+              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                AND l.classid::int8 = (pg_catalog.hashtext('pgrepl carry')::int8 & 4294967295)
+                AND l.objid::int8 = (pg_catalog.hashtext($1)::int8 & 4294967295)
+              LIMIT 1",
+            &[&name.as_str()],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
 /// Runs until dropped.
 pub async fn in_step(
     source: Endpoint,

@@ -186,6 +186,12 @@ pub struct CutoverArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// Do not cut over: lift the fence a cutover that did not finish (killed,
+    /// its host or connection lost) left on the source, and let the sync
+    /// go on. Refused once the sync was cut over, or while a cutover runs.
+    #[arg(long, conflicts_with_all = ["verify", "reverse", "terminate", "json"])]
+    pub abandon: bool,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -4,10 +4,14 @@
 use std::process::ExitCode;
 
 use crate::cli::CutoverArgs;
+use crate::cutover::abandon::Abandoned;
 use crate::cutover::{self, CutoverRequest};
 use crate::progress::ui::ProgressMode;
 
 pub async fn run(args: CutoverArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
+    if args.abandon {
+        return abandon(&args).await;
+    }
     if args.endpoints.databases.any() {
         return super::server::cutover(args, json_logs).await;
     }
@@ -39,9 +43,12 @@ pub async fn run(args: CutoverArgs, json_logs: bool) -> anyhow::Result<ExitCode>
     eprintln!("Cutting over sync {}:", args.endpoints.name);
     let result = cutover::run(&req, rx).await;
     signals.abort();
-    let summary = result.map_err(|e| {
-        anyhow::Error::new(e)
-            .context("cutover abandoned; the fence is lifted and the source takes writes as before")
+    let summary = result.map_err(|e| match e {
+        // Nothing was fenced by this run: the cutover was done before.
+        e @ cutover::CutoverError::AlreadyCutOver { .. } => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context(
+            "cutover abandoned; the fence is lifted and the source takes writes as before",
+        ),
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -62,4 +69,33 @@ pub async fn run(args: CutoverArgs, json_logs: bool) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cutover --abandon`: the fence a cutover left behind comes down (each
+/// database's, with `--all-databases`).
+async fn abandon(args: &CutoverArgs) -> anyhow::Result<ExitCode> {
+    async fn one(
+        name: &crate::sql::SyncName,
+        source: &crate::conn::Endpoint,
+        target: &crate::conn::Endpoint,
+    ) -> anyhow::Result<ExitCode> {
+        match cutover::abandon::abandon(name, source, target).await? {
+            Abandoned::Lifted { since } => crate::say!(
+                "Lifted the fence a cutover of sync {name} left on the source{}: its tables take writes again, and the sync goes on.",
+                since.map(|s| format!(" (standing since {s})")).unwrap_or_default()
+            ),
+            Abandoned::NothingStood => crate::say!(
+                "Nothing to abandon: no fence stands on the source of sync {name}."
+            ),
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+    if args.endpoints.databases.any() {
+        return super::server::each(&args.endpoints, |m| async move {
+            one(&m.name, &m.source, &m.target).await
+        })
+        .await;
+    }
+    let (source, target) = super::endpoints(&args.endpoints)?;
+    one(&args.endpoints.name, &source, &target).await
 }

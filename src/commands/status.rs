@@ -42,13 +42,26 @@ async fn one(
         .await?
         .with_failover(source, &src, name)
         .await?;
+    // What a cutover left: done, running, or a fence with nobody behind it.
+    let cutover = crate::cutover::abandon::Standing::read(&src, &tgt, name).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        #[derive(serde::Serialize)]
+        struct Full<'a> {
+            #[serde(flatten)]
+            report: &'a crate::progress::status::StatusReport,
+            cutover: &'a crate::cutover::abandon::Standing,
+        }
+        let full = Full {
+            report: &report,
+            cutover: &cutover,
+        };
+        println!("{}", serde_json::to_string_pretty(&full)?);
     } else {
-        print!(
-            "{}",
-            crate::progress::scope::prefixed(&report.render()) + "\n"
-        );
+        let mut text = report.render();
+        if let Some(line) = cutover.render(name) {
+            text = format!("{}\n{line}", text.trim_end_matches('\n'));
+        }
+        print!("{}", crate::progress::scope::prefixed(&text) + "\n");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -201,7 +201,16 @@ pub async fn put_up(
     }
     // Rule: once any part of the fence persists, every way out of here
     // takes it down again (the caller lifts only a fence it was given).
+    // The row first: a fence stands from it on (see `is_fenced`), so a
+    // cutover that dies anywhere after it leaves a fence `status` names
+    // and `cutover --abandon` lifts, never a bare read-only default.
     let persistent = async {
+        exec(
+            &admin,
+            "SET pgrepl.internal = 'on'; INSERT INTO pgrepl_fence.active DEFAULT VALUES ON CONFLICT DO NOTHING; RESET pgrepl.internal",
+            "fencing DDL",
+        )
+        .await?;
         exec(
             &admin,
             &format!(
@@ -209,12 +218,6 @@ pub async fn put_up(
                 quote_ident(&database)
             ),
             "making the database read-only for new sessions",
-        )
-        .await?;
-        exec(
-            &admin,
-            "SET pgrepl.internal = 'on'; INSERT INTO pgrepl_fence.active DEFAULT VALUES ON CONFLICT DO NOTHING; RESET pgrepl.internal",
-            "fencing DDL",
         )
         .await?;
         let read_only_since: String = admin

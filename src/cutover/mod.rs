@@ -14,6 +14,7 @@
 //! Without a running sync, the cutover runs one itself, in this process,
 //! for as long as it takes.
 
+pub mod abandon;
 pub mod fence;
 mod reverse;
 mod sessions;
@@ -62,6 +63,14 @@ pub enum CutoverError {
     Differs(String),
     #[error("interrupted")]
     Interrupted,
+    #[error("target: sync {name} was already cut over at {at}: {}", if *lifted_old_fence { "its target (the old source) was still fenced from before, and takes writes again now; nothing else to do" } else { "nothing to do" })]
+    AlreadyCutOver {
+        name: String,
+        at: Lsn,
+        /// A cut back had ended the sync but not unfenced its target
+        /// (the old source); this run did.
+        lifted_old_fence: bool,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -172,13 +181,9 @@ pub async fn run(
 
 async fn run_alone(
     req: &CutoverRequest<'_>,
-    mut interrupted: watch::Receiver<bool>,
+    interrupted: watch::Receiver<bool>,
 ) -> Result<Summary, CutoverError> {
     let started = Instant::now();
-    let mut steps = Steps {
-        list: Vec::new(),
-        at: Instant::now(),
-    };
     let (src, tgt) = tokio::try_join!(req.source.connect(), req.target.connect())?;
     let record = crate::progress::state::load_sync(&tgt, req.name)
         .await
@@ -201,28 +206,82 @@ async fn run_alone(
         .await
         .map_err(|e| CutoverError::target("reading whether the sync was cut over", &e))?
     {
+        // A cut back whose process ended after the sync did, before the
+        // old source (this target) was unfenced: that is what is left.
+        let mut lifted_old_fence = false;
+        if record.reverse_of.is_some() && fence::is_fenced(&tgt).await? {
+            let db = fence::database(&tgt).await?;
+            fence::undo_persistent(&tgt, &db, &[]).await;
+            lifted_old_fence = !fence::is_fenced(&tgt).await?;
+        }
+        return Err(CutoverError::AlreadyCutOver {
+            name: req.name.to_string(),
+            at,
+            lifted_old_fence,
+        });
+    }
+    // The sync's rounds for large objects and roles stand aside (a round
+    // running ends first; see `carry::keep`), and no other cutover of it
+    // runs, for as long as this session lives.
+    let mut carry = req.target.connect().await?;
+    if let Err(e) = crate::carry::keep::hold_off(&carry, req.name, req.wait).await {
+        let holder = crate::carry::keep::holder(&tgt, req.name)
+            .await
+            .ok()
+            .flatten();
         return Err(CutoverError::Other(format!(
-            "target: sync {} was already cut over at {at}: nothing to do",
-            req.name
+            "target: another cutover of sync {} runs, or the sync's round of large objects and roles did not end in time ({}{}): nothing was changed; try again, or raise --wait",
+            req.name,
+            describe(&e),
+            holder.map(|p| format!("; the lock's holder is pid {p}")).unwrap_or_default()
         )));
     }
-    let tables = synced_tables(&src, req).await?;
+    // A fence standing already, no other cutover running: one before this
+    // died under it (see `abandon`). This one takes it over, and lifts it
+    // too if it fails.
+    let leftover = fence::is_fenced(&src).await?;
+    if leftover {
+        crate::say_err!(
+            "The source is fenced already by a cutover that did not finish: this cutover takes the fence over."
+        );
+    }
+    let result = fenced_run(req, &src, &tgt, &mut carry, interrupted, started).await;
+    if leftover && result.is_err() {
+        fence::lift_what_stands(req.source).await;
+    }
+    result
+}
+
+/// The cutover once no other one runs (`carry` holds the sync's lock).
+async fn fenced_run(
+    req: &CutoverRequest<'_>,
+    src: &Client,
+    tgt: &Client,
+    carry: &mut Client,
+    mut interrupted: watch::Receiver<bool>,
+    started: Instant,
+) -> Result<Summary, CutoverError> {
+    let mut steps = Steps {
+        list: Vec::new(),
+        at: Instant::now(),
+    };
+    let tables = synced_tables(src, req).await?;
     if req.reverse {
         reverse::check(req).await?;
     }
-    let sync = start_sync(&src, req).await?;
+    let sync = start_sync(src, req).await?;
     // The sync holds for this cutover as long as the cutover takes (a
     // verify, the other databases of a set): it says it is still there.
     let result = tokio::select! {
-        r = cut_over(req, &src, &tgt, &tables, &mut steps, started) => r,
+        r = cut_over(req, src, tgt, carry, &tables, &mut steps, started) => r,
         _ = interrupted.changed() => Err(CutoverError::Interrupted),
-        () = crate::control::still_here(&tgt, req.name) => unreachable!("still_here runs until dropped"),
+        () = crate::control::still_here(tgt, req.name) => unreachable!("still_here runs until dropped"),
     };
     if matches!(result, Err(CutoverError::Interrupted)) {
         // Cut short anywhere: whatever of the fence stands comes down, and
         // a sync holding for it applies on.
         fence::lift_what_stands(req.source).await;
-        if let Err(e) = crate::control::release_all(&tgt, req.name).await {
+        if let Err(e) = crate::control::release_all(tgt, req.name).await {
             tracing::warn!(error = %e, "could not release the sync: it goes on by itself within 30 s");
         }
     }
@@ -348,6 +407,7 @@ async fn cut_over(
     req: &CutoverRequest<'_>,
     src: &Client,
     tgt: &Client,
+    carry: &mut Client,
     tables: &[TableName],
     steps: &mut Steps,
     started: Instant,
@@ -380,18 +440,8 @@ async fn cut_over(
             .map_err(|e| CutoverError::Other(e.to_string()))?;
     }
 
-    // 2. The sync's rounds for large objects and roles stand aside (a
-    // round running ends first; see `carry::keep`), for as long as this
-    // session lives: then the fence, and its LSN.
-    let mut carry = req.target.connect().await?;
-    crate::carry::keep::hold_off(&carry, req.name, req.wait)
-        .await
-        .map_err(|e| {
-            CutoverError::Other(format!(
-                "target: the sync's round of large objects and roles did not end in time ({}): try again, or raise --wait",
-                describe(&e)
-            ))
-        })?;
+    // 2. The fence (the sync's rounds stand aside already: `carry`
+    // holds their lock), and its LSN.
     // Sessions that could write past the fence (see `sessions`): without
     // --terminate, they must end before it goes up.
     if !req.terminate {
@@ -414,7 +464,7 @@ async fn cut_over(
     let fenced_at = fence.since;
     let fence_lsn = fence.lsn;
     steps.done(&format!("source fenced at {}", fence.lsn));
-    let outcome = under_fence(req, src, tgt, &mut carry, &fence, steps).await;
+    let outcome = under_fence(req, src, tgt, carry, &fence, steps).await;
     match outcome {
         Ok((mut held, sequences_set, verified, reverse)) => {
             // Every database's target ready before any fence lasts.

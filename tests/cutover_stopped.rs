@@ -1,0 +1,172 @@
+//! A cutover stopped where it cannot clean up after itself (`kill -9`
+//! under its fence): the fence's lasting parts stay on the source, and
+//! `status` says so; `cutover --abandon` lifts them and the sync goes on;
+//! killed again at the same point, running `cutover` again finishes the
+//! cutover over the fence it finds, exactly; `--abandon` then refuses.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{assert_same_data, db_error, wait_for, wait_for_phase, Cluster, Pair};
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+const SCHEMA: &str = "
+    CREATE TABLE a (id serial PRIMARY KEY, v text);
+    CREATE SEQUENCE free_seq START 500;
+    INSERT INTO a (v) SELECT 'a' FROM generate_series(1, 100);
+    SELECT nextval('free_seq') FROM generate_series(1, 7);
+";
+
+/// An INSERT from a new session on the source: `Err` with the server's
+/// message when refused.
+async fn insert(source: &Cluster, v: &str) -> Result<(), String> {
+    source
+        .client()
+        .await
+        .batch_execute(&format!("INSERT INTO a (v) VALUES ('{v}')"))
+        .await
+        .map_err(|e| db_error(&e))
+}
+
+/// Starts a cutover that fences the source and then waits on `blocker`'s
+/// open write transaction (up to 10 minutes before it would end it), and
+/// kills it with SIGKILL there.
+async fn kill_a_cutover_under_its_fence(pair: &Pair, blocker: &tokio_postgres::Client) {
+    blocker
+        .batch_execute("BEGIN; INSERT INTO a (v) VALUES ('open when the fence went up')")
+        .await
+        .expect("open write transaction");
+    let mut cutover = pair.spawn("cutover", &["--terminate", "--wait", "10m"]);
+    // Past the lasting parts: the fence's lock waits on the blocker.
+    wait_for("the cutover waiting on the fence's lock", LIMIT, || {
+        let s = pair.source.client();
+        async move {
+            let waiting: bool = s
+                .await
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pgrepl_fence.active)
+                        AND EXISTS (SELECT 1 FROM pg_stat_activity
+                                     WHERE application_name = 'pgrepl' AND wait_event_type = 'Lock')",
+                    &[],
+                )
+                .await
+                .ok()?
+                .get(0);
+            waiting.then_some(())
+        }
+    })
+    .await;
+    cutover.assert_running();
+    cutover.kill().await;
+    blocker
+        .batch_execute("COMMIT")
+        .await
+        .expect("the blocker commits: its session was opened before the fence");
+}
+
+async fn status(pair: &Pair) -> String {
+    let out = pair.run("status", &[]).await;
+    assert!(out.success(), "{out}");
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_killed_under_its_fence_is_named_then_abandoned_or_finished() {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let sync = pair.spawn("sync", &[]);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    assert!(
+        !status(&pair).await.contains("cutover:"),
+        "nothing to say yet"
+    );
+    let blocker = pair.source.client().await;
+
+    // 1. Killed under its fence: new sessions on the source are read-only,
+    // and status says what stands and what to do.
+    kill_a_cutover_under_its_fence(&pair, &blocker).await;
+    let refused = insert(&pair.source, "after the kill").await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("read-only")),
+        "{refused:?}"
+    );
+    let text = status(&pair).await;
+    assert!(text.contains("cutover: NOT FINISHED"), "{text}");
+    assert!(text.contains("--abandon"), "{text}");
+    let json = pair.run("status", &["--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("status JSON");
+    assert_eq!(v["cutover"]["source_fenced"], true, "{json}");
+
+    // 2. --abandon lifts it; the sync goes on streaming what comes after.
+    let out = pair.run("cutover", &["--abandon"]).await;
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("Lifted the fence"), "{out}");
+    insert(&pair.source, "after the abandon")
+        .await
+        .expect("the source takes writes again");
+    let t = pair.target.client().await;
+    wait_for("the sync applying after the abandon", LIMIT, || {
+        let t = &t;
+        async move {
+            let n: i64 = t
+                .query_one("SELECT count(*) FROM a WHERE v = 'after the abandon'", &[])
+                .await
+                .ok()?
+                .get(0);
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    assert!(!status(&pair).await.contains("cutover:"), "nothing stands");
+    // Sequences do not stream: only a cutover carries these.
+    pair.source
+        .exec("SELECT nextval('free_seq') FROM generate_series(1, 3)")
+        .await;
+    let out = pair.run("cutover", &["--abandon"]).await;
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("Nothing to abandon"), "{out}");
+
+    // 3. Killed at the same point again: running cutover again finishes it
+    // over the fence it finds.
+    kill_a_cutover_under_its_fence(&pair, &blocker).await;
+    let out = pair.run("cutover", &["--terminate", "--wait", "1m"]).await;
+    assert!(out.success(), "{out}");
+    assert!(out.stderr.contains("fenced already"), "{out}");
+    assert!(out.stdout.contains("The target is ready"), "{out}");
+    assert!(sync.wait(LIMIT).await.success());
+    let (s, tc) = (pair.source.client().await, pair.target.client().await);
+    assert_same_data(&s, &tc).await;
+    let next = |c: tokio_postgres::Client| async move {
+        c.query_one("SELECT nextval('free_seq')", &[])
+            .await
+            .expect("nextval")
+            .get::<_, i64>(0)
+    };
+    assert_eq!(next(tc).await, 510, "the sequence carried exactly");
+    // The lasting fence: past the read-only default, the tables' triggers.
+    let writer = pair.source.client().await;
+    writer
+        .batch_execute("SET default_transaction_read_only = off")
+        .await
+        .expect("a session may turn the default off");
+    let refused = writer
+        .batch_execute("INSERT INTO a (v) VALUES ('x')")
+        .await
+        .map_err(|e| db_error(&e));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("cut over by pgrepl")),
+        "{refused:?}"
+    );
+    let text = status(&pair).await;
+    assert!(text.contains("cutover: done at source LSN"), "{text}");
+
+    // 4. Once cut over, --abandon refuses and changes nothing.
+    let out = pair.run("cutover", &["--abandon"]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.error_line().contains("was cut over at"), "{out}");
+    assert!(insert(&pair.source, "still fenced").await.is_err());
+}
