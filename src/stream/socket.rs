@@ -13,11 +13,12 @@
 //! every read brings many. The pause adds at most [`GATHER_PAUSE`] of
 //! latency. A TLS stream stays in the runtime, read as it comes.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::Shutdown;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::conn::raw::Io;
@@ -53,10 +54,24 @@ impl Plain {
         };
     }
 
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Plain::Tcp(s) => s.read(buf),
-            Plain::Unix(s) => s.read(buf),
+    /// Reads what the socket has (blocking until there is something)
+    /// straight into `buf`'s spare capacity, which must not be empty.
+    fn read_into(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        let sock = match self {
+            Plain::Tcp(s) => SockRef::from(&*s),
+            Plain::Unix(s) => SockRef::from(&*s),
+        };
+        loop {
+            match sock.recv(buf.spare_capacity_mut()) {
+                Ok(n) => {
+                    // SAFETY: recv wrote the first `n` bytes of the spare
+                    // capacity (and never reports more than it was given).
+                    unsafe { buf.set_len(buf.len() + n) };
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -72,11 +87,7 @@ impl Plain {
 /// it only ever runs on the stream's own reader thread.
 pub enum ReadSide {
     Async(ReadHalf<Io>),
-    Blocking {
-        socket: Plain,
-        scratch: Vec<u8>,
-        short: bool,
-    },
+    Blocking { socket: Plain, short: bool },
 }
 
 impl ReadSide {
@@ -90,17 +101,16 @@ impl ReadSide {
                 }
                 rd.read_buf(buf).await
             }
-            ReadSide::Blocking {
-                socket,
-                scratch,
-                short,
-            } => {
+            ReadSide::Blocking { socket, short } => {
                 if *short {
                     std::thread::sleep(GATHER_PAUSE);
                 }
-                let n = socket.read(scratch)?;
+                // Read in place: no copy of what arrives.
+                if buf.capacity() - buf.len() < SHORT_READ {
+                    buf.reserve(READ_CHUNK);
+                }
+                let n = socket.read_into(buf)?;
                 *short = n < SHORT_READ;
-                buf.extend_from_slice(&scratch[..n]);
                 Ok(n)
             }
         }
@@ -154,7 +164,6 @@ pub fn split(io: Io) -> std::io::Result<(ReadSide, WriteSide, Option<Plain>)> {
     Ok((
         ReadSide::Blocking {
             socket: plain,
-            scratch: vec![0; READ_CHUNK],
             short: false,
         },
         WriteSide::Blocking(writer),
