@@ -380,16 +380,30 @@ async fn the_way_back_carries_writes_back_and_a_second_cutover_returns() {
         .await
         .is_err());
     // A cut back that died after the sync ended, before it lifted the old
-    // source's fence (made up here): running it again finishes that.
+    // source's fence (made up here): running it again finishes that, but
+    // leaves a fence newer than the cut back (another cutover's) alone.
     back.target
-        .exec("CREATE FUNCTION stale() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'stale'; END$$;
-               CREATE TRIGGER pgrepl_fence BEFORE INSERT ON a FOR EACH STATEMENT EXECUTE FUNCTION stale();")
+        .exec("CREATE SCHEMA pgrepl_fence;
+               CREATE TABLE pgrepl_fence.active (fenced boolean PRIMARY KEY DEFAULT true, since timestamptz NOT NULL);
+               INSERT INTO pgrepl_fence.active (since) VALUES ('2999-01-01');")
+        .await;
+    let fence_left = || {
+        back.target
+            .value("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgrepl_fence'")
+    };
+    let out = back.run("cutover", &["--name", "pgrepl_r"]).await;
+    assert!(out.stderr.contains("nothing to do"), "{out}");
+    assert_eq!(fence_left().await, Some("1".into()), "a newer fence stays");
+    back.target
+        .exec("UPDATE pgrepl_fence.active SET since = '2000-01-01'")
         .await;
     let out = back.run("cutover", &["--name", "pgrepl_r"]).await;
     assert!(out.stderr.contains("still fenced from before"), "{out}");
-    back.target
-        .exec("INSERT INTO a (v) VALUES ('home, unfenced')")
-        .await;
+    assert_eq!(
+        fence_left().await,
+        Some("0".into()),
+        "the old fence is gone"
+    );
 }
 
 /// An application committing with synchronous_commit off: its last

@@ -1,8 +1,10 @@
 //! A cutover stopped where it cannot clean up after itself (`kill -9`
 //! under its fence): the fence's lasting parts stay on the source, and
-//! `status` says so; `cutover --abandon` lifts them and the sync goes on;
-//! killed again at the same point, running `cutover` again finishes the
-//! cutover over the fence it finds, exactly; `--abandon` then refuses.
+//! `status` says so; `cutover --abandon` lifts them and the sync goes on
+//! (and refuses while a cutover runs); killed again at the same point, a
+//! cutover run again that fails lifts the fence it found, one that
+//! succeeds finishes the cutover over it, exactly; `--abandon` then
+//! refuses.
 
 mod support;
 
@@ -32,8 +34,13 @@ async fn insert(source: &Cluster, v: &str) -> Result<(), String> {
 
 /// Starts a cutover that fences the source and then waits on `blocker`'s
 /// open write transaction (up to 10 minutes before it would end it), and
-/// kills it with SIGKILL there.
-async fn kill_a_cutover_under_its_fence(pair: &Pair, blocker: &tokio_postgres::Client) {
+/// kills it with SIGKILL there (first checking that `--abandon` refuses
+/// while it runs, with `refuse_abandon`).
+async fn kill_a_cutover_under_its_fence(
+    pair: &Pair,
+    blocker: &tokio_postgres::Client,
+    refuse_abandon: bool,
+) {
     blocker
         .batch_execute("BEGIN; INSERT INTO a (v) VALUES ('open when the fence went up')")
         .await
@@ -59,6 +66,13 @@ async fn kill_a_cutover_under_its_fence(pair: &Pair, blocker: &tokio_postgres::C
     })
     .await;
     cutover.assert_running();
+    if refuse_abandon {
+        // While it runs, --abandon leaves its fence alone and names it.
+        let out = pair.run("cutover", &["--abandon"]).await;
+        assert_eq!(out.code, Some(1), "{out}");
+        assert!(out.error_line().contains("is running"), "{out}");
+        assert!(out.error_line().contains("pid"), "{out}");
+    }
     cutover.kill().await;
     blocker
         .batch_execute("COMMIT")
@@ -86,7 +100,7 @@ async fn a_cutover_killed_under_its_fence_is_named_then_abandoned_or_finished() 
 
     // 1. Killed under its fence: new sessions on the source are read-only,
     // and status says what stands and what to do.
-    kill_a_cutover_under_its_fence(&pair, &blocker).await;
+    kill_a_cutover_under_its_fence(&pair, &blocker, true).await;
     let refused = insert(&pair.source, "after the kill").await;
     assert!(
         refused.as_ref().is_err_and(|e| e.contains("read-only")),
@@ -128,9 +142,20 @@ async fn a_cutover_killed_under_its_fence_is_named_then_abandoned_or_finished() 
     assert!(out.success(), "{out}");
     assert!(out.stdout.contains("Nothing to abandon"), "{out}");
 
-    // 3. Killed at the same point again: running cutover again finishes it
-    // over the fence it finds.
-    kill_a_cutover_under_its_fence(&pair, &blocker).await;
+    // 3. Killed at the same point again, then run again where it cannot
+    // finish (a session stays open, no --terminate): that run lifts the
+    // fence it took over, as any cutover that fails.
+    kill_a_cutover_under_its_fence(&pair, &blocker, false).await;
+    let out = pair.run("cutover", &["--wait", "2s"]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("fenced already"), "{out}");
+    insert(&pair.source, "after a failed rerun")
+        .await
+        .expect("the failed rerun lifted the fence it took over");
+
+    // 4. Killed once more: running cutover again finishes it over the
+    // fence it finds.
+    kill_a_cutover_under_its_fence(&pair, &blocker, false).await;
     let out = pair.run("cutover", &["--terminate", "--wait", "1m"]).await;
     assert!(out.success(), "{out}");
     assert!(out.stderr.contains("fenced already"), "{out}");
@@ -164,7 +189,7 @@ async fn a_cutover_killed_under_its_fence_is_named_then_abandoned_or_finished() 
     let text = status(&pair).await;
     assert!(text.contains("cutover: done at source LSN"), "{text}");
 
-    // 4. Once cut over, --abandon refuses and changes nothing.
+    // 5. Once cut over, --abandon refuses and changes nothing.
     let out = pair.run("cutover", &["--abandon"]).await;
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.error_line().contains("was cut over at"), "{out}");

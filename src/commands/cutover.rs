@@ -44,8 +44,11 @@ pub async fn run(args: CutoverArgs, json_logs: bool) -> anyhow::Result<ExitCode>
     let result = cutover::run(&req, rx).await;
     signals.abort();
     let summary = result.map_err(|e| match e {
-        // Nothing was fenced by this run: the cutover was done before.
-        e @ cutover::CutoverError::AlreadyCutOver { .. } => anyhow::Error::new(e),
+        // Nothing was fenced by this run (the cutover was done before, or
+        // it was refused first), or the fence is lasting: they say so.
+        e @ (cutover::CutoverError::AlreadyCutOver { .. }
+        | cutover::CutoverError::NothingChanged(_)
+        | cutover::CutoverError::AfterFence(_)) => anyhow::Error::new(e),
         e => anyhow::Error::new(e).context(
             "cutover abandoned; the fence is lifted and the source takes writes as before",
         ),
@@ -80,10 +83,17 @@ async fn abandon(args: &CutoverArgs) -> anyhow::Result<ExitCode> {
         target: &crate::conn::Endpoint,
     ) -> anyhow::Result<ExitCode> {
         match cutover::abandon::abandon(name, source, target).await? {
-            Abandoned::Lifted { since } => crate::say!(
+            Abandoned::Lifted { since, lockers } if lockers.is_empty() => crate::say!(
                 "Lifted the fence a cutover of sync {name} left on the source{}: its tables take writes again, and the sync goes on.",
                 since.map(|s| format!(" (standing since {s})")).unwrap_or_default()
             ),
+            Abandoned::Lifted { lockers, .. } => {
+                let pids: Vec<String> = lockers.iter().map(i32::to_string).collect();
+                crate::say!(
+                    "Lifted the fence a cutover of sync {name} left on the source; the sync goes on. But pgrepl session(s) {} there still hold tables locked (a cutover whose host or connection was lost, not yet noticed by the server): writes to those tables wait until they end; end them with SELECT pg_terminate_backend(pid) on the source.",
+                    pids.join(", ")
+                );
+            }
             Abandoned::NothingStood => crate::say!(
                 "Nothing to abandon: no fence stands on the source of sync {name}."
             ),

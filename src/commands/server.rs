@@ -437,14 +437,34 @@ pub(super) async fn cutover(
     let results = futures_util::future::join_all(runs).await;
     signals.abort();
     let _ = json_logs;
+    // Databases cut over by an earlier run that died before the others
+    // were: they count as done, the others finish now.
+    let done_before = |r: &Result<_, cutover::CutoverError>| {
+        matches!(r, Err(cutover::CutoverError::AlreadyCutOver { .. }))
+    };
     let failed: Vec<String> = results
         .iter()
+        .filter(|(_, r)| !done_before(r))
         .filter_map(|(db, r)| r.as_ref().err().map(|e| format!("{db}: {e}")))
         .collect();
     if !failed.is_empty() {
         bail!(
-            "cutover abandoned; every fence is lifted and the source takes writes as before: {}",
+            "cutover abandoned; every fence this run put up is lifted, and the sources not yet cut over take writes as before: {}",
             failed.join("; ")
+        );
+    }
+    let earlier: Vec<&str> = results
+        .iter()
+        .filter(|(_, r)| done_before(r))
+        .map(|(db, _)| db.as_str())
+        .collect();
+    if earlier.len() == results.len() {
+        bail!("every database was cut over already: nothing to do");
+    }
+    if !earlier.is_empty() {
+        eprintln!(
+            "Cut over by an earlier run already: {} (the others are now).",
+            earlier.join(", ")
         );
     }
     let downtime = together

@@ -150,26 +150,53 @@ pub async fn state(client: &Client, id: i64) -> Result<State, ControlError> {
     })
 }
 
-/// Where sync `name` was cut over, if it was (see [`State::Done`]); `None`
-/// too on a target that never had a control channel.
-pub async fn cut_over_at(
+/// A sync's end at a cutover, as its control request records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutOver {
+    /// The fence LSN: the target took over from the source there.
+    pub at: Lsn,
+    /// When the record was last written (the target's clock, as text).
+    pub recorded: String,
+}
+
+/// Where sync `name` was cut over, if it was (see [`State::Done`]), or
+/// is being ended at a cutover's fence (its request moved to `End`: the
+/// sync ends there as soon as it reads it); `None` too on a target that
+/// never had a control channel.
+pub async fn cut_over(
     client: &Client,
     name: &SyncName,
-) -> Result<Option<Lsn>, tokio_postgres::Error> {
+) -> Result<Option<CutOver>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT (state->>'at')::pg_lsn FROM pgrepl.control
-              WHERE sync_name = $1 AND state->>'state' = 'done' AND state->>'cut_over' = 'true'
+            "SELECT CASE WHEN state->>'state' = 'done' THEN (state->>'at')::pg_lsn
+                         ELSE (request->>'lsn')::pg_lsn END,
+                    updated_at::text
+               FROM pgrepl.control
+              WHERE sync_name = $1
+                AND ((state->>'state' = 'done' AND state->>'cut_over' = 'true')
+                     OR (state->>'state' = 'end' AND request->>'kind' = 'hold_at'))
               ORDER BY id DESC LIMIT 1",
             &[&name.as_str()],
         )
         .await;
     match rows {
-        Ok(rows) => Ok(rows.first().map(|r| r.get(0))),
+        Ok(rows) => Ok(rows.first().map(|r| CutOver {
+            at: r.get(0),
+            recorded: r.get(1),
+        })),
         // No control table: no cutover ever ran here.
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// [`cut_over`]'s LSN.
+pub async fn cut_over_at(
+    client: &Client,
+    name: &SyncName,
+) -> Result<Option<Lsn>, tokio_postgres::Error> {
+    Ok(cut_over(client, name).await?.map(|c| c.at))
 }
 
 /// Moves request `id` to `state` and wakes the other side.

@@ -23,7 +23,7 @@ use tokio_postgres::Client;
 use super::{fence, CutoverError};
 use crate::conn::Endpoint;
 use crate::lsn::Lsn;
-use crate::sql::{SyncName, TableName};
+use crate::sql::SyncName;
 
 /// How long `--abandon` waits for the sync's lock: a round of large
 /// objects and roles holds it for a moment, a cutover for as long as it
@@ -58,7 +58,7 @@ impl Standing {
             .await
             .map_err(|e| CutoverError::target("reading the sync's lock", &e))?;
         let (source_fenced, fenced_since) = match fence::is_fenced(src).await {
-            Ok(true) => (Some(true), since(src).await.ok().flatten()),
+            Ok(true) => (Some(true), fence::since(src).await.ok().flatten()),
             Ok(false) => (Some(false), None),
             Err(e) => {
                 tracing::debug!(error = %e, "could not tell whether the source is fenced");
@@ -97,31 +97,15 @@ impl Standing {
     }
 }
 
-/// When the fence's row was written (a fence made by an older pgrepl has
-/// no row: `None`).
-async fn since(src: &Client) -> Result<Option<String>, tokio_postgres::Error> {
-    let active = TableName::new("pgrepl_fence", "active");
-    let exists: bool = src
-        .query_one(&format!("SELECT {} IS NOT NULL", active.oid_sql()), &[])
-        .await?
-        .get(0);
-    if !exists {
-        return Ok(None);
-    }
-    Ok(src
-        .query_opt(
-            &format!("SELECT min(since)::text FROM {}", active.quoted()),
-            &[],
-        )
-        .await?
-        .and_then(|r| r.get(0)))
-}
-
 /// What `--abandon` did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Abandoned {
-    /// A fence stood (since then, by the source's clock) and is gone.
-    Lifted { since: Option<String> },
+    /// A fence stood (since then, by the source's clock) and is gone;
+    /// `lockers`: sessions of the dead cutover still holding table locks.
+    Lifted {
+        since: Option<String>,
+        lockers: Vec<i32>,
+    },
     /// No fence stood on the source.
     NothingStood,
 }
@@ -165,10 +149,19 @@ pub async fn abandon(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Again, with the lock: a cutover that held it may have just finished.
+    if let Some(at) = crate::control::cut_over_at(&tgt, name)
+        .await
+        .map_err(|e| CutoverError::target("reading whether the sync was cut over", &e))?
+    {
+        return Err(CutoverError::Other(format!(
+            "sync {name} was cut over at {at} (by the cutover that held its lock until now): nothing was changed"
+        )));
+    }
     if !fence::is_fenced(&src).await? {
         return Ok(Abandoned::NothingStood);
     }
-    let since = since(&src).await.ok().flatten();
+    let since = fence::since(&src).await.ok().flatten();
     let database = fence::database(&src).await?;
     fence::undo_persistent(&src, &database, &[]).await;
     if fence::is_fenced(&src).await? {
@@ -180,5 +173,28 @@ pub async fn abandon(
     // by itself within the hold limit; it goes on now.
     crate::control::release_all(&tgt, name).await?;
     drop(lock);
-    Ok(Abandoned::Lifted { since })
+    let lockers = table_lockers(&src)
+        .await
+        .map_err(|e| CutoverError::source("reading the source's locks", &e))?;
+    Ok(Abandoned::Lifted { since, lockers })
+}
+
+/// pgrepl sessions of the source database still holding a table in
+/// EXCLUSIVE mode: a dead cutover's fence session that the server has not
+/// noticed gone (its host lost, say); writes wait for it.
+async fn table_lockers(src: &Client) -> Result<Vec<i32>, tokio_postgres::Error> {
+    Ok(src
+        .query(
+            "SELECT DISTINCT l.pid FROM pg_catalog.pg_locks l
+               JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+              WHERE l.locktype = 'relation' AND l.mode = 'ExclusiveLock' AND l.granted
+                AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+                AND a.application_name = 'pgrepl' AND l.pid <> pg_catalog.pg_backend_pid()
+              ORDER BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }

@@ -551,6 +551,26 @@ pub async fn is_fenced(client: &Client) -> Result<bool, CutoverError> {
     Ok(active > 0)
 }
 
+/// When the fence's row was written (a fence made by an older pgrepl has
+/// no row: `None`).
+pub async fn since(src: &Client) -> Result<Option<String>, tokio_postgres::Error> {
+    let active = TableName::new("pgrepl_fence", "active");
+    let exists: bool = src
+        .query_one(&format!("SELECT {} IS NOT NULL", active.oid_sql()), &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(src
+        .query_opt(
+            &format!("SELECT min(since)::text FROM {}", active.quoted()),
+            &[],
+        )
+        .await?
+        .and_then(|r| r.get(0)))
+}
+
 /// The current database's name, for `undo_persistent`.
 pub async fn database(client: &Client) -> Result<String, CutoverError> {
     Ok(client

@@ -63,6 +63,13 @@ pub enum CutoverError {
     Differs(String),
     #[error("interrupted")]
     Interrupted,
+    /// Refused before anything was touched.
+    #[error("{0}")]
+    NothingChanged(String),
+    /// Failed once the fence was lasting: it stands, and the sync may
+    /// have ended at it.
+    #[error("{0}. The fence stands on the source: `pgrepl status` says whether the sync ended at it; `pgrepl cutover` again finishes the cutover, `pgrepl cutover --abandon` lifts the fence if the sync did not end")]
+    AfterFence(Box<CutoverError>),
     #[error("target: sync {name} was already cut over at {at}: {}", if *lifted_old_fence { "its target (the old source) was still fenced from before, and takes writes again now; nothing else to do" } else { "nothing to do" })]
     AlreadyCutOver {
         name: String,
@@ -173,8 +180,11 @@ pub async fn run(
     interrupted: watch::Receiver<bool>,
 ) -> Result<Summary, CutoverError> {
     let result = run_alone(req, interrupted).await;
-    if let (Err(_), Some(t)) = (&result, &req.together) {
-        t.fail(&req.target.config.dbname);
+    match (&result, &req.together) {
+        // Cut over by an earlier run: the others go on without it.
+        (Err(CutoverError::AlreadyCutOver { .. }), Some(t)) => t.done_before(),
+        (Err(_), Some(t)) => t.fail(&req.target.config.dbname),
+        _ => {}
     }
     result
 }
@@ -202,24 +212,7 @@ async fn run_alone(
             req.name, record.phase
         )));
     }
-    if let Some(at) = crate::control::cut_over_at(&tgt, req.name)
-        .await
-        .map_err(|e| CutoverError::target("reading whether the sync was cut over", &e))?
-    {
-        // A cut back whose process ended after the sync did, before the
-        // old source (this target) was unfenced: that is what is left.
-        let mut lifted_old_fence = false;
-        if record.reverse_of.is_some() && fence::is_fenced(&tgt).await? {
-            let db = fence::database(&tgt).await?;
-            fence::undo_persistent(&tgt, &db, &[]).await;
-            lifted_old_fence = !fence::is_fenced(&tgt).await?;
-        }
-        return Err(CutoverError::AlreadyCutOver {
-            name: req.name.to_string(),
-            at,
-            lifted_old_fence,
-        });
-    }
+    already_cut_over(req, &record, &tgt).await?;
     // The sync's rounds for large objects and roles stand aside (a round
     // running ends first; see `carry::keep`), and no other cutover of it
     // runs, for as long as this session lives.
@@ -229,16 +222,18 @@ async fn run_alone(
             .await
             .ok()
             .flatten();
-        return Err(CutoverError::Other(format!(
+        return Err(CutoverError::NothingChanged(format!(
             "target: another cutover of sync {} runs, or the sync's round of large objects and roles did not end in time ({}{}): nothing was changed; try again, or raise --wait",
             req.name,
             describe(&e),
             holder.map(|p| format!("; the lock's holder is pid {p}")).unwrap_or_default()
         )));
     }
+    // Again, with the lock: a cutover that held it may have just finished.
+    already_cut_over(req, &record, &tgt).await?;
     // A fence standing already, no other cutover running: one before this
     // died under it (see `abandon`). This one takes it over, and lifts it
-    // too if it fails.
+    // too if it fails without having ended the sync.
     let leftover = fence::is_fenced(&src).await?;
     if leftover {
         crate::say_err!(
@@ -246,10 +241,59 @@ async fn run_alone(
         );
     }
     let result = fenced_run(req, &src, &tgt, &mut carry, interrupted, started).await;
-    if leftover && result.is_err() {
+    if leftover && result.is_err() && !ended(&tgt, req.name).await {
         fence::lift_what_stands(req.source).await;
     }
     result
+}
+
+/// Whether the sync was ended at a cutover's fence (or is being ended):
+/// from then on the fence must stand. Unsure counts as ended (a fence
+/// left standing is named by `status`; one lifted wrongly lets writes
+/// reach a source nothing carries them from).
+async fn ended(tgt: &Client, name: &SyncName) -> bool {
+    !matches!(crate::control::cut_over(tgt, name).await, Ok(None))
+}
+
+/// Refuses when the sync was cut over already. A cut back whose process
+/// ended after its sync did, before it unfenced the old source (this
+/// target), is finished here: the old fence is lifted if it is older than
+/// the cut back's end (a newer one is another cutover's, left alone).
+async fn already_cut_over(
+    req: &CutoverRequest<'_>,
+    record: &crate::progress::state::SyncRecord,
+    tgt: &Client,
+) -> Result<(), CutoverError> {
+    let Some(done) = crate::control::cut_over(tgt, req.name)
+        .await
+        .map_err(|e| CutoverError::target("reading whether the sync was cut over", &e))?
+    else {
+        return Ok(());
+    };
+    let mut lifted_old_fence = false;
+    if record.reverse_of.is_some() && fence::is_fenced(tgt).await? {
+        let older = match fence::since(tgt).await {
+            Ok(Some(since)) => tgt
+                .query_one(
+                    "SELECT $1::text::timestamptz < $2::text::timestamptz",
+                    &[&since, &done.recorded],
+                )
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false),
+            _ => false,
+        };
+        if older {
+            let db = fence::database(tgt).await?;
+            fence::undo_persistent(tgt, &db, &[]).await;
+            lifted_old_fence = !fence::is_fenced(tgt).await?;
+        }
+    }
+    Err(CutoverError::AlreadyCutOver {
+        name: req.name.to_string(),
+        at: done.at,
+        lifted_old_fence,
+    })
 }
 
 /// The cutover once no other one runs (`carry` holds the sync's lock).
@@ -277,9 +321,10 @@ async fn fenced_run(
         _ = interrupted.changed() => Err(CutoverError::Interrupted),
         () = crate::control::still_here(tgt, req.name) => unreachable!("still_here runs until dropped"),
     };
-    if matches!(result, Err(CutoverError::Interrupted)) {
-        // Cut short anywhere: whatever of the fence stands comes down, and
-        // a sync holding for it applies on.
+    if matches!(result, Err(CutoverError::Interrupted)) && !ended(tgt, req.name).await {
+        // Cut short anywhere before the sync was ended at the fence:
+        // whatever of the fence stands comes down, and a sync holding for
+        // it applies on.
         fence::lift_what_stands(req.source).await;
         if let Err(e) = crate::control::release_all(tgt, req.name).await {
             tracing::warn!(error = %e, "could not release the sync: it goes on by itself within 30 s");
@@ -491,16 +536,19 @@ async fn cut_over(
                     )));
                 }
             }
-            // 7. The fence's lasting part takes over; the sync ends.
-            fence.commit().await?;
-            held.set(&State::End).await?;
+            // 7. The fence's lasting part takes over; the sync ends. From
+            // here a failure leaves the fence standing (see `AfterFence`).
+            let after = |e: CutoverError| CutoverError::AfterFence(Box::new(e));
+            fence.commit().await.map_err(after)?;
+            held.set(&State::End).await.map_err(|e| after(e.into()))?;
             held.wait(Duration::from_secs(30), "the sync did not end", |s| {
                 matches!(s, State::Done { .. }).then_some(())
             })
-            .await?;
-            if fence::is_fenced(tgt).await? {
+            .await
+            .map_err(|e| after(e.into()))?;
+            if fence::is_fenced(tgt).await.map_err(after)? {
                 // Cutting back: the old source becomes the primary again.
-                let db = fence::database(tgt).await?;
+                let db = fence::database(tgt).await.map_err(after)?;
                 fence::undo_persistent(tgt, &db, &[]).await;
             }
             steps.done("sync ended, target ready");

@@ -37,6 +37,8 @@ enum Stage {
 #[derive(Debug, Default)]
 struct State {
     arrived: [usize; 3],
+    /// Databases cut over by an earlier run: arrived everywhere.
+    done: usize,
     /// The database whose cutover failed first.
     failed: Option<String>,
     first_fence: Option<Instant>,
@@ -75,6 +77,15 @@ impl Together {
         self.arrive(Stage::Ready).await
     }
 
+    /// This database was cut over by an earlier run (one that died
+    /// before the others were): the others meet without it.
+    pub fn done_before(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.done += 1;
+        }
+        self.changed.notify_waiters();
+    }
+
     /// This database's cutover failed: every other stops waiting.
     pub fn fail(&self, database: &str) {
         if let Ok(mut s) = self.state.lock() {
@@ -105,7 +116,7 @@ impl Together {
                     .map_err(|_| Abandoned("(a poisoned lock)".into()))?;
                 // Everyone arrived: on, even if one fails right after (its
                 // failure is its own from here; the others go on as one).
-                if s.arrived[stage as usize] >= self.count {
+                if s.arrived[stage as usize] + s.done >= self.count {
                     return Ok(());
                 }
                 if let Some(db) = &s.failed {
@@ -142,5 +153,18 @@ mod tests {
         let err = b.await.unwrap().unwrap_err();
         assert_eq!(err.0, "crm");
         assert!(t.first_fence().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_database_cut_over_before_is_not_waited_for() {
+        let t = Arc::new(Together::new(2));
+        let a = tokio::spawn({
+            let t = t.clone();
+            async move { t.all_close().await.is_ok() && t.all_ready().await.is_ok() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!a.is_finished());
+        t.done_before();
+        assert!(a.await.unwrap());
     }
 }
