@@ -404,6 +404,17 @@ async fn the_way_back_carries_writes_back_and_a_second_cutover_returns() {
         Some("0".into()),
         "the old fence is gone"
     );
+    // The way back torn down: the new server keeps the forward sync's
+    // state beside it (the schema is shared).
+    let out = back.run("teardown", &["--name", "pgrepl_r"]).await;
+    assert!(out.success(), "{out}");
+    assert_eq!(
+        back.source
+            .value("SELECT count(*) FROM pgrepl.sync WHERE name = 'pgrepl'")
+            .await,
+        Some("1".into()),
+        "{out}"
+    );
 }
 
 /// An application committing with synchronous_commit off: its last

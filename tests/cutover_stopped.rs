@@ -80,6 +80,10 @@ async fn kill_a_cutover_under_its_fence(
         .expect("the blocker commits: its session was opened before the fence");
 }
 
+async fn slots(c: &Cluster) -> Option<String> {
+    c.value("SELECT count(*) FROM pg_replication_slots").await
+}
+
 async fn status(pair: &Pair) -> String {
     let out = pair.run("status", &[]).await;
     assert!(out.success(), "{out}");
@@ -194,4 +198,83 @@ async fn a_cutover_killed_under_its_fence_is_named_then_abandoned_or_finished() 
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.error_line().contains("was cut over at"), "{out}");
     assert!(insert(&pair.source, "still fenced").await.is_err());
+}
+
+/// Killed while it sets up the way back (`--reverse`), its reverse slot
+/// made on the target and its state not yet recorded on the old source
+/// (held up here by a table of that name being made in a transaction left
+/// open): left, that slot would hold the target's WAL for good.
+/// `--abandon` lifts the fence and removes it with the rest of the way
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_killed_setting_up_the_way_back_leaves_no_slot_after_abandon() {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let sync = pair.spawn("sync", &[]);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    assert_eq!(slots(&pair.target).await, Some("0".into()));
+    // Named as pgrepl's own (the fence and its sessions rule let it be).
+    let (hold, conn) = tokio_postgres::connect(
+        &format!("{} application_name=pgrepl", pair.source.conninfo()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect");
+    tokio::spawn(conn);
+    hold.batch_execute("BEGIN; CREATE TABLE pgrepl.sync (x int)")
+        .await
+        .expect("a table in the way, not committed");
+    let cutover = pair.spawn("cutover", &["--reverse", "--terminate", "--wait", "10m"]);
+    wait_for("the way back's slot made, its state waiting", LIMIT, || {
+        let s = pair.source.client();
+        let t = &pair.target;
+        async move {
+            let waiting: bool = s
+                .await
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                                     WHERE application_name = 'pgrepl' AND wait_event_type = 'Lock'
+                                       AND query LIKE '%pgrepl.sync%')",
+                    &[],
+                )
+                .await
+                .ok()?
+                .get(0);
+            (waiting && slots(t).await == Some("1".into())).then_some(())
+        }
+    })
+    .await;
+    cutover.kill().await;
+    hold.batch_execute("ROLLBACK").await.expect("rollback");
+    let text = status(&pair).await;
+    assert!(text.contains("cutover: NOT FINISHED"), "{text}");
+
+    let out = pair.run("cutover", &["--abandon"]).await;
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("Lifted the fence"), "{out}");
+    assert!(
+        out.stdout.contains("replication slot pgrepl_pgrepl_r"),
+        "{out}"
+    );
+    assert_eq!(slots(&pair.target).await, Some("0".into()), "no slot left");
+    insert(&pair.source, "after the abandon")
+        .await
+        .expect("the source takes writes again");
+    let t = pair.target.client().await;
+    wait_for("the sync applying after the abandon", LIMIT, || {
+        let t = &t;
+        async move {
+            let n: i64 = t
+                .query_one("SELECT count(*) FROM a WHERE v = 'after the abandon'", &[])
+                .await
+                .ok()?
+                .get(0);
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    sync.signal(libc::SIGTERM);
+    assert!(sync.wait(LIMIT).await.success());
+    let (s, tc) = (pair.source.client().await, pair.target.client().await);
+    assert_same_data(&s, &tc).await;
 }

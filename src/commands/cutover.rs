@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::cli::CutoverArgs;
-use crate::cutover::abandon::Abandoned;
+use crate::cutover::abandon::Fence;
 use crate::cutover::{self, CutoverRequest};
 use crate::progress::ui::ProgressMode;
 
@@ -79,33 +79,47 @@ pub async fn run(args: CutoverArgs, json_logs: bool) -> anyhow::Result<ExitCode>
 async fn abandon(args: &CutoverArgs) -> anyhow::Result<ExitCode> {
     async fn one(
         name: &crate::sql::SyncName,
+        way_back: Option<&crate::sql::SyncName>,
         source: &crate::conn::Endpoint,
         target: &crate::conn::Endpoint,
     ) -> anyhow::Result<ExitCode> {
-        match cutover::abandon::abandon(name, source, target).await? {
-            Abandoned::Lifted { since, lockers } if lockers.is_empty() => crate::say!(
+        let done = cutover::abandon::abandon(name, way_back, source, target).await?;
+        match done.fence {
+            Fence::Lifted { since, lockers } if lockers.is_empty() => crate::say!(
                 "Lifted the fence a cutover of sync {name} left on the source{}: its tables take writes again, and the sync goes on.",
                 since.map(|s| format!(" (standing since {s})")).unwrap_or_default()
             ),
-            Abandoned::Lifted { lockers, .. } => {
+            Fence::Lifted { lockers, .. } => {
                 let pids: Vec<String> = lockers.iter().map(i32::to_string).collect();
                 crate::say!(
                     "Lifted the fence a cutover of sync {name} left on the source; the sync goes on. But pgrepl session(s) {} there still hold tables locked (a cutover whose host or connection was lost, not yet noticed by the server): writes to those tables wait until they end; end them with SELECT pg_terminate_backend(pid) on the source.",
                     pids.join(", ")
                 );
             }
-            Abandoned::NothingStood => crate::say!(
+            Fence::NothingStood => crate::say!(
                 "Nothing to abandon: no fence stands on the source of sync {name}."
             ),
         }
+        if !done.way_back.is_empty() {
+            crate::say!(
+                "Removed the way back that cutover had set up: {}.",
+                done.way_back.join(", ")
+            );
+        }
         Ok(ExitCode::SUCCESS)
     }
+    // The way back a dead `--reverse` cutover may have set up is named as
+    // that cutover would have named it.
+    let base_back = cutover::reverse::name_of(&args.endpoints.name).ok();
     if args.endpoints.databases.any() {
-        return super::server::each(&args.endpoints, |m| async move {
-            one(&m.name, &m.source, &m.target).await
+        return super::server::each(&args.endpoints, |m| {
+            let way_back = base_back
+                .as_ref()
+                .map(|b| crate::server::databases::sync_name(b, &m.database.name));
+            async move { one(&m.name, way_back.as_ref(), &m.source, &m.target).await }
         })
         .await;
     }
     let (source, target) = super::endpoints(&args.endpoints)?;
-    one(&args.endpoints.name, &source, &target).await
+    one(&args.endpoints.name, base_back.as_ref(), &source, &target).await
 }

@@ -242,17 +242,21 @@ pub async fn still_here(client: &Client, name: &SyncName) {
 /// Lets every open request of sync `name` go (a requester that was
 /// interrupted): a sync holding for it applies on at once.
 pub async fn release_all(client: &Client, name: &SyncName) -> Result<(), ControlError> {
-    let ids: Vec<i64> = client
+    let rows = client
         .query(
             "SELECT id FROM pgrepl.control
              WHERE sync_name = $1 AND state->>'state' IN ('requested', 'held', 'advance')",
             &[&name.as_str()],
         )
-        .await
-        .map_err(query("reading control requests"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .await;
+    let ids: Vec<i64> = match rows {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        // No control table: nothing was ever requested here.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Ok(())
+        }
+        Err(e) => return Err(query("reading control requests")(e)),
+    };
     for id in ids {
         set_state(client, id, &State::Released).await?;
     }

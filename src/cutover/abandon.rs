@@ -99,7 +99,16 @@ impl Standing {
 
 /// What `--abandon` did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Abandoned {
+pub struct Abandoned {
+    pub fence: Fence,
+    /// What was removed of a way back (`--reverse`) the dead cutover had
+    /// set up: its slot would hold the target's WAL for good.
+    pub way_back: Vec<String>,
+}
+
+/// The fence's part of it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fence {
     /// A fence stood (since then, by the source's clock) and is gone;
     /// `lockers`: sessions of the dead cutover still holding table locks.
     Lifted {
@@ -112,8 +121,11 @@ pub enum Abandoned {
 
 /// Lifts the fence a cutover of `name` left on the source, and lets a
 /// sync still holding for that cutover go on at once.
+/// `way_back`: the name a way back set up by the dead cutover would have
+/// (`NAME_r`, or a whole server's per-database name).
 pub async fn abandon(
     name: &SyncName,
+    way_back: Option<&SyncName>,
     source: &Endpoint,
     target: &Endpoint,
 ) -> Result<Abandoned, CutoverError> {
@@ -158,8 +170,12 @@ pub async fn abandon(
             "sync {name} was cut over at {at} (by the cutover that held its lock until now): nothing was changed"
         )));
     }
+    let way_back = super::reverse::tear_down(name, way_back, source, target).await?;
     if !fence::is_fenced(&src).await? {
-        return Ok(Abandoned::NothingStood);
+        return Ok(Abandoned {
+            fence: Fence::NothingStood,
+            way_back,
+        });
     }
     let since = fence::since(&src).await.ok().flatten();
     let database = fence::database(&src).await?;
@@ -176,7 +192,10 @@ pub async fn abandon(
     let lockers = table_lockers(&src)
         .await
         .map_err(|e| CutoverError::source("reading the source's locks", &e))?;
-    Ok(Abandoned::Lifted { since, lockers })
+    Ok(Abandoned {
+        fence: Fence::Lifted { since, lockers },
+        way_back,
+    })
 }
 
 /// pgrepl sessions of the source database still holding a table in

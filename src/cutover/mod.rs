@@ -16,7 +16,7 @@
 
 pub mod abandon;
 pub mod fence;
-mod reverse;
+pub mod reverse;
 mod sessions;
 pub mod together;
 
@@ -241,8 +241,19 @@ async fn run_alone(
         );
     }
     let result = fenced_run(req, &src, &tgt, &mut carry, interrupted, started).await;
-    if leftover && result.is_err() && !ended(&tgt, req.name).await {
-        fence::lift_what_stands(req.source).await;
+    if result.is_err() && !ended(&tgt, req.name).await {
+        if leftover {
+            fence::lift_what_stands(req.source).await;
+        }
+        // A way back set up for a cutover that did not happen (by this
+        // run, or one that died) would hold the target's WAL for good.
+        if req.reverse || leftover {
+            let way_back = match &req.reverse_as {
+                Some(n) => Some(n.clone()),
+                None => reverse::name_of(req.name).ok(),
+            };
+            reverse::tear_down_or_warn(req.name, way_back.as_ref(), req.source, req.target).await;
+        }
     }
     result
 }

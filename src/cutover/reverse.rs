@@ -19,7 +19,7 @@
 
 use super::{CutoverError, CutoverRequest};
 use crate::conn::walsender::WalSender;
-use crate::conn::Side;
+use crate::conn::{Endpoint, Side};
 use crate::ddl::capture;
 use crate::progress::ledger::{Choice, Ledger};
 use crate::progress::state::{self, SchemaOrigin, SyncPhase};
@@ -168,4 +168,92 @@ pub async fn set_up(req: &CutoverRequest<'_>) -> Result<SyncName, CutoverError> 
         .await
         .map_err(|e| CutoverError::source("recording the reverse sync", &e))?;
     Ok(name)
+}
+
+/// Removes the way back that a cutover of `forward` set up and did not
+/// finish (it failed after, was interrupted, or died): the reverse slot,
+/// publication and DDL capture on the new server (`new_source`, the
+/// forward sync's target), and the reverse sync's state and origin on the
+/// old source. Only for a forward sync that was not cut over: a reverse
+/// slot left behind holds the new server's WAL for good. Returns what was
+/// removed.
+/// `way_back`: the name the way back has (or would have had): its slot
+/// may stand before its state was recorded.
+pub async fn tear_down(
+    forward: &SyncName,
+    way_back: Option<&SyncName>,
+    old_source: &Endpoint,
+    new_source: &Endpoint,
+) -> Result<Vec<String>, CutoverError> {
+    let old = old_source.connect().await?;
+    let rows = old
+        .query(
+            "SELECT name FROM pgrepl.sync WHERE reverse_of = $1",
+            &[&forward.as_str()],
+        )
+        .await;
+    let mut names: Vec<SyncName> = match rows {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|r| SyncName::new(r.get::<_, &str>(0)).ok())
+            .collect(),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
+        Err(e) => return Err(CutoverError::source("reading the way back's state", &e)),
+    };
+    if let Some(n) = way_back {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    let new = new_source.connect().await?;
+    let mut removed = Vec::new();
+    for name in names {
+        if setup::drop_slot(&new, &name.slot(), name.as_str())
+            .await
+            .map_err(|e| CutoverError::Other(e.to_string()))?
+        {
+            removed.push(format!("target: replication slot {}", name.slot()));
+        }
+        if setup::drop_publication(&new, &name.publication())
+            .await
+            .map_err(|e| CutoverError::Other(e.to_string()))?
+        {
+            removed.push(format!("target: publication {}", name.publication()));
+        }
+        for what in capture::remove(&new, &name)
+            .await
+            .map_err(|e| CutoverError::target("removing the way back's DDL capture", &e))?
+        {
+            removed.push(format!("target: {what}"));
+        }
+        Ledger::remove(&old, &name)
+            .await
+            .map_err(|e| CutoverError::source("removing the way back's origin", &e))?;
+        if state::forget(&old, &name)
+            .await
+            .map_err(|e| CutoverError::source("removing the way back's state", &e))?
+        {
+            removed.push(format!("source: pgrepl state for sync {name}"));
+        }
+    }
+    Ok(removed)
+}
+
+/// [`tear_down`] where nothing can be done about a failure but say it.
+pub async fn tear_down_or_warn(
+    forward: &SyncName,
+    way_back: Option<&SyncName>,
+    old_source: &Endpoint,
+    new_source: &Endpoint,
+) {
+    match tear_down(forward, way_back, old_source, new_source).await {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(removed = %removed.join(", "), "removed the way back this cutover had set up")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(
+            error = %e,
+            "could not remove the way back this cutover had set up: its slot on the target holds WAL; `pgrepl teardown --name {forward}_r` (source and target swapped) removes it"
+        ),
+    }
 }

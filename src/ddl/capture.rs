@@ -316,16 +316,29 @@ pub async fn remove(
             .await?;
         removed.push("DDL capture event triggers".to_string());
     }
-    let schema: bool = client
+    // Rule: the schema goes only when it holds nothing but the capture's
+    // tables. A server can be a sync's target and another's source at once
+    // (the way back of a cutover: the new server holds the forward sync's
+    // state in `pgrepl` and the reverse sync's capture beside it); dropping
+    // the schema then would take the other sync's state with it.
+    let (schema, others): (bool, i64) = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgrepl')",
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgrepl'),
+                    (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = 'pgrepl' AND c.relkind IN ('r', 'p')
+                        AND c.relname NOT IN ('schema_log', 'config'))",
             &[],
         )
-        .await?
-        .get(0);
-    if schema {
+        .await
+        .map(|r| (r.get(0), r.get(1)))?;
+    if schema && others == 0 {
         client.batch_execute("DROP SCHEMA pgrepl CASCADE").await?;
         removed.push("schema pgrepl (schema_log)".to_string());
+    } else if schema {
+        removed.push(
+            "(schema pgrepl kept: it holds pgrepl's state of a sync to this server too)"
+                .to_string(),
+        );
     }
     Ok(removed)
 }
