@@ -260,6 +260,19 @@ async fn a_cutover_killed_setting_up_the_way_back_leaves_no_slot_after_abandon()
     insert(&pair.source, "after the abandon")
         .await
         .expect("the source takes writes again");
+    // The forward sync's DDL capture on the source is whole: a column
+    // added there reaches the target.
+    pair.source.exec("ALTER TABLE a ADD COLUMN w int").await;
+    wait_for("the DDL replayed after the abandon", LIMIT, || {
+        let t = &pair.target;
+        async move {
+            let n = t
+                .value("SELECT count(*) FROM information_schema.columns WHERE table_name = 'a' AND column_name = 'w'")
+                .await;
+            (n == Some("1".into())).then_some(())
+        }
+    })
+    .await;
     let t = pair.target.client().await;
     wait_for("the sync applying after the abandon", LIMIT, || {
         let t = &t;

@@ -100,13 +100,20 @@ async fn abandon(args: &CutoverArgs) -> anyhow::Result<ExitCode> {
                 "Nothing to abandon: no fence stands on the source of sync {name}."
             ),
         }
-        if !done.way_back.is_empty() {
-            crate::say!(
-                "Removed the way back that cutover had set up: {}.",
-                done.way_back.join(", ")
-            );
+        match done.way_back {
+            Ok(removed) if removed.is_empty() => Ok(ExitCode::SUCCESS),
+            Ok(removed) => {
+                crate::say!(
+                    "Removed the way back that cutover had set up: {}.",
+                    removed.join(", ")
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(anyhow::anyhow!(
+                "could not remove the way back that cutover had set up ({e}): its slot on the target holds WAL; remove it with `pgrepl teardown --name {}` (the target as --source, the old source as --target)",
+                way_back.map(|n| n.to_string()).unwrap_or_else(|| format!("{name}_r"))
+            )),
         }
-        Ok(ExitCode::SUCCESS)
     }
     // The way back a dead `--reverse` cutover may have set up is named as
     // that cutover would have named it.

@@ -381,11 +381,12 @@ pub(super) async fn cutover(
     let members = members(&source, &target, &src, &base, &args.endpoints.databases).await?;
     drop(src);
     let together = Arc::new(Together::new(members.len()));
-    let reverse_base = match args.reverse {
-        true => Some(SyncName::new(&format!("{base}_r")).map_err(|_| {
-            anyhow::anyhow!("--reverse names the way back {base}_r, which is too long: use a sync name of at most 38 characters")
-        })?),
-        false => None,
+    let reverse_base = match SyncName::new(&format!("{base}_r")) {
+        Ok(b) => Some(b),
+        Err(_) if args.reverse => {
+            bail!("--reverse names the way back {base}_r, which is too long: use a sync name of at most 38 characters")
+        }
+        Err(_) => None,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let signals = tokio::spawn(async move {
@@ -421,6 +422,8 @@ pub(super) async fn cutover(
             jobs: args.jobs.map(usize::from).unwrap_or(2),
             progress: crate::progress::ui::ProgressMode::Lines,
             together: Some(together.clone()),
+            // Named also without --reverse: a run again finds the way back
+            // a dead run had begun by this name (see `cutover::reverse`).
             reverse_as: reverse_base
                 .as_ref()
                 .map(|b| databases::sync_name(b, &m.database.name)),
@@ -448,8 +451,16 @@ pub(super) async fn cutover(
         .filter_map(|(db, r)| r.as_ref().err().map(|e| format!("{db}: {e}")))
         .collect();
     if !failed.is_empty() {
+        let lasting = results
+            .iter()
+            .any(|(_, r)| matches!(r, Err(cutover::CutoverError::AfterFence(_))));
         bail!(
-            "cutover abandoned; every fence this run put up is lifted, and the sources not yet cut over take writes as before: {}",
+            "{}: {}",
+            if lasting {
+                "cutover failed; a database whose error says its fence stands keeps it (`pgrepl status` says what to do), every other fence this run put up is lifted"
+            } else {
+                "cutover abandoned; every fence this run put up is lifted, and the sources not yet cut over take writes as before"
+            },
             failed.join("; ")
         );
     }
@@ -500,7 +511,7 @@ pub(super) async fn cutover(
             started.elapsed().as_millis(),
             if args.verify { "; verified equal" } else { "" }
         );
-        if let Some(b) = &reverse_base {
+        if let Some(b) = reverse_base.as_ref().filter(|_| args.reverse) {
             let names: Vec<&str> = members.iter().map(|m| m.database.name.as_str()).collect();
             println!(
                 "The way back is ready: `pgrepl sync --name {b} --databases {} --source <the target> --target <the old source>` carries the application's writes back; `pgrepl cutover --name {b} --databases ...` returns.",

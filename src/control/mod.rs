@@ -357,6 +357,28 @@ impl<'a> Requester<'a> {
         set_state(self.client, self.id, state).await
     }
 
+    /// Moves the request to `state` only from the state named `from`
+    /// (`held`, …), in one statement; false when it was elsewhere.
+    pub async fn set_if(&self, state: &State, from: &str) -> Result<bool, ControlError> {
+        let text = serde_json::to_string(state).map_err(|e| ControlError::Query {
+            what: "writing a control request",
+            message: e.to_string(),
+        })?;
+        let n = self
+            .client
+            .execute(
+                "UPDATE pgrepl.control SET state = $2::text::jsonb, updated_at = now()
+                  WHERE id = $1 AND state->>'state' = $3",
+                &[&self.id, &text, &from],
+            )
+            .await
+            .map_err(query("writing a control request"))?;
+        if n == 1 {
+            notify(self.client, self.id).await?;
+        }
+        Ok(n == 1)
+    }
+
     /// The request's state now.
     pub async fn state(&self) -> Result<State, ControlError> {
         state(self.client, self.id).await

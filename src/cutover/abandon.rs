@@ -98,12 +98,13 @@ impl Standing {
 }
 
 /// What `--abandon` did.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Abandoned {
     pub fence: Fence,
     /// What was removed of a way back (`--reverse`) the dead cutover had
-    /// set up: its slot would hold the target's WAL for good.
-    pub way_back: Vec<String>,
+    /// set up (its slot would hold the target's WAL for good), or why it
+    /// could not be.
+    pub way_back: Result<Vec<String>, CutoverError>,
 }
 
 /// The fence's part of it.
@@ -170,11 +171,10 @@ pub async fn abandon(
             "sync {name} was cut over at {at} (by the cutover that held its lock until now): nothing was changed"
         )));
     }
-    let way_back = super::reverse::tear_down(name, way_back, source, target).await?;
     if !fence::is_fenced(&src).await? {
         return Ok(Abandoned {
             fence: Fence::NothingStood,
-            way_back,
+            way_back: super::reverse::tear_down(name, way_back, source, target).await,
         });
     }
     let since = fence::since(&src).await.ok().flatten();
@@ -192,9 +192,11 @@ pub async fn abandon(
     let lockers = table_lockers(&src)
         .await
         .map_err(|e| CutoverError::source("reading the source's locks", &e))?;
+    // Last, once the fence is down: what failing here leaves is a slot,
+    // never a fenced source.
     Ok(Abandoned {
         fence: Fence::Lifted { since, lockers },
-        way_back,
+        way_back: super::reverse::tear_down(name, way_back, source, target).await,
     })
 }
 

@@ -241,21 +241,35 @@ async fn run_alone(
         );
     }
     let result = fenced_run(req, &src, &tgt, &mut carry, interrupted, started).await;
-    if result.is_err() && !ended(&tgt, req.name).await {
-        if leftover {
-            fence::lift_what_stands(req.source).await;
-        }
-        // A way back set up for a cutover that did not happen (by this
-        // run, or one that died) would hold the target's WAL for good.
-        if req.reverse || leftover {
-            let way_back = match &req.reverse_as {
-                Some(n) => Some(n.clone()),
-                None => reverse::name_of(req.name).ok(),
-            };
-            reverse::tear_down_or_warn(req.name, way_back.as_ref(), req.source, req.target).await;
-        }
+    let Err(e) = result else { return result };
+    if ended(&tgt, req.name).await {
+        // The sync ended at the fence: it stands, whatever failed after.
+        let stands = !matches!(fence::is_fenced(&src).await, Ok(false));
+        return Err(match e {
+            e @ (CutoverError::AfterFence(_) | CutoverError::AlreadyCutOver { .. }) => e,
+            e if stands => CutoverError::AfterFence(Box::new(e)),
+            e => e,
+        });
     }
-    result
+    // Not ended: the fence comes down (this run's own was lifted where it
+    // failed; one it took over comes down here).
+    let e = match e {
+        CutoverError::AfterFence(inner) if leftover => *inner,
+        e => e,
+    };
+    if leftover {
+        fence::lift_what_stands(req.source).await;
+    }
+    // A way back set up for a cutover that did not happen (by this run, or
+    // one that died) would hold the target's WAL for good.
+    if req.reverse || leftover {
+        let way_back = match &req.reverse_as {
+            Some(n) => Some(n.clone()),
+            None => reverse::name_of(req.name).ok(),
+        };
+        reverse::tear_down_or_warn(req.name, way_back.as_ref(), req.source, req.target).await;
+    }
+    Err(e)
 }
 
 /// Whether the sync was ended at a cutover's fence (or is being ended):
@@ -551,7 +565,17 @@ async fn cut_over(
             // here a failure leaves the fence standing (see `AfterFence`).
             let after = |e: CutoverError| CutoverError::AfterFence(Box::new(e));
             fence.commit().await.map_err(after)?;
-            held.set(&State::End).await.map_err(|e| after(e.into()))?;
+            // Only while it still holds: a sync that went on by itself
+            // (its hold expired) must not be recorded as ended here.
+            if !held
+                .set_if(&State::End, "held")
+                .await
+                .map_err(|e| after(e.into()))?
+            {
+                return Err(after(CutoverError::Other(
+                    "the sync went on by itself before it could be ended at the fence (its hold expired)".into(),
+                )));
+            }
             held.wait(Duration::from_secs(30), "the sync did not end", |s| {
                 matches!(s, State::Done { .. }).then_some(())
             })

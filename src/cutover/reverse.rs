@@ -200,12 +200,17 @@ pub async fn tear_down(
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
         Err(e) => return Err(CutoverError::source("reading the way back's state", &e)),
     };
+    let new = new_source.connect().await?;
+    // The name it would have: only when its slot stands (made before the
+    // state was recorded); nothing else is touched on a guess.
     if let Some(n) = way_back {
-        if !names.contains(n) {
+        let slot = setup::slot_info(&new, &n.slot())
+            .await
+            .map_err(|e| CutoverError::Other(e.to_string()))?;
+        if slot.is_some() && !names.contains(n) {
             names.push(n.clone());
         }
     }
-    let new = new_source.connect().await?;
     let mut removed = Vec::new();
     for name in names {
         if setup::drop_slot(&new, &name.slot(), name.as_str())

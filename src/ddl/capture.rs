@@ -271,12 +271,17 @@ pub async fn remove(
         .await?
         .get(0);
     if config {
-        client
+        let mine = client
             .execute(
                 "DELETE FROM pgrepl.config WHERE sync_name = $1",
                 &[&name.as_str()],
             )
             .await?;
+        // Not this sync's capture (one made ahead, another's): not ours
+        // to remove.
+        if mine == 0 {
+            return Ok(removed);
+        }
         let others: i64 = client
             .query_one("SELECT count(*) FROM pgrepl.config", &[])
             .await?
@@ -335,9 +340,12 @@ pub async fn remove(
         client.batch_execute("DROP SCHEMA pgrepl CASCADE").await?;
         removed.push("schema pgrepl (schema_log)".to_string());
     } else if schema {
+        // The capture's own tables go; the schema stays with the state.
+        client
+            .batch_execute("DROP TABLE IF EXISTS pgrepl.schema_log, pgrepl.config CASCADE")
+            .await?;
         removed.push(
-            "(schema pgrepl kept: it holds pgrepl's state of a sync to this server too)"
-                .to_string(),
+            "DDL capture tables (schema pgrepl stays: it holds a sync's state too)".to_string(),
         );
     }
     Ok(removed)

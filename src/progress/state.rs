@@ -478,31 +478,62 @@ pub async fn load_tables(
         .collect())
 }
 
-/// Forgets the sync; drops the state schema when no other sync remains.
+/// Forgets the sync: its rows here (its control requests too, so a new
+/// sync of the name starts clean). The schema goes with the last sync,
+/// unless a DDL capture lives in it too.
+///
+/// Rule: a server can be one sync's target and another's source at once
+/// (the way back of a cutover: the new server holds the forward sync's
+/// state and the reverse sync's capture in `pgrepl`); what one sync's
+/// teardown removes never takes the other's part with it.
 /// Returns whether there was anything to forget.
 pub async fn forget(client: &Client, name: &SyncName) -> Result<bool, tokio_postgres::Error> {
+    let (schema, capture): (bool, bool) = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgrepl'),
+                    EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE n.nspname = 'pgrepl' AND c.relname IN ('schema_log', 'config'))",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))?;
+    if !schema {
+        return Ok(false);
+    }
     if !state_exists(client).await? {
-        let schema: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgrepl')",
-                &[],
-            )
-            .await?
-            .get(0);
-        if schema {
-            client.batch_execute("DROP SCHEMA pgrepl CASCADE").await?;
+        if capture {
+            return Ok(false);
         }
-        return Ok(schema);
+        client.batch_execute("DROP SCHEMA pgrepl CASCADE").await?;
+        return Ok(true);
     }
     let removed = client
         .execute("DELETE FROM pgrepl.sync WHERE name = $1", &[&name.as_str()])
         .await?
         > 0;
+    let control: bool = client
+        .query_one(
+            &format!(
+                "SELECT {} IS NOT NULL",
+                TableName::new("pgrepl", "control").oid_sql()
+            ),
+            &[],
+        )
+        .await?
+        .get(0);
+    if control {
+        client
+            .execute(
+                "DELETE FROM pgrepl.control WHERE sync_name = $1",
+                &[&name.as_str()],
+            )
+            .await?;
+    }
     let others: i64 = client
         .query_one("SELECT count(*) FROM pgrepl.sync", &[])
         .await?
         .get(0);
-    if others == 0 {
+    if others == 0 && !capture {
         client.batch_execute("DROP SCHEMA pgrepl CASCADE").await?;
         return Ok(true);
     }
