@@ -291,3 +291,58 @@ async fn a_cutover_killed_setting_up_the_way_back_leaves_no_slot_after_abandon()
     let (s, tc) = (pair.source.client().await, pair.target.client().await);
     assert_same_data(&s, &tc).await;
 }
+
+/// A sync killed while it holds for a request (a cutover holding it at
+/// the fence, say) and started again (by its supervisor) holds again where
+/// it was: nothing after the held point reaches the target until the
+/// requester lets it go. (While a session holds it reads nothing, so the
+/// session ending under it is the process ending.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_killed_while_it_holds_holds_again_when_started_again() {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let sync = pair.spawn("sync", &[]);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    pair.target
+        .exec("INSERT INTO pgrepl.control (sync_name, request) VALUES ('pgrepl', '{\"kind\": \"hold\"}'); NOTIFY pgrepl_control;")
+        .await;
+    let held = "SELECT max(updated_at)::text FROM pgrepl.control WHERE state->>'state' = 'held'";
+    let first = wait_for("the sync holding", LIMIT, || {
+        let t = &pair.target;
+        async move { t.value(held).await }
+    })
+    .await;
+    sync.kill().await;
+    pair.source
+        .exec("INSERT INTO a (v) VALUES ('while held')")
+        .await;
+    let sync = pair.spawn("sync", &[]);
+    // The new process holds again: the request's record written anew.
+    wait_for("held again after the restart", LIMIT, || {
+        let (t, first) = (&pair.target, &first);
+        async move {
+            let again = t
+                .value(&format!(
+                    "SELECT count(*) FROM pgrepl.control WHERE state->>'state' = 'held' AND updated_at > '{first}'::timestamptz"
+                ))
+                .await;
+            (again == Some("1".into())).then_some(())
+        }
+    })
+    .await;
+    let applied = || {
+        pair.target
+            .value("SELECT count(*) FROM a WHERE v = 'while held'")
+    };
+    assert_eq!(applied().await, Some("0".into()), "nothing past the hold");
+    // Let go: it applies on.
+    pair.target
+        .exec("UPDATE pgrepl.control SET state = '{\"state\": \"released\"}' WHERE state->>'state' = 'held'; NOTIFY pgrepl_control;")
+        .await;
+    wait_for("applied once released", LIMIT, || async {
+        (applied().await == Some("1".into())).then_some(())
+    })
+    .await;
+    sync.signal(libc::SIGTERM);
+    assert!(sync.wait(LIMIT).await.success());
+}

@@ -253,7 +253,9 @@ async fn session(
     plan: &Plan,
     paths: &Arc<super::paths::Totals>,
 ) -> Result<Outcome, SessionError> {
-    super::guard::refuse_after_cutover(req).await?;
+    if let Some(at) = super::guard::refuse_after_cutover(req).await? {
+        return Ok(Outcome::Finished { at, flushed: at });
+    }
     let (mut session, start) = apply_session(req.target, &req.ledger, req.name).await?;
     let mut walsender = WalSender::connect(Side::Source, &req.source.decoder().config).await?;
     super::guard::follow_timeline(req, &mut walsender, start).await?;
