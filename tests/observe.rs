@@ -139,6 +139,7 @@ async fn metrics_status_and_the_page_while_a_burst_comes_and_goes() {
     let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
     assert_eq!(status["phase"], "streaming", "{body}");
     assert_eq!(status["tables"][0]["table"], "public.events", "{body}");
+    assert_eq!(status["cutover"]["source_fenced"], false, "{body}");
 
     // The page, as a browser renders it.
     page_in_chromium(&addr).await;

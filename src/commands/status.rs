@@ -45,13 +45,7 @@ async fn one(
     // What a cutover left: done, running, or a fence with nobody behind it.
     let cutover = crate::cutover::abandon::Standing::read(&src, &tgt, name).await?;
     if args.json {
-        #[derive(serde::Serialize)]
-        struct Full<'a> {
-            #[serde(flatten)]
-            report: &'a crate::progress::status::StatusReport,
-            cutover: &'a crate::cutover::abandon::Standing,
-        }
-        let full = Full {
+        let full = crate::cutover::abandon::WithCutover {
             report: &report,
             cutover: &cutover,
         };

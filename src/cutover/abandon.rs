@@ -30,6 +30,15 @@ use crate::sql::SyncName;
 /// runs.
 const LOCK_GRACE: Duration = Duration::from_secs(10);
 
+/// A sync's status with what a cutover left standing: the JSON of
+/// `pgrepl status --json` and of the `/status` page.
+#[derive(Serialize)]
+pub struct WithCutover<'a> {
+    #[serde(flatten)]
+    pub report: &'a crate::progress::status::StatusReport,
+    pub cutover: &'a Standing,
+}
+
 /// What a cutover of a sync has left standing, for `status`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Standing {

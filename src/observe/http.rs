@@ -101,12 +101,21 @@ async fn status(State(ctx): State<Arc<Context>>) -> Response {
             .connect_decoder()
             .await
             .map_err(|e| e.to_string())?;
-        crate::progress::status::report(&src, decoder.as_ref(), &tgt, &ctx.name)
+        let report = crate::progress::status::report(&src, decoder.as_ref(), &tgt, &ctx.name)
             .await
             .map_err(|e| e.to_string())?
             .with_failover(&ctx.source, &src, &ctx.name)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // What a cutover left, as `pgrepl status --json` shows it.
+        let cutover = crate::cutover::abandon::Standing::read(&src, &tgt, &ctx.name)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::to_value(crate::cutover::abandon::WithCutover {
+            report: &report,
+            cutover: &cutover,
+        })
+        .map_err(|e| e.to_string())
     };
     match tokio::time::timeout(Duration::from_secs(10), report).await {
         Ok(Ok(r)) => axum::Json(r).into_response(),
