@@ -88,33 +88,19 @@ pub async fn follow_timeline(
 /// must not reach it. A supervisor restarting `pgrepl sync` after the
 /// cutover, or a sync that was between sessions when the cutover ran
 /// through another, ends here before it touches the target.
-///
-/// A cutover that ended this sync while it was between sessions (held at
-/// the fence, then its session gone) is answered here as the session
-/// would have: `Ok(Some(fence))`, the sync ends as cut over.
-pub async fn refuse_after_cutover(req: &StreamRequest<'_>) -> Result<Option<Lsn>, SessionError> {
+pub async fn refuse_after_cutover(req: &StreamRequest<'_>) -> Result<(), SessionError> {
     let tgt = req.target.connect().await?;
-    let target_error = |e: tokio_postgres::Error| SessionError::Target {
-        what: "reading whether the sync was cut over",
-        message: describe(&e),
-        transient: crate::conn::error::is_transient(&e),
-    };
-    if let Some(at) = crate::control::answer_end(&tgt, req.name)
-        .await
-        .map_err(target_error)?
-    {
-        tracing::info!(sync = %req.name, %at, "the cutover ended this sync at its fence while it was between sessions");
-        return Ok(Some(at));
-    }
-    match crate::control::cut_over_at(&tgt, req.name)
-        .await
-        .map_err(target_error)?
-    {
-        Some(at) => Err(SessionError::CutOver {
+    match crate::control::cut_over_at(&tgt, req.name).await {
+        Ok(Some(at)) => Err(SessionError::CutOver {
             name: req.name.to_string(),
             at,
         }),
-        None => Ok(None),
+        Ok(None) => Ok(()),
+        Err(e) => Err(SessionError::Target {
+            what: "reading whether the sync was cut over",
+            message: describe(&e),
+            transient: crate::conn::error::is_transient(&e),
+        }),
     }
 }
 

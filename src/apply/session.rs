@@ -253,9 +253,7 @@ async fn session(
     plan: &Plan,
     paths: &Arc<super::paths::Totals>,
 ) -> Result<Outcome, SessionError> {
-    if let Some(at) = super::guard::refuse_after_cutover(req).await? {
-        return Ok(Outcome::Finished { at, flushed: at });
-    }
+    super::guard::refuse_after_cutover(req).await?;
     let (mut session, start) = apply_session(req.target, &req.ledger, req.name).await?;
     let mut walsender = WalSender::connect(Side::Source, &req.source.decoder().config).await?;
     super::guard::follow_timeline(req, &mut walsender, start).await?;

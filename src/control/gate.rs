@@ -83,51 +83,14 @@ impl Gate {
         })?;
         super::ensure_schema(&client).await?;
         let listener = Listener::start(target).await?;
-        let mut gate = Gate {
+        Ok(Gate {
             client,
             listener,
             name: name.clone(),
             phase: Phase::Open,
             held: Duration::ZERO,
             last_poll: Instant::now() - Duration::from_secs(60),
-        };
-        gate.adopt().await?;
-        Ok(gate)
-    }
-
-    /// A request the sync's last session was serving when it ended (held,
-    /// or told to advance): this session serves it on, and applies nothing
-    /// committing at or after where it was to hold. (The session starts
-    /// from what the target committed, all before that point.)
-    async fn adopt(&mut self) -> Result<(), ControlError> {
-        let row = self
-            .client
-            .query_opt(
-                "SELECT id, request::text, state::text FROM pgrepl.control
-                 WHERE sync_name = $1 AND state ->> 'state' IN ('held', 'advance')
-                 ORDER BY id DESC LIMIT 1",
-                &[&self.name.as_str()],
-            )
-            .await
-            .map_err(super::query("reading control requests"))?;
-        let Some(row) = row else { return Ok(()) };
-        let id: i64 = row.get(0);
-        let parsed = serde_json::from_str::<Request>(row.get::<_, &str>(1))
-            .ok()
-            .zip(serde_json::from_str::<State>(row.get::<_, &str>(2)).ok());
-        let (through, finish) = match parsed {
-            Some((_, State::Advance { through })) => (through, false),
-            Some((Request::Finish { lsn }, _)) => (lsn, true),
-            Some((_, State::Held { at })) => (at, false),
-            _ => return Ok(()),
-        };
-        tracing::info!(request = id, %through, "control: serving the request the last session held for: applying up to it, then holding");
-        self.phase = Phase::Advancing {
-            id,
-            through,
-            finish,
-        };
-        Ok(())
+        })
     }
 
     /// Returns when a request may have come (a NOTIFY on the channel).

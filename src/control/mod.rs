@@ -191,40 +191,6 @@ pub async fn cut_over(
     }
 }
 
-/// A cutover's `End` that the sync's last session ended before answering
-/// (it held at the fence, everything before it applied and durable):
-/// answered now, as that session would have (`Done`, cut over at the
-/// fence), so the cutover waiting for it completes. The fence LSN, when
-/// one was.
-pub async fn answer_end(
-    client: &Client,
-    name: &SyncName,
-) -> Result<Option<Lsn>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "UPDATE pgrepl.control
-                SET state = jsonb_build_object('state', 'done', 'at', request->>'lsn', 'held_ms', 0, 'cut_over', true),
-                    updated_at = now()
-              WHERE sync_name = $1 AND state->>'state' = 'end' AND request->>'kind' = 'hold_at'
-             RETURNING id, (request->>'lsn')::pg_lsn",
-            &[&name.as_str()],
-        )
-        .await;
-    let answered: Vec<(i64, Lsn)> = match rows {
-        Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-            return Ok(None)
-        }
-        Err(e) => return Err(e),
-    };
-    for (id, _) in &answered {
-        client
-            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &id.to_string()])
-            .await?;
-    }
-    Ok(answered.iter().map(|(_, at)| *at).max())
-}
-
 /// [`cut_over`]'s LSN.
 pub async fn cut_over_at(
     client: &Client,
