@@ -35,6 +35,7 @@ pub mod source;
 pub mod sql;
 pub mod stream;
 pub mod tail;
+pub mod teardown;
 pub mod verify;
 
 pub use lsn::Lsn;

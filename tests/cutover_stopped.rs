@@ -80,6 +80,16 @@ async fn kill_a_cutover_under_its_fence(
         .expect("the blocker commits: its session was opened before the fence");
 }
 
+/// Waits for the row with `v` to reach the target: the sync streams.
+async fn applied_on_target(pair: &Pair, v: &str) {
+    let q = format!("SELECT count(*) FROM a WHERE v = '{v}'");
+    wait_for("the sync applying it", LIMIT, || {
+        let (t, q) = (&pair.target, &q);
+        async move { (t.value(q).await == Some("1".into())).then_some(()) }
+    })
+    .await;
+}
+
 async fn slots(c: &Cluster) -> Option<String> {
     c.value("SELECT count(*) FROM pg_replication_slots").await
 }
@@ -124,19 +134,7 @@ async fn a_cutover_killed_under_its_fence_is_named_then_abandoned_or_finished() 
     insert(&pair.source, "after the abandon")
         .await
         .expect("the source takes writes again");
-    let t = pair.target.client().await;
-    wait_for("the sync applying after the abandon", LIMIT, || {
-        let t = &t;
-        async move {
-            let n: i64 = t
-                .query_one("SELECT count(*) FROM a WHERE v = 'after the abandon'", &[])
-                .await
-                .ok()?
-                .get(0);
-            (n == 1).then_some(())
-        }
-    })
-    .await;
+    applied_on_target(&pair, "after the abandon").await;
     assert!(!status(&pair).await.contains("cutover:"), "nothing stands");
     // Sequences do not stream: only a cutover carries these.
     pair.source
@@ -273,19 +271,7 @@ async fn a_cutover_killed_setting_up_the_way_back_leaves_no_slot_after_abandon()
         }
     })
     .await;
-    let t = pair.target.client().await;
-    wait_for("the sync applying after the abandon", LIMIT, || {
-        let t = &t;
-        async move {
-            let n: i64 = t
-                .query_one("SELECT count(*) FROM a WHERE v = 'after the abandon'", &[])
-                .await
-                .ok()?
-                .get(0);
-            (n == 1).then_some(())
-        }
-    })
-    .await;
+    applied_on_target(&pair, "after the abandon").await;
     sync.signal(libc::SIGTERM);
     assert!(sync.wait(LIMIT).await.success());
     let (s, tc) = (pair.source.client().await, pair.target.client().await);

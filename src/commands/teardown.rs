@@ -8,11 +8,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 use crate::cli::TeardownArgs;
-use crate::progress::state;
-use crate::source::setup;
 use crate::sql::SyncName;
 
 pub async fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
@@ -89,8 +85,7 @@ async fn one(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The slot (first: it is what fills the source's disk), the publication,
-/// the DDL capture.
+/// The slot, the publication, the DDL capture (see `teardown`).
 async fn clean_source(
     source: &crate::conn::Endpoint,
     src: &tokio_postgres::Client,
@@ -101,20 +96,7 @@ async fn clean_source(
         Some(_) => (source.decoder().connect().await?, "source's standby"),
         None => (source.connect().await?, "source"),
     };
-    if setup::drop_slot(&decoder, &name.slot(), name.as_str()).await? {
-        removed.push(format!("{place}: replication slot {}", name.slot()));
-    }
-    if setup::drop_publication(src, &name.publication()).await? {
-        removed.push(format!("source: publication {}", name.publication()));
-    }
-    for what in crate::ddl::capture::remove(src, name).await.map_err(|e| {
-        anyhow::anyhow!(
-            "source: removing DDL capture: {}",
-            crate::conn::error::describe(&e)
-        )
-    })? {
-        removed.push(format!("source: {what}"));
-    }
+    crate::teardown::reading_side(&decoder, src, name, "source", place, removed).await?;
     Ok(())
 }
 
@@ -124,23 +106,6 @@ async fn clean_target(
     name: &SyncName,
     removed: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let origin = name.origin();
-    let dropped_origin = crate::progress::ledger::Ledger::remove(tgt, name)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "target: dropping replication origin {origin}: {}",
-                crate::conn::error::describe(&e)
-            )
-        })?;
-    if dropped_origin {
-        removed.push(format!("target: replication origin {origin}"));
-    }
-    if state::forget(tgt, name)
-        .await
-        .context("target: removing pgrepl state")?
-    {
-        removed.push(format!("target: pgrepl state for sync {name}"));
-    }
+    crate::teardown::writing_side(tgt, name, "target", removed).await?;
     Ok(())
 }

@@ -140,14 +140,7 @@ pub async fn abandon(
     target: &Endpoint,
 ) -> Result<Abandoned, CutoverError> {
     let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
-    if let Some(at) = crate::control::cut_over_at(&tgt, name)
-        .await
-        .map_err(|e| CutoverError::target("reading whether the sync was cut over", &e))?
-    {
-        return Err(CutoverError::Other(format!(
-            "sync {name} was cut over at {at}: the target took over there, and lifting the source's fence would let the application write to both. Nothing was changed. To move back, cut over the way back (`pgrepl cutover --name {name}_r`); to write to the old source anyway, `pgrepl teardown --name {name} --unfence`"
-        )));
-    }
+    refuse_if_cut_over(&tgt, name).await?;
     // Held on a session of its own until this returns: no cutover starts
     // while the fence comes down.
     let lock = target.connect().await?;
@@ -172,14 +165,7 @@ pub async fn abandon(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Again, with the lock: a cutover that held it may have just finished.
-    if let Some(at) = crate::control::cut_over_at(&tgt, name)
-        .await
-        .map_err(|e| CutoverError::target("reading whether the sync was cut over", &e))?
-    {
-        return Err(CutoverError::Other(format!(
-            "sync {name} was cut over at {at} (by the cutover that held its lock until now): nothing was changed"
-        )));
-    }
+    refuse_if_cut_over(&tgt, name).await?;
     if !fence::is_fenced(&src).await? {
         return Ok(Abandoned {
             fence: Fence::NothingStood,
@@ -207,6 +193,19 @@ pub async fn abandon(
         fence: Fence::Lifted { since, lockers },
         way_back: super::reverse::tear_down(name, way_back, source, target).await,
     })
+}
+
+/// Refuses once the sync was cut over (or is being ended at a fence).
+async fn refuse_if_cut_over(tgt: &Client, name: &SyncName) -> Result<(), CutoverError> {
+    match crate::control::cut_over_at(tgt, name)
+        .await
+        .map_err(|e| CutoverError::target("reading whether the sync was cut over", &e))?
+    {
+        Some(at) => Err(CutoverError::Other(format!(
+            "sync {name} was cut over at {at}: the target took over there, and lifting the source's fence would let the application write to both. Nothing was changed. To move back, cut over the way back (`pgrepl cutover --name {name}_r`); to write to the old source anyway, `pgrepl teardown --name {name} --unfence`"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// pgrepl sessions of the source database still holding a table in

@@ -213,33 +213,15 @@ pub async fn tear_down(
     }
     let mut removed = Vec::new();
     for name in names {
-        if setup::drop_slot(&new, &name.slot(), name.as_str())
+        // The way back reads from the new server (this sync's target) and
+        // writes to the old one.
+        let failed = |e: crate::teardown::TeardownError| CutoverError::Other(e.to_string());
+        crate::teardown::reading_side(&new, &new, &name, "target", "target", &mut removed)
             .await
-            .map_err(|e| CutoverError::Other(e.to_string()))?
-        {
-            removed.push(format!("target: replication slot {}", name.slot()));
-        }
-        if setup::drop_publication(&new, &name.publication())
+            .map_err(failed)?;
+        crate::teardown::writing_side(&old, &name, "source", &mut removed)
             .await
-            .map_err(|e| CutoverError::Other(e.to_string()))?
-        {
-            removed.push(format!("target: publication {}", name.publication()));
-        }
-        for what in capture::remove(&new, &name)
-            .await
-            .map_err(|e| CutoverError::target("removing the way back's DDL capture", &e))?
-        {
-            removed.push(format!("target: {what}"));
-        }
-        Ledger::remove(&old, &name)
-            .await
-            .map_err(|e| CutoverError::source("removing the way back's origin", &e))?;
-        if state::forget(&old, &name)
-            .await
-            .map_err(|e| CutoverError::source("removing the way back's state", &e))?
-        {
-            removed.push(format!("source: pgrepl state for sync {name}"));
-        }
+            .map_err(failed)?;
     }
     Ok(removed)
 }
