@@ -277,3 +277,191 @@ async fn a_cutover_killed_setting_up_the_way_back_leaves_no_slot_after_abandon()
     let (s, tc) = (pair.source.client().await, pair.target.client().await);
     assert_same_data(&s, &tc).await;
 }
+
+/// How many rows with `v` the target holds.
+async fn rows_with(pair: &Pair, v: &str) -> Option<String> {
+    pair.target
+        .value(&format!("SELECT count(*) FROM a WHERE v = '{v}'"))
+        .await
+}
+
+/// Waits until a sync started again says it holds for the request its
+/// killed process held for.
+async fn serving_the_held_request(sync: &support::pgrepl::Running) {
+    wait_for("the new process holding for the request", LIMIT, || {
+        let log = sync.stderr.clone();
+        async move {
+            let log = log.lock().expect("output lock");
+            log.contains("serving on the request the last session held for")
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+/// A sync killed while it holds for a request (a verify's, say) and
+/// started again (by its supervisor) holds again where it was: nothing
+/// after the held point reaches the target until the requester lets it go.
+/// (While a session holds it reads nothing, so the session ending under it
+/// is the process ending.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_killed_while_it_holds_holds_again_when_started_again() {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let sync = pair.spawn("sync", &[]);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    wait_for("the sync's control channel", LIMIT, || async {
+        (pair
+            .target
+            .value("SELECT to_regclass('pgrepl.control') IS NOT NULL")
+            .await
+            == Some("t".into()))
+        .then_some(())
+    })
+    .await;
+    pair.target
+        .exec("INSERT INTO pgrepl.control (sync_name, request) VALUES ('pgrepl', '{\"kind\": \"hold\"}'); NOTIFY pgrepl_control;")
+        .await;
+    let held = "SELECT count(*) FROM pgrepl.control WHERE state->>'state' = 'held'";
+    wait_for("the sync holding", LIMIT, || async {
+        (pair.target.value(held).await == Some("1".into())).then_some(())
+    })
+    .await;
+    sync.kill().await;
+    insert(&pair.source, "while held")
+        .await
+        .expect("the source takes writes");
+    let sync = pair.spawn("sync", &[]);
+    serving_the_held_request(&sync).await;
+    assert_eq!(
+        rows_with(&pair, "while held").await,
+        Some("0".into()),
+        "nothing past the hold"
+    );
+    // Stopped as a supervisor stops it (the stop records where it was),
+    // and started again: it holds again there too.
+    sync.signal(libc::SIGTERM);
+    assert!(sync.wait(LIMIT).await.success());
+    insert(&pair.source, "while stopped")
+        .await
+        .expect("the source takes writes");
+    let sync = pair.spawn("sync", &[]);
+    serving_the_held_request(&sync).await;
+    for v in ["while held", "while stopped"] {
+        assert_eq!(
+            rows_with(&pair, v).await,
+            Some("0".into()),
+            "nothing past the hold"
+        );
+    }
+    // Let go: it applies on.
+    pair.target
+        .exec("UPDATE pgrepl.control SET state = '{\"state\": \"released\"}' WHERE state->>'state' = 'held'; NOTIFY pgrepl_control;")
+        .await;
+    applied_on_target(&pair, "while held").await;
+    applied_on_target(&pair, "while stopped").await;
+    let state = pair
+        .target
+        .value("SELECT string_agg(state->>'state', ',') FROM pgrepl.control")
+        .await;
+    assert_eq!(state, Some("done".into()), "the release answered");
+    sync.signal(libc::SIGTERM);
+    assert!(sync.wait(LIMIT).await.success());
+}
+
+/// How a test stops a sync.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// SIGKILL: nothing recorded on the way out.
+    Kill,
+    /// SIGTERM: what was applied committed, where it was recorded.
+    Term,
+}
+
+/// The sync killed while it holds at a cutover's fence (the cutover busy
+/// under it, setting sequences: a target session holds one of them), and
+/// started again: `before_end`, while the cutover still works under the
+/// fence; else once the cutover has committed its fence and asked the sync
+/// to end (with no sync running to answer). Either way the new process
+/// answers for the one killed: the cutover finishes, exactly.
+async fn a_sync_killed_at_the_fence(before_end: bool, stop: Stop) {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let sync = pair.spawn("sync", &[]);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    let blocker = pair.target.client().await;
+    blocker
+        .batch_execute("BEGIN; ALTER SEQUENCE free_seq CACHE 1")
+        .await
+        .expect("a target session holds the sequence");
+    let cutover = pair.spawn("cutover", &["--terminate", "--wait", "10m"]);
+    let state = "SELECT string_agg(state->>'state', ',') FROM pgrepl.control";
+    wait_for("the sync held at the fence", LIMIT, || async {
+        (pair.target.value(state).await == Some("held".into())).then_some(())
+    })
+    .await;
+    match stop {
+        Stop::Kill => sync.kill().await,
+        Stop::Term => {
+            sync.signal(libc::SIGTERM);
+            assert!(sync.wait(LIMIT).await.success());
+        }
+    }
+    let restarted = if before_end {
+        let sync = pair.spawn("sync", &[]);
+        serving_the_held_request(&sync).await;
+        blocker.batch_execute("COMMIT").await.expect("commit");
+        sync
+    } else {
+        blocker.batch_execute("COMMIT").await.expect("commit");
+        wait_for("the cutover ending the sync", LIMIT, || async {
+            (pair.target.value(state).await == Some("end".into())).then_some(())
+        })
+        .await;
+        pair.spawn("sync", &[])
+    };
+    let out = cutover.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("The target is ready"), "{out}");
+    let ended = restarted.wait(LIMIT).await;
+    assert!(ended.success(), "{ended}");
+    assert_eq!(
+        pair.target.value(state).await,
+        Some("done".into()),
+        "ended as cut over"
+    );
+    let (s, tc) = (pair.source.client().await, pair.target.client().await);
+    assert_same_data(&s, &tc).await;
+    let next: i64 = tc
+        .query_one("SELECT nextval('free_seq')", &[])
+        .await
+        .expect("nextval")
+        .get(0);
+    assert_eq!(next, 507, "the sequence carried exactly");
+    // A sync started again now refuses: it was cut over.
+    let out = pair.run("sync", &[]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.error_line().contains("was cut over at"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_killed_at_the_fence_and_started_again_lets_the_cutover_finish() {
+    a_sync_killed_at_the_fence(true, Stop::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_killed_at_the_fence_and_started_after_the_fence_is_committed_ends_as_cut_over() {
+    a_sync_killed_at_the_fence(false, Stop::Kill).await;
+}
+
+/// As above, the sync stopped as a supervisor stops it (SIGTERM: the stop
+/// records how far it had read, past the fence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_stopped_at_the_fence_and_started_again_lets_the_cutover_finish() {
+    a_sync_killed_at_the_fence(true, Stop::Term).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_stopped_at_the_fence_and_started_after_the_fence_is_committed_ends_as_cut_over() {
+    a_sync_killed_at_the_fence(false, Stop::Term).await;
+}

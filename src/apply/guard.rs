@@ -87,10 +87,12 @@ pub async fn follow_timeline(
 /// application writes there now, and the source (fenced, or cut back to)
 /// must not reach it. A supervisor restarting `pgrepl sync` after the
 /// cutover, or a sync that was between sessions when the cutover ran
-/// through another, ends here before it touches the target.
+/// through another, ends here before it touches the target. (A sync a
+/// cutover is ending at its fence, its last session gone before it
+/// answered, goes on to its gate, which answers for it: `control::gate`.)
 pub async fn refuse_after_cutover(req: &StreamRequest<'_>) -> Result<(), SessionError> {
     let tgt = req.target.connect().await?;
-    match crate::control::cut_over_at(&tgt, req.name).await {
+    match crate::control::ended_at(&tgt, req.name).await {
         Ok(Some(at)) => Err(SessionError::CutOver {
             name: req.name.to_string(),
             at,

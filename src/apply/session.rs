@@ -277,6 +277,28 @@ async fn session(
         feedback.clone(),
     )
     .await?;
+    // Without its gate a session could apply past a hold that a requester
+    // relies on (one the last session held for): no gate, no apply. Opened
+    // once this session owns the slot (no other session of the sync runs),
+    // before anything is applied.
+    let gate = match crate::control::Gate::open(req.target, req.name, start).await {
+        Ok(g) => Some(g),
+        Err(crate::control::ControlError::EndedBehind { at }) => {
+            receiver.shutdown().await;
+            return Err(SessionError::CutOver {
+                name: req.name.to_string(),
+                at,
+            });
+        }
+        Err(e) => {
+            receiver.shutdown().await;
+            return Err(SessionError::Target {
+                what: "opening the control channel",
+                message: e.to_string(),
+                transient: true,
+            });
+        }
+    };
     tracing::info!(%start, stream_large, "streaming");
     crate::progress::telemetry::telemetry().recovered();
     let shared = Shared::counting_into(start, paths.clone());
@@ -322,13 +344,6 @@ async fn session(
     );
 
     let span = tracing::info_span!("apply", slot = %req.name.slot());
-    let gate = match crate::control::Gate::open(req.target, req.name).await {
-        Ok(g) => Some(g),
-        Err(e) => {
-            tracing::warn!(error = %e, "control channel unavailable: verify and cutover cannot reach this sync");
-            None
-        }
-    };
     let mut driver = EventLoop {
         applier: &mut applier,
         receiver: &mut receiver,

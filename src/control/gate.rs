@@ -9,12 +9,23 @@
 //! apply resumes with the next message. A gate never holds longer than
 //! [`super::HOLD_LIMIT`] without hearing from its requester (a requester
 //! busy under the hold says it is still there: `still_here`).
+//!
+//! The rule across sessions: a hold outlives the session that holds. A
+//! session ending while it holds (killed, or a transient error) leaves its
+//! request `held` (or `advance`, or a cutover's `End`), and the requester
+//! still relies on it; the next session's gate, opened before it applies
+//! anything, serves that request on from where it stands (see
+//! [`Gate::open`]). The gate writes `held` only over a state it may
+//! replace (the requester's answer wins a race), and expires only a
+//! request nobody answered.
 
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::{hold_limit, set_state, ControlError, Listener, Request, State, HOLD_LIMIT};
+use super::{
+    hold_limit, set_state, set_state_if, ControlError, Listener, Request, State, HOLD_LIMIT,
+};
 use crate::conn::Endpoint;
 use crate::lsn::Lsn;
 use crate::sql::SyncName;
@@ -75,22 +86,111 @@ fn commits_at(payload: &[u8]) -> Option<Lsn> {
     }
 }
 
+/// The states the gate writes `held` over: a request it serves that its
+/// requester has not answered since it was made or told to advance.
+const SERVING: &[&str] = &["requested", "advance"];
+
+/// The states the gate may expire: a request it holds for, unanswered.
+const HOLDING: &[&str] = &["requested", "held"];
+
 impl Gate {
-    pub async fn open(target: &Endpoint, name: &SyncName) -> Result<Gate, ControlError> {
+    /// Opens the gate of a session that starts applying after `start` (the
+    /// target holds every source transaction committing before it). Before
+    /// it applies anything: a request the sync's last session held for, or
+    /// was advancing to, is served on (see the module's rule).
+    pub async fn open(
+        target: &Endpoint,
+        name: &SyncName,
+        start: Lsn,
+    ) -> Result<Gate, ControlError> {
         let client = target.connect().await.map_err(|e| ControlError::Query {
             what: "opening the control channel",
             message: e.to_string(),
         })?;
         super::ensure_schema(&client).await?;
         let listener = Listener::start(target).await?;
-        Ok(Gate {
+        let mut gate = Gate {
             client,
             listener,
             name: name.clone(),
             phase: Phase::Open,
             held: Duration::ZERO,
             last_poll: Instant::now() - Duration::from_secs(60),
-        })
+        };
+        gate.adopt(start).await?;
+        Ok(gate)
+    }
+
+    /// Takes over the request the last session served when it ended, if
+    /// any (the newest; a sync serves one at a time).
+    async fn adopt(&mut self, start: Lsn) -> Result<(), ControlError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT id, request::text, state::text, (state->>'reached')::pg_lsn
+                   FROM pgrepl.control
+                  WHERE sync_name = $1 AND state->>'state' IN ('held', 'advance', 'end')
+                  ORDER BY id DESC LIMIT 1",
+                &[&self.name.as_str()],
+            )
+            .await
+            .map_err(super::query("reading control requests"))?;
+        let Some(row) = row else { return Ok(()) };
+        let id: i64 = row.get(0);
+        let request = serde_json::from_str::<Request>(row.get::<_, &str>(1)).ok();
+        let state = serde_json::from_str::<State>(row.get::<_, &str>(2)).ok();
+        let reached: Option<Lsn> = row.get(3);
+        let (through, holding) = match (&request, &state) {
+            (_, Some(State::Held { at, .. })) => (*at, true),
+            (_, Some(State::Advance { through })) => (*through, false),
+            (Some(Request::HoldAt { lsn }), Some(State::End)) => (*lsn, true),
+            _ => {
+                tracing::warn!(
+                    request = id,
+                    "control: a request in a state this sync cannot read; left alone"
+                );
+                return Ok(());
+            }
+        };
+        // How far the target may have recorded while nothing past the
+        // hold was applied (a row without the record: the hold itself).
+        let allowed = reached.unwrap_or(through).max(through);
+        if start > allowed {
+            // Applied past the hold (a sync that went on without it): what
+            // the requester relied on is gone. Tell it; never claim a hold.
+            if matches!(state, Some(State::End)) {
+                return Err(ControlError::EndedBehind { at: through });
+            }
+            let from = if holding { HOLDING } else { SERVING };
+            if !set_state_if(&self.client, id, &State::Expired, from).await? {
+                // The requester answered meanwhile: start over, and read it.
+                return Err(ControlError::Query {
+                    what: "taking over a request",
+                    message: "the request changed while the sync started".into(),
+                });
+            }
+            tracing::warn!(request = id, %through, %start, "control: the target is past where the last session held; the request expired");
+            return Ok(());
+        }
+        tracing::info!(request = id, %through, "control: serving on the request the last session held for");
+        self.held = Duration::ZERO;
+        self.phase = if holding {
+            // Every transaction before `through` is applied, none after:
+            // hold where the last session held; the first wait acts on
+            // what the request says (an `End`: answered).
+            Phase::Held {
+                id,
+                at: through,
+                since: Instant::now(),
+            }
+        } else {
+            Phase::Advancing {
+                id,
+                through,
+                finish: false,
+            }
+        };
+        Ok(())
     }
 
     /// Returns when a request may have come (a NOTIFY on the channel).
@@ -218,8 +318,15 @@ impl Gate {
             Phase::Advancing { id, through, .. } => (id, through),
             _ => return Ok(position),
         };
-        set_state(&self.client, id, &State::Held { at }).await?;
-        tracing::info!(request = id, %at, "control: apply held");
+        // Over what the requester answered meanwhile (released, ended, or
+        // gone on without it), nothing: the first wait acts on that.
+        let held = State::Held {
+            at,
+            reached: Some(position.max(at)),
+        };
+        if set_state_if(&self.client, id, &held, SERVING).await? {
+            tracing::info!(request = id, %at, "control: apply held");
+        }
         self.phase = Phase::Held {
             id,
             at,
@@ -275,14 +382,34 @@ impl Gate {
                 self.phase = Phase::Open;
                 return Ok(Some(at));
             }
-            // Held that long, and the requester silent that long too.
-            _ if since.elapsed() >= hold_limit() && quiet >= hold_limit() => {
-                set_state(&self.client, id, &State::Expired).await?;
+            // Ended elsewhere (nothing else writes these while the gate
+            // holds; never held for in vain).
+            State::Done {
+                at, cut_over: true, ..
+            } => {
+                tracing::warn!(request = id, %at, "control: the sync was cut over elsewhere; it ends");
+                self.phase = Phase::Open;
+                return Ok(Some(at));
+            }
+            State::Done { .. } | State::Expired | State::Refused { .. } => {
                 tracing::warn!(
                     request = id,
-                    "control: the requester did not answer within {HOLD_LIMIT:?}; applying on"
+                    ?state,
+                    "control: the request ended without this sync; applying on"
                 );
                 self.phase = Phase::Open;
+            }
+            // Held that long, and the requester silent that long too (and
+            // still silent as the expiry is written).
+            _ if since.elapsed() >= hold_limit() && quiet >= hold_limit() => {
+                let expired = set_state_if(&self.client, id, &State::Expired, HOLDING).await?;
+                if expired {
+                    tracing::warn!(
+                        request = id,
+                        "control: the requester did not answer within {HOLD_LIMIT:?}; applying on"
+                    );
+                    self.phase = Phase::Open;
+                }
             }
             _ => {}
         }

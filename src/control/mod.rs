@@ -56,6 +56,11 @@ pub enum ControlError {
     Refused(String),
     #[error("the sync went on without waiting (request {0} expired)")]
     Expired(i64),
+    /// A cutover ended the sync at `at` (its request reads `End`), and the
+    /// target holds more than the transactions before it: it must not be
+    /// applied to, nor recorded as cut over there.
+    #[error("a cutover ended the sync at {at}, but the target holds changes past it")]
+    EndedBehind { at: Lsn },
 }
 
 fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ControlError {
@@ -85,9 +90,14 @@ pub enum Request {
 pub enum State {
     Requested,
     /// The sync holds: every source transaction committing before `at` is
-    /// applied and committed on the target, none after.
+    /// applied and committed on the target, none after. `reached`: how far
+    /// the sync had read when it closed (at or past `at`, with no
+    /// transaction committing between): the target's recorded position
+    /// may go that far while it holds (an idle position), no further.
     Held {
         at: Lsn,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reached: Option<Lsn>,
     },
     /// The requester asks it to apply on through the transactions
     /// committing before `through`, then hold again.
@@ -167,6 +177,15 @@ pub async fn cut_over(
     client: &Client,
     name: &SyncName,
 ) -> Result<Option<CutOver>, tokio_postgres::Error> {
+    cut_over_where(client, name, true).await
+}
+
+/// [`cut_over`], `ending`: also a sync being ended at a cutover's fence.
+async fn cut_over_where(
+    client: &Client,
+    name: &SyncName,
+    ending: bool,
+) -> Result<Option<CutOver>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT CASE WHEN state->>'state' = 'done' THEN (state->>'at')::pg_lsn
@@ -175,9 +194,9 @@ pub async fn cut_over(
                FROM pgrepl.control
               WHERE sync_name = $1
                 AND ((state->>'state' = 'done' AND state->>'cut_over' = 'true')
-                     OR (state->>'state' = 'end' AND request->>'kind' = 'hold_at'))
+                     OR ($2 AND state->>'state' = 'end' AND request->>'kind' = 'hold_at'))
               ORDER BY id DESC LIMIT 1",
-            &[&name.as_str()],
+            &[&name.as_str(), &ending],
         )
         .await;
     match rows {
@@ -199,6 +218,15 @@ pub async fn cut_over_at(
     Ok(cut_over(client, name).await?.map(|c| c.at))
 }
 
+/// Where sync `name` ended as cut over (`Done`); not a sync a cutover is
+/// ending (`End`), which its next session answers (see `gate`).
+pub async fn ended_at(
+    client: &Client,
+    name: &SyncName,
+) -> Result<Option<Lsn>, tokio_postgres::Error> {
+    Ok(cut_over_where(client, name, false).await?.map(|c| c.at))
+}
+
 /// Moves request `id` to `state` and wakes the other side.
 /// A request's state and how long ago either side last wrote to it.
 pub async fn state_and_quiet(client: &Client, id: i64) -> Result<(State, Duration), ControlError> {
@@ -218,10 +246,14 @@ pub async fn state_and_quiet(client: &Client, id: i64) -> Result<(State, Duratio
 }
 
 /// Says, every few seconds, that the requester of sync `name`'s open
-/// requests is still there, so a sync holding for it keeps holding
-/// however long the requester's work under the hold takes (a verify, the
-/// other databases of a whole-server cutover). Runs until dropped.
-pub async fn still_here(client: &Client, name: &SyncName) {
+/// requests made since `since` (the target's clock, read before the
+/// requester's first request: see [`now`]) is still there, so a sync
+/// holding for it keeps holding however long the requester's work under
+/// the hold takes (a verify, the other databases of a whole-server
+/// cutover). Older requests are not its own: a dead requester's, which a
+/// sync started again may hold for (see `gate`), must expire. Runs until
+/// dropped.
+pub async fn still_here(client: &Client, name: &SyncName, since: &str) {
     // Several times within the limit.
     let every = hold_limit() / 6;
     loop {
@@ -229,14 +261,24 @@ pub async fn still_here(client: &Client, name: &SyncName) {
         if let Err(e) = client
             .execute(
                 "UPDATE pgrepl.control SET updated_at = now()
-                 WHERE sync_name = $1 AND state->>'state' IN ('requested', 'held', 'advance')",
-                &[&name.as_str()],
+                 WHERE sync_name = $1 AND state->>'state' IN ('requested', 'held', 'advance')
+                   AND created_at >= $2::text::timestamptz",
+                &[&name.as_str(), &since],
             )
             .await
         {
             tracing::debug!(error = %crate::conn::error::describe(&e), "could not say the cutover is still there");
         }
     }
+}
+
+/// The target's clock now, as text (for [`still_here`]).
+pub async fn now(client: &Client) -> Result<String, ControlError> {
+    Ok(client
+        .query_one("SELECT clock_timestamp()::text", &[])
+        .await
+        .map_err(query("reading the target's clock"))?
+        .get(0))
 }
 
 /// Lets every open request of sync `name` go (a requester that was
@@ -276,6 +318,33 @@ pub async fn set_state(client: &Client, id: i64, state: &State) -> Result<(), Co
         .await
         .map_err(query("writing a control request"))?;
     notify(client, id).await
+}
+
+/// Moves request `id` to `state` only from one of the states named in
+/// `from` (`held`, …), in one statement, and wakes the other side; false
+/// when it was elsewhere (the other side wrote first).
+pub async fn set_state_if(
+    client: &Client,
+    id: i64,
+    state: &State,
+    from: &[&str],
+) -> Result<bool, ControlError> {
+    let text = serde_json::to_string(state).map_err(|e| ControlError::Query {
+        what: "writing a control request",
+        message: e.to_string(),
+    })?;
+    let n = client
+        .execute(
+            "UPDATE pgrepl.control SET state = $2::text::jsonb, updated_at = now()
+              WHERE id = $1 AND state->>'state' = ANY($3)",
+            &[&id, &text, &from],
+        )
+        .await
+        .map_err(query("writing a control request"))?;
+    if n == 1 {
+        notify(client, id).await?;
+    }
+    Ok(n == 1)
 }
 
 async fn notify(client: &Client, id: i64) -> Result<(), ControlError> {
@@ -357,19 +426,17 @@ impl<'a> Requester<'a> {
         set_state(self.client, self.id, state).await
     }
 
-    /// Moves the request to `state` only from the state named `from`
-    /// (`held`, …), in one statement; false when it was elsewhere.
-    pub async fn set_if(&self, state: &State, from: &str) -> Result<bool, ControlError> {
-        let text = serde_json::to_string(state).map_err(|e| ControlError::Query {
-            what: "writing a control request",
-            message: e.to_string(),
-        })?;
+    /// Ends the sync where it holds (a cutover's `End`), only while it
+    /// holds, in one statement; the hold's record (`at`, `reached`) stays
+    /// in the row for a session that answers later (see `gate`). False
+    /// when it no longer held.
+    pub async fn end_if_held(&self) -> Result<bool, ControlError> {
         let n = self
             .client
             .execute(
-                "UPDATE pgrepl.control SET state = $2::text::jsonb, updated_at = now()
-                  WHERE id = $1 AND state->>'state' = $3",
-                &[&self.id, &text, &from],
+                "UPDATE pgrepl.control SET state = state || '{\"state\": \"end\"}'::jsonb, updated_at = now()
+                  WHERE id = $1 AND state->>'state' = 'held'",
+                &[&self.id],
             )
             .await
             .map_err(query("writing a control request"))?;
@@ -388,6 +455,22 @@ impl<'a> Requester<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hold_keeps_its_record_through_end_and_older_rows_still_read() {
+        let old: State = serde_json::from_str(r#"{"state":"held","at":"0/10"}"#).expect("held");
+        assert_eq!(
+            old,
+            State::Held {
+                at: Lsn(16),
+                reached: None
+            }
+        );
+        // `end_if_held` merges the state's name into the held record.
+        let ended: State =
+            serde_json::from_str(r#"{"state":"end","at":"0/10","reached":"0/20"}"#).expect("end");
+        assert_eq!(ended, State::End);
+    }
 
     #[test]
     fn a_cutover_is_recorded_in_done_and_older_rows_still_read() {

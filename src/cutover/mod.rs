@@ -338,13 +338,15 @@ async fn fenced_run(
     if req.reverse {
         reverse::check(req).await?;
     }
-    let sync = start_sync(src, req).await?;
     // The sync holds for this cutover as long as the cutover takes (a
-    // verify, the other databases of a set): it says it is still there.
+    // verify, the other databases of a set): it says it is still there,
+    // for the requests it makes from here on.
+    let since = crate::control::now(tgt).await?;
+    let sync = start_sync(src, req).await?;
     let result = tokio::select! {
         r = cut_over(req, src, tgt, carry, &tables, &mut steps, started) => r,
         _ = interrupted.changed() => Err(CutoverError::Interrupted),
-        () = crate::control::still_here(tgt, req.name) => unreachable!("still_here runs until dropped"),
+        () = crate::control::still_here(tgt, req.name, &since) => unreachable!("still_here runs until dropped"),
     };
     if matches!(result, Err(CutoverError::Interrupted)) && !ended(tgt, req.name).await {
         // Cut short anywhere before the sync was ended at the fence:
@@ -567,11 +569,7 @@ async fn cut_over(
             fence.commit().await.map_err(after)?;
             // Only while it still holds: a sync that went on by itself
             // (its hold expired) must not be recorded as ended here.
-            if !held
-                .set_if(&State::End, "held")
-                .await
-                .map_err(|e| after(e.into()))?
-            {
+            if !held.end_if_held().await.map_err(|e| after(e.into()))? {
                 return Err(after(CutoverError::Other(
                     "the sync went on by itself before it could be ended at the fence (its hold expired)".into(),
                 )));
@@ -632,7 +630,7 @@ async fn under_fence<'a>(
             req.wait,
             "the sync did not reach the fence in time",
             |s| match s {
-                State::Held { at } => Some(*at),
+                State::Held { at, .. } => Some(*at),
                 _ => None,
             },
         )

@@ -149,7 +149,7 @@ pub async fn while_running(
             Duration::from_secs(15),
             "start `pgrepl sync`, or compare a stopped sync with `pgrepl verify --stopped`",
             |s| match s {
-                State::Held { at } => Some(*at),
+                State::Held { at, .. } => Some(*at),
                 _ => None,
             },
         )
@@ -169,7 +169,7 @@ pub async fn while_running(
         wait,
         "the sync did not reach the comparison point in time: is it far behind? (--wait)",
         |s| match s {
-            State::Held { at } if *at >= lsn => Some(()),
+            State::Held { at, .. } if *at >= lsn => Some(()),
             _ => None,
         },
     )
