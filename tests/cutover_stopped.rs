@@ -285,6 +285,26 @@ async fn rows_with(pair: &Pair, v: &str) -> Option<String> {
         .await
 }
 
+/// Waits until the sync's walsender has sent everything the source wrote
+/// so far (so what follows may check what the sync did with it).
+async fn sent_all(pair: &Pair) {
+    let now = pair
+        .source
+        .value("SELECT pg_current_wal_lsn()::text")
+        .await
+        .expect("an LSN");
+    let q = format!(
+        "SELECT coalesce(bool_or(r.sent_lsn >= '{now}'::pg_lsn), false)
+           FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
+          WHERE s.slot_name = 'pgrepl_pgrepl'"
+    );
+    wait_for("the walsender sending it", LIMIT, || {
+        let q = &q;
+        async move { (pair.source.value(q).await == Some("t".into())).then_some(()) }
+    })
+    .await;
+}
+
 /// Waits until a sync started again says it holds for the request its
 /// killed process held for.
 async fn serving_the_held_request(sync: &support::pgrepl::Running) {
@@ -333,6 +353,7 @@ async fn a_sync_killed_while_it_holds_holds_again_when_started_again() {
         .expect("the source takes writes");
     let sync = pair.spawn("sync", &[]);
     serving_the_held_request(&sync).await;
+    sent_all(&pair).await;
     assert_eq!(
         rows_with(&pair, "while held").await,
         Some("0".into()),
@@ -347,6 +368,7 @@ async fn a_sync_killed_while_it_holds_holds_again_when_started_again() {
         .expect("the source takes writes");
     let sync = pair.spawn("sync", &[]);
     serving_the_held_request(&sync).await;
+    sent_all(&pair).await;
     for v in ["while held", "while stopped"] {
         assert_eq!(
             rows_with(&pair, v).await,
@@ -464,4 +486,45 @@ async fn a_sync_stopped_at_the_fence_and_started_again_lets_the_cutover_finish()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_stopped_at_the_fence_and_started_after_the_fence_is_committed_ends_as_cut_over() {
     a_sync_killed_at_the_fence(false, Stop::Term).await;
+}
+
+/// A sync killed while it holds for a requester that is gone too, and
+/// started again: it holds no longer than it would have (the requester
+/// silent past the hold limit, 2 s here), then applies on and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_for_a_requester_that_is_gone_expires_after_a_restart() {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let short_hold = [("PGREPL_HOLD_LIMIT_MS", "2000")];
+    let args = pair.command("sync", &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sync = support::pgrepl::spawn_with_env(&args, &short_hold);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    wait_for("the sync's control channel", LIMIT, || async {
+        (pair
+            .target
+            .value("SELECT to_regclass('pgrepl.control') IS NOT NULL")
+            .await
+            == Some("t".into()))
+        .then_some(())
+    })
+    .await;
+    pair.target
+        .exec("INSERT INTO pgrepl.control (sync_name, request) VALUES ('pgrepl', '{\"kind\": \"hold\"}'); NOTIFY pgrepl_control;")
+        .await;
+    let state = "SELECT string_agg(state->>'state', ',') FROM pgrepl.control";
+    wait_for("the sync holding", LIMIT, || async {
+        (pair.target.value(state).await == Some("held".into())).then_some(())
+    })
+    .await;
+    sync.kill().await;
+    insert(&pair.source, "after the requester left")
+        .await
+        .expect("the source takes writes");
+    let sync = support::pgrepl::spawn_with_env(&args, &short_hold);
+    serving_the_held_request(&sync).await;
+    applied_on_target(&pair, "after the requester left").await;
+    assert_eq!(pair.target.value(state).await, Some("expired".into()));
+    sync.signal(libc::SIGTERM);
+    assert!(sync.wait(LIMIT).await.success());
 }

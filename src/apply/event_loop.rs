@@ -65,17 +65,19 @@ impl EventLoop<'_> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backlog: VecDeque<Bytes> = VecDeque::new();
         loop {
-            if let Some(target) = self.until {
-                if !self.applier.in_transaction() && self.shared.idle_through() >= target {
-                    self.applier.finish().await?;
-                    return Ok(Ended::CaughtUp { target });
-                }
-            }
+            // The gate first: a request served to its point is answered
+            // before the run may end there.
             if let Some(ended) = self.gate_step(stop).await? {
                 return Ok(ended);
             }
             if self.gate.as_ref().is_some_and(Gate::is_holding) {
                 continue;
+            }
+            if let Some(target) = self.until {
+                if !self.applier.in_transaction() && self.shared.idle_through() >= target {
+                    self.applier.finish().await?;
+                    return Ok(Ended::CaughtUp { target });
+                }
             }
             // Hand over what waits, one message at a time, through the gate.
             if let Some(payload) = backlog.pop_front() {

@@ -292,10 +292,11 @@ async fn session(
         }
         Err(e) => {
             receiver.shutdown().await;
+            let transient = !matches!(e, crate::control::ControlError::Unreadable(_));
             return Err(SessionError::Target {
                 what: "opening the control channel",
                 message: e.to_string(),
-                transient: true,
+                transient,
             });
         }
     };

@@ -53,6 +53,21 @@ enum Phase {
     },
 }
 
+/// A request the last session served, as a new session finds it.
+#[derive(Clone, Copy, Debug)]
+enum Adopted {
+    Held {
+        at: Lsn,
+    },
+    Advance {
+        through: Lsn,
+    },
+    /// A cutover's end at its fence, unanswered.
+    End {
+        fence: Lsn,
+    },
+}
+
 /// What the apply should do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -127,7 +142,8 @@ impl Gate {
         let row = self
             .client
             .query_opt(
-                "SELECT id, request::text, state::text, (state->>'reached')::pg_lsn
+                "SELECT id, request::text, state::text, (state->>'reached')::pg_lsn,
+                        greatest(extract(epoch FROM clock_timestamp() - updated_at), 0)::float8
                    FROM pgrepl.control
                   WHERE sync_name = $1 AND state->>'state' IN ('held', 'advance', 'end')
                   ORDER BY id DESC LIMIT 1",
@@ -140,28 +156,35 @@ impl Gate {
         let request = serde_json::from_str::<Request>(row.get::<_, &str>(1)).ok();
         let state = serde_json::from_str::<State>(row.get::<_, &str>(2)).ok();
         let reached: Option<Lsn> = row.get(3);
-        let (through, holding) = match (&request, &state) {
-            (_, Some(State::Held { at, .. })) => (*at, true),
-            (_, Some(State::Advance { through })) => (*through, false),
-            (Some(Request::HoldAt { lsn }), Some(State::End)) => (*lsn, true),
-            _ => {
-                tracing::warn!(
-                    request = id,
-                    "control: a request in a state this sync cannot read; left alone"
-                );
-                return Ok(());
-            }
+        let quiet = Duration::from_secs_f64(row.get::<_, f64>(4));
+        let adopted = match (&request, &state) {
+            (_, Some(State::Held { at, .. })) => Adopted::Held { at: *at },
+            (_, Some(State::Advance { through })) => Adopted::Advance { through: *through },
+            (Some(Request::HoldAt { lsn }), Some(State::End)) => Adopted::End { fence: *lsn },
+            // Never apply past a hold this sync cannot read.
+            _ => return Err(ControlError::Unreadable(id)),
         };
-        // How far the target may have recorded while nothing past the
-        // hold was applied (a row without the record: the hold itself).
-        let allowed = reached.unwrap_or(through).max(through);
-        if start > allowed {
-            // Applied past the hold (a sync that went on without it): what
-            // the requester relied on is gone. Tell it; never claim a hold.
-            if matches!(state, Some(State::End)) {
-                return Err(ControlError::EndedBehind { at: through });
+        // Applied past the hold (a sync that went on without it): what the
+        // requester relied on is gone. Never claim a hold then.
+        let past = match adopted {
+            // Past how far the last session had read when it closed (the
+            // target's position may go that far: an idle position).
+            Adopted::Held { at } | Adopted::End { fence: at } => {
+                start > reached.unwrap_or(at).max(at)
             }
-            let from = if holding { HOLDING } else { SERVING };
+            // Advancing applies nothing committing at or after `through`;
+            // an idle position may pass it just before the gate closes.
+            // Past it and long unanswered: an abandoned row.
+            Adopted::Advance { through } => start > through && quiet >= hold_limit(),
+        };
+        if past {
+            if let Adopted::End { fence } = adopted {
+                return Err(ControlError::EndedBehind { at: fence });
+            }
+            let from = match adopted {
+                Adopted::Advance { .. } => SERVING,
+                _ => HOLDING,
+            };
             if !set_state_if(&self.client, id, &State::Expired, from).await? {
                 // The requester answered meanwhile: start over, and read it.
                 return Err(ControlError::Query {
@@ -169,26 +192,32 @@ impl Gate {
                     message: "the request changed while the sync started".into(),
                 });
             }
-            tracing::warn!(request = id, %through, %start, "control: the target is past where the last session held; the request expired");
+            tracing::warn!(request = id, %start, "control: the target is past where the last session held; the request expired");
             return Ok(());
         }
-        tracing::info!(request = id, %through, "control: serving on the request the last session held for");
+        tracing::info!(
+            request = id,
+            ?adopted,
+            "control: serving on the request the last session held for"
+        );
         self.held = Duration::ZERO;
-        self.phase = if holding {
-            // Every transaction before `through` is applied, none after:
-            // hold where the last session held; the first wait acts on
-            // what the request says (an `End`: answered).
-            Phase::Held {
+        self.phase = match adopted {
+            // Every transaction before `at` is applied, none after: hold
+            // where the last session held, as long as it had held (a
+            // requester silent too long is let go at the first wait); the
+            // first wait acts on what the request says (an `End`: answered).
+            Adopted::Held { at } | Adopted::End { fence: at } => Phase::Held {
                 id,
-                at: through,
-                since: Instant::now(),
-            }
-        } else {
-            Phase::Advancing {
+                at,
+                since: Instant::now()
+                    .checked_sub(quiet)
+                    .unwrap_or_else(Instant::now),
+            },
+            Adopted::Advance { through } => Phase::Advancing {
                 id,
                 through,
                 finish: false,
-            }
+            },
         };
         Ok(())
     }
@@ -400,7 +429,7 @@ impl Gate {
                 self.phase = Phase::Open;
             }
             // Held that long, and the requester silent that long too (and
-            // still silent as the expiry is written).
+            // no answer written before the expiry).
             _ if since.elapsed() >= hold_limit() && quiet >= hold_limit() => {
                 let expired = set_state_if(&self.client, id, &State::Expired, HOLDING).await?;
                 if expired {

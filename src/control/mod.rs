@@ -61,6 +61,8 @@ pub enum ControlError {
     /// applied to, nor recorded as cut over there.
     #[error("a cutover ended the sync at {at}, but the target holds changes past it")]
     EndedBehind { at: Lsn },
+    #[error("request {0} of pgrepl.control, which this sync was serving, is in a state this pgrepl cannot read (written by another version?); nothing was applied: finish or release it with the pgrepl that made it")]
+    Unreadable(i64),
 }
 
 fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ControlError {
