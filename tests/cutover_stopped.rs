@@ -278,6 +278,16 @@ async fn a_cutover_killed_setting_up_the_way_back_leaves_no_slot_after_abandon()
     assert_same_data(&s, &tc).await;
 }
 
+/// Waits until the sync applies what the source writes: its session owns
+/// the slot and its control channel is open (a cutover started earlier
+/// would find no sync running and start its own).
+async fn streams(pair: &Pair) {
+    insert(&pair.source, "streaming")
+        .await
+        .expect("the source takes writes");
+    applied_on_target(pair, "streaming").await;
+}
+
 /// How many rows with `v` the target holds.
 async fn rows_with(pair: &Pair, v: &str) -> Option<String> {
     pair.target
@@ -330,15 +340,7 @@ async fn a_sync_killed_while_it_holds_holds_again_when_started_again() {
     pair.source.exec(SCHEMA).await;
     let sync = pair.spawn("sync", &[]);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
-    wait_for("the sync's control channel", LIMIT, || async {
-        (pair
-            .target
-            .value("SELECT to_regclass('pgrepl.control') IS NOT NULL")
-            .await
-            == Some("t".into()))
-        .then_some(())
-    })
-    .await;
+    streams(&pair).await;
     pair.target
         .exec("INSERT INTO pgrepl.control (sync_name, request) VALUES ('pgrepl', '{\"kind\": \"hold\"}'); NOTIFY pgrepl_control;")
         .await;
@@ -411,6 +413,7 @@ async fn a_sync_killed_at_the_fence(before_end: bool, stop: Stop) {
     pair.source.exec(SCHEMA).await;
     let sync = pair.spawn("sync", &[]);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    streams(&pair).await;
     let blocker = pair.target.client().await;
     blocker
         .batch_execute("BEGIN; ALTER SEQUENCE free_seq CACHE 1")
@@ -500,15 +503,7 @@ async fn a_hold_for_a_requester_that_is_gone_expires_after_a_restart() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let sync = support::pgrepl::spawn_with_env(&args, &short_hold);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
-    wait_for("the sync's control channel", LIMIT, || async {
-        (pair
-            .target
-            .value("SELECT to_regclass('pgrepl.control') IS NOT NULL")
-            .await
-            == Some("t".into()))
-        .then_some(())
-    })
-    .await;
+    streams(&pair).await;
     pair.target
         .exec("INSERT INTO pgrepl.control (sync_name, request) VALUES ('pgrepl', '{\"kind\": \"hold\"}'); NOTIFY pgrepl_control;")
         .await;
