@@ -288,6 +288,21 @@ async fn streams(pair: &Pair) {
     applied_on_target(pair, "streaming").await;
 }
 
+/// The states of the sync's control requests, in order.
+const STATES: &str = "SELECT string_agg(state->>'state', ',' ORDER BY id) FROM pgrepl.control";
+
+/// Asks the running sync to hold, as a verify does, with no requester
+/// behind it, and waits until it holds.
+async fn hold(pair: &Pair) {
+    pair.target
+        .exec("INSERT INTO pgrepl.control (sync_name, request) VALUES ('pgrepl', '{\"kind\": \"hold\"}'); NOTIFY pgrepl_control;")
+        .await;
+    wait_for("the sync holding", LIMIT, || async {
+        (pair.target.value(STATES).await == Some("held".into())).then_some(())
+    })
+    .await;
+}
+
 /// How many rows with `v` the target holds.
 async fn rows_with(pair: &Pair, v: &str) -> Option<String> {
     pair.target
@@ -341,14 +356,7 @@ async fn a_sync_killed_while_it_holds_holds_again_when_started_again() {
     let sync = pair.spawn("sync", &[]);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
     streams(&pair).await;
-    pair.target
-        .exec("INSERT INTO pgrepl.control (sync_name, request) VALUES ('pgrepl', '{\"kind\": \"hold\"}'); NOTIFY pgrepl_control;")
-        .await;
-    let held = "SELECT count(*) FROM pgrepl.control WHERE state->>'state' = 'held'";
-    wait_for("the sync holding", LIMIT, || async {
-        (pair.target.value(held).await == Some("1".into())).then_some(())
-    })
-    .await;
+    hold(&pair).await;
     sync.kill().await;
     insert(&pair.source, "while held")
         .await
@@ -384,10 +392,7 @@ async fn a_sync_killed_while_it_holds_holds_again_when_started_again() {
         .await;
     applied_on_target(&pair, "while held").await;
     applied_on_target(&pair, "while stopped").await;
-    let state = pair
-        .target
-        .value("SELECT string_agg(state->>'state', ',') FROM pgrepl.control")
-        .await;
+    let state = pair.target.value(STATES).await;
     assert_eq!(state, Some("done".into()), "the release answered");
     sync.signal(libc::SIGTERM);
     assert!(sync.wait(LIMIT).await.success());
@@ -420,9 +425,9 @@ async fn a_sync_killed_at_the_fence(before_end: bool, stop: Stop) {
         .await
         .expect("a target session holds the sequence");
     let cutover = pair.spawn("cutover", &["--terminate", "--wait", "10m"]);
-    let state = "SELECT string_agg(state->>'state', ',') FROM pgrepl.control";
+
     wait_for("the sync held at the fence", LIMIT, || async {
-        (pair.target.value(state).await == Some("held".into())).then_some(())
+        (pair.target.value(STATES).await == Some("held".into())).then_some(())
     })
     .await;
     match stop {
@@ -440,7 +445,7 @@ async fn a_sync_killed_at_the_fence(before_end: bool, stop: Stop) {
     } else {
         blocker.batch_execute("COMMIT").await.expect("commit");
         wait_for("the cutover ending the sync", LIMIT, || async {
-            (pair.target.value(state).await == Some("end".into())).then_some(())
+            (pair.target.value(STATES).await == Some("end".into())).then_some(())
         })
         .await;
         pair.spawn("sync", &[])
@@ -451,7 +456,7 @@ async fn a_sync_killed_at_the_fence(before_end: bool, stop: Stop) {
     let ended = restarted.wait(LIMIT).await;
     assert!(ended.success(), "{ended}");
     assert_eq!(
-        pair.target.value(state).await,
+        pair.target.value(STATES).await,
         Some("done".into()),
         "ended as cut over"
     );
@@ -504,14 +509,7 @@ async fn a_hold_for_a_requester_that_is_gone_expires_after_a_restart() {
     let sync = support::pgrepl::spawn_with_env(&args, &short_hold);
     wait_for_phase(&pair.target, "streaming", LIMIT).await;
     streams(&pair).await;
-    pair.target
-        .exec("INSERT INTO pgrepl.control (sync_name, request) VALUES ('pgrepl', '{\"kind\": \"hold\"}'); NOTIFY pgrepl_control;")
-        .await;
-    let state = "SELECT string_agg(state->>'state', ',') FROM pgrepl.control";
-    wait_for("the sync holding", LIMIT, || async {
-        (pair.target.value(state).await == Some("held".into())).then_some(())
-    })
-    .await;
+    hold(&pair).await;
     sync.kill().await;
     insert(&pair.source, "after the requester left")
         .await
@@ -519,7 +517,7 @@ async fn a_hold_for_a_requester_that_is_gone_expires_after_a_restart() {
     let sync = support::pgrepl::spawn_with_env(&args, &short_hold);
     serving_the_held_request(&sync).await;
     applied_on_target(&pair, "after the requester left").await;
-    assert_eq!(pair.target.value(state).await, Some("expired".into()));
+    assert_eq!(pair.target.value(STATES).await, Some("expired".into()));
     sync.signal(libc::SIGTERM);
     assert!(sync.wait(LIMIT).await.success());
 }

@@ -308,10 +308,7 @@ pub async fn release_all(client: &Client, name: &SyncName) -> Result<(), Control
 }
 
 pub async fn set_state(client: &Client, id: i64, state: &State) -> Result<(), ControlError> {
-    let text = serde_json::to_string(state).map_err(|e| ControlError::Query {
-        what: "writing a control request",
-        message: e.to_string(),
-    })?;
+    let text = json(state)?;
     client
         .execute(
             "UPDATE pgrepl.control SET state = $2::text::jsonb, updated_at = now() WHERE id = $1",
@@ -331,10 +328,7 @@ pub async fn set_state_if(
     state: &State,
     from: &[&str],
 ) -> Result<bool, ControlError> {
-    let text = serde_json::to_string(state).map_err(|e| ControlError::Query {
-        what: "writing a control request",
-        message: e.to_string(),
-    })?;
+    let text = json(state)?;
     let n = client
         .execute(
             "UPDATE pgrepl.control SET state = $2::text::jsonb, updated_at = now()
@@ -347,6 +341,14 @@ pub async fn set_state_if(
         notify(client, id).await?;
     }
     Ok(n == 1)
+}
+
+/// A request or a state as the row's JSON.
+fn json(v: &impl Serialize) -> Result<String, ControlError> {
+    serde_json::to_string(v).map_err(|e| ControlError::Query {
+        what: "writing a control request",
+        message: e.to_string(),
+    })
 }
 
 async fn notify(client: &Client, id: i64) -> Result<(), ControlError> {
@@ -374,10 +376,7 @@ impl<'a> Requester<'a> {
         request: &Request,
     ) -> Result<Requester<'a>, ControlError> {
         ensure_schema(client).await?;
-        let text = serde_json::to_string(request).map_err(|e| ControlError::Query {
-            what: "writing a control request",
-            message: e.to_string(),
-        })?;
+        let text = json(request)?;
         let id: i64 = client
             .query_one(
                 "INSERT INTO pgrepl.control (sync_name, request) VALUES ($1, $2::text::jsonb) RETURNING id",
