@@ -6,6 +6,7 @@ pub mod checksum;
 pub mod cluster;
 pub mod docker;
 pub mod gen;
+pub mod held;
 pub mod http;
 pub mod pg;
 pub mod pgrepl;

@@ -1,0 +1,337 @@
+//! A sync stopped while it holds for a request (a verify's, a cutover's)
+//! and started again serves the request on, from where its last process
+//! held: it holds again, advances as far as it was asked and no further,
+//! answers a cutover's end, and never claims a hold the target is already
+//! past.
+
+mod support;
+
+use support::held::{
+    applied_on_target, hold, insert, rows_with, sent_all, serving_the_held_request, streams, Stop,
+    LIMIT, SCHEMA, STATES,
+};
+use support::{assert_same_data, wait_for, wait_for_phase, Pair};
+
+/// A sync killed while it holds for a request (a verify's, say) and
+/// started again (by its supervisor) holds again where it was: nothing
+/// after the held point reaches the target until the requester lets it go.
+/// (While a session holds it reads nothing, so the session ending under it
+/// is the process ending.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_killed_while_it_holds_holds_again_when_started_again() {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let sync = pair.spawn("sync", &[]);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    streams(&pair).await;
+    hold(&pair).await;
+    sync.kill().await;
+    insert(&pair.source, "while held")
+        .await
+        .expect("the source takes writes");
+    let sync = pair.spawn("sync", &[]);
+    serving_the_held_request(&sync).await;
+    sent_all(&pair).await;
+    assert_eq!(
+        rows_with(&pair, "while held").await,
+        Some("0".into()),
+        "nothing past the hold"
+    );
+    // Stopped as a supervisor stops it (the stop records where it was),
+    // and started again: it holds again there too.
+    sync.signal(libc::SIGTERM);
+    assert!(sync.wait(LIMIT).await.success());
+    insert(&pair.source, "while stopped")
+        .await
+        .expect("the source takes writes");
+    let sync = pair.spawn("sync", &[]);
+    serving_the_held_request(&sync).await;
+    sent_all(&pair).await;
+    for v in ["while held", "while stopped"] {
+        assert_eq!(
+            rows_with(&pair, v).await,
+            Some("0".into()),
+            "nothing past the hold"
+        );
+    }
+    // Let go: it applies on.
+    pair.target
+        .exec("UPDATE pgrepl.control SET state = '{\"state\": \"released\"}' WHERE state->>'state' = 'held'; NOTIFY pgrepl_control;")
+        .await;
+    applied_on_target(&pair, "while held").await;
+    applied_on_target(&pair, "while stopped").await;
+    let state = pair.target.value(STATES).await;
+    assert_eq!(state, Some("done".into()), "the release answered");
+    sync.signal(libc::SIGTERM);
+    assert!(sync.wait(LIMIT).await.success());
+}
+
+/// The sync killed while it holds at a cutover's fence (the cutover busy
+/// under it, setting sequences: a target session holds one of them), and
+/// started again: `before_end`, while the cutover still works under the
+/// fence; else once the cutover has committed its fence and asked the sync
+/// to end (with no sync running to answer). Either way the new process
+/// answers for the one killed: the cutover finishes, exactly.
+async fn a_sync_killed_at_the_fence(before_end: bool, stop: Stop) {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let sync = pair.spawn("sync", &[]);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    streams(&pair).await;
+    let blocker = pair.target.client().await;
+    blocker
+        .batch_execute("BEGIN; ALTER SEQUENCE free_seq CACHE 1")
+        .await
+        .expect("a target session holds the sequence");
+    let cutover = pair.spawn("cutover", &["--terminate", "--wait", "10m"]);
+
+    wait_for("the sync held at the fence", LIMIT, || async {
+        (pair.target.value(STATES).await == Some("held".into())).then_some(())
+    })
+    .await;
+    match stop {
+        Stop::Kill => sync.kill().await,
+        Stop::Term => {
+            sync.signal(libc::SIGTERM);
+            assert!(sync.wait(LIMIT).await.success());
+        }
+    }
+    let restarted = if before_end {
+        let sync = pair.spawn("sync", &[]);
+        serving_the_held_request(&sync).await;
+        blocker.batch_execute("COMMIT").await.expect("commit");
+        sync
+    } else {
+        blocker.batch_execute("COMMIT").await.expect("commit");
+        wait_for("the cutover ending the sync", LIMIT, || async {
+            (pair.target.value(STATES).await == Some("end".into())).then_some(())
+        })
+        .await;
+        pair.spawn("sync", &[])
+    };
+    let out = cutover.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("The target is ready"), "{out}");
+    let ended = restarted.wait(LIMIT).await;
+    assert!(ended.success(), "{ended}");
+    assert_eq!(
+        pair.target.value(STATES).await,
+        Some("done".into()),
+        "ended as cut over"
+    );
+    let (s, tc) = (pair.source.client().await, pair.target.client().await);
+    assert_same_data(&s, &tc).await;
+    let next: i64 = tc
+        .query_one("SELECT nextval('free_seq')", &[])
+        .await
+        .expect("nextval")
+        .get(0);
+    assert_eq!(next, 507, "the sequence carried exactly");
+    // A sync started again now refuses: it was cut over.
+    let out = pair.run("sync", &[]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.error_line().contains("was cut over at"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_killed_at_the_fence_and_started_again_lets_the_cutover_finish() {
+    a_sync_killed_at_the_fence(true, Stop::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_killed_at_the_fence_and_started_after_the_fence_is_committed_ends_as_cut_over() {
+    a_sync_killed_at_the_fence(false, Stop::Kill).await;
+}
+
+/// As above, the sync stopped as a supervisor stops it (SIGTERM: the stop
+/// records how far it had read, past the fence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_stopped_at_the_fence_and_started_again_lets_the_cutover_finish() {
+    a_sync_killed_at_the_fence(true, Stop::Term).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_stopped_at_the_fence_and_started_after_the_fence_is_committed_ends_as_cut_over() {
+    a_sync_killed_at_the_fence(false, Stop::Term).await;
+}
+
+/// A sync killed while it holds for a requester that is gone too, and
+/// started again: it holds no longer than it would have (the requester
+/// silent past the hold limit, 2 s here), then applies on and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_for_a_requester_that_is_gone_expires_after_a_restart() {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let short_hold = [("PGREPL_HOLD_LIMIT_MS", "2000")];
+    let args = pair.command("sync", &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sync = support::pgrepl::spawn_with_env(&args, &short_hold);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    streams(&pair).await;
+    hold(&pair).await;
+    sync.kill().await;
+    insert(&pair.source, "after the requester left")
+        .await
+        .expect("the source takes writes");
+    let sync = support::pgrepl::spawn_with_env(&args, &short_hold);
+    serving_the_held_request(&sync).await;
+    applied_on_target(&pair, "after the requester left").await;
+    assert_eq!(pair.target.value(STATES).await, Some("expired".into()));
+    sync.signal(libc::SIGTERM);
+    assert!(sync.wait(LIMIT).await.success());
+}
+
+/// A sync started with a hold limit long enough that no hold in these
+/// tests expires by itself.
+fn sync_that_holds_long(pair: &Pair) -> support::pgrepl::Running {
+    let args = pair.command("sync", &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    support::pgrepl::spawn_with_env(&args, &[("PGREPL_HOLD_LIMIT_MS", "600000")])
+}
+
+/// Stops a sync as its supervisor does, and waits for it to end well.
+async fn stop(sync: support::pgrepl::Running) {
+    sync.signal(libc::SIGTERM);
+    let out = sync.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+}
+
+/// Leaves a request in the control table as a sync stopped while serving
+/// it leaves it (`request` and `state` as their rows' JSON).
+async fn left_request(pair: &Pair, request: &str, state: &str) {
+    pair.target
+        .exec(&format!(
+            "INSERT INTO pgrepl.control (sync_name, request, state) VALUES ('pgrepl', '{request}', '{state}')"
+        ))
+        .await;
+}
+
+/// The source's current WAL position.
+async fn source_lsn(pair: &Pair) -> String {
+    pair.source
+        .value("SELECT pg_current_wal_lsn()::text")
+        .await
+        .expect("an LSN")
+}
+
+/// A verify's advance left by a sync stopped while it applied toward the
+/// verify's LSN (the row reads `advance`): the next process applies
+/// exactly the transactions committing before that LSN, holds there and
+/// says so; what came after waits for the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_stopped_while_it_advances_advances_as_far_as_asked_when_started_again() {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let sync = sync_that_holds_long(&pair);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    streams(&pair).await;
+    stop(sync).await;
+    insert(&pair.source, "before").await.expect("a write");
+    let through = source_lsn(&pair).await;
+    insert(&pair.source, "after").await.expect("a write");
+    left_request(
+        &pair,
+        r#"{"kind": "hold"}"#,
+        &format!(r#"{{"state": "advance", "through": "{through}"}}"#),
+    )
+    .await;
+
+    let sync = sync_that_holds_long(&pair);
+    wait_for("the sync holding where it was asked to", LIMIT, || async {
+        (pair.target.value(STATES).await == Some("held".into())).then_some(())
+    })
+    .await;
+    sent_all(&pair).await;
+    assert_eq!(
+        rows_with(&pair, "before").await,
+        Some("1".into()),
+        "applied up to the LSN"
+    );
+    assert_eq!(
+        rows_with(&pair, "after").await,
+        Some("0".into()),
+        "nothing past it"
+    );
+    let at = pair
+        .target
+        .value("SELECT state->>'at' FROM pgrepl.control")
+        .await;
+    assert_eq!(
+        at.as_deref(),
+        Some(through.as_str()),
+        "held at the LSN asked for"
+    );
+
+    pair.target
+        .exec(
+            "UPDATE pgrepl.control SET state = '{\"state\": \"released\"}'; NOTIFY pgrepl_control;",
+        )
+        .await;
+    applied_on_target(&pair, "after").await;
+    assert_eq!(pair.target.value(STATES).await, Some("done".into()));
+    stop(sync).await;
+    let (s, t) = (pair.source.client().await, pair.target.client().await);
+    assert_same_data(&s, &t).await;
+}
+
+/// A hold whose point the target is already past (a sync that went on
+/// without it, an older pgrepl's say): what its requester relied on is
+/// gone, so the next process expires it at once instead of claiming it,
+/// and applies on (the hold limit is ten minutes here: only the expiry
+/// lets the row through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_the_target_is_already_past_is_expired_not_claimed() {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let sync = sync_that_holds_long(&pair);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    let behind = source_lsn(&pair).await;
+    streams(&pair).await;
+    stop(sync).await;
+    left_request(
+        &pair,
+        r#"{"kind": "hold"}"#,
+        &format!(r#"{{"state": "held", "at": "{behind}"}}"#),
+    )
+    .await;
+    insert(&pair.source, "after the stop")
+        .await
+        .expect("a write");
+
+    let sync = sync_that_holds_long(&pair);
+    applied_on_target(&pair, "after the stop").await;
+    assert_eq!(pair.target.value(STATES).await, Some("expired".into()));
+    stop(sync).await;
+}
+
+/// A cutover's end at a fence the target is already past: the sync can
+/// neither claim the cutover nor apply on (the source took no more writes
+/// after the fence, and the cutover recorded it as the end): it refuses,
+/// as a sync cut over does, applies nothing, and leaves the request as it
+/// found it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_ended_behind_the_target_is_refused_and_nothing_applied() {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let sync = sync_that_holds_long(&pair);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    let fence = source_lsn(&pair).await;
+    streams(&pair).await;
+    stop(sync).await;
+    left_request(
+        &pair,
+        &format!(r#"{{"kind": "hold_at", "lsn": "{fence}"}}"#),
+        &format!(r#"{{"state": "end", "at": "{fence}"}}"#),
+    )
+    .await;
+    insert(&pair.source, "after the stop")
+        .await
+        .expect("a write");
+
+    let out = pair.run("sync", &[]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.error_line().contains("was cut over at"), "{out}");
+    assert!(out.error_line().contains(&fence), "{out}");
+    assert_eq!(rows_with(&pair, "after the stop").await, Some("0".into()));
+    assert_eq!(pair.target.value(STATES).await, Some("end".into()));
+}
