@@ -335,3 +335,63 @@ async fn a_cutover_ended_behind_the_target_is_refused_and_nothing_applied() {
     assert_eq!(rows_with(&pair, "after the stop").await, Some("0".into()));
     assert_eq!(pair.target.value(STATES).await, Some("end".into()));
 }
+
+/// The sync's slot: whether a session streams from it.
+const SLOT_IDLE: &str =
+    "SELECT active_pid IS NULL FROM pg_replication_slots WHERE slot_name = 'pgrepl_pgrepl'";
+
+/// A cutover started while the sync runs but does not stream (between two
+/// sessions: here its process is paused and its walsender ended, so its
+/// slot is idle) waits for it instead of running a sync of its own beside
+/// it (and refuses, fencing nothing, if it waits in vain); the sync,
+/// streaming again, holds at the fence and ends as cut over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_waits_for_a_sync_between_two_sessions() {
+    let pair = Pair::start();
+    pair.source.exec(SCHEMA).await;
+    let sync = pair.spawn("sync", &[]);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    streams(&pair).await;
+    sync.signal(libc::SIGSTOP);
+    pair.source
+        .exec("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'pgrepl_pgrepl'")
+        .await;
+    wait_for("the slot idle", LIMIT, || async {
+        (pair.source.value(SLOT_IDLE).await == Some("t".into())).then_some(())
+    })
+    .await;
+    // A stopped sync's verify is refused too: this one is about to move.
+    let out = pair.run("verify", &["--stopped"]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.error_line().contains("between two sessions"), "{out}");
+
+    // A cutover that waits for it in vain refuses before it fences
+    // anything, naming the sync's session.
+    let out = pair.run("cutover", &["--wait", "3s"]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.error_line().contains("did not stream for"), "{out}");
+    assert!(out.error_line().contains("pg_terminate_backend("), "{out}");
+    insert(&pair.source, "nothing fenced")
+        .await
+        .expect("the source takes writes");
+
+    let cutover = pair.spawn("cutover", &["--wait", "2m"]);
+    let said = wait_for("the cutover saying what it found", LIMIT, || {
+        let text = cutover.output_so_far();
+        async move {
+            (text.contains("between two sessions") || text.contains("No sync is running"))
+                .then_some(text)
+        }
+    })
+    .await;
+    assert!(said.contains("between two sessions"), "{said}");
+    sync.signal(libc::SIGCONT);
+    let out = cutover.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("The target is ready"), "{out}");
+    let ended = sync.wait(LIMIT).await;
+    assert!(ended.success(), "{ended}");
+    assert_eq!(pair.target.value(STATES).await, Some("done".into()));
+    let (s, t) = (pair.source.client().await, pair.target.client().await);
+    assert_same_data(&s, &t).await;
+}

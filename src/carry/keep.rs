@@ -70,18 +70,7 @@ pub async fn holder(
     client: &Client,
     name: &SyncName,
 ) -> Result<Option<i32>, tokio_postgres::Error> {
-    // pg_locks shows the two int4 keys as oids: their bits, unsigned.
-    Ok(client
-        .query_opt(
-            "SELECT l.pid FROM pg_catalog.pg_locks l
-              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                AND l.classid::int8 = (pg_catalog.hashtext('pgrepl carry')::int8 & 4294967295)
-                AND l.objid::int8 = (pg_catalog.hashtext($1)::int8 & 4294967295)
-              LIMIT 1",
-            &[&name.as_str()],
-        )
-        .await?
-        .map(|r| r.get(0)))
+    crate::sql::advisory::holder(client, "pgrepl carry", name).await
 }
 
 /// Runs until dropped.

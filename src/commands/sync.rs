@@ -59,6 +59,10 @@ pub(super) async fn one(
     let watch = crate::progress::telemetry::telemetry();
     let (source, target) = (source.clone(), target.clone());
     let (src, tgt) = tokio::try_join!(source.connect(), target.connect())?;
+    // Said on the target for as long as this sync runs, between its
+    // sessions too: a cutover or a verify then knows it runs while its
+    // slot is idle.
+    let _presence = crate::control::presence::Presence::hold(&target, &name).await;
     let opts = CheckOptions {
         name: name.clone(),
         selection: args.tables.selection(),

@@ -13,6 +13,7 @@
 
 pub mod gate;
 mod listen;
+pub mod presence;
 
 use std::time::{Duration, Instant};
 

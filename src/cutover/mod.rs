@@ -342,7 +342,7 @@ async fn fenced_run(
     // verify, the other databases of a set): it says it is still there,
     // for the requests it makes from here on.
     let since = crate::control::now(tgt).await?;
-    let sync = start_sync(src, req).await?;
+    let sync = start_sync(src, req, &mut interrupted).await?;
     let result = tokio::select! {
         r = cut_over(req, src, tgt, carry, &tables, &mut steps, started) => r,
         _ = interrupted.changed() => Err(CutoverError::Interrupted),
@@ -380,6 +380,18 @@ async fn fenced_run(
     }
 }
 
+/// Whether a session streams from the sync's slot.
+async fn slot_active(req: &CutoverRequest<'_>) -> Result<bool, CutoverError> {
+    let slot =
+        crate::source::setup::slot_info(&req.source.decoder().connect().await?, &req.name.slot())
+            .await
+            .map_err(|e| CutoverError::Other(e.to_string()))?
+            .ok_or_else(|| {
+                CutoverError::Other(format!("source: slot {} is gone", req.name.slot()))
+            })?;
+    Ok(slot.active_pid.is_some())
+}
+
 /// The sync's tables as the source has them now (roots and partitions).
 async fn synced_tables(
     src: &Client,
@@ -401,22 +413,46 @@ async fn synced_tables(
 }
 
 /// The running sync, or one started here when none runs.
-async fn start_sync(src: &Client, req: &CutoverRequest<'_>) -> Result<Sync, CutoverError> {
+async fn start_sync(
+    src: &Client,
+    req: &CutoverRequest<'_>,
+    interrupted: &mut watch::Receiver<bool>,
+) -> Result<Sync, CutoverError> {
     // An active slot means a running sync (not waiting for it to settle:
     // one that just exited would not answer the hold request, which then
     // fails clearly after --wait).
-    let slot =
-        crate::source::setup::slot_info(&req.source.decoder().connect().await?, &req.name.slot())
-            .await
-            .map_err(|e| CutoverError::Other(e.to_string()))?
-            .ok_or_else(|| {
-                CutoverError::Other(format!("source: slot {} is gone", req.name.slot()))
-            })?;
-    if slot.active_pid.is_some() {
+    if slot_active(req).await? {
         return Ok(Sync::Running);
     }
+    let tgt = req.target.connect().await?;
+    // Its slot idle, a sync may still run: between two sessions (after a
+    // transient error, or starting one). A second sync here would only
+    // contend with it for the slot: wait for it to stream (it serves the
+    // hold request then), up to --wait, before anything is fenced.
+    let present = crate::control::presence::holder(&tgt, req.name)
+        .await
+        .map_err(|e| CutoverError::target("reading whether a sync runs", &e))?;
+    if let Some(pid) = present {
+        crate::say_err!(
+            "The sync is running but not streaming at the moment (between two sessions; its target session is pid {pid}): waiting for it."
+        );
+        let since = std::time::Instant::now();
+        while since.elapsed() < req.wait {
+            if slot_active(req).await? {
+                return Ok(Sync::Running);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = interrupted.changed() => return Err(CutoverError::Interrupted),
+            }
+        }
+        return Err(CutoverError::NothingChanged(format!(
+            "the sync runs (its target session is pid {pid}) but did not stream for {}: see why in its log, or stop it (if its process is gone, end that session: SELECT pg_terminate_backend({pid}) on the target), then cut over again",
+            crate::progress::human_duration(req.wait)
+        )));
+    }
     crate::say_err!("No sync is running: running one here until the cutover is done.");
-    let record = crate::progress::state::load_sync(&req.target.connect().await?, req.name)
+    let record = crate::progress::state::load_sync(&tgt, req.name)
         .await
         .map_err(|e| CutoverError::target("reading the sync", &e))?;
     let roles = record.as_ref().and_then(|r| r.roles);
@@ -436,6 +472,7 @@ async fn start_sync(src: &Client, req: &CutoverRequest<'_>) -> Result<Sync, Cuto
     let (stop, stop_rx) = watch::channel(false);
     let (name, source, target) = (req.name.clone(), req.source.clone(), req.target.clone());
     let task = crate::progress::scope::spawn(async move {
+        let _presence = crate::control::presence::Presence::hold(&target, &name).await;
         let request = crate::apply::session::StreamRequest {
             name: &name,
             source: &source,

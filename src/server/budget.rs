@@ -1,6 +1,7 @@
 //! Connections of a whole-server move, budgeted: each database's sync
-//! holds a few sessions on either side while it streams (walsender, apply,
-//! flush watcher, control, status, sequence and large-object rounds), and
+//! holds a few sessions on either side while it runs (walsender, apply,
+//! flush watcher, control, status, sequence and large-object rounds, its
+//! presence on the target), and
 //! the copy adds the shared pool's workers (one session on each side
 //! each). The sum must fit what each server has free, and `--max-connections`
 //! when given.
@@ -13,7 +14,7 @@ use crate::conn::error::describe;
 pub const PER_DATABASE_SOURCE: u32 = 5;
 /// The same on the target (one more per large transaction streamed while
 /// in progress, briefly).
-pub const PER_DATABASE_TARGET: u32 = 7;
+pub const PER_DATABASE_TARGET: u32 = 8;
 
 /// What one server has free for new sessions, its walsenders and slots.
 #[derive(Clone, Copy, Debug)]
@@ -116,7 +117,7 @@ mod tests {
         assert!(judge(4, 4, None, ROOMY, ROOMY).is_ok());
         let e = judge(4, 4, Some(20), ROOMY, ROOMY).unwrap_err();
         assert!(
-            e.contains("--max-connections 20") && e.contains("32 on the target"),
+            e.contains("--max-connections 20") && e.contains("36 on the target"),
             "{e}"
         );
         let tight = Room {

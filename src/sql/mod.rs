@@ -1,6 +1,7 @@
 //! SQL text that pgrepl writes itself: every identifier and literal goes
 //! through [`quote`]; every name pgrepl handles is a type from [`names`].
 
+pub mod advisory;
 pub mod names;
 pub mod quote;
 

@@ -209,6 +209,15 @@ pub async fn while_stopped(
             "the sync is running (its slot is in use by process {pid}): verify without --stopped"
         )));
     }
+    // Its slot idle, a sync between two sessions runs all the same.
+    let present = crate::control::presence::holder(tgt, name)
+        .await
+        .map_err(|e| VerifyError::target("reading whether a sync runs", &e))?;
+    if let Some(pid) = present {
+        return Err(VerifyError::Other(format!(
+            "the sync is running (between two sessions; its target session is pid {pid}): verify without --stopped"
+        )));
+    }
     let ledger = crate::progress::state::ledger_of(tgt, name)
         .await
         .map_err(|e| VerifyError::target("reading the sync", &e))?;
