@@ -343,7 +343,8 @@ const SLOT_IDLE: &str =
 /// A cutover started while the sync runs but does not stream (between two
 /// sessions: here its process is paused and its walsender ended, so its
 /// slot is idle) waits for it instead of running a sync of its own beside
-/// it (and refuses, fencing nothing, if it waits in vain); the sync,
+/// it (and refuses, fencing nothing, if it waits in vain; a verify of a
+/// stopped sync and a teardown refuse it as running); the sync,
 /// streaming again, holds at the fence and ends as cut over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cutover_waits_for_a_sync_between_two_sessions() {
@@ -360,11 +361,32 @@ async fn a_cutover_waits_for_a_sync_between_two_sessions() {
         (pair.source.value(SLOT_IDLE).await == Some("t".into())).then_some(())
     })
     .await;
+    let status = pair.run("status", &[]).await;
+    assert!(
+        status
+            .stdout
+            .contains("idle, the sync runs (between two sessions)"),
+        "{status}"
+    );
+    let json = pair.run("status", &["--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("status JSON");
+    assert_eq!(v["running"], true, "{json}");
     // A stopped sync's verify is refused too: this one is about to move.
     let out = pair.run("verify", &["--stopped"]).await;
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.error_line().contains("between two sessions"), "{out}");
 
+    // Nor is it torn down from under it.
+    let out = pair.run("teardown", &[]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.error_line().contains("is running"), "{out}");
+    assert!(out.error_line().contains("Nothing was removed"), "{out}");
+    assert_eq!(
+        pair.source
+            .value("SELECT count(*) FROM pg_replication_slots")
+            .await,
+        Some("1".into())
+    );
     // A cutover that waits for it in vain refuses before it fences
     // anything, naming the sync's session.
     let out = pair.run("cutover", &["--wait", "3s"]).await;
@@ -394,4 +416,11 @@ async fn a_cutover_waits_for_a_sync_between_two_sessions() {
     assert_eq!(pair.target.value(STATES).await, Some("done".into()));
     let (s, t) = (pair.source.client().await, pair.target.client().await);
     assert_same_data(&s, &t).await;
+    // Its process gone, its session ends a moment later: status says so.
+    wait_for("status saying no sync runs", LIMIT, || async {
+        let json = pair.run("status", &["--json"]).await;
+        let v: serde_json::Value = serde_json::from_str(&json.stdout).ok()?;
+        (v["running"] == false).then_some(())
+    })
+    .await;
 }

@@ -8,6 +8,8 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use crate::cli::TeardownArgs;
 use crate::sql::SyncName;
 
@@ -30,6 +32,18 @@ async fn one(
     name: &SyncName,
 ) -> anyhow::Result<ExitCode> {
     let (src, tgt) = tokio::join!(source.connect(), target.connect());
+    // Never from under a running sync (streaming, or between two
+    // sessions): it would go on without its slot or its position.
+    if let Ok(tgt) = &tgt {
+        let present = crate::control::presence::holder(tgt, name)
+            .await
+            .context("target: reading whether the sync runs")?;
+        if let Some(pid) = present {
+            anyhow::bail!(
+                "sync {name} is running (its target session is pid {pid}): stop it first, then run teardown again. Nothing was removed"
+            );
+        }
+    }
     let mut removed = Vec::new();
     let mut failed = Vec::new();
 

@@ -129,7 +129,7 @@ impl fmt::Display for ConnectError {
                 "{side}: database {db:?} does not exist at {place}: check dbname= (create it first for a target)"
             ),
             ConnectFailure::NotReady(msg) => {
-                write!(f, "{side}: {place} is not accepting connections yet: {msg}")
+                write!(f, "{side}: {place} is not accepting connections now: {msg}")
             }
             ConnectFailure::TooMany => write!(
                 f,
@@ -206,7 +206,9 @@ impl ConnectFailure {
             "28000" => ConnectFailure::Rejected(e.message.clone()),
             "3D000" => ConnectFailure::NoDatabase,
             "53300" => ConnectFailure::TooMany,
-            "57P03" => ConnectFailure::NotReady(e.message.clone()),
+            // Starting up, or shutting down (a restart, a failover) while
+            // this session started: both pass.
+            "57P01" | "57P02" | "57P03" => ConnectFailure::NotReady(e.message.clone()),
             _ => ConnectFailure::Other(e.to_string()),
         }
     }
@@ -314,6 +316,33 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
                 source = s.source();
             }
             false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: &str) -> ConnectFailure {
+        ConnectFailure::from_server(&ServerError {
+            severity: "FATAL".into(),
+            code: code.into(),
+            message: "m".into(),
+            detail: None,
+            hint: None,
+        })
+    }
+
+    #[test]
+    fn a_server_starting_or_stopping_during_the_startup_is_passing() {
+        // 57P01: a session starting while the server shuts down (a
+        // restart); a sync retries it rather than stopping for good.
+        for code in ["57P01", "57P02", "57P03", "53300"] {
+            assert!(refused(code).is_transient(), "{code}");
+        }
+        for code in ["28P01", "28000", "3D000", "42501"] {
+            assert!(!refused(code).is_transient(), "{code}");
         }
     }
 }

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::conn::Endpoint;
 use crate::sql::SyncName;
 
-const LABEL: &str = "pgrepl sync";
+use crate::sql::advisory::SYNC_RUNS as LABEL;
 
 /// How long a presence must stand to count.
 const SETTLE: Duration = Duration::from_secs(2);

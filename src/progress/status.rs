@@ -244,6 +244,9 @@ pub struct StatusReport {
     pub consistent_lsn: Option<String>,
     pub source_lsn: String,
     pub slot: Option<SlotStatus>,
+    /// Whether a sync of this name runs: its slot streams, or its process
+    /// says on the target that it runs (between two sessions).
+    pub running: bool,
     pub origin_lsn: Option<String>,
     pub origin_flushed_lsn: Option<String>,
     /// Where the target keeps the applied position (see `ledger`).
@@ -319,6 +322,10 @@ pub async fn report(
     let record = state::load_sync(tgt, name)
         .await
         .map_err(serr("target", "reading pgrepl state"))?;
+    let present = crate::sql::advisory::holder(tgt, crate::sql::advisory::SYNC_RUNS, name)
+        .await
+        .map_err(serr("target", "reading whether the sync runs"))?;
+    let running = present.is_some() || slot.as_ref().is_some_and(|s| s.active_pid.is_some());
     let ledger = record
         .as_ref()
         .map(|r| r.ledger.clone())
@@ -415,6 +422,7 @@ pub async fn report(
             retained_bytes: s.retained_bytes,
             lost: s.lost,
         }),
+        running,
         origin_lsn: origin.and_then(|(l, _)| l).map(|l| l.to_string()),
         origin_flushed_lsn: flushed.map(|l| l.to_string()),
         ledger: record.as_ref().map(|_| ledger.to_string()),
@@ -467,6 +475,9 @@ impl StatusReport {
                     s.name,
                     match s.active_pid {
                         Some(pid) => format!("streaming (pid {pid})"),
+                        None if self.running => {
+                            "idle, the sync runs (between two sessions)".to_string()
+                        }
                         None => "idle".to_string(),
                     },
                     s.confirmed_flush,

@@ -6,6 +6,10 @@ use tokio_postgres::Client;
 
 use super::SyncName;
 
+/// The lock a running sync holds, shared, for as long as its process runs
+/// (see `control::presence`).
+pub const SYNC_RUNS: &str = "pgrepl sync";
+
 /// The backend holding the lock `label` of sync `name` in this database,
 /// if one does. Reads `pg_locks` only: takes nothing.
 pub async fn holder(
