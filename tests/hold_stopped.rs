@@ -336,6 +336,77 @@ async fn a_cutover_ended_behind_the_target_is_refused_and_nothing_applied() {
     assert_eq!(pair.target.value(STATES).await, Some("end".into()));
 }
 
+/// Pauses the sync (SIGSTOP) outside a round of large objects and roles:
+/// a round paused holding its lock would keep any cutover waiting on it.
+async fn pause_outside_a_round(pair: &Pair, sync: &support::pgrepl::Running) {
+    const ROUND: &str = "SELECT count(*) FROM pg_locks
+        WHERE locktype = 'advisory' AND granted AND objsubid = 2
+          AND classid::int8 = (hashtext('pgrepl carry')::int8 & 4294967295)";
+    wait_for("the sync paused outside a round", LIMIT, || async {
+        sync.signal(libc::SIGSTOP);
+        if pair.target.value(ROUND).await == Some("0".into()) {
+            return Some(());
+        }
+        sync.signal(libc::SIGCONT);
+        None
+    })
+    .await;
+}
+
+/// A sync between two sessions: started, streaming, then paused (outside
+/// a round) with its walsender ended, so its slot is idle while its
+/// process runs.
+async fn between_two_sessions(pair: &Pair) -> support::pgrepl::Running {
+    pair.source.exec(SCHEMA).await;
+    let sync = pair.spawn("sync", &[]);
+    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    streams(pair).await;
+    pause_outside_a_round(pair, &sync).await;
+    pair.source
+        .exec("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'pgrepl_pgrepl'")
+        .await;
+    wait_for("the slot idle", LIMIT, || async {
+        (pair.source.value(SLOT_IDLE).await == Some("t".into())).then_some(())
+    })
+    .await;
+    sync
+}
+
+/// Waits until a cutover says it waits for the sync between two sessions
+/// (the test fails at once if it says it found none).
+async fn waiting_for_the_sync(cutover: &support::pgrepl::Running) {
+    let said = wait_for("the cutover saying what it found", LIMIT, || {
+        let text = cutover.output_so_far();
+        async move {
+            (text.contains("between two sessions") || text.contains("No sync is running"))
+                .then_some(text)
+        }
+    })
+    .await;
+    assert!(said.contains("between two sessions"), "{said}");
+}
+
+/// The sync between two sessions gone (killed) while a cutover waits for
+/// it: no sync runs now, so the cutover runs one itself and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_gone_while_the_cutover_waits_for_it_leaves_the_cutover_to_run_one() {
+    let pair = Pair::start();
+    let sync = between_two_sessions(&pair).await;
+    let cutover = pair.spawn("cutover", &["--wait", "2m"]);
+    waiting_for_the_sync(&cutover).await;
+    sync.kill().await;
+    let out = cutover.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stderr
+            .contains("The sync stopped while the cutover waited"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("The target is ready"), "{out}");
+    let (s, t) = (pair.source.client().await, pair.target.client().await);
+    assert_same_data(&s, &t).await;
+}
+
 /// The sync's slot: whether a session streams from it.
 const SLOT_IDLE: &str =
     "SELECT active_pid IS NULL FROM pg_replication_slots WHERE slot_name = 'pgrepl_pgrepl'";
@@ -349,18 +420,7 @@ const SLOT_IDLE: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cutover_waits_for_a_sync_between_two_sessions() {
     let pair = Pair::start();
-    pair.source.exec(SCHEMA).await;
-    let sync = pair.spawn("sync", &[]);
-    wait_for_phase(&pair.target, "streaming", LIMIT).await;
-    streams(&pair).await;
-    sync.signal(libc::SIGSTOP);
-    pair.source
-        .exec("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'pgrepl_pgrepl'")
-        .await;
-    wait_for("the slot idle", LIMIT, || async {
-        (pair.source.value(SLOT_IDLE).await == Some("t".into())).then_some(())
-    })
-    .await;
+    let sync = between_two_sessions(&pair).await;
     let status = pair.run("status", &[]).await;
     assert!(
         status
@@ -398,15 +458,7 @@ async fn a_cutover_waits_for_a_sync_between_two_sessions() {
         .expect("the source takes writes");
 
     let cutover = pair.spawn("cutover", &["--wait", "2m"]);
-    let said = wait_for("the cutover saying what it found", LIMIT, || {
-        let text = cutover.output_so_far();
-        async move {
-            (text.contains("between two sessions") || text.contains("No sync is running"))
-                .then_some(text)
-        }
-    })
-    .await;
-    assert!(said.contains("between two sessions"), "{said}");
+    waiting_for_the_sync(&cutover).await;
     sync.signal(libc::SIGCONT);
     let out = cutover.wait(LIMIT).await;
     assert!(out.success(), "{out}");

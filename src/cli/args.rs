@@ -157,9 +157,10 @@ pub struct CutoverArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub max_lag_time: Duration,
 
-    /// How long to wait for the lag to fall, for the sync's round of large
-    /// objects and roles to end, for open write transactions to end, and
-    /// for the sync to reach the fence.
+    /// How long to wait for a sync between two sessions to stream again,
+    /// for the lag to fall, for the sync's round of large objects and
+    /// roles to end, for open write transactions to end, and for the sync
+    /// to reach the fence.
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
     pub wait: Duration,
 

@@ -15,6 +15,14 @@ use crate::sql::SyncName;
 
 pub async fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     if args.endpoints.databases.any() {
+        // Nothing removed anywhere while any database's sync runs.
+        super::server::each(&args.endpoints, |m| async move {
+            if let Ok(tgt) = m.target.connect().await {
+                refuse_while_running(&tgt, &m.name).await?;
+            }
+            Ok(ExitCode::SUCCESS)
+        })
+        .await?;
         return super::server::each(&args.endpoints, |m| {
             let args = &args;
             async move { one(args, &m.source, &m.target, &m.name).await }
@@ -32,17 +40,8 @@ async fn one(
     name: &SyncName,
 ) -> anyhow::Result<ExitCode> {
     let (src, tgt) = tokio::join!(source.connect(), target.connect());
-    // Never from under a running sync (streaming, or between two
-    // sessions): it would go on without its slot or its position.
     if let Ok(tgt) = &tgt {
-        let present = crate::control::presence::holder(tgt, name)
-            .await
-            .context("target: reading whether the sync runs")?;
-        if let Some(pid) = present {
-            anyhow::bail!(
-                "sync {name} is running (its target session is pid {pid}): stop it first, then run teardown again. Nothing was removed"
-            );
-        }
+        refuse_while_running(tgt, name).await?;
     }
     let mut removed = Vec::new();
     let mut failed = Vec::new();
@@ -97,6 +96,20 @@ async fn one(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Never from under a running sync (streaming, or between two sessions):
+/// it would go on without its slot or its position.
+async fn refuse_while_running(tgt: &tokio_postgres::Client, name: &SyncName) -> anyhow::Result<()> {
+    let present = crate::control::presence::holder(tgt, name)
+        .await
+        .context("target: reading whether the sync runs")?;
+    if let Some(pid) = present {
+        anyhow::bail!(
+            "sync {name} is running (its target session is pid {pid}): stop it first, then run teardown again. Nothing was removed"
+        );
+    }
+    Ok(())
 }
 
 /// The slot, the publication, the DDL capture (see `teardown`).

@@ -17,6 +17,7 @@
 pub mod abandon;
 pub mod fence;
 pub mod reverse;
+mod running;
 mod sessions;
 pub mod together;
 
@@ -162,15 +163,6 @@ impl Steps {
         });
         self.at = Instant::now();
     }
-}
-
-/// The sync the cutover works with: the running one, or one it runs.
-enum Sync {
-    Running,
-    Own {
-        stop: watch::Sender<bool>,
-        task: tokio::task::JoinHandle<()>,
-    },
 }
 
 /// Cuts over; `interrupted` turns true on Ctrl-C. With other databases
@@ -342,7 +334,7 @@ async fn fenced_run(
     // verify, the other databases of a set): it says it is still there,
     // for the requests it makes from here on.
     let since = crate::control::now(tgt).await?;
-    let sync = start_sync(src, req, &mut interrupted).await?;
+    let sync = running::start_sync(src, req, &mut interrupted).await?;
     let result = tokio::select! {
         r = cut_over(req, src, tgt, carry, &tables, &mut steps, started) => r,
         _ = interrupted.changed() => Err(CutoverError::Interrupted),
@@ -359,7 +351,7 @@ async fn fenced_run(
     }
 
     match (result, sync) {
-        (Ok(summary), Sync::Own { stop, task }) => {
+        (Ok(summary), running::Sync::Own { stop, task }) => {
             // The sync that held at the fence has ended. Ours did, or it
             // never got to stream (a sync between two sessions looked
             // absent, and it was the one that held): either way it stops
@@ -369,27 +361,15 @@ async fn fenced_run(
             let _ = task.await;
             Ok(summary)
         }
-        (Ok(summary), Sync::Running) => Ok(summary),
+        (Ok(summary), running::Sync::Running) => Ok(summary),
         (Err(e), sync) => {
-            if let Sync::Own { stop, task } = sync {
+            if let running::Sync::Own { stop, task } = sync {
                 let _ = stop.send(true);
                 let _ = task.await;
             }
             Err(e)
         }
     }
-}
-
-/// Whether a session streams from the sync's slot.
-async fn slot_active(req: &CutoverRequest<'_>) -> Result<bool, CutoverError> {
-    let slot =
-        crate::source::setup::slot_info(&req.source.decoder().connect().await?, &req.name.slot())
-            .await
-            .map_err(|e| CutoverError::Other(e.to_string()))?
-            .ok_or_else(|| {
-                CutoverError::Other(format!("source: slot {} is gone", req.name.slot()))
-            })?;
-    Ok(slot.active_pid.is_some())
 }
 
 /// The sync's tables as the source has them now (roots and partitions).
@@ -410,91 +390,6 @@ async fn synced_tables(
     let selected = SelectedTables::choose(all, &selection)
         .map_err(|errors| CutoverError::Other(SelectedTables::one_line(&errors)))?;
     Ok(selected.names().cloned().collect())
-}
-
-/// The running sync, or one started here when none runs.
-async fn start_sync(
-    src: &Client,
-    req: &CutoverRequest<'_>,
-    interrupted: &mut watch::Receiver<bool>,
-) -> Result<Sync, CutoverError> {
-    // An active slot means a running sync (not waiting for it to settle:
-    // one that just exited would not answer the hold request, which then
-    // fails clearly after --wait).
-    if slot_active(req).await? {
-        return Ok(Sync::Running);
-    }
-    let tgt = req.target.connect().await?;
-    // Its slot idle, a sync may still run: between two sessions (after a
-    // transient error, or starting one). A second sync here would only
-    // contend with it for the slot: wait for it to stream (it serves the
-    // hold request then), up to --wait, before anything is fenced.
-    let present = crate::control::presence::holder(&tgt, req.name)
-        .await
-        .map_err(|e| CutoverError::target("reading whether a sync runs", &e))?;
-    if let Some(pid) = present {
-        crate::say_err!(
-            "The sync is running but not streaming at the moment (between two sessions; its target session is pid {pid}): waiting for it."
-        );
-        let since = std::time::Instant::now();
-        while since.elapsed() < req.wait {
-            if slot_active(req).await? {
-                return Ok(Sync::Running);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = interrupted.changed() => return Err(CutoverError::Interrupted),
-            }
-        }
-        return Err(CutoverError::NothingChanged(format!(
-            "the sync runs (its target session is pid {pid}) but did not stream for {}: see why in its log, or stop it (if its process is gone, end that session: SELECT pg_terminate_backend({pid}) on the target), then cut over again",
-            crate::progress::human_duration(req.wait)
-        )));
-    }
-    crate::say_err!("No sync is running: running one here until the cutover is done.");
-    let record = crate::progress::state::load_sync(&tgt, req.name)
-        .await
-        .map_err(|e| CutoverError::target("reading the sync", &e))?;
-    let roles = record.as_ref().and_then(|r| r.roles);
-    let ledger = record
-        .map(|r| r.ledger)
-        .unwrap_or_else(|| crate::progress::ledger::Ledger::Origin(req.name.origin()));
-    let ddl = crate::ddl::capture::stored_selection(src, req.name)
-        .await
-        .map_err(|e| CutoverError::source("reading the DDL capture", &e))?
-        .map(|selection| crate::ddl::replay::ReplayOptions {
-            publication: req.name.publication().to_string(),
-            selection,
-            privileges: roles != Some(crate::carry::RolesPolicy::Skip),
-            roles_follow: false,
-            skip: Default::default(),
-        });
-    let (stop, stop_rx) = watch::channel(false);
-    let (name, source, target) = (req.name.clone(), req.source.clone(), req.target.clone());
-    let task = crate::progress::scope::spawn(async move {
-        let _presence = crate::control::presence::Presence::hold(&target, &name).await;
-        let request = crate::apply::session::StreamRequest {
-            name: &name,
-            source: &source,
-            target: &target,
-            until_caught_up: false,
-            retry_for: Duration::from_secs(60),
-            progress: ProgressMode::Lines,
-            limits: Default::default(),
-            ddl,
-            skip_pgrepl_origins: false,
-            ledger,
-        };
-        match crate::apply::session::run(&request, stop_rx).await {
-            Ok(_) => {}
-            // Another sync held at the fence and the cutover is done.
-            Err(e @ crate::apply::session::SessionError::CutOver { .. }) => {
-                tracing::debug!(error = %e, "the cutover's own sync did not stream");
-            }
-            Err(e) => tracing::error!(error = %e, "the cutover's own sync stopped"),
-        }
-    });
-    Ok(Sync::Own { stop, task })
 }
 
 async fn lag(
