@@ -7,10 +7,13 @@
 mod support;
 
 use support::held::{
-    applied_on_target, hold, insert, rows_with, sent_all, serving_the_held_request, streams, Stop,
-    LIMIT, SCHEMA, STATES,
+    applied_on_target, hold, insert, rows_with, sent_all, serving_the_held_request, source_lsn,
+    states_are, stop, streaming_sync, sync_with, Stop, LIMIT, STATES,
 };
-use support::{assert_same_data, wait_for, wait_for_phase, Pair};
+
+/// A hold limit long enough that no hold in these tests expires by itself.
+const LONG_HOLD: &[(&str, &str)] = &[("PGREPL_HOLD_LIMIT_MS", "600000")];
+use support::{assert_same_data, wait_for, Pair};
 
 /// A sync killed while it holds for a request (a verify's, say) and
 /// started again (by its supervisor) holds again where it was: nothing
@@ -20,10 +23,7 @@ use support::{assert_same_data, wait_for, wait_for_phase, Pair};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_killed_while_it_holds_holds_again_when_started_again() {
     let pair = Pair::start();
-    pair.source.exec(SCHEMA).await;
-    let sync = pair.spawn("sync", &[]);
-    wait_for_phase(&pair.target, "streaming", LIMIT).await;
-    streams(&pair).await;
+    let sync = streaming_sync(&pair, &[]).await;
     hold(&pair).await;
     sync.kill().await;
     insert(&pair.source, "while held")
@@ -39,8 +39,7 @@ async fn a_sync_killed_while_it_holds_holds_again_when_started_again() {
     );
     // Stopped as a supervisor stops it (the stop records where it was),
     // and started again: it holds again there too.
-    sync.signal(libc::SIGTERM);
-    assert!(sync.wait(LIMIT).await.success());
+    stop(sync).await;
     insert(&pair.source, "while stopped")
         .await
         .expect("the source takes writes");
@@ -62,8 +61,7 @@ async fn a_sync_killed_while_it_holds_holds_again_when_started_again() {
     applied_on_target(&pair, "while stopped").await;
     let state = pair.target.value(STATES).await;
     assert_eq!(state, Some("done".into()), "the release answered");
-    sync.signal(libc::SIGTERM);
-    assert!(sync.wait(LIMIT).await.success());
+    stop(sync).await;
 }
 
 /// The sync killed while it holds at a cutover's fence (the cutover busy
@@ -72,12 +70,9 @@ async fn a_sync_killed_while_it_holds_holds_again_when_started_again() {
 /// fence; else once the cutover has committed its fence and asked the sync
 /// to end (with no sync running to answer). Either way the new process
 /// answers for the one killed: the cutover finishes, exactly.
-async fn a_sync_killed_at_the_fence(before_end: bool, stop: Stop) {
+async fn a_sync_killed_at_the_fence(before_end: bool, how: Stop) {
     let pair = Pair::start();
-    pair.source.exec(SCHEMA).await;
-    let sync = pair.spawn("sync", &[]);
-    wait_for_phase(&pair.target, "streaming", LIMIT).await;
-    streams(&pair).await;
+    let sync = streaming_sync(&pair, &[]).await;
     let blocker = pair.target.client().await;
     blocker
         .batch_execute("BEGIN; ALTER SEQUENCE free_seq CACHE 1")
@@ -85,16 +80,10 @@ async fn a_sync_killed_at_the_fence(before_end: bool, stop: Stop) {
         .expect("a target session holds the sequence");
     let cutover = pair.spawn("cutover", &["--terminate", "--wait", "10m"]);
 
-    wait_for("the sync held at the fence", LIMIT, || async {
-        (pair.target.value(STATES).await == Some("held".into())).then_some(())
-    })
-    .await;
-    match stop {
+    states_are(&pair, "held").await;
+    match how {
         Stop::Kill => sync.kill().await,
-        Stop::Term => {
-            sync.signal(libc::SIGTERM);
-            assert!(sync.wait(LIMIT).await.success());
-        }
+        Stop::Term => stop(sync).await,
     }
     let restarted = if before_end {
         let sync = pair.spawn("sync", &[]);
@@ -103,10 +92,7 @@ async fn a_sync_killed_at_the_fence(before_end: bool, stop: Stop) {
         sync
     } else {
         blocker.batch_execute("COMMIT").await.expect("commit");
-        wait_for("the cutover ending the sync", LIMIT, || async {
-            (pair.target.value(STATES).await == Some("end".into())).then_some(())
-        })
-        .await;
+        states_are(&pair, "end").await;
         pair.spawn("sync", &[])
     };
     let out = cutover.wait(LIMIT).await;
@@ -161,39 +147,18 @@ async fn a_sync_stopped_at_the_fence_and_started_after_the_fence_is_committed_en
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_for_a_requester_that_is_gone_expires_after_a_restart() {
     let pair = Pair::start();
-    pair.source.exec(SCHEMA).await;
     let short_hold = [("PGREPL_HOLD_LIMIT_MS", "2000")];
-    let args = pair.command("sync", &[]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let sync = support::pgrepl::spawn_with_env(&args, &short_hold);
-    wait_for_phase(&pair.target, "streaming", LIMIT).await;
-    streams(&pair).await;
+    let sync = streaming_sync(&pair, &short_hold).await;
     hold(&pair).await;
     sync.kill().await;
     insert(&pair.source, "after the requester left")
         .await
         .expect("the source takes writes");
-    let sync = support::pgrepl::spawn_with_env(&args, &short_hold);
+    let sync = sync_with(&pair, &short_hold);
     serving_the_held_request(&sync).await;
     applied_on_target(&pair, "after the requester left").await;
     assert_eq!(pair.target.value(STATES).await, Some("expired".into()));
-    sync.signal(libc::SIGTERM);
-    assert!(sync.wait(LIMIT).await.success());
-}
-
-/// A sync started with a hold limit long enough that no hold in these
-/// tests expires by itself.
-fn sync_that_holds_long(pair: &Pair) -> support::pgrepl::Running {
-    let args = pair.command("sync", &[]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    support::pgrepl::spawn_with_env(&args, &[("PGREPL_HOLD_LIMIT_MS", "600000")])
-}
-
-/// Stops a sync as its supervisor does, and waits for it to end well.
-async fn stop(sync: support::pgrepl::Running) {
-    sync.signal(libc::SIGTERM);
-    let out = sync.wait(LIMIT).await;
-    assert!(out.success(), "{out}");
+    stop(sync).await;
 }
 
 /// Leaves a request in the control table as a sync stopped while serving
@@ -206,14 +171,6 @@ async fn left_request(pair: &Pair, request: &str, state: &str) {
         .await;
 }
 
-/// The source's current WAL position.
-async fn source_lsn(pair: &Pair) -> String {
-    pair.source
-        .value("SELECT pg_current_wal_lsn()::text")
-        .await
-        .expect("an LSN")
-}
-
 /// A verify's advance left by a sync stopped while it applied toward the
 /// verify's LSN (the row reads `advance`): the next process applies
 /// exactly the transactions committing before that LSN, holds there and
@@ -221,10 +178,7 @@ async fn source_lsn(pair: &Pair) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_stopped_while_it_advances_advances_as_far_as_asked_when_started_again() {
     let pair = Pair::start();
-    pair.source.exec(SCHEMA).await;
-    let sync = sync_that_holds_long(&pair);
-    wait_for_phase(&pair.target, "streaming", LIMIT).await;
-    streams(&pair).await;
+    let sync = streaming_sync(&pair, LONG_HOLD).await;
     stop(sync).await;
     insert(&pair.source, "before").await.expect("a write");
     let through = source_lsn(&pair).await;
@@ -236,11 +190,8 @@ async fn a_sync_stopped_while_it_advances_advances_as_far_as_asked_when_started_
     )
     .await;
 
-    let sync = sync_that_holds_long(&pair);
-    wait_for("the sync holding where it was asked to", LIMIT, || async {
-        (pair.target.value(STATES).await == Some("held".into())).then_some(())
-    })
-    .await;
+    let sync = sync_with(&pair, LONG_HOLD);
+    states_are(&pair, "held").await;
     sent_all(&pair).await;
     assert_eq!(
         rows_with(&pair, "before").await,
@@ -282,11 +233,9 @@ async fn a_sync_stopped_while_it_advances_advances_as_far_as_asked_when_started_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_the_target_is_already_past_is_expired_not_claimed() {
     let pair = Pair::start();
-    pair.source.exec(SCHEMA).await;
-    let sync = sync_that_holds_long(&pair);
-    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    // Before the sync starts: its position will be past it.
     let behind = source_lsn(&pair).await;
-    streams(&pair).await;
+    let sync = streaming_sync(&pair, LONG_HOLD).await;
     stop(sync).await;
     left_request(
         &pair,
@@ -298,7 +247,7 @@ async fn a_hold_the_target_is_already_past_is_expired_not_claimed() {
         .await
         .expect("a write");
 
-    let sync = sync_that_holds_long(&pair);
+    let sync = sync_with(&pair, LONG_HOLD);
     applied_on_target(&pair, "after the stop").await;
     assert_eq!(pair.target.value(STATES).await, Some("expired".into()));
     stop(sync).await;
@@ -312,11 +261,9 @@ async fn a_hold_the_target_is_already_past_is_expired_not_claimed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cutover_ended_behind_the_target_is_refused_and_nothing_applied() {
     let pair = Pair::start();
-    pair.source.exec(SCHEMA).await;
-    let sync = sync_that_holds_long(&pair);
-    wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    // Before the sync starts: its position will be past it.
     let fence = source_lsn(&pair).await;
-    streams(&pair).await;
+    let sync = streaming_sync(&pair, LONG_HOLD).await;
     stop(sync).await;
     left_request(
         &pair,
@@ -357,10 +304,7 @@ async fn pause_outside_a_round(pair: &Pair, sync: &support::pgrepl::Running) {
 /// a round) with its walsender ended, so its slot is idle while its
 /// process runs.
 async fn between_two_sessions(pair: &Pair) -> support::pgrepl::Running {
-    pair.source.exec(SCHEMA).await;
-    let sync = pair.spawn("sync", &[]);
-    wait_for_phase(&pair.target, "streaming", LIMIT).await;
-    streams(pair).await;
+    let sync = streaming_sync(pair, &[]).await;
     pause_outside_a_round(pair, &sync).await;
     pair.source
         .exec("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'pgrepl_pgrepl'")

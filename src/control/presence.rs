@@ -21,9 +21,8 @@ use tokio_postgres::Client;
 use tracing::Instrument;
 
 use crate::conn::Endpoint;
-use crate::sql::SyncName;
-
 use crate::sql::advisory::SYNC_RUNS as LABEL;
+use crate::sql::SyncName;
 
 /// How long a presence must stand to count.
 const SETTLE: Duration = Duration::from_secs(2);

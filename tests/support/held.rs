@@ -49,16 +49,53 @@ pub async fn streams(pair: &Pair) {
 /// The states of the sync's control requests, in order.
 pub const STATES: &str = "SELECT string_agg(state->>'state', ',' ORDER BY id) FROM pgrepl.control";
 
+/// Waits until the sync's requests read `states` (see [`STATES`]).
+pub async fn states_are(pair: &Pair, states: &str) {
+    wait_for("the control requests' states", LIMIT, || async {
+        (pair.target.value(STATES).await.as_deref() == Some(states)).then_some(())
+    })
+    .await;
+}
+
 /// Asks the running sync to hold, as a verify does, with no requester
 /// behind it, and waits until it holds.
 pub async fn hold(pair: &Pair) {
     pair.target
         .exec("INSERT INTO pgrepl.control (sync_name, request) VALUES ('pgrepl', '{\"kind\": \"hold\"}'); NOTIFY pgrepl_control;")
         .await;
-    wait_for("the sync holding", LIMIT, || async {
-        (pair.target.value(STATES).await == Some("held".into())).then_some(())
-    })
-    .await;
+    states_are(pair, "held").await;
+}
+
+/// The source's current WAL position.
+pub async fn source_lsn(pair: &Pair) -> String {
+    pair.source
+        .value("SELECT pg_current_wal_lsn()::text")
+        .await
+        .expect("an LSN")
+}
+
+/// Makes the schema, starts a sync (with `env`) and waits until it
+/// applies what the source writes.
+pub async fn streaming_sync(pair: &Pair, env: &[(&str, &str)]) -> super::pgrepl::Running {
+    pair.source.exec(SCHEMA).await;
+    let sync = sync_with(pair, env);
+    super::wait_for_phase(&pair.target, "streaming", LIMIT).await;
+    streams(pair).await;
+    sync
+}
+
+/// Starts `pgrepl sync` on the pair with `env` set.
+pub fn sync_with(pair: &Pair, env: &[(&str, &str)]) -> super::pgrepl::Running {
+    let args = pair.command("sync", &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    super::pgrepl::spawn_with_env(&args, env)
+}
+
+/// Stops a sync as its supervisor does, and waits for it to end well.
+pub async fn stop(sync: super::pgrepl::Running) {
+    sync.signal(libc::SIGTERM);
+    let out = sync.wait(LIMIT).await;
+    assert!(out.success(), "{out}");
 }
 
 /// How many rows with `v` the target holds.
@@ -71,11 +108,7 @@ pub async fn rows_with(pair: &Pair, v: &str) -> Option<String> {
 /// Waits until the sync's walsender has sent everything the source wrote
 /// so far (so what follows may check what the sync did with it).
 pub async fn sent_all(pair: &Pair) {
-    let now = pair
-        .source
-        .value("SELECT pg_current_wal_lsn()::text")
-        .await
-        .expect("an LSN");
+    let now = source_lsn(pair).await;
     let q = format!(
         "SELECT coalesce(bool_or(r.sent_lsn >= '{now}'::pg_lsn), false)
            FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
