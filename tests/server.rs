@@ -332,6 +332,12 @@ async fn a_target_that_cannot_match_is_refused_a_new_database_is_named_and_the_w
         .filter_map(|d| d["database"].as_str())
         .collect();
     assert_eq!(dbs.len(), 2, "{status}");
+    // Each database's as `status --json` of its sync: a phase, and what a
+    // cutover left (nothing yet).
+    for d in status["databases"].as_array().expect("a list") {
+        assert_eq!(d["status"]["phase"], "streaming", "{status}");
+        assert_eq!(d["status"]["cutover"]["source_fenced"], false, "{status}");
+    }
     let (_, page) = support::http::get(&addr, "/").await.expect("page");
     assert!(
         page.contains("\"database\":\"sales\"") && page.contains("\"database\":\"hr\""),

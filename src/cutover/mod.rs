@@ -15,11 +15,15 @@
 //! for as long as it takes.
 
 pub mod abandon;
+mod already;
+mod error;
 pub mod fence;
 pub mod reverse;
 mod running;
 mod sessions;
 pub mod together;
+
+pub use error::CutoverError;
 
 use std::time::{Duration, Instant};
 
@@ -29,83 +33,15 @@ use tokio_postgres::Client;
 
 use crate::carry::keep::Outcome;
 use crate::conn::error::describe;
-use crate::conn::{ConnectError, Endpoint, Side};
-use crate::control::{ControlError, Listener, Request, Requester, State};
+use crate::conn::Endpoint;
+use crate::control::{Listener, Request, Requester, State};
 use crate::lsn::Lsn;
 use crate::progress::ui::ProgressMode;
 use crate::source::catalog::{self, SelectedTables};
 use crate::source::selection::Selection;
 use crate::sql::{SyncName, TableName};
-use crate::verify::{self, VerifyError, VerifyRequest};
-
-#[derive(Debug, thiserror::Error)]
-pub enum CutoverError {
-    #[error(transparent)]
-    Connect(Box<ConnectError>),
-    #[error(transparent)]
-    Control(#[from] ControlError),
-    #[error(transparent)]
-    Verify(#[from] VerifyError),
-    #[error("{side}: {what}: {message}")]
-    Query {
-        side: Side,
-        what: &'static str,
-        message: String,
-    },
-    #[error("the sync's lag stayed above the limit for {waited:?} ({lag}): wait for it to catch up, or raise --max-lag / --max-lag-time")]
-    Lag { lag: String, waited: Duration },
-    #[error("{sessions} session(s) kept writing to synced tables for {waited:?}: stop them, or pass --terminate to end them")]
-    Busy { sessions: usize, waited: Duration },
-    #[error("{count} session(s) of the source database opened before the fence could still move a sequence past the value the target gets, or write a large object: {named}. Stop them (the application's connections), or pass --terminate to end them")]
-    Sessions { count: usize, named: String },
-    #[error("the fence needs schema pgrepl_fence on the source, which {user:?} may not create: have a superuser run `pgrepl install-capture --source CONNINFO --for {user}` once (it makes the fence ahead, inert until a cutover), or GRANT CREATE ON DATABASE to {user:?}, then cut over again")]
-    FenceNotMade { user: String },
-    #[error("verify found differences under the fence:\n{0}")]
-    Differs(String),
-    #[error("interrupted")]
-    Interrupted,
-    /// Refused before anything was touched.
-    #[error("{0}")]
-    NothingChanged(String),
-    /// Failed once the fence was lasting: it stands, and the sync may
-    /// have ended at it.
-    #[error("{0}. The fence stands on the source: `pgrepl status` says whether the sync ended at it; `pgrepl cutover` again finishes the cutover, `pgrepl cutover --abandon` lifts the fence if the sync did not end")]
-    AfterFence(Box<CutoverError>),
-    #[error("target: sync {name} was already cut over at {at}: {}", if *lifted_old_fence { "its target (the old source) was still fenced from before, and takes writes again now; nothing else to do" } else { "nothing to do" })]
-    AlreadyCutOver {
-        name: String,
-        at: Lsn,
-        /// A cut back had ended the sync but not unfenced its target
-        /// (the old source); this run did.
-        lifted_old_fence: bool,
-    },
-    #[error("{0}")]
-    Other(String),
-}
-
-impl From<ConnectError> for CutoverError {
-    fn from(e: ConnectError) -> Self {
-        CutoverError::Connect(Box::new(e))
-    }
-}
-
-impl CutoverError {
-    pub fn source(what: &'static str, e: &tokio_postgres::Error) -> Self {
-        CutoverError::Query {
-            side: Side::Source,
-            what,
-            message: describe(e),
-        }
-    }
-
-    pub fn target(what: &'static str, e: &tokio_postgres::Error) -> Self {
-        CutoverError::Query {
-            side: Side::Target,
-            what,
-            message: describe(e),
-        }
-    }
-}
+use crate::verify::{self, VerifyRequest};
+use already::{already_cut_over, ended};
 
 /// What to cut over and how.
 pub struct CutoverRequest<'a> {
@@ -262,55 +198,6 @@ async fn run_alone(
         reverse::tear_down_or_warn(req.name, way_back.as_ref(), req.source, req.target).await;
     }
     Err(e)
-}
-
-/// Whether the sync was ended at a cutover's fence (or is being ended):
-/// from then on the fence must stand. Unsure counts as ended (a fence
-/// left standing is named by `status`; one lifted wrongly lets writes
-/// reach a source nothing carries them from).
-async fn ended(tgt: &Client, name: &SyncName) -> bool {
-    !matches!(crate::control::cut_over(tgt, name).await, Ok(None))
-}
-
-/// Refuses when the sync was cut over already. A cut back whose process
-/// ended after its sync did, before it unfenced the old source (this
-/// target), is finished here: the old fence is lifted if it is older than
-/// the cut back's end (a newer one is another cutover's, left alone).
-async fn already_cut_over(
-    req: &CutoverRequest<'_>,
-    record: &crate::progress::state::SyncRecord,
-    tgt: &Client,
-) -> Result<(), CutoverError> {
-    let Some(done) = crate::control::cut_over(tgt, req.name)
-        .await
-        .map_err(|e| CutoverError::target("reading whether the sync was cut over", &e))?
-    else {
-        return Ok(());
-    };
-    let mut lifted_old_fence = false;
-    if record.reverse_of.is_some() && fence::is_fenced(tgt).await? {
-        let older = match fence::since(tgt).await {
-            Ok(Some(since)) => tgt
-                .query_one(
-                    "SELECT $1::text::timestamptz < $2::text::timestamptz",
-                    &[&since, &done.recorded],
-                )
-                .await
-                .map(|r| r.get::<_, bool>(0))
-                .unwrap_or(false),
-            _ => false,
-        };
-        if older {
-            let db = fence::database(tgt).await?;
-            fence::undo_persistent(tgt, &db, &[]).await;
-            lifted_old_fence = !fence::is_fenced(tgt).await?;
-        }
-    }
-    Err(CutoverError::AlreadyCutOver {
-        name: req.name.to_string(),
-        at: done.at,
-        lifted_old_fence,
-    })
 }
 
 /// The cutover once no other one runs (`carry` holds the sync's lock).

@@ -93,43 +93,46 @@ async fn status(State(ctx): State<Arc<Context>>) -> Response {
     if !ctx.databases.is_empty() {
         return server_status(&ctx).await;
     }
-    let report = async {
-        let (src, tgt) = tokio::try_join!(ctx.source.connect(), ctx.target.connect())
-            .map_err(|e| e.to_string())?;
-        let decoder = ctx
-            .source
-            .connect_decoder()
-            .await
-            .map_err(|e| e.to_string())?;
-        let report = crate::progress::status::report(&src, decoder.as_ref(), &tgt, &ctx.name)
-            .await
-            .map_err(|e| e.to_string())?
-            .with_failover(&ctx.source, &src, &ctx.name)
-            .await
-            .map_err(|e| e.to_string())?;
-        // What a cutover left, as `pgrepl status --json` shows it.
-        let cutover = crate::cutover::abandon::Standing::read(&src, &tgt, &ctx.name)
-            .await
-            .map_err(|e| e.to_string())?;
-        serde_json::to_value(crate::cutover::abandon::WithCutover {
-            report: &report,
-            cutover: &cutover,
-        })
-        .map_err(|e| e.to_string())
-    };
+    let report = report_json(&ctx.source, &ctx.target, &ctx.name);
     match tokio::time::timeout(Duration::from_secs(10), report).await {
         Ok(Ok(r)) => axum::Json(r).into_response(),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "error": e })),
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "error": "the servers did not answer within 10 s" })),
-        )
-            .into_response(),
+        Ok(Err(e)) => unavailable(e),
+        Err(_) => unavailable("the servers did not answer within 10 s".into()),
     }
+}
+
+/// One sync's report as `pgrepl status --json` gives it: the status, the
+/// failover slot's state, and what a cutover left.
+async fn report_json(
+    source: &Endpoint,
+    target: &Endpoint,
+    name: &SyncName,
+) -> Result<serde_json::Value, String> {
+    let (src, tgt) =
+        tokio::try_join!(source.connect(), target.connect()).map_err(|e| e.to_string())?;
+    let decoder = source.connect_decoder().await.map_err(|e| e.to_string())?;
+    let report = crate::progress::status::report(&src, decoder.as_ref(), &tgt, name)
+        .await
+        .map_err(|e| e.to_string())?
+        .with_failover(source, &src, name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let cutover = crate::cutover::abandon::Standing::read(&src, &tgt, name)
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::to_value(crate::cutover::abandon::WithCutover {
+        report: &report,
+        cutover: &cutover,
+    })
+    .map_err(|e| e.to_string())
+}
+
+fn unavailable(error: String) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({ "error": error })),
+    )
+        .into_response()
 }
 
 /// What the page shows.
@@ -205,19 +208,13 @@ fn server_live(ctx: &Context) -> ServerLive {
     }
 }
 
-/// `/status` of a whole-server move: each database's report.
+/// `/status` of a whole-server move: each database's report, as `status`
+/// of that database's sync gives it (its cutover included).
 async fn server_status(ctx: &Context) -> Response {
     let reports = async {
         let mut out = Vec::new();
         for m in &ctx.databases {
-            let (src, tgt) = tokio::try_join!(m.source.connect(), m.target.connect())
-                .map_err(|e| format!("{}: {e}", m.database))?;
-            let decoder = m
-                .source
-                .connect_decoder()
-                .await
-                .map_err(|e| e.to_string())?;
-            let r = crate::progress::status::report(&src, decoder.as_ref(), &tgt, &m.name)
+            let r = report_json(&m.source, &m.target, &m.name)
                 .await
                 .map_err(|e| format!("{}: {e}", m.database))?;
             out.push(serde_json::json!({ "database": m.database, "status": r }));
@@ -230,16 +227,8 @@ async fn server_status(ctx: &Context) -> Response {
             "unsynced": crate::progress::telemetry::unsynced_databases(),
         }))
         .into_response(),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "error": e })),
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "error": "the servers did not answer within 20 s" })),
-        )
-            .into_response(),
+        Ok(Err(e)) => unavailable(e),
+        Err(_) => unavailable("the servers did not answer within 20 s".into()),
     }
 }
 
