@@ -5,10 +5,8 @@ use std::process::ExitCode;
 use crate::check::{self, CheckOptions};
 use crate::cli::CheckArgs;
 
+/// One database's preflight (`server::check` runs every database's).
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    if args.endpoints.databases.any() {
-        return super::server::check(args).await;
-    }
     let (source, target) = super::endpoints(&args.endpoints)?;
     one(&args, &source, &target, &args.endpoints.name).await
 }

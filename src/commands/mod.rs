@@ -28,8 +28,14 @@ pub async fn run(command: Command, json_logs: bool) -> anyhow::Result<ExitCode> 
     ) {
         latch_signals()?;
     }
+    // Whole-server forms (`--all-databases`, `--databases`) run each
+    // database's single form (`server` uses `sync`, `check`; never back).
     match command {
+        Command::Check(args) if args.endpoints.databases.any() => server::check(args).await,
         Command::Check(args) => check::run(args).await,
+        Command::Sync(args) if args.endpoints.databases.any() => {
+            server::sync(args, json_logs).await
+        }
         Command::Sync(args) => sync::run(args, json_logs).await,
         Command::Teardown(args) => teardown::run(args).await,
         Command::Status(args) => status::run(args).await,

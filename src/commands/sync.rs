@@ -21,10 +21,8 @@ use crate::progress::ui::ProgressMode;
 use crate::snapshot;
 use crate::source::setup;
 
+/// One database's sync (`server::sync` runs every database's).
 pub async fn run(args: SyncArgs, json_logs: bool) -> anyhow::Result<ExitCode> {
-    if args.endpoints.databases.any() {
-        return super::server::sync(args, json_logs).await;
-    }
     let (source, target) = super::endpoints(&args.endpoints)?;
     let name = args.endpoints.name.clone();
     crate::progress::telemetry::init(name.as_str()).set_phase("checking");

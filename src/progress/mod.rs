@@ -7,6 +7,7 @@ pub mod ledger;
 pub mod scope;
 pub mod state;
 pub mod status;
+pub mod table_stats;
 pub mod telemetry;
 pub mod ui;
 

@@ -18,7 +18,7 @@ use prometheus::{
 };
 use serde::Serialize;
 
-use super::ui::TableStats;
+use super::table_stats::TableStats;
 
 /// One hour of lag samples, one per `SAMPLE_EVERY`.
 const HISTORY: usize = 720;

@@ -3,14 +3,14 @@
 //! log line per table done and an overall line every ten seconds. At the
 //! end, one summary.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+pub use super::table_stats::TableStats;
 use super::{human_bytes, human_duration};
-use crate::sql::TableName;
 
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,37 +30,6 @@ impl ProgressMode {
         } else {
             ProgressMode::Lines
         }
-    }
-}
-
-/// One table's copy, updated by the copy workers.
-pub struct TableStats {
-    pub name: TableName,
-    pub estimated_rows: u64,
-    pub estimated_bytes: u64,
-    pub rows: AtomicU64,
-    pub bytes: AtomicU64,
-    pub units_left: AtomicUsize,
-    started: OnceLock<Instant>,
-    bar: Mutex<Option<ProgressBar>>,
-}
-
-impl TableStats {
-    pub fn new(name: TableName, estimated_rows: i64, estimated_bytes: i64, units: usize) -> Self {
-        TableStats {
-            name,
-            estimated_rows: estimated_rows.max(0) as u64,
-            estimated_bytes: estimated_bytes.max(0) as u64,
-            rows: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            units_left: AtomicUsize::new(units),
-            started: OnceLock::new(),
-            bar: Mutex::new(None),
-        }
-    }
-
-    pub fn elapsed(&self) -> Duration {
-        self.started.get().map(Instant::elapsed).unwrap_or_default()
     }
 }
 
