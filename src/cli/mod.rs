@@ -6,6 +6,7 @@
 
 mod args;
 mod parse;
+pub mod version;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -18,8 +19,8 @@ pub use parse::{existing_file, parse_duration, parse_size};
 #[derive(Debug, Parser)]
 #[command(
     name = "pgrepl",
-    version = crate::commands::ship::VERSION,
-    long_version = crate::commands::ship::long_version(),
+    version = version::VERSION,
+    long_version = version::long_version(),
     about = "Postgres-to-Postgres logical replication: consistent copy, exactly-once streaming, DDL",
     long_about = "pgrepl moves a live PostgreSQL database to another server (new hardware, a new \
 provider, a new major version) without downtime: it copies every table under one consistent \
@@ -132,10 +133,10 @@ pub enum Command {
 
     /// Print the completion script for a shell, from this binary's own
     /// command line (`pgrepl completions bash > /etc/bash_completion.d/pgrepl`).
-    Completions(crate::commands::ship::CompletionsArgs),
+    Completions(version::CompletionsArgs),
 
     /// Print the man page pgrepl(1), or write every page with `--dir`.
-    Man(crate::commands::ship::ManArgs),
+    Man(version::ManArgs),
 }
 
 #[cfg(test)]

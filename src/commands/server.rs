@@ -151,7 +151,7 @@ pub(super) async fn sync(args: SyncArgs, json_logs: bool) -> anyhow::Result<Exit
         .await
         .map_err(|(db, e)| anyhow::anyhow!("target: creating database {db}: {}", describe(&e)))?;
     drop((src, tgt));
-    crate::server::pool::share(jobs);
+    crate::snapshot::pool::share(jobs);
     let names: Vec<&str> = members.iter().map(|m| m.database.name.as_str()).collect();
     crate::say!(
         "Syncing {} database(s) in one process: {} ({} copy worker(s) shared).",

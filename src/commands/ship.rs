@@ -1,61 +1,18 @@
 //! What operators install besides the binary, generated from the same clap
 //! definitions the parser uses (so the help never drifts from the CLI):
-//! shell completions (`pgrepl completions SHELL`), man pages (`pgrepl
-//! man`, `pgrepl man --dir DIR`), and the version text, with the commit
-//! the binary was built from and the PostgreSQL majors it supports.
+//! shell completions (`pgrepl completions SHELL`) and man pages (`pgrepl
+//! man`, `pgrepl man --dir DIR`). The version text is `cli::version`'s.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::OnceLock;
 
 use anyhow::Context;
-use clap::{Args, CommandFactory};
+use clap::CommandFactory;
 use clap_complete::Shell;
 
-use crate::check::{NEWEST_TESTED_MAJOR, OLDEST_SOURCE_MAJOR};
+use crate::cli::version::{CompletionsArgs, ManArgs, VERSION};
 use crate::cli::Cli;
-
-/// The git commit the binary was built from (build.rs), or "unknown".
-pub const GIT_COMMIT: &str = env!("PGREPL_GIT_COMMIT");
-
-/// `-V`: the package version and the commit.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("PGREPL_GIT_COMMIT"),
-    ")"
-);
-
-/// `--version`: the version, the commit and the majors this build supports.
-pub fn long_version() -> &'static str {
-    static TEXT: OnceLock<String> = OnceLock::new();
-    TEXT.get_or_init(|| {
-        format!(
-            "{}\n\
-             commit: {GIT_COMMIT}\n\
-             PostgreSQL sources: {OLDEST_SOURCE_MAJOR} to {NEWEST_TESTED_MAJOR}\n\
-             PostgreSQL targets: up to {NEWEST_TESTED_MAJOR}, the source's major or newer (older: warned)\n\
-             pg_dump: at least the source's major (found on the PATH, or --pg-dump)",
-            env!("CARGO_PKG_VERSION")
-        )
-    })
-}
-
-#[derive(Debug, Args)]
-pub struct CompletionsArgs {
-    /// The shell to complete for (bash, zsh, fish; elvish and powershell too).
-    #[arg(value_enum, value_name = "SHELL")]
-    pub shell: Shell,
-}
-
-#[derive(Debug, Args)]
-pub struct ManArgs {
-    /// Write pgrepl.1 and one page per subcommand (pgrepl-sync.1, ...)
-    /// into this directory instead of printing pgrepl.1 on stdout.
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
@@ -165,6 +122,7 @@ pub fn run_man(args: ManArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::version::{long_version, GIT_COMMIT};
 
     /// Every subcommand, from the parser (tests/ship.rs holds them against
     /// a fixed list).

@@ -27,7 +27,8 @@ pub struct Scope {
 
 /// Runs `f` for `scope`.
 pub async fn within<F: Future>(scope: Scope, f: F) -> F::Output {
-    SCOPE.scope(scope, f).await
+    let t = scope.telemetry;
+    SCOPE.scope(scope, super::telemetry::within(t, f)).await
 }
 
 /// The scope of the running task, if any.
@@ -44,7 +45,10 @@ where
     use tracing::Instrument;
     match current() {
         // The database's span too: log lines of the task name it.
-        Some(s) => Box::pin(SCOPE.scope(s, f.in_current_span())),
+        Some(s) => {
+            let t = s.telemetry;
+            Box::pin(SCOPE.scope(s, super::telemetry::within(t, f.in_current_span())))
+        }
         None => Box::pin(f),
     }
 }

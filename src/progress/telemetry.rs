@@ -120,10 +120,21 @@ static DATABASES: Mutex<Vec<&'static Telemetry>> = Mutex::new(Vec::new());
 /// else the process's (labelled with the sync's name once `init` ran;
 /// unlabelled for commands that never call it).
 pub fn telemetry() -> &'static Telemetry {
-    if let Some(s) = super::scope::current() {
-        return s.telemetry;
+    if let Ok(t) = TASK.try_with(|t| *t) {
+        return t;
     }
     TELEMETRY.get_or_init(|| Telemetry::new("", None))
+}
+
+tokio::task_local! {
+    /// The database's telemetry of a task in a whole-server move; set by
+    /// `scope` together with the rest of the task's scope.
+    static TASK: &'static Telemetry;
+}
+
+/// Runs `f` with `t` as [`telemetry`] (see `scope::within`).
+pub(super) async fn within<F: std::future::Future>(t: &'static Telemetry, f: F) -> F::Output {
+    TASK.scope(t, f).await
 }
 
 /// Labels every metric with `sync="name"`; first call wins.

@@ -3,7 +3,7 @@
 //! one cutover for all. Logical decoding is per database, so each database
 //! keeps its own slot, publication, DDL capture and target origin — and so
 //! its own exactly-once position; what is shared is the process: one pool
-//! of copy workers ([`pool`]), one connection budget, one fence.
+//! of copy workers (`snapshot::pool`), one connection budget, one fence.
 //!
 //! This folder knows the server's databases ([`databases`]) and makes the
 //! target's ([`create`]); the commands wire the per-database syncs.
@@ -11,4 +11,3 @@
 pub mod budget;
 pub mod create;
 pub mod databases;
-pub mod pool;

@@ -141,7 +141,7 @@ async fn record_state(
 /// One worker: copies units until the queue is empty.
 pub async fn worker(job: Arc<CopyJob>, id: usize) -> Result<(), SnapshotError> {
     // A place in the process's pool first (several databases at once).
-    let _place = crate::server::pool::place().await;
+    let _place = super::pool::place().await;
     if job.is_empty() {
         return Ok(());
     }

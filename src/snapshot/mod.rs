@@ -27,6 +27,7 @@ mod discard;
 mod holder;
 pub mod pgdump;
 pub mod plan;
+pub mod pool;
 mod post;
 mod resume;
 pub mod schema;
