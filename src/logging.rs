@@ -4,28 +4,14 @@
 //! log lines are printed above them instead of through them.
 
 use std::io::Write;
-use std::sync::Mutex;
-
-use indicatif::MultiProgress;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
-
-use crate::cli::LogFormat;
-
-static BARS: Mutex<Option<MultiProgress>> = Mutex::new(None);
-
-/// While `Some`, log lines are printed above these progress bars.
-pub fn route_through(bars: Option<MultiProgress>) {
-    if let Ok(mut slot) = BARS.lock() {
-        *slot = bars;
-    }
-}
 
 struct StderrAroundBars;
 
 impl Write for StderrAroundBars {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let bars = BARS.lock().ok().and_then(|b| b.clone());
+        let bars = crate::progress::ui::bars();
         match bars {
             Some(bars) => bars
                 .suspend(|| std::io::stderr().write_all(buf))
@@ -48,10 +34,11 @@ impl<'a> MakeWriter<'a> for MakeStderr {
     }
 }
 
-/// Installs the global subscriber. `verbosity`: -1 quiet, 0 normal, 1+ more.
+/// Installs the global subscriber: JSON lines if `json`, else human ones.
+/// `verbosity`: -1 quiet, 0 normal, 1+ more.
 /// Warnings and errors also reach the telemetry (counted, and the last
 /// ones kept for the status page).
-pub fn init(format: LogFormat, verbosity: i8) {
+pub fn init(json: bool, verbosity: i8) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     // tokio_postgres logs every statement it sends at debug, a role's
@@ -70,11 +57,12 @@ pub fn init(format: LogFormat, verbosity: i8) {
         .with(filter)
         .with(crate::progress::telemetry::RecentEvents);
     // A second init (tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Human => registry.with(fmt).try_init(),
-        LogFormat::Json => registry
+    let _ = if json {
+        registry
             .with(fmt.json().with_current_span(true).with_span_list(false))
-            .try_init(),
+            .try_init()
+    } else {
+        registry.with(fmt).try_init()
     };
 }
 

@@ -13,7 +13,8 @@ fn main() -> ExitCode {
     } else {
         cli.verbose.min(3) as i8
     };
-    pgrepl::logging::init(cli.log_format, verbosity);
+    let json_logs = cli.log_format == pgrepl::cli::LogFormat::Json;
+    pgrepl::logging::init(json_logs, verbosity);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,7 +25,6 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let json_logs = cli.log_format == pgrepl::cli::LogFormat::Json;
     match runtime.block_on(pgrepl::commands::run(cli.command, json_logs)) {
         Ok(code) => code,
         Err(e) => {

@@ -29,6 +29,7 @@ mod group;
 mod guard;
 mod identity;
 mod late;
+pub mod live;
 pub mod params;
 pub mod paths;
 pub mod pipeline;

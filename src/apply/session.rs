@@ -18,6 +18,7 @@ use tracing::Instrument;
 use super::applier::Applier;
 use super::error::{ApplyError, TxnRef};
 use super::event_loop::{Ended, EventLoop};
+use super::live::{LiveStatus, StatusSource};
 pub use super::request::{Outcome, SessionError, StreamRequest};
 use super::resent::Resend;
 use super::router::{Router, StreamContext, APPLY_SETTINGS};
@@ -28,7 +29,6 @@ use crate::conn::walsender::WalSender;
 use crate::conn::{Endpoint, Side};
 use crate::lsn::Lsn;
 use crate::progress::ledger::{Ledger, TableFlush};
-use crate::progress::status::{LiveStatus, StatusSource};
 use crate::sql::quote_literal;
 use crate::sql::SyncName;
 use crate::stream::receiver::{Feedback, Receiver};
@@ -240,9 +240,9 @@ async fn copied_late(
     name: &SyncName,
 ) -> Result<std::collections::HashMap<crate::sql::TableName, Lsn>, SessionError> {
     let rows = session
-        .simple_query(&crate::progress::kept::copied_late_sql(name))
+        .simple_query(&crate::snapshot::kept::copied_late_sql(name))
         .await?;
-    Ok(crate::progress::kept::parse_copied_late(&rows))
+    Ok(crate::snapshot::kept::parse_copied_late(&rows))
 }
 
 async fn session(

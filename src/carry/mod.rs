@@ -47,32 +47,8 @@ fn left_behind(name: &str, target: &TargetView) -> Option<String> {
     }
 }
 
-/// What to do with roles the target lacks (`--roles`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RolesPolicy {
-    /// Create them with their attributes, memberships, settings and
-    /// (when readable) password verifiers; owners and grants as on the source.
-    Copy,
-    /// Leave them out: the target user owns everything, no grants move.
-    Skip,
-}
-
-impl RolesPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RolesPolicy::Copy => "copy",
-            RolesPolicy::Skip => "skip",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "copy" => Some(RolesPolicy::Copy),
-            "skip" => Some(RolesPolicy::Skip),
-            _ => None,
-        }
-    }
-}
+/// What to do with roles the target lacks (kept with the sync's record).
+pub use crate::progress::state::RolesPolicy;
 
 /// What the target has, as far as carrying is concerned.
 #[derive(Clone, Debug, Default)]

@@ -2,7 +2,6 @@
 //! person watching sees ([`ui`]).
 
 pub mod copy_status;
-pub mod kept;
 pub mod ledger;
 pub mod scope;
 pub mod state;

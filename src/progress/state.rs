@@ -58,6 +58,33 @@ impl fmt::Display for SyncPhase {
     }
 }
 
+/// What to do with roles the target lacks (`--roles`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolesPolicy {
+    /// Create them with their attributes, memberships, settings and
+    /// (when readable) password verifiers; owners and grants as on the source.
+    Copy,
+    /// Leave them out: the target user owns everything, no grants move.
+    Skip,
+}
+
+impl RolesPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolesPolicy::Copy => "copy",
+            RolesPolicy::Skip => "skip",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "copy" => Some(RolesPolicy::Copy),
+            "skip" => Some(RolesPolicy::Skip),
+            _ => None,
+        }
+    }
+}
+
 /// One row of `pgrepl.sync`.
 #[derive(Clone, Debug)]
 pub struct SyncRecord {
@@ -70,7 +97,7 @@ pub struct SyncRecord {
     /// Set for a reverse sync: the forward sync it carries writes back for.
     pub reverse_of: Option<String>,
     /// `--roles` as the copy was told.
-    pub roles: Option<crate::carry::RolesPolicy>,
+    pub roles: Option<RolesPolicy>,
     /// Where the applied position is kept.
     pub ledger: Ledger,
     /// The source's timeline the sync streams from (None: not recorded,
@@ -237,9 +264,7 @@ pub async fn load_sync(
             source_system_id: row.get(4),
             started_at: row.get(5),
             reverse_of: row.get(6),
-            roles: row
-                .get::<_, Option<&str>>(7)
-                .and_then(crate::carry::RolesPolicy::parse),
+            roles: row.get::<_, Option<&str>>(7).and_then(RolesPolicy::parse),
             ledger: Ledger::named(row.get::<_, Option<&str>>(8), name),
             source_timeline: row
                 .get::<_, Option<i64>>(9)
@@ -306,7 +331,7 @@ pub async fn record_timeline(
 pub async fn record_roles(
     client: &impl GenericClient,
     name: &SyncName,
-    policy: Option<crate::carry::RolesPolicy>,
+    policy: Option<RolesPolicy>,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(

@@ -12,6 +12,22 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub use super::table_stats::TableStats;
 use super::{human_bytes, human_duration};
 
+/// The bars being drawn, if any: log lines are printed above them (see
+/// `logging`).
+static BARS: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// While `Some`, log lines are printed above these progress bars.
+pub fn route_through(bars: Option<MultiProgress>) {
+    if let Ok(mut slot) = BARS.lock() {
+        *slot = bars;
+    }
+}
+
+/// The bars log lines are printed above now.
+pub fn bars() -> Option<MultiProgress> {
+    BARS.lock().ok().and_then(|b| b.clone())
+}
+
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgressMode {
@@ -55,7 +71,7 @@ impl CopyDisplay {
         let (multi, overall) = match mode {
             ProgressMode::Bars => {
                 let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
-                crate::logging::route_through(Some(multi.clone()));
+                route_through(Some(multi.clone()));
                 let overall = multi.add(ProgressBar::new(total_bytes.max(1)));
                 overall.set_style(bar_style(
                     "copy  [{elapsed_precise}] [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
@@ -199,7 +215,7 @@ impl CopyDisplay {
         }
         if let Some(multi) = &self.multi {
             let _ = multi.clear();
-            crate::logging::route_through(None);
+            route_through(None);
         }
         let rows: u64 = self
             .tables
@@ -225,7 +241,7 @@ impl CopyDisplay {
 impl Drop for CopyDisplay {
     fn drop(&mut self) {
         if self.multi.is_some() {
-            crate::logging::route_through(None);
+            route_through(None);
         }
     }
 }

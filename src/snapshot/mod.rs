@@ -25,6 +25,7 @@ mod carry;
 pub mod copy;
 mod discard;
 mod holder;
+pub mod kept;
 pub mod pgdump;
 pub mod plan;
 pub mod pool;
@@ -274,10 +275,10 @@ pub async fn run(req: CopyRequest<'_>) -> Result<Copied, SnapshotError> {
         state::record_roles(&tx, req.name, req.carry.policy)
             .await
             .map_err(|e| SnapshotError::target("recording the sync", &e))?;
-        crate::progress::kept::record_fingerprint(&tx, req.name, &fingerprint)
+        kept::record_fingerprint(&tx, req.name, &fingerprint)
             .await
             .map_err(|e| SnapshotError::target("recording the sync", &e))?;
-        crate::progress::kept::record_cuts(&tx, req.name, &plan::cuts(&units))
+        kept::record_cuts(&tx, req.name, &plan::cuts(&units))
             .await
             .map_err(|e| SnapshotError::target("recording the sync", &e))?;
         tx.commit()

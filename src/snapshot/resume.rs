@@ -44,13 +44,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::holder::{Holder, Planned};
+use super::kept;
 use super::plan::{self, Cut, TablePlan, Unit};
 use super::{
     create_slot, dump, fingerprint, finish, open_decoder, untouched, Copied, CopyRequest, SlotKind,
     Snapshot, SnapshotError,
 };
 use crate::lsn::Lsn;
-use crate::progress::kept;
 use crate::progress::state::SyncRecord;
 use crate::sql::TableName;
 

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use tokio_postgres::GenericClient;
 
+use super::plan::Cut;
 use crate::lsn::Lsn;
-use crate::snapshot::plan::Cut;
 use crate::sql::{quote_literal, SyncName, TableName};
 
 /// One chunk in `pgrepl.copied_chunks`.
