@@ -14,7 +14,7 @@ demo: setup
     cargo build --bins --examples
     PGREPL_PG_BIN="$(scripts/pg-install 17)" target/debug/examples/demo
 
-# The full test suite (same major on both sides, then 13 -> 17 and 14 -> 17)
+# The full test suite: 17 -> 17, 18 -> 18 and the upgrade pairs (scripts/test says what runs where)
 test: setup
     scripts/test
 

@@ -174,7 +174,7 @@ CREATE TABLE IF NOT EXISTS pgrepl.copied_chunks (
     rows bigint NOT NULL,
     PRIMARY KEY (sync_name, schema_name, table_name, chunk)
 );
--- A resumable copy (see progress::kept): the chunks of the table's plan
+-- A resumable copy (see snapshot::kept): the chunks of the table's plan
 -- and the LSN of the snapshot a chunk was copied under (NULL: the sync's
 -- consistent LSN); per table, the LSN of the snapshot its rows are from
 -- and, split, how it was cut;
