@@ -9,18 +9,18 @@ use std::path::Path;
 
 /// Every module of `src/` ("apply::batch", "cli", ...) and its text.
 fn modules() -> BTreeMap<String, String> {
-    fn walk(dir: &Path, out: &mut BTreeMap<String, String>) {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
         for entry in std::fs::read_dir(dir).expect("read src") {
             let path = entry.expect("dir entry").path();
             if path.is_dir() {
-                walk(&path, out);
+                walk(root, &path, out);
                 continue;
             }
             if path.extension().and_then(|e| e.to_str()) != Some("rs") {
                 continue;
             }
             let rel = path
-                .strip_prefix("src")
+                .strip_prefix(root)
                 .expect("under src")
                 .with_extension("");
             let mut parts: Vec<String> = rel
@@ -35,7 +35,7 @@ fn modules() -> BTreeMap<String, String> {
             }
             let text = std::fs::read_to_string(&path).expect("read a source file");
             // Test modules may reach anywhere.
-            let text = match text.find("#[cfg(test)]") {
+            let text = match text.find("#[cfg(test)]\nmod ") {
                 Some(i) => text[..i].to_string(),
                 None => text,
             };
@@ -43,7 +43,8 @@ fn modules() -> BTreeMap<String, String> {
         }
     }
     let mut out = BTreeMap::new();
-    walk(Path::new("src"), &mut out);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    walk(&src, &src, &mut out);
     out
 }
 
@@ -114,7 +115,7 @@ fn imports(mods: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>
         let here: Vec<&str> = name.split("::").collect();
         let bytes = text.as_bytes();
         let mut edges = BTreeSet::new();
-        for (kw, base) in [("crate::", 0), ("super::", here.len().saturating_sub(1))] {
+        for kw in ["crate::", "super::"] {
             let mut from = 0;
             while let Some(i) = text[from..].find(kw) {
                 let at = from + i;
@@ -123,7 +124,13 @@ fn imports(mods: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>
                 if before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':') {
                     continue;
                 }
-                for p in paths(bytes, at + kw.len()) {
+                // `super::super::…` climbs one folder more each time.
+                let mut base = if kw == "crate::" { 0 } else { here.len() - 1 };
+                while kw == "super::" && text[from..].starts_with(kw) {
+                    base = base.saturating_sub(1);
+                    from += kw.len();
+                }
+                for p in paths(bytes, from) {
                     let full: Vec<&str> = here[..base]
                         .iter()
                         .copied()
@@ -187,6 +194,17 @@ fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
     out
 }
 
+/// The graph of the top-level folders the modules are in.
+fn by_folder(files: &BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, BTreeSet<String>> {
+    let top = |s: &str| s.split("::").next().unwrap_or(s).to_string();
+    let mut folders: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (m, edges) in files {
+        let entry = folders.entry(top(m)).or_default();
+        entry.extend(edges.iter().map(|e| top(e)).filter(|e| *e != top(m)));
+    }
+    folders
+}
+
 #[test]
 fn no_module_imports_one_that_imports_it_back() {
     let mods = modules();
@@ -202,12 +220,7 @@ fn no_module_imports_one_that_imports_it_back() {
     let found = circles(&files);
     assert!(found.is_empty(), "files importing each other: {found:?}");
 
-    let mut folders: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (m, edges) in &files {
-        let top = |s: &str| s.split("::").next().unwrap_or(s).to_string();
-        let entry = folders.entry(top(m)).or_default();
-        entry.extend(edges.iter().map(|e| top(e)).filter(|e| *e != top(m)));
-    }
+    let folders = by_folder(&files);
     let found = circles(&folders);
     assert!(found.is_empty(), "folders importing each other: {found:?}");
 }
@@ -219,9 +232,26 @@ fn a_circle_is_found() {
     mods.insert("a".to_string(), "use crate::b::{X, c::Y};".to_string());
     mods.insert("b".to_string(), "fn f() { super::a::g() }".to_string());
     mods.insert("b::c".to_string(), String::new());
+    // And one through `super::super::super` (from b/c/d.rs to the root).
+    mods.insert(
+        "b::c::d".to_string(),
+        "use super::super::super::e;".to_string(),
+    );
+    mods.insert(
+        "e".to_string(),
+        "fn f() { crate::b::c::d::g() }".to_string(),
+    );
     let graph = imports(&mods);
     assert_eq!(
         circles(&graph),
-        vec![vec!["a".to_string(), "b".to_string()]]
+        vec![
+            vec!["a".to_string(), "b".to_string()],
+            vec!["b::c::d".to_string(), "e".to_string()]
+        ]
+    );
+    // Folders: b (with b::c::d) and e import each other; a with b too.
+    assert_eq!(
+        circles(&by_folder(&graph)),
+        vec![vec!["a".to_string(), "b".to_string(), "e".to_string()]]
     );
 }

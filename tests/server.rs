@@ -337,6 +337,7 @@ async fn a_target_that_cannot_match_is_refused_a_new_database_is_named_and_the_w
     for d in status["databases"].as_array().expect("a list") {
         assert_eq!(d["status"]["phase"], "streaming", "{status}");
         assert_eq!(d["status"]["cutover"]["source_fenced"], false, "{status}");
+        assert!(d["status"]["failover"].is_object(), "{status}");
     }
     let (_, page) = support::http::get(&addr, "/").await.expect("page");
     assert!(

@@ -209,25 +209,39 @@ fn server_live(ctx: &Context) -> ServerLive {
 }
 
 /// `/status` of a whole-server move: each database's report, as `status`
-/// of that database's sync gives it (its cutover included).
+/// of that database's sync gives it (its cutover included), read for all
+/// databases at once. A database whose report fails has its error in its
+/// place, the others theirs, and the answer is 503.
 async fn server_status(ctx: &Context) -> Response {
-    let reports = async {
-        let mut out = Vec::new();
-        for m in &ctx.databases {
-            let r = report_json(&m.source, &m.target, &m.name)
-                .await
-                .map_err(|e| format!("{}: {e}", m.database))?;
-            out.push(serde_json::json!({ "database": m.database, "status": r }));
+    let reports = futures_util::future::join_all(ctx.databases.iter().map(|m| async move {
+        match report_json(&m.source, &m.target, &m.name).await {
+            Ok(r) => (
+                true,
+                serde_json::json!({ "database": m.database, "status": r }),
+            ),
+            Err(e) => (
+                false,
+                serde_json::json!({ "database": m.database, "error": e }),
+            ),
         }
-        Ok::<_, String>(out)
-    };
+    }));
     match tokio::time::timeout(Duration::from_secs(20), reports).await {
-        Ok(Ok(r)) => axum::Json(serde_json::json!({
-            "databases": r,
-            "unsynced": crate::progress::telemetry::unsynced_databases(),
-        }))
-        .into_response(),
-        Ok(Err(e)) => unavailable(e),
+        Ok(r) => {
+            let code = if r.iter().all(|(ok, _)| *ok) {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let databases: Vec<serde_json::Value> = r.into_iter().map(|(_, v)| v).collect();
+            (
+                code,
+                axum::Json(serde_json::json!({
+                    "databases": databases,
+                    "unsynced": crate::progress::telemetry::unsynced_databases(),
+                })),
+            )
+                .into_response()
+        }
         Err(_) => unavailable("the servers did not answer within 20 s".into()),
     }
 }
